@@ -1,0 +1,521 @@
+/* kernel_body.h — every non-GEMM kernel, written once over the vector primitives
+ * (vf, VL, vload, vfma, ...) that the including ISA file defines. Each ISA file
+ * includes this header once, so each kernel exists once per ISA with that ISA's
+ * intrinsics in its hot loop; names get the ISA as suffix via K().
+ *
+ * Tails (n not a multiple of VL) go through vload_n/vstore_n so every element is
+ * computed by the same vector code, whatever its position.
+ */
+#include <math.h>
+#include <string.h>
+#include "kernels.h"
+
+#define K_CAT_(a, b) a##_##b
+#define K_CAT(a, b) K_CAT_(a, b)
+#define K(name) K_CAT(name, ODIN_ISA_NAME)
+
+/* ------------------------------------------------------------------------------
+ * exp / sigmoid / tanh
+ * exp: x = n ln2 + r, |r| <= ln2/2, exp(r) by its degree-7 Taylor polynomial
+ * (truncation < 6e-9 relative), 2^n built in the exponent field.
+ * Input clamped to [-87.336, 88.376]: results below ~1.2e-38 come out as the
+ * smallest normal float instead of denormal/0, and above 2.6e38 saturate there.
+ * Measured max error versus libm expf over [-87, 88] (tests/test_math.py):
+ *   exp      <= 2 ulp relative  (~2.4e-7)
+ *   sigmoid  <= 3 ulp relative  (~3.6e-7)
+ *   tanh     <= 2.5e-7 absolute (tanh = 1 - 2/(exp(2|x|)+1) loses relative accuracy
+ *              for |x| < 1e-3, where the absolute error is what GELU needs)
+ * --------------------------------------------------------------------------- */
+static inline vf K(v_exp)(vf x) {
+    x = vmin(vmax(x, vset1(-87.33654f)), vset1(88.37626f));
+    vf n = vround(vmul(x, vset1(1.44269504088896341f)));
+    /* ln2 split in two so n*ln2_hi is exact */
+    vf r = vfnma(n, vset1(0.693359375f), x);
+    r = vfnma(n, vset1(-2.12194440e-4f), r);
+    vf p = vset1(1.0f / 5040.0f);
+    p = vfma(p, r, vset1(1.0f / 720.0f));
+    p = vfma(p, r, vset1(1.0f / 120.0f));
+    p = vfma(p, r, vset1(1.0f / 24.0f));
+    p = vfma(p, r, vset1(1.0f / 6.0f));
+    p = vfma(p, r, vset1(0.5f));
+    p = vfma(p, vmul(r, r), vadd(r, vset1(1.0f)));
+    return vmul(p, vpow2i(n));
+}
+
+static inline vf K(v_sigmoid)(vf x) {
+    const vf one = vset1(1.0f);
+    return vdiv(one, vadd(one, K(v_exp)(vsub(vzero(), x))));
+}
+
+static inline vf K(v_tanh)(vf x) {
+    const vf one = vset1(1.0f);
+    vf e = K(v_exp)(vmul(vabs(x), vset1(2.0f)));
+    vf t = vsub(one, vdiv(vset1(2.0f), vadd(e, one)));
+    return vcopysign(t, x);
+}
+
+/* Apply a vf->vf function over an array, tail included. */
+#define K_MAP(fn, out, inp, n)                                              \
+    do {                                                                    \
+        size_t i_ = 0;                                                      \
+        for (; i_ + VL <= (n); i_ += VL) vstore((out) + i_, fn(vload((inp) + i_))); \
+        if (i_ < (n)) {                                                     \
+            int r_ = (int)((n) - i_);                                       \
+            vstore_n((out) + i_, fn(vload_n((inp) + i_, r_, 0.0f)), r_);    \
+        }                                                                   \
+    } while (0)
+
+static void K(vexp_array)(float *out, const float *inp, size_t n) { K_MAP(K(v_exp), out, inp, n); }
+static void K(vsigmoid_array)(float *out, const float *inp, size_t n) { K_MAP(K(v_sigmoid), out, inp, n); }
+static void K(vtanh_array)(float *out, const float *inp, size_t n) { K_MAP(K(v_tanh), out, inp, n); }
+
+/* ------------------------------------------------------------------------------
+ * dot / axpy: four accumulators so the FMA latency is hidden
+ * --------------------------------------------------------------------------- */
+static float K(dot)(const float *a, const float *b, int n) {
+    vf s0 = vzero(), s1 = vzero(), s2 = vzero(), s3 = vzero();
+    int i = 0;
+    for (; i + 4 * VL <= n; i += 4 * VL) {
+        s0 = vfma(vload(a + i), vload(b + i), s0);
+        s1 = vfma(vload(a + i + VL), vload(b + i + VL), s1);
+        s2 = vfma(vload(a + i + 2 * VL), vload(b + i + 2 * VL), s2);
+        s3 = vfma(vload(a + i + 3 * VL), vload(b + i + 3 * VL), s3);
+    }
+    for (; i + VL <= n; i += VL) s0 = vfma(vload(a + i), vload(b + i), s0);
+    if (i < n) s1 = vfma(vload_n(a + i, n - i, 0.0f), vload_n(b + i, n - i, 0.0f), s1);
+    return vhsum(vadd(vadd(s0, s1), vadd(s2, s3)));
+}
+
+static void K(axpy)(float *y, float a, const float *x, int n) {
+    vf va = vset1(a);
+    int i = 0;
+    for (; i + VL <= n; i += VL) vstore(y + i, vfma(va, vload(x + i), vload(y + i)));
+    if (i < n) vstore_n(y + i, vfma(va, vload_n(x + i, n - i, 0.0f), vload_n(y + i, n - i, 0.0f)), n - i);
+}
+
+static float K(sum)(const float *x, int n) {
+    vf s0 = vzero(), s1 = vzero();
+    int i = 0;
+    for (; i + 2 * VL <= n; i += 2 * VL) {
+        s0 = vadd(s0, vload(x + i));
+        s1 = vadd(s1, vload(x + i + VL));
+    }
+    for (; i + VL <= n; i += VL) s0 = vadd(s0, vload(x + i));
+    if (i < n) s1 = vadd(s1, vload_n(x + i, n - i, 0.0f));
+    return vhsum(vadd(s0, s1));
+}
+
+static float K(maxval)(const float *x, int n) {
+    vf m = vset1(-INFINITY);
+    int i = 0;
+    for (; i + VL <= n; i += VL) m = vmax(m, vload(x + i));
+    if (i < n) m = vmax(m, vload_n(x + i, n - i, -INFINITY));
+    return vhmax(m);
+}
+
+/* ------------------------------------------------------------------------------
+ * GELU (tanh form)
+ * --------------------------------------------------------------------------- */
+#define GELU_S 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_C 0.044715f
+
+static inline vf K(v_gelu)(vf x) {
+    vf x3 = vmul(vmul(x, x), x);
+    vf t = K(v_tanh)(vmul(vset1(GELU_S), vfma(vset1(GELU_C), x3, x)));
+    return vmul(vmul(vset1(0.5f), x), vadd(vset1(1.0f), t));
+}
+
+/* out[n] = gelu(inp[n]) */
+static void K(gelu_forward)(float *out, const float *inp, size_t n) { K_MAP(K(v_gelu), out, inp, n); }
+
+/* dinp[n] += gelu'(inp) * dout */
+static inline vf K(v_gelu_grad)(vf x) {
+    vf x2 = vmul(x, x);
+    vf t = K(v_tanh)(vmul(vset1(GELU_S), vfma(vmul(vset1(GELU_C), x2), x, x)));
+    vf sech2 = vfnma(t, t, vset1(1.0f));
+    vf du = vmul(vset1(GELU_S), vfma(vset1(3.0f * GELU_C), x2, vset1(1.0f)));
+    /* 0.5 (1 + t) + 0.5 x sech^2 du */
+    return vmul(vset1(0.5f), vadd(vadd(vset1(1.0f), t), vmul(vmul(x, sech2), du)));
+}
+
+static void K(gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n) {
+    size_t i = 0;
+    for (; i + VL <= n; i += VL)
+        vstore(dinp + i, vfma(K(v_gelu_grad)(vload(inp + i)), vload(dout + i), vload(dinp + i)));
+    if (i < n) {
+        int r = (int)(n - i);
+        vf g = K(v_gelu_grad)(vload_n(inp + i, r, 0.0f));
+        vstore_n(dinp + i, vfma(g, vload_n(dout + i, r, 0.0f), vload_n(dinp + i, r, 0.0f)), r);
+    }
+}
+
+/* ------------------------------------------------------------------------------
+ * LayerNorm
+ * --------------------------------------------------------------------------- */
+/* out[N,C] = (inp - mean) * rstd * weight + bias ; mean[N], rstd[N] */
+static void K(layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
+                                 const float *weight, const float *bias, int N, int C, float eps) {
+    for (int r = 0; r < N; r++) {
+        const float *x = inp + (size_t)r * C;
+        float *o = out + (size_t)r * C;
+        float m = K(sum)(x, C) / (float)C;
+        vf vm = vset1(m), acc = vzero();
+        int i = 0;
+        for (; i + VL <= C; i += VL) { vf d = vsub(vload(x + i), vm); acc = vfma(d, d, acc); }
+        if (i < C) { vf d = vsub(vload_n(x + i, C - i, m), vm); acc = vfma(d, d, acc); }
+        float s = 1.0f / sqrtf(vhsum(acc) / (float)C + eps);
+        vf vs = vset1(s);
+        for (i = 0; i + VL <= C; i += VL) {
+            vf nrm = vmul(vsub(vload(x + i), vm), vs);
+            vstore(o + i, vfma(nrm, vload(weight + i), vload(bias + i)));
+        }
+        if (i < C) {
+            int t = C - i;
+            vf nrm = vmul(vsub(vload_n(x + i, t, 0.0f), vm), vs);
+            vstore_n(o + i, vfma(nrm, vload_n(weight + i, t, 0.0f), vload_n(bias + i, t, 0.0f)), t);
+        }
+        if (mean) mean[r] = m;
+        if (rstd) rstd[r] = s;
+    }
+}
+
+/* dinp[N,C] += ..., dweight[C] += sum_r dout*norm, dbias[C] += sum_r dout */
+static void K(layernorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
+                                  const float *inp, const float *weight, const float *mean,
+                                  const float *rstd, int N, int C) {
+    for (int r = 0; r < N; r++) {
+        const float *x = inp + (size_t)r * C, *dy = dout + (size_t)r * C;
+        float *dx = dinp + (size_t)r * C;
+        vf vm = vset1(mean[r]), vs = vset1(rstd[r]);
+        /* pass 1: mean(dnorm), mean(dnorm * norm); also the parameter gradients */
+        vf a_dn = vzero(), a_dnn = vzero();
+        int i = 0;
+        for (; i + VL <= C; i += VL) {
+            vf nrm = vmul(vsub(vload(x + i), vm), vs), g = vload(dy + i);
+            vf dn = vmul(vload(weight + i), g);
+            a_dn = vadd(a_dn, dn);
+            a_dnn = vfma(dn, nrm, a_dnn);
+            vstore(dbias + i, vadd(vload(dbias + i), g));
+            vstore(dweight + i, vfma(nrm, g, vload(dweight + i)));
+        }
+        if (i < C) {
+            int t = C - i;
+            vf nrm = vmul(vsub(vload_n(x + i, t, mean[r]), vm), vs), g = vload_n(dy + i, t, 0.0f);
+            vf dn = vmul(vload_n(weight + i, t, 0.0f), g);
+            a_dn = vadd(a_dn, dn);
+            a_dnn = vfma(dn, nrm, a_dnn);
+            vstore_n(dbias + i, vadd(vload_n(dbias + i, t, 0.0f), g), t);
+            vstore_n(dweight + i, vfma(nrm, g, vload_n(dweight + i, t, 0.0f)), t);
+        }
+        vf m_dn = vset1(vhsum(a_dn) / (float)C), m_dnn = vset1(vhsum(a_dnn) / (float)C);
+        /* pass 2: dx += (dnorm - mean(dnorm) - norm * mean(dnorm*norm)) * rstd */
+        for (i = 0; i + VL <= C; i += VL) {
+            vf nrm = vmul(vsub(vload(x + i), vm), vs);
+            vf dn = vmul(vload(weight + i), vload(dy + i));
+            vf v = vfnma(nrm, m_dnn, vsub(dn, m_dn));
+            vstore(dx + i, vfma(v, vs, vload(dx + i)));
+        }
+        if (i < C) {
+            int t = C - i;
+            vf nrm = vmul(vsub(vload_n(x + i, t, mean[r]), vm), vs);
+            vf dn = vmul(vload_n(weight + i, t, 0.0f), vload_n(dy + i, t, 0.0f));
+            vf v = vfnma(nrm, m_dnn, vsub(dn, m_dn));
+            vstore_n(dx + i, vfma(v, vs, vload_n(dx + i, t, 0.0f)), t);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------
+ * RMSNorm
+ * --------------------------------------------------------------------------- */
+/* out[N,C] = inp * rstd * weight, rstd = 1/sqrt(mean(inp^2) + eps) */
+static void K(rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *weight,
+                               int N, int C, float eps) {
+    for (int r = 0; r < N; r++) {
+        const float *x = inp + (size_t)r * C;
+        float *o = out + (size_t)r * C;
+        float s = 1.0f / sqrtf(K(dot)(x, x, C) / (float)C + eps);
+        vf vs = vset1(s);
+        int i = 0;
+        for (; i + VL <= C; i += VL) vstore(o + i, vmul(vmul(vload(x + i), vs), vload(weight + i)));
+        if (i < C) {
+            int t = C - i;
+            vstore_n(o + i, vmul(vmul(vload_n(x + i, t, 0.0f), vs), vload_n(weight + i, t, 0.0f)), t);
+        }
+        if (rstd) rstd[r] = s;
+    }
+}
+
+static void K(rmsnorm_backward)(float *dinp, float *dweight, const float *dout, const float *inp,
+                                const float *weight, const float *rstd, int N, int C) {
+    for (int r = 0; r < N; r++) {
+        const float *x = inp + (size_t)r * C, *dy = dout + (size_t)r * C;
+        float *dx = dinp + (size_t)r * C;
+        vf vs = vset1(rstd[r]), acc = vzero();
+        int i = 0;
+        for (; i + VL <= C; i += VL) {
+            vf nrm = vmul(vload(x + i), vs), g = vload(dy + i);
+            acc = vfma(vmul(vload(weight + i), g), nrm, acc);
+            vstore(dweight + i, vfma(nrm, g, vload(dweight + i)));
+        }
+        if (i < C) {
+            int t = C - i;
+            vf nrm = vmul(vload_n(x + i, t, 0.0f), vs), g = vload_n(dy + i, t, 0.0f);
+            acc = vfma(vmul(vload_n(weight + i, t, 0.0f), g), nrm, acc);
+            vstore_n(dweight + i, vfma(nrm, g, vload_n(dweight + i, t, 0.0f)), t);
+        }
+        vf m_dnn = vset1(vhsum(acc) / (float)C);
+        /* dx += rstd * (dnorm - norm * mean(dnorm * norm)) */
+        for (i = 0; i + VL <= C; i += VL) {
+            vf nrm = vmul(vload(x + i), vs);
+            vf dn = vmul(vload(weight + i), vload(dy + i));
+            vstore(dx + i, vfma(vfnma(nrm, m_dnn, dn), vs, vload(dx + i)));
+        }
+        if (i < C) {
+            int t = C - i;
+            vf nrm = vmul(vload_n(x + i, t, 0.0f), vs);
+            vf dn = vmul(vload_n(weight + i, t, 0.0f), vload_n(dy + i, t, 0.0f));
+            vstore_n(dx + i, vfma(vfnma(nrm, m_dnn, dn), vs, vload_n(dx + i, t, 0.0f)), t);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------
+ * Row softmax
+ * --------------------------------------------------------------------------- */
+/* o[n] = exp(x[n] - shift) ; returns sum o */
+static float K(exp_shifted)(float *o, const float *x, int n, float shift) {
+    vf vsh = vset1(shift), acc = vzero();
+    int i = 0;
+    for (; i + VL <= n; i += VL) {
+        vf e = K(v_exp)(vsub(vload(x + i), vsh));
+        vstore(o + i, e);
+        acc = vadd(acc, e);
+    }
+    if (i < n) {
+        /* padded lanes load -inf, whose exp (clamped, ~1e-38) cannot move the sum */
+        vf e = K(v_exp)(vsub(vload_n(x + i, n - i, -INFINITY), vsh));
+        vstore_n(o + i, e, n - i);
+        acc = vadd(acc, e);
+    }
+    return vhsum(acc);
+}
+
+static void K(scale_row)(float *x, int n, float s) {
+    vf vs = vset1(s);
+    int i = 0;
+    for (; i + VL <= n; i += VL) vstore(x + i, vmul(vload(x + i), vs));
+    if (i < n) vstore_n(x + i, vmul(vload_n(x + i, n - i, 0.0f), vs), n - i);
+}
+
+/* out[N,C] = softmax(inp[N,C]) along C */
+static void K(softmax_forward)(float *out, const float *inp, int N, int C) {
+    for (int r = 0; r < N; r++) {
+        const float *x = inp + (size_t)r * C;
+        float *o = out + (size_t)r * C;
+        float s = K(exp_shifted)(o, x, C, K(maxval)(x, C));
+        K(scale_row)(o, C, 1.0f / s);
+    }
+}
+
+/* dinp[N,C] += out * (dout - <dout, out>) */
+static void K(softmax_backward)(float *dinp, const float *out, const float *dout, int N, int C) {
+    for (int r = 0; r < N; r++) {
+        const float *y = out + (size_t)r * C, *dy = dout + (size_t)r * C;
+        float *dx = dinp + (size_t)r * C;
+        vf d = vset1(K(dot)(y, dy, C));
+        int i = 0;
+        for (; i + VL <= C; i += VL)
+            vstore(dx + i, vfma(vload(y + i), vsub(vload(dy + i), d), vload(dx + i)));
+        if (i < C) {
+            int t = C - i;
+            vf yy = vload_n(y + i, t, 0.0f);
+            vstore_n(dx + i, vfma(yy, vsub(vload_n(dy + i, t, 0.0f), d), vload_n(dx + i, t, 0.0f)), t);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------
+ * Causal multi-head self-attention
+ * qkv[B,T,3C] -> out[B,T,C], att[B,NH,T,T] (probabilities; entries t2 > t are 0)
+ * --------------------------------------------------------------------------- */
+static void K(attention_forward)(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
+    const int hs = C / NH, C3 = 3 * C;
+    const float scale = 1.0f / sqrtf((float)hs);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const float *q = qkv + ((size_t)b * T + t) * C3 + h * hs;
+                float *a = att + (((size_t)b * NH + h) * T + t) * T;
+                float mx = -INFINITY;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *k = qkv + ((size_t)b * T + t2) * C3 + C + h * hs;
+                    float s = K(dot)(q, k, hs) * scale;
+                    a[t2] = s;
+                    if (s > mx) mx = s;
+                }
+                float sum = K(exp_shifted)(a, a, t + 1, mx);
+                K(scale_row)(a, t + 1, 1.0f / sum);
+                if (t + 1 < T) memset(a + t + 1, 0, sizeof(float) * (size_t)(T - t - 1));
+                float *o = out + ((size_t)b * T + t) * C + h * hs;
+                memset(o, 0, sizeof(float) * (size_t)hs);
+                for (int t2 = 0; t2 <= t; t2++)
+                    K(axpy)(o, a[t2], qkv + ((size_t)b * T + t2) * C3 + 2 * C + h * hs, hs);
+            }
+}
+
+/* dqkv[B,T,3C] += d/dqkv of the above; scratch[T] */
+static void K(attention_backward)(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                                  const float *att, int B, int T, int C, int NH) {
+    const int hs = C / NH, C3 = 3 * C;
+    const float scale = 1.0f / sqrtf((float)hs);
+    float *dpre = scratch;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const size_t row = (size_t)b * T;
+                const float *a = att + (((size_t)b * NH + h) * T + t) * T;
+                const float *dy = dout + (row + t) * C + h * hs;
+                /* datt[t2] = <dy, v[t2]> ; dv[t2] += a[t2] dy */
+                float dsum = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *v = qkv + (row + t2) * C3 + 2 * C + h * hs;
+                    float da = K(dot)(dy, v, hs);
+                    dpre[t2] = da;
+                    dsum += da * a[t2];
+                    K(axpy)(dqkv + (row + t2) * C3 + 2 * C + h * hs, a[t2], dy, hs);
+                }
+                /* softmax backward, then through the scaled dot products */
+                const float *q = qkv + (row + t) * C3 + h * hs;
+                float *dq = dqkv + (row + t) * C3 + h * hs;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    float g = a[t2] * (dpre[t2] - dsum) * scale;
+                    K(axpy)(dq, g, qkv + (row + t2) * C3 + C + h * hs, hs);
+                    K(axpy)(dqkv + (row + t2) * C3 + C + h * hs, g, q, hs);
+                }
+            }
+}
+
+/* ------------------------------------------------------------------------------
+ * Embedding: out[B,T,C] = wte[tokens] + wpe[t] ; tokens already range-checked
+ * --------------------------------------------------------------------------- */
+static void K(embedding_forward)(float *out, const int32_t *tokens, const float *wte,
+                                 const float *wpe, int B, int T, int C) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            float *o = out + ((size_t)b * T + t) * C;
+            const float *te = wte + (size_t)tokens[b * T + t] * C, *pe = wpe + (size_t)t * C;
+            int i = 0;
+            for (; i + VL <= C; i += VL) vstore(o + i, vadd(vload(te + i), vload(pe + i)));
+            if (i < C) vstore_n(o + i, vadd(vload_n(te + i, C - i, 0.0f), vload_n(pe + i, C - i, 0.0f)), C - i);
+        }
+}
+
+/* dwte[tokens] += dout ; dwpe[t] += dout   (in a fixed order: b, then t) */
+static void K(embedding_backward)(float *dwte, float *dwpe, const float *dout,
+                                  const int32_t *tokens, int B, int T, int C) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float *g = dout + ((size_t)b * T + t) * C;
+            if (dwte) K(axpy)(dwte + (size_t)tokens[b * T + t] * C, 1.0f, g, C);
+            if (dwpe) K(axpy)(dwpe + (size_t)t * C, 1.0f, g, C);
+        }
+}
+
+/* ------------------------------------------------------------------------------
+ * Fused softmax + cross-entropy with a per-token mask
+ * --------------------------------------------------------------------------- */
+/* losses[N] (0 where masked), lse[N]; returns the sum of unmasked losses */
+static double K(crossentropy_forward)(float *losses, float *lse, const float *logits,
+                                      const int32_t *targets, const uint8_t *mask, int N, int V) {
+    double total = 0.0;
+    for (int r = 0; r < N; r++) {
+        if (mask && !mask[r]) { losses[r] = 0.0f; lse[r] = 0.0f; continue; }
+        const float *x = logits + (size_t)r * V;
+        float mx = K(maxval)(x, V);
+        /* sum exp(x - mx) without storing: reuse exp_shifted's math in registers */
+        vf vsh = vset1(mx), acc = vzero();
+        int i = 0;
+        for (; i + VL <= V; i += VL) acc = vadd(acc, K(v_exp)(vsub(vload(x + i), vsh)));
+        if (i < V) acc = vadd(acc, K(v_exp)(vsub(vload_n(x + i, V - i, -INFINITY), vsh)));
+        float l = mx + logf(vhsum(acc));
+        lse[r] = l;
+        losses[r] = l - x[targets[r]];
+        total += losses[r];
+    }
+    return total;
+}
+
+/* dlogits[N,V] += scale * mask * (softmax(logits) - onehot(target)) */
+static void K(crossentropy_backward)(float *dlogits, const float *logits, const float *lse,
+                                     const int32_t *targets, const uint8_t *mask, int N, int V,
+                                     float scale) {
+    vf vsc = vset1(scale);
+    for (int r = 0; r < N; r++) {
+        if (mask && !mask[r]) continue;
+        const float *x = logits + (size_t)r * V;
+        float *dx = dlogits + (size_t)r * V;
+        vf vl = vset1(lse[r]);
+        int i = 0;
+        for (; i + VL <= V; i += VL)
+            vstore(dx + i, vfma(K(v_exp)(vsub(vload(x + i), vl)), vsc, vload(dx + i)));
+        if (i < V) {
+            int t = V - i;
+            vf p = K(v_exp)(vsub(vload_n(x + i, t, 0.0f), vl));
+            vstore_n(dx + i, vfma(p, vsc, vload_n(dx + i, t, 0.0f)), t);
+        }
+        dx[targets[r]] -= scale;
+    }
+}
+
+/* ------------------------------------------------------------------------------
+ * AdamW, norms
+ * --------------------------------------------------------------------------- */
+static inline vf K(v_adamw)(vf p, vf g, vf *m, vf *v, vf b1, vf b2, vf ib1, vf ib2,
+                            vf ibc1, vf ibc2, vf lr, vf eps, vf wd) {
+    *m = vfma(b1, *m, vmul(ib1, g));
+    *v = vfma(b2, *v, vmul(ib2, vmul(g, g)));
+    vf mhat = vmul(*m, ibc1), vhat = vmul(*v, ibc2);
+    vf upd = vfma(wd, p, vdiv(mhat, vadd(vsqrt(vhat), eps)));
+    return vfnma(lr, upd, p);
+}
+
+static void K(adamw)(float *params, const float *grads, float *m, float *v, size_t n,
+                     float lr, float beta1, float beta2, float eps, float weight_decay,
+                     float bc1, float bc2) {
+    vf b1 = vset1(beta1), b2 = vset1(beta2), ib1 = vset1(1.0f - beta1), ib2 = vset1(1.0f - beta2);
+    vf ibc1 = vset1(1.0f / bc1), ibc2 = vset1(1.0f / bc2), vlr = vset1(lr), veps = vset1(eps);
+    vf wd = vset1(weight_decay);
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        vf mm = vload(m + i), vv = vload(v + i);
+        vf p = K(v_adamw)(vload(params + i), vload(grads + i), &mm, &vv, b1, b2, ib1, ib2, ibc1, ibc2, vlr, veps, wd);
+        vstore(params + i, p);
+        vstore(m + i, mm);
+        vstore(v + i, vv);
+    }
+    if (i < n) {
+        int t = (int)(n - i);
+        vf mm = vload_n(m + i, t, 0.0f), vv = vload_n(v + i, t, 0.0f);
+        vf p = K(v_adamw)(vload_n(params + i, t, 0.0f), vload_n(grads + i, t, 0.0f), &mm, &vv,
+                          b1, b2, ib1, ib2, ibc1, ibc2, vlr, veps, wd);
+        vstore_n(params + i, p, t);
+        vstore_n(m + i, mm, t);
+        vstore_n(v + i, vv, t);
+    }
+}
+
+/* sum x^2: float vectors over blocks of 4096, blocks added in double, in order */
+static double K(sumsq)(const float *x, size_t n) {
+    double total = 0.0;
+    for (size_t start = 0; start < n; start += 4096) {
+        int len = (int)((n - start) < 4096 ? (n - start) : 4096);
+        total += (double)K(dot)(x + start, x + start, len);
+    }
+    return total;
+}
+
+static void K(scale)(float *x, size_t n, float s) {
+    for (size_t start = 0; start < n; start += (1u << 30))
+        K(scale_row)(x + start, (int)((n - start) < (1u << 30) ? (n - start) : (1u << 30)), s);
+}

@@ -1,0 +1,92 @@
+/* kernels.h — the per-ISA kernel table (internal; not exported to Python).
+ *
+ * Every instruction set is one file (scalar.c, avx2.c, avx512.c, wasm_simd128.c) that
+ * defines a handful of vector primitives and then includes kernel_body.h and
+ * gemm_kernel.h, which instantiate every kernel for that ISA and fill one
+ * odin_kernel_table. Adding an ISA = one more such file + one line in dispatch.c.
+ *
+ * Kernels here do no argument checking: api.c validates at the boundary.
+ * Backward kernels accumulate (+=). No kernel allocates.
+ */
+#ifndef ODIN_KERNELS_H
+#define ODIN_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct odin_kernel_table {
+    const char *name;
+
+    /* ---- GEMM building blocks (driven by gemm.c) ----
+     * Register tile MR x NR; cache blocks MC (rows of A), KC (depth), NC (cols of B).
+     * ukernel: C[MR,NR] (row stride ldc) = (accumulate ? C : 0) + Ap . Bp
+     * Ap: packed A micro-panel, kc steps of MR floats; Bp: packed B, kc steps of NR floats. */
+    int mr, nr, mc, kc, nc;
+    void (*gemm_ukernel)(int kc, const float *Ap, const float *Bp, float *C, int ldc, int accumulate);
+    /* vector helpers used by the small-shape gemm path and by models */
+    float (*dot)(const float *a, const float *b, int n);
+    void (*axpy)(float *y, float a, const float *x, int n);            /* y += a*x */
+
+    /* ---- math ---- */
+    void (*vexp)(float *out, const float *inp, size_t n);
+    void (*vsigmoid)(float *out, const float *inp, size_t n);
+    void (*vtanh)(float *out, const float *inp, size_t n);
+
+    /* ---- layers (shapes as in odin.h) ---- */
+    void (*gelu_forward)(float *out, const float *inp, size_t n);
+    void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
+    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
+                              const float *weight, const float *bias, int N, int C, float eps);
+    void (*layernorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, int N, int C);
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *weight,
+                            int N, int C, float eps);
+    void (*rmsnorm_backward)(float *dinp, float *dweight, const float *dout, const float *inp,
+                             const float *weight, const float *rstd, int N, int C);
+    void (*softmax_forward)(float *out, const float *inp, int N, int C);
+    void (*softmax_backward)(float *dinp, const float *out, const float *dout, int N, int C);
+    void (*attention_forward)(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
+    void (*attention_backward)(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                               const float *att, int B, int T, int C, int NH);
+    void (*embedding_forward)(float *out, const int32_t *tokens, const float *wte,
+                              const float *wpe, int B, int T, int C);
+    void (*embedding_backward)(float *dwte, float *dwpe, const float *dout,
+                               const int32_t *tokens, int B, int T, int C);
+    /* returns sum of unmasked losses (double for a fixed, accurate order) */
+    double (*crossentropy_forward)(float *losses, float *lse, const float *logits,
+                                   const int32_t *targets, const uint8_t *mask, int N, int V);
+    /* scale = dloss / count */
+    void (*crossentropy_backward)(float *dlogits, const float *logits, const float *lse,
+                                  const int32_t *targets, const uint8_t *mask, int N, int V,
+                                  float scale);
+
+    /* ---- optimiser ---- */
+    void (*adamw)(float *params, const float *grads, float *m, float *v, size_t n,
+                  float lr, float beta1, float beta2, float eps, float weight_decay,
+                  float bc1, float bc2);   /* bc = 1 - beta^t, precomputed */
+    double (*sumsq)(const float *x, size_t n);
+    void (*scale)(float *x, size_t n, float s);
+} odin_kernel_table;
+
+/* The table in use. Set once at start-up (ODIN_ISA or best available). */
+extern const odin_kernel_table *odin_kern;
+
+/* One table per compiled ISA. */
+extern const odin_kernel_table odin_kernels_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const odin_kernel_table odin_kernels_avx2;
+extern const odin_kernel_table odin_kernels_avx512;
+#endif
+#if defined(__wasm_simd128__)
+extern const odin_kernel_table odin_kernels_wasm_simd128;
+#endif
+
+/* dispatch.c */
+void odin_dispatch_init(void);  /* idempotent, thread-safe */
+
+/* gemm.c: the blocked/packed driver over odin_kern->gemm_ukernel (see odin_sgemm). */
+int odin_gemm(int M, int N, int K, const float *a, int rsa, int csa,
+              const float *b, int rsb, int csb, int accumulate, float *c, int ldc);
+
+#endif

@@ -1,0 +1,141 @@
+/* odin.h — the one public header of the ODIN native library.
+ *
+ * cffi reads this file (the part between ODIN_CDEF_BEGIN/END is fed to ffi.cdef),
+ * so it must stay plain C declarations: no macros in signatures, no inline code.
+ *
+ * Conventions
+ *  - Every exported function returns an odin_status. On failure odin_last_error()
+ *    returns a message (thread-local) naming the offending argument.
+ *  - Activations are row-major [rows, C]; weights [OC, C] row-major.
+ *  - Backward functions ACCUMULATE (+=) into gradient buffers; callers zero them.
+ *  - No function allocates except where its name says so (create/alloc) .
+ *  - Kernels are single-threaded; parallelism lives above them (the spheres).
+ */
+#ifndef ODIN_H
+#define ODIN_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ODIN_CDEF_BEGIN */
+typedef enum {
+    ODIN_OK = 0,
+    ODIN_BAD_SHAPE = 1,
+    ODIN_BAD_ARG = 2,
+    ODIN_NO_MEMORY = 3,
+    ODIN_NAN_DETECTED = 4,
+    ODIN_UNSUPPORTED_ISA = 5,
+    ODIN_IO = 6,
+    ODIN_STATE = 7
+} odin_status;
+
+/* ---- library, CPU and dispatch ---------------------------------------- */
+const char *odin_version(void);
+const char *odin_last_error(void);
+const char *odin_compiler(void);
+/* Comma-separated features the CPU and OS offer, e.g. "sse2,avx,avx2,fma,avx512f,...". */
+const char *odin_cpu_features(void);
+const char *odin_cpu_model(void);
+/* Comma-separated ISAs this build contains AND this CPU can run, best last. */
+const char *odin_available_isas(void);
+/* The ISA whose kernels are in use: "scalar", "avx2", "avx512" (or "wasm_simd128"). */
+const char *odin_current_isa(void);
+/* Switch the kernel table. Not to be called while another thread runs kernels. */
+odin_status odin_set_isa(const char *name);
+
+/* ---- matmul --------------------------------------------------------------
+ * out[M,N] = inp[M,K] . W[N,K]^T + bias[N]        (bias may be NULL)
+ * backward: dinp[M,K] += dout . W ; dW[N,K] += dout^T . inp ; dbias[N] += colsum(dout)
+ * (any of dinp / dW / dbias may be NULL to skip it) */
+odin_status odin_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                                int M, int K, int N);
+odin_status odin_matmul_backward(float *dinp, float *dweight, float *dbias,
+                                 const float *dout, const float *inp, const float *weight,
+                                 int M, int K, int N);
+/* General single-precision GEMM on strided operands, the engine under matmul:
+ * C(i,j) = beta*C(i,j) + sum_p A(i,p) B(p,j) with A(i,p)=a[i*rsa+p*csa], B(p,j)=b[p*rsb+j*csb],
+ * C(i,j)=c[i*ldc+j]. beta must be 0 or 1. */
+odin_status odin_sgemm(int M, int N, int K,
+                       const float *a, int rsa, int csa,
+                       const float *b, int rsb, int csb,
+                       float beta, float *c, int ldc);
+
+/* ---- normalisation ------------------------------------------------------ */
+/* layernorm: out[N,C] = (inp-mean)*rstd*weight + bias ; mean[N], rstd[N] saved for backward */
+odin_status odin_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                   const float *weight, const float *bias, int N, int C, float eps);
+odin_status odin_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                    const float *inp, const float *weight, const float *mean,
+                                    const float *rstd, int N, int C);
+/* rmsnorm: out[N,C] = inp*rstd*weight ; rstd[N] saved */
+odin_status odin_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight,
+                                 int N, int C, float eps);
+odin_status odin_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                                  const float *weight, const float *rstd, int N, int C);
+
+/* ---- elementwise -------------------------------------------------------- */
+/* GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+odin_status odin_gelu_forward(float *out, const float *inp, size_t n);
+odin_status odin_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+/* vectorised math, out[i] = f(inp[i]); max errors versus libm are documented in kernel_body.h */
+odin_status odin_vexp(float *out, const float *inp, size_t n);
+odin_status odin_vsigmoid(float *out, const float *inp, size_t n);
+odin_status odin_vtanh(float *out, const float *inp, size_t n);
+
+/* ---- softmax and attention ---------------------------------------------- */
+/* row softmax: out[N,C] = softmax(inp) along C ; backward dinp += out*(dout - <dout,out>) */
+odin_status odin_softmax_forward(float *out, const float *inp, int N, int C);
+odin_status odin_softmax_backward(float *dinp, const float *out, const float *dout, int N, int C);
+/* causal multi-head self-attention.
+ * qkv[B,T,3C] holds q | k | v per token; head h uses columns h*hs .. (h+1)*hs-1 of each, hs = C/NH.
+ * out[B,T,C]; att[B,NH,T,T] receives the softmax probabilities (upper triangle left 0).
+ * backward: dqkv[B,T,3C] += ... ; scratch must hold T floats. */
+odin_status odin_attention_forward(float *out, float *att, const float *qkv,
+                                   int B, int T, int C, int NH);
+odin_status odin_attention_backward(float *dqkv, float *scratch, const float *dout,
+                                    const float *qkv, const float *att,
+                                    int B, int T, int C, int NH);
+
+/* ---- embedding ---------------------------------------------------------- */
+/* out[B,T,C] = wte[tokens[b,t]] + wpe[t] ; wte[V,C], wpe[maxT,C] with T <= maxT.
+ * Any token outside [0,V) is an error (checked before anything is written). */
+odin_status odin_embedding_forward(float *out, const int32_t *tokens, const float *wte,
+                                   const float *wpe, int B, int T, int C, int V, int maxT);
+odin_status odin_embedding_backward(float *dwte, float *dwpe, const float *dout,
+                                    const int32_t *tokens, int B, int T, int C, int V, int maxT);
+
+/* ---- loss --------------------------------------------------------------- */
+/* Fused softmax + cross-entropy over logits[N,V] with targets[N] and mask[N] (1 = counts,
+ * NULL = all count). losses[N] gets the per-token loss (0 where masked), lse[N] the
+ * log-sum-exp saved for backward; *mean_loss = sum(losses)/count(mask). A target outside
+ * [0,V) on a counted token is an error. */
+odin_status odin_crossentropy_forward(float *mean_loss, float *losses, float *lse,
+                                      const float *logits, const int32_t *targets,
+                                      const uint8_t *mask, int N, int V);
+/* dlogits[N,V] += dloss * mask[i]/count * (softmax(logits[i]) - onehot(targets[i])) */
+odin_status odin_crossentropy_backward(float *dlogits, const float *logits, const float *lse,
+                                       const int32_t *targets, const uint8_t *mask,
+                                       int N, int V, float dloss);
+
+/* ---- optimiser ---------------------------------------------------------- */
+/* AdamW with decoupled weight decay, bias-corrected with step t >= 1:
+ * m = b1 m + (1-b1) g ; v = b2 v + (1-b2) g^2
+ * p -= lr * ( (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps) + wd * p ) */
+odin_status odin_adamw(float *params, const float *grads, float *m, float *v, size_t n,
+                       float lr, float beta1, float beta2, float eps, float weight_decay, int t);
+/* *out = sqrt(sum x^2) accumulated in double in a fixed order */
+odin_status odin_global_norm(float *out, const float *x, size_t n);
+/* Scale x so its L2 norm is at most max_norm; *norm_out = norm before clipping. */
+odin_status odin_clip_by_norm(float *x, size_t n, float max_norm, float *norm_out);
+/* x *= s */
+odin_status odin_scale(float *x, size_t n, float s);
+/* ODIN_CDEF_END */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ODIN_H */
