@@ -133,6 +133,65 @@ odin_status odin_global_norm(float *out, const float *x, size_t n);
 odin_status odin_clip_by_norm(float *x, size_t n, float max_norm, float *norm_out);
 /* x *= s */
 odin_status odin_scale(float *x, size_t n, float s);
+/* ---- GPT model (gpt.c) ------------------------------------------------------
+ * One contiguous float32 block holds every parameter; tensors are views into it in
+ * this order: wte[V,C], wpe[maxT,C], per layer l: ln1_w[C], ln1_b[C], qkv_w[3C,C],
+ * qkv_b[3C], attproj_w[C,C], attproj_b[C], ln2_w[C], ln2_b[C], fc_w[4C,C], fc_b[4C],
+ * fcproj_w[C,4C], fcproj_b[C]; then lnf_w[C], lnf_b[C]. The LM head is tied to wte.
+ * Gradient and AdamW moment blocks have the same layout. */
+typedef struct odin_gpt odin_gpt;
+typedef struct odin_gpt_ws odin_gpt_ws;
+typedef struct odin_gpt_cache odin_gpt_cache;
+
+odin_status odin_gpt_create(odin_gpt **out, int vocab, int max_t, int n_layer, int n_head,
+                            int d_model, float ln_eps);
+void odin_gpt_free(odin_gpt *model);
+size_t odin_gpt_num_params(const odin_gpt *model);
+int odin_gpt_num_tensors(const odin_gpt *model);
+/* name (static storage), offset into the block (floats), rows, cols (cols = 1 for 1-D) */
+odin_status odin_gpt_tensor_info(const odin_gpt *model, int index, const char **name,
+                                 size_t *offset, int *rows, int *cols);
+float *odin_gpt_params(odin_gpt *model);
+float *odin_gpt_grads(odin_gpt *model);
+float *odin_gpt_adam_m(odin_gpt *model);
+float *odin_gpt_adam_v(odin_gpt *model);
+
+/* Activations for micro-batches of up to B x T tokens, sized once. */
+odin_status odin_gpt_ws_create(odin_gpt_ws **out, const odin_gpt *model, int B, int T);
+void odin_gpt_ws_free(odin_gpt_ws *ws);
+size_t odin_gpt_ws_bytes(const odin_gpt_ws *ws);
+/* tokens[B,T] inputs, targets[B,T], mask[B,T] (NULL = every token counts).
+ * *loss = mean cross-entropy over counted tokens; targets may be NULL (no loss, logits only). */
+odin_status odin_gpt_forward(odin_gpt *model, odin_gpt_ws *ws, const int32_t *tokens,
+                             const int32_t *targets, const uint8_t *mask, int B, int T, float *loss);
+/* Gradient of the last forward's mean loss, times dloss, ACCUMULATED into grads (n_params). */
+odin_status odin_gpt_backward(odin_gpt *model, odin_gpt_ws *ws, float *grads, float dloss);
+/* logits[B,T,V] of the last forward (owned by ws) */
+float *odin_gpt_ws_logits(odin_gpt_ws *ws);
+/* Clip grads (the model's gradient block) to grad_clip (<= 0: no clipping), then AdamW
+ * with decoupled weight decay on matrices only (not biases, LayerNorm, which is standard).
+ * *grad_norm = norm before clipping; a non-finite norm is ODIN_NAN_DETECTED and nothing changes. */
+odin_status odin_gpt_adamw_step(odin_gpt *model, float lr, float beta1, float beta2, float eps,
+                                float weight_decay, float grad_clip, int t, float *grad_norm);
+
+/* Generation with a KV cache for B sequences; each sequence has its own position. */
+odin_status odin_gpt_cache_create(odin_gpt_cache **out, const odin_gpt *model, int B);
+void odin_gpt_cache_free(odin_gpt_cache *cache);
+/* Feed tokens[b] at position pos[b] (0-based, < maxT) for each of the B sequences;
+ * logits[B,V] receives the next-token logits (may be NULL). */
+odin_status odin_gpt_decode(odin_gpt *model, odin_gpt_cache *cache, const int32_t *tokens,
+                            const int32_t *pos, int B, float *logits);
+/* Sample one token from logits[V]: temperature <= 0 -> argmax; top_k <= 0 -> off;
+ * top_p >= 1 -> off. rng_state is advanced (xorshift64*). */
+odin_status odin_sample(const float *logits, int V, float temperature, int top_k, float top_p,
+                        uint64_t *rng_state, int32_t *out_token);
+/* Greedy decoding of B prompts at once (prompts[B, max_prompt] with prompt_lens[B]):
+ * out[B, max_new] receives generated tokens, out_lens[B] how many (stops after end_id,
+ * which is included). */
+odin_status odin_gpt_generate_greedy(odin_gpt *model, odin_gpt_cache *cache,
+                                     const int32_t *prompts, const int32_t *prompt_lens,
+                                     int B, int max_prompt, int max_new, int end_id,
+                                     int32_t *out, int32_t *out_lens);
 /* ODIN_CDEF_END */
 
 #ifdef __cplusplus

@@ -1,0 +1,522 @@
+/* gpt.c — GPT-2 style decoder on the ODIN kernels: forward, backward, AdamW step,
+ * and token-by-token generation with a KV cache.
+ *
+ * Parameters live in one contiguous block (layout in odin.h); a workspace holds the
+ * activations of one micro-batch (sized once for B x T), so several workspaces can
+ * train on the same parameters at once (the spheres trainer gives one to each sphere).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+
+enum { T_WTE, T_WPE, T_LN1W, T_LN1B, T_QKVW, T_QKVB, T_PROJW, T_PROJB, T_LN2W, T_LN2B,
+       T_FCW, T_FCB, T_FCPW, T_FCPB, T_LNFW, T_LNFB, T_KINDS };
+static const char *k_names[T_KINDS] = {"wte", "wpe", "ln1_w", "ln1_b", "qkv_w", "qkv_b", "attproj_w",
+                                       "attproj_b", "ln2_w", "ln2_b", "fc_w", "fc_b", "fcproj_w",
+                                       "fcproj_b", "lnf_w", "lnf_b"};
+#define PER_LAYER 12 /* kinds T_LN1W .. T_FCPB */
+
+typedef struct { const char *name; int layer; size_t offset; int rows, cols; int decay; } tensor_view;
+
+struct odin_gpt {
+    int V, maxT, L, NH, C;
+    float eps;
+    size_t n_params;
+    int n_tensors;
+    tensor_view *tensors;
+    float *params, *grads, *m, *v;
+};
+
+/* Pointer to tensor `kind` of layer `l` inside a block with the parameter layout. */
+static inline float *view(const odin_gpt *g, float *block, int kind, int l) {
+    int idx = kind < T_LN1W ? kind : kind < T_LNFW ? 2 + l * PER_LAYER + (kind - T_LN1W)
+                                                    : 2 + g->L * PER_LAYER + (kind - T_LNFW);
+    return block + g->tensors[idx].offset;
+}
+
+static void *zalloc(size_t bytes) {
+    void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+odin_status odin_gpt_create(odin_gpt **out, int vocab, int max_t, int n_layer, int n_head,
+                            int d_model, float ln_eps) {
+    ODIN_REQUIRE_PTR(out, "out");
+    *out = NULL;
+    ODIN_REQUIRE_POS(vocab, "vocab"); ODIN_REQUIRE_POS(max_t, "max_t");
+    ODIN_REQUIRE_POS(n_layer, "n_layer"); ODIN_REQUIRE_POS(n_head, "n_head"); ODIN_REQUIRE_POS(d_model, "d_model");
+    if (d_model % n_head)
+        return odin_fail(ODIN_BAD_SHAPE, "d_model (%d) must be divisible by n_head (%d)", d_model, n_head);
+    if (!(ln_eps > 0.0f)) return odin_fail(ODIN_BAD_ARG, "ln_eps must be > 0 (got %g)", ln_eps);
+    odin_gpt *g = calloc(1, sizeof *g);
+    if (!g) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the model");
+    g->V = vocab; g->maxT = max_t; g->L = n_layer; g->NH = n_head; g->C = d_model; g->eps = ln_eps;
+    g->n_tensors = 2 + n_layer * PER_LAYER + 2;
+    g->tensors = calloc((size_t)g->n_tensors, sizeof *g->tensors);
+    if (!g->tensors) { free(g); return odin_fail(ODIN_NO_MEMORY, "cannot allocate the tensor table"); }
+    const int C = d_model;
+    const int rows[T_KINDS] = {vocab, max_t, C, C, 3 * C, 3 * C, C, C, C, C, 4 * C, 4 * C, C, C, C, C};
+    const int cols[T_KINDS] = {C, C, 1, 1, C, 1, C, 1, 1, 1, C, 1, 4 * C, 1, 1, 1};
+    size_t off = 0;
+    int idx = 0;
+#define ADD(kind, layer)                                                                          \
+    do {                                                                                          \
+        g->tensors[idx++] = (tensor_view){k_names[kind], layer, off, rows[kind], cols[kind], cols[kind] > 1}; \
+        off += (size_t)rows[kind] * cols[kind];                                                   \
+    } while (0)
+    ADD(T_WTE, -1);
+    ADD(T_WPE, -1);
+    for (int l = 0; l < n_layer; l++)
+        for (int kind = T_LN1W; kind < T_LNFW; kind++) ADD(kind, l);
+    ADD(T_LNFW, -1);
+    ADD(T_LNFB, -1);
+#undef ADD
+    g->n_params = off;
+    g->params = zalloc(off * sizeof(float));
+    g->grads = zalloc(off * sizeof(float));
+    g->m = zalloc(off * sizeof(float));
+    g->v = zalloc(off * sizeof(float));
+    if (!g->params || !g->grads || !g->m || !g->v) {
+        odin_gpt_free(g);
+        return odin_fail(ODIN_NO_MEMORY, "cannot allocate %zu parameters (4 blocks of %.1f MiB)",
+                         off, off * 4.0 / 1048576.0);
+    }
+    *out = g;
+    return ODIN_OK;
+}
+
+void odin_gpt_free(odin_gpt *g) {
+    if (!g) return;
+    free(g->params); free(g->grads); free(g->m); free(g->v); free(g->tensors);
+    free(g);
+}
+
+size_t odin_gpt_num_params(const odin_gpt *g) { return g ? g->n_params : 0; }
+int odin_gpt_num_tensors(const odin_gpt *g) { return g ? g->n_tensors : 0; }
+float *odin_gpt_params(odin_gpt *g) { return g->params; }
+float *odin_gpt_grads(odin_gpt *g) { return g->grads; }
+float *odin_gpt_adam_m(odin_gpt *g) { return g->m; }
+float *odin_gpt_adam_v(odin_gpt *g) { return g->v; }
+
+odin_status odin_gpt_tensor_info(const odin_gpt *g, int index, const char **name, size_t *offset,
+                                 int *rows, int *cols) {
+    ODIN_REQUIRE_PTR(g, "model");
+    if (index < 0 || index >= g->n_tensors)
+        return odin_fail(ODIN_BAD_ARG, "index must be in [0, %d), got %d", g->n_tensors, index);
+    const tensor_view *t = &g->tensors[index];
+    if (name) *name = t->name;
+    if (offset) *offset = t->offset;
+    if (rows) *rows = t->rows;
+    if (cols) *cols = t->cols;
+    return ODIN_OK;
+}
+
+/* ------------------------------------------------------------------ workspace */
+typedef struct {
+    float *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean, *ln2_rstd,
+          *fch, *fch_gelu, *res3;
+} layer_acts;
+
+struct odin_gpt_ws {
+    int Bmax, Tmax, B, T;
+    size_t bytes;
+    float *block;
+    float *encoded;            /* [B,T,C] */
+    layer_acts *layers;        /* L of them */
+    float *lnf, *lnf_mean, *lnf_rstd, *logits, *losses, *lse;
+    /* backward scratch, shared by all layers (backward kernels accumulate: zeroed per use) */
+    float *dres, *dln, *dqkv, *datty, *dfch, *dfch_gelu, *dlogits, *att_scratch;
+    const int32_t *tokens;     /* inputs of the last forward (caller-owned, must outlive backward) */
+    const int32_t *targets;
+    const uint8_t *mask;
+    int count;                 /* counted tokens of the last forward */
+    int has_loss;
+};
+
+odin_status odin_gpt_ws_create(odin_gpt_ws **out, const odin_gpt *g, int B, int T) {
+    ODIN_REQUIRE_PTR(out, "out"); ODIN_REQUIRE_PTR(g, "model");
+    *out = NULL;
+    ODIN_REQUIRE_POS(B, "B"); ODIN_REQUIRE_POS(T, "T");
+    if (T > g->maxT) return odin_fail(ODIN_BAD_SHAPE, "T (%d) exceeds the model's context (%d)", T, g->maxT);
+    const size_t BT = (size_t)B * T, C = (size_t)g->C, NH = (size_t)g->NH, V = (size_t)g->V, L = (size_t)g->L;
+    /* per token and layer: ln1, qkv(3), atty, res2, ln2, fch(4), fch_gelu(4), res3 = 16 C,
+     * two (mean, rstd) pairs, and NH x T attention probabilities */
+    const size_t per_layer = BT * (16 * C + 4) + NH * BT * T;
+    const size_t total = BT * C + L * per_layer + BT * C + BT * 2 + BT * V + BT * 2 /* forward */
+                       + BT * 14 * C + BT * V + (size_t)T;                         /* backward */
+    odin_gpt_ws *w = calloc(1, sizeof *w);
+    if (!w) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the workspace");
+    w->layers = calloc(L, sizeof *w->layers);
+    w->block = zalloc(total * sizeof(float));
+    if (!w->layers || !w->block) {
+        free(w->layers); free(w->block); free(w);
+        return odin_fail(ODIN_NO_MEMORY, "cannot allocate %.1f MiB of activations for B=%d, T=%d",
+                         total * 4.0 / 1048576.0, B, T);
+    }
+    w->Bmax = B; w->Tmax = T; w->bytes = total * sizeof(float);
+    float *p = w->block;
+#define TAKE(dst, n) do { (dst) = p; p += (n); } while (0)
+    TAKE(w->encoded, BT * C);
+    for (size_t l = 0; l < L; l++) {
+        layer_acts *a = &w->layers[l];
+        TAKE(a->ln1, BT * C); TAKE(a->ln1_mean, BT); TAKE(a->ln1_rstd, BT); TAKE(a->qkv, BT * 3 * C);
+        TAKE(a->atty, BT * C); TAKE(a->att, NH * BT * T); TAKE(a->res2, BT * C); TAKE(a->ln2, BT * C);
+        TAKE(a->ln2_mean, BT); TAKE(a->ln2_rstd, BT); TAKE(a->fch, BT * 4 * C); TAKE(a->fch_gelu, BT * 4 * C);
+        TAKE(a->res3, BT * C);
+    }
+    TAKE(w->lnf, BT * C); TAKE(w->lnf_mean, BT); TAKE(w->lnf_rstd, BT); TAKE(w->logits, BT * V);
+    TAKE(w->losses, BT); TAKE(w->lse, BT);
+    TAKE(w->dres, BT * C); TAKE(w->dln, BT * C); TAKE(w->datty, BT * C); TAKE(w->dqkv, BT * 3 * C);
+    TAKE(w->dfch, BT * 4 * C); TAKE(w->dfch_gelu, BT * 4 * C); TAKE(w->dlogits, BT * V);
+    TAKE(w->att_scratch, (size_t)T);
+#undef TAKE
+    *out = w;
+    return ODIN_OK;
+}
+
+void odin_gpt_ws_free(odin_gpt_ws *w) {
+    if (!w) return;
+    free(w->block); free(w->layers); free(w);
+}
+
+size_t odin_gpt_ws_bytes(const odin_gpt_ws *w) { return w ? w->bytes : 0; }
+float *odin_gpt_ws_logits(odin_gpt_ws *w) { return w->logits; }
+
+/* out[M,N] (+)= inp[M,K] W[N,K]^T (+ bias) */
+static int mm_fwd(float *out, const float *inp, const float *W, const float *bias, int M, int K, int N, int acc) {
+    if (odin_gemm(M, N, K, inp, K, 1, W, 1, K, acc, out, N)) return -1;
+    if (bias)
+        for (int i = 0; i < M; i++) odin_kern->axpy(out + (size_t)i * N, 1.0f, bias, N);
+    return 0;
+}
+
+/* dinp += dout W ; dW += dout^T inp ; dbias += colsum dout */
+static int mm_bwd(float *dinp, float *dW, float *dbias, const float *dout, const float *inp, const float *W,
+                  int M, int K, int N) {
+    if (dinp && odin_gemm(M, K, N, dout, N, 1, W, K, 1, 1, dinp, K)) return -1;
+    if (odin_gemm(N, K, M, dout, 1, N, inp, K, 1, 1, dW, K)) return -1;
+    if (dbias)
+        for (int i = 0; i < M; i++) odin_kern->axpy(dbias, 1.0f, dout + (size_t)i * N, N);
+    return 0;
+}
+
+static odin_status check_tokens(const int32_t *t, size_t n, int V, const char *name, const uint8_t *mask) {
+    for (size_t i = 0; i < n; i++) {
+        if (mask && !mask[i]) continue;
+        if (t[i] < 0 || t[i] >= V)
+            return odin_fail(ODIN_BAD_ARG, "%s[%zu] = %d is outside the vocabulary [0, %d)", name, i, (int)t[i], V);
+    }
+    return ODIN_OK;
+}
+
+odin_status odin_gpt_forward(odin_gpt *g, odin_gpt_ws *w, const int32_t *tokens, const int32_t *targets,
+                             const uint8_t *mask, int B, int T, float *loss) {
+    ODIN_REQUIRE_PTR(g, "model"); ODIN_REQUIRE_PTR(w, "ws"); ODIN_REQUIRE_PTR(tokens, "tokens");
+    ODIN_REQUIRE_POS(B, "B"); ODIN_REQUIRE_POS(T, "T");
+    if (B > w->Bmax || T > w->Tmax)
+        return odin_fail(ODIN_BAD_SHAPE, "batch B=%d, T=%d does not fit the workspace (B<=%d, T<=%d)", B, T, w->Bmax, w->Tmax);
+    const size_t BT = (size_t)B * T;
+    odin_status s = check_tokens(tokens, BT, g->V, "tokens", NULL);
+    if (s) return s;
+    if (targets && (s = check_tokens(targets, BT, g->V, "targets", mask))) return s;
+    /* the workspace was laid out for Tmax; a smaller T reuses it with a denser stride */
+    w->B = B; w->T = T;
+    w->tokens = tokens; w->targets = targets; w->mask = mask; w->has_loss = 0;
+    const int C = g->C, NH = g->NH, V = g->V, M = (int)BT;
+    const odin_kernel_table *k = odin_kern;
+
+    k->embedding_forward(w->encoded, tokens, g->params + g->tensors[T_WTE].offset,
+                         g->params + g->tensors[T_WPE].offset, B, T, C);
+    const float *res = w->encoded;
+    for (int l = 0; l < g->L; l++) {
+        layer_acts *a = &w->layers[l];
+        float *P = g->params;
+        k->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, res, view(g, P, T_LN1W, l), view(g, P, T_LN1B, l), M, C, g->eps);
+        if (mm_fwd(a->qkv, a->ln1, view(g, P, T_QKVW, l), view(g, P, T_QKVB, l), M, C, 3 * C, 0)) goto oom;
+        k->attention_forward(a->atty, a->att, a->qkv, B, T, C, NH);
+        /* res2 = res + atty Wproj^T + b : the residual add is fused into the GEMM's accumulate */
+        memcpy(a->res2, res, BT * C * sizeof(float));
+        if (mm_fwd(a->res2, a->atty, view(g, P, T_PROJW, l), view(g, P, T_PROJB, l), M, C, C, 1)) goto oom;
+        k->layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, view(g, P, T_LN2W, l), view(g, P, T_LN2B, l), M, C, g->eps);
+        if (mm_fwd(a->fch, a->ln2, view(g, P, T_FCW, l), view(g, P, T_FCB, l), M, C, 4 * C, 0)) goto oom;
+        k->gelu_forward(a->fch_gelu, a->fch, BT * 4 * C);
+        memcpy(a->res3, a->res2, BT * C * sizeof(float));
+        if (mm_fwd(a->res3, a->fch_gelu, view(g, P, T_FCPW, l), view(g, P, T_FCPB, l), M, 4 * C, C, 1)) goto oom;
+        res = a->res3;
+    }
+    k->layernorm_forward(w->lnf, w->lnf_mean, w->lnf_rstd, res, view(g, g->params, T_LNFW, 0),
+                         view(g, g->params, T_LNFB, 0), M, C, g->eps);
+    if (mm_fwd(w->logits, w->lnf, g->params + g->tensors[T_WTE].offset, NULL, M, C, V, 0)) goto oom;
+    if (targets) {
+        int count = 0;
+        for (size_t i = 0; i < BT; i++) count += mask ? (mask[i] != 0) : 1;
+        double total = k->crossentropy_forward(w->losses, w->lse, w->logits, targets, mask, M, V);
+        w->count = count;
+        w->has_loss = 1;
+        float mean = count ? (float)(total / count) : 0.0f;
+        if (loss) *loss = mean;
+        if (!isfinite(mean)) return odin_fail(ODIN_NAN_DETECTED, "loss is not finite (NaN or Inf in the forward pass)");
+    }
+    return ODIN_OK;
+oom:
+    return odin_fail(ODIN_NO_MEMORY, "forward: cannot allocate the GEMM packing buffers");
+}
+
+odin_status odin_gpt_backward(odin_gpt *g, odin_gpt_ws *w, float *grads, float dloss) {
+    ODIN_REQUIRE_PTR(g, "model"); ODIN_REQUIRE_PTR(w, "ws"); ODIN_REQUIRE_PTR(grads, "grads");
+    if (!w->has_loss) return odin_fail(ODIN_STATE, "backward needs a forward pass with targets first");
+    const int B = w->B, T = w->T, C = g->C, NH = g->NH, V = g->V, M = B * T;
+    const size_t BT = (size_t)M;
+    const odin_kernel_table *k = odin_kern;
+    float *P = g->params, *G = grads;
+    if (w->count == 0) return ODIN_OK; /* nothing counted: the loss is a constant 0 */
+
+    memset(w->dlogits, 0, BT * V * sizeof(float));
+    k->crossentropy_backward(w->dlogits, w->logits, w->lse, w->targets, w->mask, M, V, dloss / (float)w->count);
+    memset(w->dln, 0, BT * C * sizeof(float));
+    if (mm_bwd(w->dln, G + g->tensors[T_WTE].offset, NULL, w->dlogits, w->lnf, P + g->tensors[T_WTE].offset, M, C, V)) goto oom;
+    const float *res_last = g->L ? w->layers[g->L - 1].res3 : w->encoded;
+    memset(w->dres, 0, BT * C * sizeof(float));
+    k->layernorm_backward(w->dres, view(g, G, T_LNFW, 0), view(g, G, T_LNFB, 0), w->dln, res_last,
+                          view(g, P, T_LNFW, 0), w->lnf_mean, w->lnf_rstd, M, C);
+    for (int l = g->L - 1; l >= 0; l--) {
+        layer_acts *a = &w->layers[l];
+        const float *res_in = l ? w->layers[l - 1].res3 : w->encoded;
+        /* res3 = res2 + mlp(ln2(res2)): dres flows straight through to res2 */
+        memset(w->dfch_gelu, 0, BT * 4 * C * sizeof(float));
+        if (mm_bwd(w->dfch_gelu, view(g, G, T_FCPW, l), view(g, G, T_FCPB, l), w->dres, a->fch_gelu, view(g, P, T_FCPW, l), M, 4 * C, C)) goto oom;
+        memset(w->dfch, 0, BT * 4 * C * sizeof(float));
+        k->gelu_backward(w->dfch, a->fch, w->dfch_gelu, BT * 4 * C);
+        memset(w->dln, 0, BT * C * sizeof(float));
+        if (mm_bwd(w->dln, view(g, G, T_FCW, l), view(g, G, T_FCB, l), w->dfch, a->ln2, view(g, P, T_FCW, l), M, C, 4 * C)) goto oom;
+        k->layernorm_backward(w->dres, view(g, G, T_LN2W, l), view(g, G, T_LN2B, l), w->dln, a->res2,
+                              view(g, P, T_LN2W, l), a->ln2_mean, a->ln2_rstd, M, C);
+        /* res2 = res_in + proj(attn(ln1(res_in))) */
+        memset(w->datty, 0, BT * C * sizeof(float));
+        if (mm_bwd(w->datty, view(g, G, T_PROJW, l), view(g, G, T_PROJB, l), w->dres, a->atty, view(g, P, T_PROJW, l), M, C, C)) goto oom;
+        memset(w->dqkv, 0, BT * 3 * C * sizeof(float));
+        k->attention_backward(w->dqkv, w->att_scratch, w->datty, a->qkv, a->att, B, T, C, NH);
+        memset(w->dln, 0, BT * C * sizeof(float));
+        if (mm_bwd(w->dln, view(g, G, T_QKVW, l), view(g, G, T_QKVB, l), w->dqkv, a->ln1, view(g, P, T_QKVW, l), M, C, 3 * C)) goto oom;
+        k->layernorm_backward(w->dres, view(g, G, T_LN1W, l), view(g, G, T_LN1B, l), w->dln, res_in,
+                              view(g, P, T_LN1W, l), a->ln1_mean, a->ln1_rstd, M, C);
+    }
+    k->embedding_backward(G + g->tensors[T_WTE].offset, G + g->tensors[T_WPE].offset, w->dres, w->tokens, B, T, C);
+    return ODIN_OK;
+oom:
+    return odin_fail(ODIN_NO_MEMORY, "backward: cannot allocate the GEMM packing buffers");
+}
+
+odin_status odin_gpt_adamw_step(odin_gpt *g, float lr, float beta1, float beta2, float eps,
+                                float weight_decay, float grad_clip, int t, float *grad_norm) {
+    ODIN_REQUIRE_PTR(g, "model");
+    if (t < 1) return odin_fail(ODIN_BAD_ARG, "t (the step number) must be >= 1 (got %d)", t);
+    if (!(beta1 >= 0.0f && beta1 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta1 must be in [0, 1) (got %g)", beta1);
+    if (!(beta2 >= 0.0f && beta2 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta2 must be in [0, 1) (got %g)", beta2);
+    if (!(eps > 0.0f)) return odin_fail(ODIN_BAD_ARG, "eps must be > 0 (got %g)", eps);
+    if (!(lr >= 0.0f) || !isfinite(lr)) return odin_fail(ODIN_BAD_ARG, "lr must be a finite number >= 0 (got %g)", lr);
+    const odin_kernel_table *k = odin_kern;
+    double norm = sqrt(k->sumsq(g->grads, g->n_params));
+    if (grad_norm) *grad_norm = (float)norm;
+    if (!isfinite(norm)) return odin_fail(ODIN_NAN_DETECTED, "gradient norm is not finite (NaN or Inf in the gradients)");
+    if (grad_clip > 0.0f && norm > grad_clip) k->scale(g->grads, g->n_params, (float)(grad_clip / norm));
+    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
+    for (int i = 0; i < g->n_tensors; i++) {
+        const tensor_view *tv = &g->tensors[i];
+        size_t n = (size_t)tv->rows * tv->cols;
+        k->adamw(g->params + tv->offset, g->grads + tv->offset, g->m + tv->offset, g->v + tv->offset, n,
+                 lr, beta1, beta2, eps, tv->decay ? weight_decay : 0.0f, bc1, bc2);
+    }
+    return ODIN_OK;
+}
+
+/* ------------------------------------------------------------------ generation */
+struct odin_gpt_cache {
+    int B;
+    float *k, *v;                       /* [L, B, maxT, C] */
+    float *x, *ln, *qkv, *atty, *fch, *fch_gelu, *scores, *logits; /* step scratch */
+    float *block;
+};
+
+odin_status odin_gpt_cache_create(odin_gpt_cache **out, const odin_gpt *g, int B) {
+    ODIN_REQUIRE_PTR(out, "out"); ODIN_REQUIRE_PTR(g, "model");
+    *out = NULL;
+    ODIN_REQUIRE_POS(B, "B");
+    const size_t C = (size_t)g->C, kv = (size_t)g->L * B * g->maxT * C;
+    const size_t total = 2 * kv + B * C * 3 + B * 3 * C + B * 4 * C * 2 + (size_t)g->maxT + (size_t)B * g->V;
+    odin_gpt_cache *c = calloc(1, sizeof *c);
+    if (!c) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the KV cache");
+    c->block = zalloc(total * sizeof(float));
+    if (!c->block) { free(c); return odin_fail(ODIN_NO_MEMORY, "cannot allocate %.1f MiB of KV cache", total * 4.0 / 1048576.0); }
+    float *p = c->block;
+    c->B = B;
+    c->k = p; p += kv; c->v = p; p += kv;
+    c->x = p; p += B * C; c->ln = p; p += B * C; c->atty = p; p += B * C; c->qkv = p; p += B * 3 * C;
+    c->fch = p; p += B * 4 * C; c->fch_gelu = p; p += B * 4 * C; c->scores = p; p += g->maxT; c->logits = p;
+    *out = c;
+    return ODIN_OK;
+}
+
+void odin_gpt_cache_free(odin_gpt_cache *c) {
+    if (!c) return;
+    free(c->block); free(c);
+}
+
+odin_status odin_gpt_decode(odin_gpt *g, odin_gpt_cache *c, const int32_t *tokens, const int32_t *pos,
+                            int B, float *logits) {
+    ODIN_REQUIRE_PTR(g, "model"); ODIN_REQUIRE_PTR(c, "cache"); ODIN_REQUIRE_PTR(tokens, "tokens"); ODIN_REQUIRE_PTR(pos, "pos");
+    ODIN_REQUIRE_POS(B, "B");
+    if (B > c->B) return odin_fail(ODIN_BAD_SHAPE, "B (%d) exceeds the cache's batch (%d)", B, c->B);
+    const int C = g->C, NH = g->NH, hs = C / NH, V = g->V, maxT = g->maxT;
+    for (int b = 0; b < B; b++) {
+        if (tokens[b] < 0 || tokens[b] >= V)
+            return odin_fail(ODIN_BAD_ARG, "tokens[%d] = %d is outside the vocabulary [0, %d)", b, (int)tokens[b], V);
+        if (pos[b] < 0 || pos[b] >= maxT)
+            return odin_fail(ODIN_BAD_ARG, "pos[%d] = %d is outside the context [0, %d)", b, (int)pos[b], maxT);
+    }
+    const odin_kernel_table *k = odin_kern;
+    float *P = g->params;
+    const float *wte = P + g->tensors[T_WTE].offset, *wpe = P + g->tensors[T_WPE].offset;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < C; i++)
+            c->x[(size_t)b * C + i] = wte[(size_t)tokens[b] * C + i] + wpe[(size_t)pos[b] * C + i];
+    const float scale = 1.0f / sqrtf((float)hs);
+    for (int l = 0; l < g->L; l++) {
+        k->layernorm_forward(c->ln, NULL, NULL, c->x, view(g, P, T_LN1W, l), view(g, P, T_LN1B, l), B, C, g->eps);
+        if (mm_fwd(c->qkv, c->ln, view(g, P, T_QKVW, l), view(g, P, T_QKVB, l), B, C, 3 * C, 0)) goto oom;
+        for (int b = 0; b < B; b++) {
+            float *kc = c->k + (((size_t)l * c->B + b) * maxT) * C, *vc = c->v + (((size_t)l * c->B + b) * maxT) * C;
+            const float *q = c->qkv + (size_t)b * 3 * C;
+            memcpy(kc + (size_t)pos[b] * C, q + C, C * sizeof(float));
+            memcpy(vc + (size_t)pos[b] * C, q + 2 * C, C * sizeof(float));
+            float *o = c->atty + (size_t)b * C;
+            memset(o, 0, C * sizeof(float));
+            const int n = pos[b] + 1;
+            for (int h = 0; h < NH; h++) {
+                for (int t = 0; t < n; t++)
+                    c->scores[t] = k->dot(q + h * hs, kc + (size_t)t * C + h * hs, hs) * scale;
+                k->softmax_forward(c->scores, c->scores, 1, n); /* in place: one row of n */
+                for (int t = 0; t < n; t++) k->axpy(o + h * hs, c->scores[t], vc + (size_t)t * C + h * hs, hs);
+            }
+        }
+        if (mm_fwd(c->x, c->atty, view(g, P, T_PROJW, l), view(g, P, T_PROJB, l), B, C, C, 1)) goto oom;
+        k->layernorm_forward(c->ln, NULL, NULL, c->x, view(g, P, T_LN2W, l), view(g, P, T_LN2B, l), B, C, g->eps);
+        if (mm_fwd(c->fch, c->ln, view(g, P, T_FCW, l), view(g, P, T_FCB, l), B, C, 4 * C, 0)) goto oom;
+        k->gelu_forward(c->fch_gelu, c->fch, (size_t)B * 4 * C);
+        if (mm_fwd(c->x, c->fch_gelu, view(g, P, T_FCPW, l), view(g, P, T_FCPB, l), B, 4 * C, C, 1)) goto oom;
+    }
+    k->layernorm_forward(c->ln, NULL, NULL, c->x, view(g, P, T_LNFW, 0), view(g, P, T_LNFB, 0), B, C, g->eps);
+    if (mm_fwd(logits ? logits : c->logits, c->ln, wte, NULL, B, C, V, 0)) goto oom;
+    return ODIN_OK;
+oom:
+    return odin_fail(ODIN_NO_MEMORY, "decode: cannot allocate the GEMM packing buffers");
+}
+
+/* xorshift64* — small, fast, and reproducible across platforms */
+static inline uint64_t rng_next(uint64_t *s) {
+    uint64_t x = *s ? *s : 0x9E3779B97F4A7C15ull;
+    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+static int cmp_desc(const void *a, const void *b) {
+    float x = ((const float *)a)[0], y = ((const float *)b)[0];
+    if (x > y) return -1;
+    if (x < y) return 1;
+    int i = (int)((const float *)a)[1], j = (int)((const float *)b)[1];
+    return i - j;
+}
+
+odin_status odin_sample(const float *logits, int V, float temperature, int top_k, float top_p,
+                        uint64_t *rng_state, int32_t *out_token) {
+    ODIN_REQUIRE_PTR(logits, "logits"); ODIN_REQUIRE_PTR(out_token, "out_token"); ODIN_REQUIRE_POS(V, "V");
+    int best = 0;
+    for (int i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
+    if (!isfinite(logits[best])) return odin_fail(ODIN_NAN_DETECTED, "logits contain NaN or Inf");
+    if (temperature <= 0.0f || top_k == 1) { *out_token = best; return ODIN_OK; }
+    ODIN_REQUIRE_PTR(rng_state, "rng_state");
+    if (!(top_p > 0.0f)) return odin_fail(ODIN_BAD_ARG, "top_p must be > 0 (got %g)", top_p);
+    /* (prob, index) pairs sorted by probability: V is a vocabulary, small enough to sort per token */
+    float pairs_stack[2 * 1024];
+    float *pairs = V <= 1024 ? pairs_stack : malloc(sizeof(float) * 2 * (size_t)V);
+    if (!pairs) return odin_fail(ODIN_NO_MEMORY, "cannot allocate sampling buffer");
+    for (int i = 0; i < V; i++) {
+        pairs[2 * i] = (float)exp((double)(logits[i] - logits[best]) / temperature);
+        pairs[2 * i + 1] = (float)i;
+    }
+    qsort(pairs, (size_t)V, 2 * sizeof(float), cmp_desc);
+    int keep = (top_k > 0 && top_k < V) ? top_k : V;
+    double kept = 0.0;
+    for (int i = 0; i < keep; i++) kept += pairs[2 * i];
+    if (top_p < 1.0f) {
+        double acc = 0.0;
+        for (int i = 0; i < keep; i++) {
+            acc += pairs[2 * i];
+            if (acc >= top_p * kept) { keep = i + 1; break; }
+        }
+        kept = 0.0;
+        for (int i = 0; i < keep; i++) kept += pairs[2 * i];
+    }
+    double u = (double)(rng_next(rng_state) >> 11) * (1.0 / 9007199254740992.0) * kept, acc = 0.0;
+    int chosen = (int)pairs[2 * (keep - 1) + 1];
+    for (int i = 0; i < keep; i++) {
+        acc += pairs[2 * i];
+        if (u < acc) { chosen = (int)pairs[2 * i + 1]; break; }
+    }
+    if (pairs != pairs_stack) free(pairs);
+    *out_token = chosen;
+    return ODIN_OK;
+}
+
+odin_status odin_gpt_generate_greedy(odin_gpt *g, odin_gpt_cache *c, const int32_t *prompts,
+                                     const int32_t *prompt_lens, int B, int max_prompt, int max_new,
+                                     int end_id, int32_t *out, int32_t *out_lens) {
+    ODIN_REQUIRE_PTR(g, "model"); ODIN_REQUIRE_PTR(c, "cache"); ODIN_REQUIRE_PTR(prompts, "prompts");
+    ODIN_REQUIRE_PTR(prompt_lens, "prompt_lens"); ODIN_REQUIRE_PTR(out, "out"); ODIN_REQUIRE_PTR(out_lens, "out_lens");
+    ODIN_REQUIRE_POS(B, "B"); ODIN_REQUIRE_POS(max_prompt, "max_prompt"); ODIN_REQUIRE_POS(max_new, "max_new");
+    if (B > c->B) return odin_fail(ODIN_BAD_SHAPE, "B (%d) exceeds the cache's batch (%d)", B, c->B);
+    for (int b = 0; b < B; b++) {
+        if (prompt_lens[b] < 1 || prompt_lens[b] > max_prompt)
+            return odin_fail(ODIN_BAD_ARG, "prompt_lens[%d] = %d must be in [1, %d]", b, (int)prompt_lens[b], max_prompt);
+        if (prompt_lens[b] + max_new - 1 > g->maxT)
+            return odin_fail(ODIN_BAD_ARG, "prompt %d (%d tokens) + max_new (%d) exceeds the context (%d)",
+                             b, (int)prompt_lens[b], max_new, g->maxT);
+    }
+    /* Sequences advance in lock-step; each reads its prompt until it runs out, then
+     * feeds back its own argmax. Rows that finished keep running harmlessly (their
+     * output is frozen) so the batch stays one GEMM wide. */
+    int32_t tok[256], pos[256];
+    if (B > 256) return odin_fail(ODIN_BAD_ARG, "B must be <= 256 for batched greedy decoding (got %d)", B);
+    int done[256];
+    for (int b = 0; b < B; b++) { out_lens[b] = 0; done[b] = 0; }
+    int longest = 0;
+    for (int b = 0; b < B; b++) if (prompt_lens[b] > longest) longest = prompt_lens[b];
+    const int V = g->V;
+    for (int step = 0; step < longest + max_new - 1; step++) {
+        int active = 0;
+        for (int b = 0; b < B; b++) {
+            int L = prompt_lens[b];
+            if (step < L) tok[b] = prompts[(size_t)b * max_prompt + step];
+            else tok[b] = out[(size_t)b * max_new + (step - L)];
+            pos[b] = step < g->maxT ? step : g->maxT - 1;
+            if (!done[b]) active = 1;
+        }
+        if (!active) break;
+        odin_status s = odin_gpt_decode(g, c, tok, pos, B, c->logits);
+        if (s) return s;
+        for (int b = 0; b < B; b++) {
+            int L = prompt_lens[b];
+            if (done[b] || step < L - 1) continue;
+            const float *lg = c->logits + (size_t)b * V;
+            int best = 0;
+            for (int i = 1; i < V; i++) if (lg[i] > lg[best]) best = i;
+            out[(size_t)b * max_new + out_lens[b]] = best;
+            out_lens[b]++;
+            if (best == end_id || out_lens[b] >= max_new) done[b] = 1;
+        }
+    }
+    return ODIN_OK;
+}

@@ -1,0 +1,252 @@
+"""The GPT model as Python sees it: a handle on the C model, with every parameter,
+gradient and AdamW moment visible as a numpy view into the C blocks (no copies).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+
+from odin.native import ShapeError, check, ffi, lib
+
+
+@dataclass(frozen=True)
+class GPTShape:
+    vocab_size: int
+    context: int
+    n_layer: int
+    n_head: int
+    d_model: int
+    ln_eps: float = 1e-5
+
+
+def _block_view(ptr, n: int) -> np.ndarray:
+    return np.frombuffer(ffi.buffer(ptr, n * 4), dtype=np.float32)
+
+
+class GPT:
+    """A GPT model in native memory. Not thread-safe: one trainer drives it at a time."""
+
+    def __init__(self, shape: GPTShape) -> None:
+        self.shape = shape
+        handle = ffi.new("odin_gpt **")
+        check(lib.odin_gpt_create(handle, shape.vocab_size, shape.context, shape.n_layer, shape.n_head,
+                                  shape.d_model, float(shape.ln_eps)), "GPT")
+        self._h = ffi.gc(handle[0], lib.odin_gpt_free)
+        self.n_params = int(lib.odin_gpt_num_params(self._h))
+        self.params = _block_view(lib.odin_gpt_params(self._h), self.n_params)
+        self.grads = _block_view(lib.odin_gpt_grads(self._h), self.n_params)
+        self.adam_m = _block_view(lib.odin_gpt_adam_m(self._h), self.n_params)
+        self.adam_v = _block_view(lib.odin_gpt_adam_v(self._h), self.n_params)
+        self.tensor_layout: list[tuple[str, int, tuple[int, ...]]] = []
+        name_p, off_p, rows_p, cols_p = ffi.new("char **"), ffi.new("size_t *"), ffi.new("int *"), ffi.new("int *")
+        layer_of: dict[str, int] = {}
+        for i in range(lib.odin_gpt_num_tensors(self._h)):
+            check(lib.odin_gpt_tensor_info(self._h, i, name_p, off_p, rows_p, cols_p), "GPT.tensor_info")
+            base = ffi.string(name_p[0]).decode()
+            if base in ("wte", "wpe", "lnf_w", "lnf_b"):
+                name = base
+            else:
+                layer = layer_of.get(base, 0)
+                layer_of[base] = layer + 1
+                name = f"h.{layer}.{base}"
+            shp = (rows_p[0],) if cols_p[0] == 1 else (rows_p[0], cols_p[0])
+            self.tensor_layout.append((name, int(off_p[0]), shp))
+        self._ws = None
+        self._ws_shape = (0, 0)
+
+    # ------------------------------------------------------------ tensor views
+    def _views(self, block: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: block[off:off + math.prod(shp)].reshape(shp) for name, off, shp in self.tensor_layout}
+
+    def named_params(self) -> dict[str, np.ndarray]:
+        return self._views(self.params)
+
+    def named_grads(self) -> dict[str, np.ndarray]:
+        return self._views(self.grads)
+
+    def named_moments(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        return self._views(self.adam_m), self._views(self.adam_v)
+
+    def init_weights(self, seed: int) -> None:
+        """GPT-2 initialisation: N(0, 0.02) matrices and embeddings, residual projections
+        scaled by 1/sqrt(2 L), LayerNorm weights 1, biases 0. Deterministic from the seed."""
+        rng = np.random.Generator(np.random.PCG64(seed))
+        resid_std = 0.02 / math.sqrt(2 * self.shape.n_layer)
+        for name, arr in self.named_params().items():
+            base = name.rsplit(".", 1)[-1]
+            if base.endswith("_b"):
+                arr[...] = 0.0
+            elif base in ("ln1_w", "ln2_w", "lnf_w"):
+                arr[...] = 1.0
+            else:
+                std = resid_std if base in ("attproj_w", "fcproj_w") else 0.02
+                arr[...] = rng.normal(0.0, std, size=arr.shape).astype(np.float32)
+        self.adam_m[...] = 0.0
+        self.adam_v[...] = 0.0
+        self.grads[...] = 0.0
+
+    # ------------------------------------------------------------ training
+    def _workspace(self, B: int, T: int):
+        if self._ws is None or B > self._ws_shape[0] or T > self._ws_shape[1]:
+            B2, T2 = max(B, self._ws_shape[0]), max(T, self._ws_shape[1])
+            out = ffi.new("odin_gpt_ws **")
+            self._ws = None  # free the old one first: they can be large
+            check(lib.odin_gpt_ws_create(out, self._h, B2, T2), "GPT.workspace")
+            self._ws = ffi.gc(out[0], lib.odin_gpt_ws_free)
+            self._ws_shape = (B2, T2)
+        return self._ws
+
+    def forward(self, tokens: np.ndarray, targets: Optional[np.ndarray] = None,
+                mask: Optional[np.ndarray] = None) -> Optional[float]:
+        """tokens/targets int32 [B,T], mask uint8 [B,T]. Returns the mean loss (if targets)."""
+        tokens = _i32_2d(tokens, "tokens")
+        B, T = tokens.shape
+        if T > self.shape.context:
+            raise ShapeError(f"tokens has T={T} positions but the model's context is {self.shape.context}")
+        tp = ffi.NULL
+        mp = ffi.NULL
+        if targets is not None:
+            targets = _i32_2d(targets, "targets", (B, T))
+            tp = ffi.cast("int32_t *", ffi.from_buffer(targets))
+        if mask is not None:
+            mask = np.ascontiguousarray(mask, dtype=np.uint8)
+            if mask.shape != (B, T):
+                raise ShapeError(f"mask must have shape {(B, T)}, got {mask.shape}")
+            mp = ffi.cast("uint8_t *", ffi.from_buffer(mask))
+        ws = self._workspace(B, T)
+        # keep the inputs alive until backward: the C workspace points at them
+        self._last_inputs = (tokens, targets, mask)
+        loss = ffi.new("float *")
+        check(lib.odin_gpt_forward(self._h, ws, ffi.cast("int32_t *", ffi.from_buffer(tokens)), tp, mp, B, T, loss),
+              "GPT.forward")
+        self._last_bt = (B, T)
+        return float(loss[0]) if targets is not None else None
+
+    def logits(self) -> np.ndarray:
+        """Logits [B,T,V] of the last forward (a copy)."""
+        B, T = self._last_bt
+        V = self.shape.vocab_size
+        return _block_view(lib.odin_gpt_ws_logits(self._ws), B * T * V).reshape(B, T, V).copy()
+
+    def zero_grad(self) -> None:
+        self.grads[...] = 0.0
+
+    def backward(self, dloss: float = 1.0) -> None:
+        """Accumulate d(loss)/d(params) of the last forward into self.grads."""
+        if self._ws is None:
+            raise RuntimeError("backward() needs a forward() with targets first")
+        check(lib.odin_gpt_backward(self._h, self._ws, lib.odin_gpt_grads(self._h), float(dloss)), "GPT.backward")
+
+    def adamw_step(self, *, lr: float, step: int, beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
+                   weight_decay: float = 0.0, grad_clip: float = 1.0) -> float:
+        """Clip, then AdamW. Returns the gradient norm before clipping."""
+        norm = ffi.new("float *")
+        check(lib.odin_gpt_adamw_step(self._h, float(lr), float(beta1), float(beta2), float(eps),
+                                      float(weight_decay), float(grad_clip), int(step), norm), "GPT.adamw_step")
+        return float(norm[0])
+
+    # ------------------------------------------------------------ generation
+    def new_cache(self, batch: int = 1) -> "KVCache":
+        return KVCache(self, batch)
+
+    def generate_greedy(self, prompts: list[list[int]], max_new: int, end_id: int,
+                        batch: int = 64) -> list[list[int]]:
+        """Greedy continuation of many prompts, batched in C. Returns generated ids (with end_id)."""
+        results: list[list[int]] = []
+        cache = None
+        for start in range(0, len(prompts), batch):
+            chunk = prompts[start:start + batch]
+            B = len(chunk)
+            if cache is None or cache.batch < B:
+                cache = KVCache(self, max(B, min(batch, len(prompts))))
+            longest = max(len(p) for p in chunk)
+            arr = np.zeros((B, longest), np.int32)
+            lens = np.array([len(p) for p in chunk], np.int32)
+            for i, p in enumerate(chunk):
+                arr[i, :len(p)] = p
+            limit = self.shape.context - longest + 1
+            n_new = max(1, min(max_new, limit))
+            out = np.zeros((B, n_new), np.int32)
+            out_lens = np.zeros(B, np.int32)
+            check(lib.odin_gpt_generate_greedy(
+                self._h, cache._h, ffi.cast("int32_t *", ffi.from_buffer(arr)),
+                ffi.cast("int32_t *", ffi.from_buffer(lens)), B, longest, n_new, end_id,
+                ffi.cast("int32_t *", ffi.from_buffer(out)), ffi.cast("int32_t *", ffi.from_buffer(out_lens))),
+                "GPT.generate_greedy")
+            results.extend(out[i, :out_lens[i]].tolist() for i in range(B))
+        return results
+
+
+class KVCache:
+    """Per-sequence key/value cache for token-by-token generation."""
+
+    def __init__(self, model: GPT, batch: int) -> None:
+        out = ffi.new("odin_gpt_cache **")
+        check(lib.odin_gpt_cache_create(out, model._h, batch), "KVCache")
+        self._h = ffi.gc(out[0], lib.odin_gpt_cache_free)
+        self.model = model
+        self.batch = batch
+        self._logits = np.zeros((batch, model.shape.vocab_size), np.float32)
+        self._tok = np.zeros(batch, np.int32)
+        self._pos = np.zeros(batch, np.int32)
+
+    def step(self, tokens: list[int], positions: list[int]) -> np.ndarray:
+        """Feed one token per sequence; returns next-token logits [B, V] (a view, overwritten next step)."""
+        B = len(tokens)
+        self._tok[:B] = tokens
+        self._pos[:B] = positions
+        check(lib.odin_gpt_decode(self.model._h, self._h, ffi.cast("int32_t *", ffi.from_buffer(self._tok)),
+                                  ffi.cast("int32_t *", ffi.from_buffer(self._pos)), B,
+                                  ffi.cast("float *", ffi.from_buffer(self._logits))), "KVCache.step")
+        return self._logits[:B]
+
+
+class Sampler:
+    """Temperature / top-k / top-p sampling in C with a seeded xorshift state."""
+
+    def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> None:
+        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        self._state = ffi.new("uint64_t *", (seed * 0x9E3779B97F4A7C15 + 1) & 0xFFFFFFFFFFFFFFFF)
+        self._out = ffi.new("int32_t *")
+
+    def __call__(self, logits: np.ndarray) -> int:
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
+        check(lib.odin_sample(ffi.cast("float *", ffi.from_buffer(logits)), logits.shape[-1], self.temperature,
+                              self.top_k, self.top_p, self._state, self._out), "sample")
+        return int(self._out[0])
+
+
+def stream_tokens(model: GPT, prompt: list[int], max_new: int, sampler: Sampler,
+                  stop_ids: tuple[int, ...] = ()) -> Iterator[int]:
+    """Yield generated token ids one at a time (KV cache: each step costs one token)."""
+    if not prompt:
+        raise ValueError("prompt must contain at least one token (e.g. <bos>)")
+    if len(prompt) > model.shape.context:
+        raise ShapeError(f"prompt has {len(prompt)} tokens but the context is {model.shape.context}")
+    cache = model.new_cache(1)
+    logits = None
+    for pos, tok in enumerate(prompt):
+        logits = cache.step([tok], [pos])
+    pos = len(prompt)
+    for _ in range(max_new):
+        nxt = sampler(logits[0])
+        yield nxt
+        if nxt in stop_ids or pos >= model.shape.context:
+            return
+        logits = cache.step([nxt], [pos])
+        pos += 1
+
+
+def _i32_2d(x: np.ndarray, name: str, shape: Optional[tuple[int, int]] = None) -> np.ndarray:
+    arr = np.ascontiguousarray(x, dtype=np.int32) if isinstance(x, np.ndarray) and x.dtype.kind in "iu" else None
+    if arr is None:
+        raise TypeError(f"{name} must be an integer numpy array, got {type(x).__name__}"
+                        + (f" of {x.dtype}" if isinstance(x, np.ndarray) else ""))
+    if arr.ndim != 2:
+        raise ShapeError(f"{name} must be 2-D [B, T], got shape {arr.shape}")
+    if shape is not None and arr.shape != shape:
+        raise ShapeError(f"{name} must have shape {shape}, got {arr.shape}")
+    return arr
