@@ -192,6 +192,74 @@ odin_status odin_gpt_generate_greedy(odin_gpt *model, odin_gpt_cache *cache,
                                      const int32_t *prompts, const int32_t *prompt_lens,
                                      int B, int max_prompt, int max_new, int end_id,
                                      int32_t *out, int32_t *out_lens);
+/* ---- the kissing-spheres trainer (spheres.c) -----------------------------------
+ * A root and 12 worker spheres. Each global batch of B sequences is cut into 12
+ * micro-batch slots (sizes differ by at most one row); N native threads (1..64,
+ * changeable between steps) run the slots' forward + backward into per-slot gradient
+ * buffers; the root sums the 12 buffers in slot order, clips, and applies AdamW with a
+ * warmup + cosine schedule. Results do not depend on the thread count. */
+typedef struct odin_spheres odin_spheres;
+
+enum { ODIN_SPHERES_N = 12 };
+typedef enum { ODIN_SPHERE_IDLE = 0, ODIN_SPHERE_FORWARD = 1, ODIN_SPHERE_BACKWARD = 2,
+               ODIN_SPHERE_WAITING = 3, ODIN_SPHERE_REDUCING = 4 } odin_sphere_state;
+
+typedef struct {
+    int state;
+    int rows;                 /* sequences in this sphere's slot */
+    long long microbatches;   /* slots completed */
+    long long tokens;         /* tokens processed (B_slot x T per slot) */
+    float last_loss;          /* mean loss of its last slot (0 if it had no counted token) */
+    float last_grad_norm;     /* L2 norm of its last slot's gradient */
+    double busy_seconds;      /* time spent in forward + backward */
+} odin_sphere_stats;
+
+typedef struct {
+    long long step;           /* optimizer steps completed */
+    float lr, loss, grad_norm;
+    double tokens_per_s;      /* last step */
+    double step_seconds;      /* last step */
+    long long tokens;         /* total tokens trained on */
+    int threads;              /* threads in use */
+    int running, paused, stopped;
+    int root_state;           /* odin_sphere_state of the root */
+    odin_sphere_stats spheres[12];
+} odin_spheres_snapshot;
+
+typedef struct {
+    long long step;
+    float loss, grad_norm, lr;
+    double tokens_per_s;
+    float sphere_loss[12];
+    float sphere_grad_norm[12];
+} odin_spheres_record;
+
+odin_status odin_spheres_create(odin_spheres **out, odin_gpt *model, int batch, int T, int threads);
+void odin_spheres_free(odin_spheres *sp);
+odin_status odin_spheres_set_schedule(odin_spheres *sp, float lr_max, float lr_min, int warmup_steps, int total_steps);
+odin_status odin_spheres_set_optimizer(odin_spheres *sp, float beta1, float beta2, float eps,
+                                       float weight_decay, float grad_clip);
+/* Completed steps so far (for resume): the next step is step + 1. */
+odin_status odin_spheres_set_step(odin_spheres *sp, long long step);
+/* Run up to n_steps optimizer steps on inputs/targets/mask [n_steps, batch, T] (mask may be
+ * NULL). Returns early (ODIN_OK) after a stop or checkpoint request; *steps_done says how
+ * many ran. NaN/Inf or allocation failure: an error naming the sphere and the step; the
+ * parameters are left as they were before that step. */
+odin_status odin_spheres_run(odin_spheres *sp, const int32_t *inputs, const int32_t *targets,
+                             const uint8_t *mask, int n_steps, int *steps_done);
+/* Control, callable from any thread at any moment; effective at the next step boundary. */
+odin_status odin_spheres_set_threads(odin_spheres *sp, int threads);
+void odin_spheres_pause(odin_spheres *sp);
+void odin_spheres_resume(odin_spheres *sp);
+void odin_spheres_stop(odin_spheres *sp);
+void odin_spheres_request_checkpoint(odin_spheres *sp);
+/* Returns 1 once per request (and clears it), else 0. */
+int odin_spheres_take_checkpoint_request(odin_spheres *sp);
+/* Consistent copy of the live statistics; never blocks training. */
+void odin_spheres_snapshot_get(odin_spheres *sp, odin_spheres_snapshot *out);
+/* Copy up to max records with step > since_step, oldest first; returns how many. */
+int odin_spheres_history(odin_spheres *sp, long long since_step, odin_spheres_record *out, int max);
+int odin_spheres_history_capacity(void);
 /* ODIN_CDEF_END */
 
 #ifdef __cplusplus

@@ -1,0 +1,550 @@
+/* spheres.c — the kissing-spheres trainer: a root and 12 worker spheres.
+ *
+ * One optimizer step:
+ *   1. slots  : the global batch is cut into 12 micro-batch slots, one per sphere. Pool
+ *               threads take slots from a shared counter and run forward + backward into
+ *               that slot's own gradient buffer (dloss = slot tokens / batch tokens, so
+ *               the sum of the 12 buffers is the gradient of the global mean loss).
+ *   2. reduce : the parameter range is cut into chunks (never crossing a tensor); each
+ *               chunk sums the 12 slot buffers in slot order 0..11 and its squared norm.
+ *   3. root   : global norm = chunk norms added in chunk order; NaN check; clip factor.
+ *   4. update : AdamW per chunk (weight decay on matrices only).
+ * Which thread ran a slot or chunk never changes a single rounding: every result is
+ * computed by one fixed sequence of operations, so weights are bit-identical for any
+ * thread count, including a count changed mid-run.
+ *
+ * Threads block on a condition variable between phases (never spin: these machines are
+ * shared, and a spinning waiter steals the core a worker needs). The calling thread is
+ * the root; it only orchestrates and does the O(chunks) bookkeeping.
+ *
+ * Statistics: per-sphere and root figures sit behind a sequence counter (seqlock) so a
+ * reader on any thread gets a consistent copy without ever blocking a worker. Fields are
+ * relaxed atomics so the race the seqlock tolerates is also well-defined C.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "internal.h"
+
+#define NS ODIN_SPHERES_N
+#define MAX_THREADS 64
+#define CHUNK 16384 /* floats per reduce/update chunk: 64 KiB, a few L2 lines per slot */
+#define HISTORY 8192
+
+typedef struct {
+    atomic_uint seq;
+    atomic_int state, rows;
+    atomic_llong microbatches, tokens;
+    _Atomic float last_loss, last_grad_norm;
+    _Atomic double busy_seconds;
+} sphere_live;
+
+typedef struct { size_t start, len; int decay; } chunk_t;
+
+typedef enum { PH_NONE, PH_SLOTS, PH_REDUCE, PH_UPDATE, PH_EXIT } phase_t;
+
+typedef struct worker {
+    struct odin_spheres *sp;
+    int id;
+    pthread_t thread;
+    odin_gpt_ws *ws;
+} worker_t;
+
+struct odin_spheres {
+    odin_gpt *model;
+    int B, T, slot_rows[NS], slot_first[NS];
+    size_t n_params;
+    float *slot_grads;           /* [NS, n_params] */
+    chunk_t *chunks;
+    int n_chunks;
+    double *chunk_sumsq;
+    /* hyper-parameters */
+    float lr_max, lr_min, beta1, beta2, eps, wd, clip;
+    int warmup, total_steps;
+    long long step;
+    /* pool */
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv, done_cv, pause_cv;
+    worker_t workers[MAX_THREADS];
+    int n_spawned;               /* threads created so far */
+    int active;                  /* threads taking part in phases */
+    atomic_int wanted_threads;
+    phase_t phase;
+    unsigned long long generation;
+    atomic_int next_task;
+    int n_tasks, checked_in;
+    /* the current step's inputs */
+    const int32_t *in, *tg;
+    const uint8_t *mk;
+    int slot_count[NS], total_count;
+    float clip_scale, lr_now, bc1, bc2;
+    /* per-slot outcome */
+    float slot_loss[NS], slot_norm[NS];
+    odin_status slot_status[NS];
+    char slot_error[NS][256];
+    /* control */
+    atomic_int stop_req, pause_req, ckpt_req, running;
+    /* live statistics */
+    sphere_live live[NS];
+    atomic_uint root_seq;
+    atomic_llong r_step, r_tokens;
+    _Atomic float r_lr, r_loss, r_norm;
+    _Atomic double r_tps, r_step_s;
+    atomic_int r_state, r_threads, r_paused, r_stopped;
+    /* history ring, guarded by hist_mu (held only to copy one record) */
+    pthread_mutex_t hist_mu;
+    odin_spheres_record *hist;
+    long long hist_count;
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+#define RLX memory_order_relaxed
+
+static void live_begin(sphere_live *l) { atomic_fetch_add_explicit(&l->seq, 1, memory_order_acq_rel); }
+static void live_end(sphere_live *l) { atomic_fetch_add_explicit(&l->seq, 1, memory_order_release); }
+static void set_state(odin_spheres *sp, int s, int st) {
+    live_begin(&sp->live[s]);
+    atomic_store_explicit(&sp->live[s].state, st, RLX);
+    live_end(&sp->live[s]);
+}
+
+/* ---------------------------------------------------------------- phase work */
+static void run_slot(odin_spheres *sp, worker_t *w, int s) {
+    const size_t P = sp->n_params;
+    float *g = sp->slot_grads + (size_t)s * P;
+    memset(g, 0, P * sizeof(float));
+    sp->slot_status[s] = ODIN_OK;
+    sp->slot_loss[s] = 0.0f;
+    sp->slot_norm[s] = 0.0f;
+    const int rows = sp->slot_rows[s];
+    if (rows == 0) { set_state(sp, s, ODIN_SPHERE_WAITING); return; }
+    double t0 = now_s();
+    const size_t off = (size_t)sp->slot_first[s] * sp->T;
+    set_state(sp, s, ODIN_SPHERE_FORWARD);
+    float loss = 0.0f;
+    odin_status st = odin_gpt_forward(sp->model, w->ws, sp->in + off, sp->tg + off, sp->mk ? sp->mk + off : NULL,
+                                      rows, sp->T, &loss);
+    if (st == ODIN_OK && sp->slot_count[s] > 0) {
+        set_state(sp, s, ODIN_SPHERE_BACKWARD);
+        st = odin_gpt_backward(sp->model, w->ws, g, (float)sp->slot_count[s] / (float)sp->total_count);
+    }
+    float norm = 0.0f;
+    if (st == ODIN_OK) {
+        /* the slot gradient is the global-loss gradient's share; rescale its norm so it
+         * reads as the gradient of this slot's own mean loss, comparable across spheres */
+        double ss = odin_kern->sumsq(g, P);
+        norm = sp->slot_count[s] ? (float)(sqrt(ss) * sp->total_count / sp->slot_count[s]) : 0.0f;
+        if (!isfinite(ss)) st = odin_fail(ODIN_NAN_DETECTED, "its gradient contains NaN or Inf");
+    }
+    if (st != ODIN_OK) {
+        strncpy(sp->slot_error[s], odin_last_error(), sizeof sp->slot_error[s] - 1);
+        sp->slot_error[s][sizeof sp->slot_error[s] - 1] = 0;
+    }
+    sp->slot_status[s] = st;
+    sp->slot_loss[s] = loss;
+    sp->slot_norm[s] = norm;
+    double dt = now_s() - t0;
+    sphere_live *l = &sp->live[s];
+    live_begin(l);
+    atomic_store_explicit(&l->state, ODIN_SPHERE_WAITING, RLX);
+    atomic_store_explicit(&l->microbatches, atomic_load_explicit(&l->microbatches, RLX) + 1, RLX);
+    atomic_store_explicit(&l->tokens, atomic_load_explicit(&l->tokens, RLX) + (long long)rows * sp->T, RLX);
+    atomic_store_explicit(&l->last_loss, loss, RLX);
+    atomic_store_explicit(&l->last_grad_norm, norm, RLX);
+    atomic_store_explicit(&l->busy_seconds, atomic_load_explicit(&l->busy_seconds, RLX) + dt, RLX);
+    live_end(l);
+}
+
+static void run_reduce(odin_spheres *sp, int c) {
+    const chunk_t *ch = &sp->chunks[c];
+    float *dst = odin_gpt_grads(sp->model) + ch->start;
+    memcpy(dst, sp->slot_grads + ch->start, ch->len * sizeof(float));
+    for (int s = 1; s < NS; s++)
+        odin_kern->axpy(dst, 1.0f, sp->slot_grads + (size_t)s * sp->n_params + ch->start, (int)ch->len);
+    sp->chunk_sumsq[c] = odin_kern->sumsq(dst, ch->len);
+}
+
+static void run_update(odin_spheres *sp, int c) {
+    const chunk_t *ch = &sp->chunks[c];
+    odin_gpt *m = sp->model;
+    float *g = odin_gpt_grads(m) + ch->start;
+    if (sp->clip_scale != 1.0f) odin_kern->scale(g, ch->len, sp->clip_scale);
+    odin_kern->adamw(odin_gpt_params(m) + ch->start, g, odin_gpt_adam_m(m) + ch->start,
+                     odin_gpt_adam_v(m) + ch->start, ch->len, sp->lr_now, sp->beta1, sp->beta2, sp->eps,
+                     ch->decay ? sp->wd : 0.0f, sp->bc1, sp->bc2);
+}
+
+/* Every active worker checks in once per phase, after its last task claim; the root
+ * waits for all of them, so no worker can still be claiming from a phase's counter when
+ * the root resets it for the next one. */
+static void *worker_main(void *arg) {
+    worker_t *w = arg;
+    odin_spheres *sp = w->sp;
+    unsigned long long seen = 0;
+    pthread_mutex_lock(&sp->mu);
+    for (;;) {
+        while (sp->generation == seen) pthread_cond_wait(&sp->work_cv, &sp->mu);
+        seen = sp->generation;
+        const phase_t ph = sp->phase;
+        if (ph == PH_EXIT) break;
+        if (w->id >= sp->active) continue; /* parked: not a participant this phase */
+        const int n_tasks = sp->n_tasks;
+        pthread_mutex_unlock(&sp->mu);
+        for (;;) {
+            int t = atomic_fetch_add(&sp->next_task, 1);
+            if (t >= n_tasks) break;
+            if (ph == PH_SLOTS) run_slot(sp, w, t);
+            else if (ph == PH_REDUCE) run_reduce(sp, t);
+            else run_update(sp, t);
+        }
+        pthread_mutex_lock(&sp->mu);
+        if (++sp->checked_in == sp->active) pthread_cond_signal(&sp->done_cv);
+    }
+    pthread_mutex_unlock(&sp->mu);
+    return NULL;
+}
+
+/* Run one phase on the active threads and wait for it (root side). */
+static void run_phase(odin_spheres *sp, phase_t ph, int n_tasks) {
+    pthread_mutex_lock(&sp->mu);
+    sp->phase = ph;
+    sp->n_tasks = n_tasks;
+    sp->checked_in = 0;
+    atomic_store(&sp->next_task, 0);
+    sp->generation++;
+    pthread_cond_broadcast(&sp->work_cv);
+    while (sp->checked_in < sp->active) pthread_cond_wait(&sp->done_cv, &sp->mu);
+    pthread_mutex_unlock(&sp->mu);
+}
+
+/* Start threads up to the wanted count; park the surplus. Root side, between steps. */
+static odin_status apply_threads(odin_spheres *sp) {
+    int want = atomic_load(&sp->wanted_threads);
+    while (sp->n_spawned < want) {
+        worker_t *w = &sp->workers[sp->n_spawned];
+        w->sp = sp;
+        w->id = sp->n_spawned;
+        int rows_max = (sp->B + NS - 1) / NS;
+        odin_status st = odin_gpt_ws_create(&w->ws, sp->model, rows_max, sp->T);
+        if (st) return st;
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            odin_gpt_ws_free(w->ws);
+            w->ws = NULL;
+            return odin_fail(ODIN_NO_MEMORY, "cannot start worker thread %d", sp->n_spawned);
+        }
+        sp->n_spawned++;
+    }
+    pthread_mutex_lock(&sp->mu);
+    sp->active = want;
+    pthread_mutex_unlock(&sp->mu);
+    atomic_store_explicit(&sp->r_threads, want, RLX);
+    return ODIN_OK;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+odin_status odin_spheres_create(odin_spheres **out, odin_gpt *model, int batch, int T, int threads) {
+    ODIN_REQUIRE_PTR(out, "out"); ODIN_REQUIRE_PTR(model, "model");
+    *out = NULL;
+    ODIN_REQUIRE_POS(batch, "batch"); ODIN_REQUIRE_POS(T, "T");
+    if (threads < 1 || threads > MAX_THREADS)
+        return odin_fail(ODIN_BAD_ARG, "threads must be in [1, %d], got %d", MAX_THREADS, threads);
+    odin_spheres *sp = calloc(1, sizeof *sp);
+    if (!sp) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the trainer");
+    sp->model = model;
+    sp->B = batch;
+    sp->T = T;
+    sp->n_params = odin_gpt_num_params(model);
+    for (int s = 0, first = 0; s < NS; s++) {
+        sp->slot_rows[s] = batch / NS + (s < batch % NS);
+        sp->slot_first[s] = first;
+        first += sp->slot_rows[s];
+    }
+    /* chunks never cross a tensor, so each knows whether weight decay applies */
+    int n_chunks = 0;
+    for (int i = 0; i < odin_gpt_num_tensors(model); i++) {
+        int rows, cols;
+        odin_gpt_tensor_info(model, i, NULL, NULL, &rows, &cols);
+        n_chunks += (int)(((size_t)rows * cols + CHUNK - 1) / CHUNK);
+    }
+    sp->chunks = calloc((size_t)n_chunks, sizeof *sp->chunks);
+    sp->chunk_sumsq = calloc((size_t)n_chunks, sizeof *sp->chunk_sumsq);
+    sp->slot_grads = aligned_alloc(64, ((NS * sp->n_params * sizeof(float)) + 63) & ~(size_t)63);
+    sp->hist = calloc(HISTORY, sizeof *sp->hist);
+    if (!sp->chunks || !sp->chunk_sumsq || !sp->slot_grads || !sp->hist) {
+        free(sp->chunks); free(sp->chunk_sumsq); free(sp->slot_grads); free(sp->hist); free(sp);
+        return odin_fail(ODIN_NO_MEMORY, "cannot allocate 12 slot gradient buffers (%.1f MiB)",
+                         NS * odin_gpt_num_params(model) * 4.0 / 1048576.0);
+    }
+    for (int i = 0; i < odin_gpt_num_tensors(model); i++) {
+        size_t off;
+        int rows, cols;
+        odin_gpt_tensor_info(model, i, NULL, &off, &rows, &cols);
+        size_t n = (size_t)rows * cols;
+        for (size_t a = 0; a < n; a += CHUNK)
+            sp->chunks[sp->n_chunks++] = (chunk_t){off + a, n - a < CHUNK ? n - a : CHUNK, cols > 1};
+    }
+    sp->lr_max = 1e-3f; sp->lr_min = 1e-4f; sp->warmup = 0; sp->total_steps = 0;
+    sp->beta1 = 0.9f; sp->beta2 = 0.95f; sp->eps = 1e-8f; sp->wd = 0.0f; sp->clip = 1.0f;
+    pthread_mutex_init(&sp->mu, NULL);
+    pthread_mutex_init(&sp->hist_mu, NULL);
+    pthread_cond_init(&sp->work_cv, NULL);
+    pthread_cond_init(&sp->done_cv, NULL);
+    pthread_cond_init(&sp->pause_cv, NULL);
+    for (int s = 0; s < NS; s++) atomic_store(&sp->live[s].rows, sp->slot_rows[s]);
+    atomic_store(&sp->wanted_threads, threads);
+    odin_status st = apply_threads(sp);
+    if (st) { odin_spheres_free(sp); return st; }
+    *out = sp;
+    return ODIN_OK;
+}
+
+void odin_spheres_free(odin_spheres *sp) {
+    if (!sp) return;
+    pthread_mutex_lock(&sp->mu);
+    sp->phase = PH_EXIT;
+    sp->generation++;
+    pthread_cond_broadcast(&sp->work_cv);
+    pthread_mutex_unlock(&sp->mu);
+    for (int i = 0; i < sp->n_spawned; i++) {
+        pthread_join(sp->workers[i].thread, NULL);
+        odin_gpt_ws_free(sp->workers[i].ws);
+    }
+    pthread_mutex_destroy(&sp->mu);
+    pthread_mutex_destroy(&sp->hist_mu);
+    pthread_cond_destroy(&sp->work_cv);
+    pthread_cond_destroy(&sp->done_cv);
+    pthread_cond_destroy(&sp->pause_cv);
+    free(sp->chunks); free(sp->chunk_sumsq); free(sp->slot_grads); free(sp->hist);
+    free(sp);
+}
+
+odin_status odin_spheres_set_schedule(odin_spheres *sp, float lr_max, float lr_min, int warmup_steps, int total_steps) {
+    ODIN_REQUIRE_PTR(sp, "trainer");
+    if (!(lr_max >= 0.0f) || !isfinite(lr_max)) return odin_fail(ODIN_BAD_ARG, "lr_max must be finite and >= 0 (got %g)", lr_max);
+    if (!(lr_min >= 0.0f && lr_min <= lr_max)) return odin_fail(ODIN_BAD_ARG, "lr_min must be in [0, lr_max] (got %g)", lr_min);
+    if (warmup_steps < 0) return odin_fail(ODIN_BAD_ARG, "warmup_steps must be >= 0 (got %d)", warmup_steps);
+    if (total_steps < 0) return odin_fail(ODIN_BAD_ARG, "total_steps must be >= 0 (got %d)", total_steps);
+    sp->lr_max = lr_max; sp->lr_min = lr_min; sp->warmup = warmup_steps; sp->total_steps = total_steps;
+    return ODIN_OK;
+}
+
+odin_status odin_spheres_set_optimizer(odin_spheres *sp, float beta1, float beta2, float eps, float weight_decay, float grad_clip) {
+    ODIN_REQUIRE_PTR(sp, "trainer");
+    if (!(beta1 >= 0.0f && beta1 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta1 must be in [0, 1) (got %g)", beta1);
+    if (!(beta2 >= 0.0f && beta2 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta2 must be in [0, 1) (got %g)", beta2);
+    if (!(eps > 0.0f)) return odin_fail(ODIN_BAD_ARG, "eps must be > 0 (got %g)", eps);
+    if (!(weight_decay >= 0.0f)) return odin_fail(ODIN_BAD_ARG, "weight_decay must be >= 0 (got %g)", weight_decay);
+    if (!(grad_clip >= 0.0f)) return odin_fail(ODIN_BAD_ARG, "grad_clip must be >= 0, 0 = off (got %g)", grad_clip);
+    sp->beta1 = beta1; sp->beta2 = beta2; sp->eps = eps; sp->wd = weight_decay; sp->clip = grad_clip;
+    return ODIN_OK;
+}
+
+odin_status odin_spheres_set_step(odin_spheres *sp, long long step) {
+    ODIN_REQUIRE_PTR(sp, "trainer");
+    if (step < 0) return odin_fail(ODIN_BAD_ARG, "step must be >= 0 (got %lld)", step);
+    if (atomic_load(&sp->running)) return odin_fail(ODIN_STATE, "cannot set the step while training runs");
+    sp->step = step;
+    atomic_store_explicit(&sp->r_step, step, RLX);
+    return ODIN_OK;
+}
+
+/* warmup: linear from lr_max/warmup; then cosine from lr_max to lr_min at total_steps */
+static float schedule(const odin_spheres *sp, long long t) {
+    if (sp->warmup > 0 && t <= sp->warmup) return sp->lr_max * (float)t / (float)sp->warmup;
+    if (sp->total_steps <= sp->warmup) return sp->lr_max;
+    if (t >= sp->total_steps) return sp->lr_min;
+    double progress = (double)(t - sp->warmup) / (double)(sp->total_steps - sp->warmup);
+    return sp->lr_min + (sp->lr_max - sp->lr_min) * (float)(0.5 * (1.0 + cos(M_PI * progress)));
+}
+
+static void set_root(odin_spheres *sp, int state) {
+    atomic_fetch_add_explicit(&sp->root_seq, 1, memory_order_acq_rel);
+    atomic_store_explicit(&sp->r_state, state, RLX);
+    atomic_fetch_add_explicit(&sp->root_seq, 1, memory_order_release);
+}
+
+static odin_status one_step(odin_spheres *sp, const int32_t *in, const int32_t *tg, const uint8_t *mk) {
+    double t0 = now_s();
+    const int T = sp->T;
+    sp->in = in; sp->tg = tg; sp->mk = mk;
+    sp->total_count = 0;
+    for (int s = 0; s < NS; s++) {
+        int c = 0;
+        const size_t a = (size_t)sp->slot_first[s] * T, n = (size_t)sp->slot_rows[s] * T;
+        for (size_t i = 0; i < n; i++) c += mk ? (mk[a + i] != 0) : 1;
+        sp->slot_count[s] = c;
+        sp->total_count += c;
+    }
+    const long long t = sp->step + 1;
+    if (sp->total_count == 0)
+        return odin_fail(ODIN_BAD_ARG, "step %lld: the batch has no token with loss_mask = 1", t);
+    set_root(sp, ODIN_SPHERE_WAITING);
+    run_phase(sp, PH_SLOTS, NS);
+    for (int s = 0; s < NS; s++) {
+        if (sp->slot_status[s] != ODIN_OK) {
+            for (int k = 0; k < NS; k++) set_state(sp, k, ODIN_SPHERE_IDLE);
+            return odin_fail(sp->slot_status[s], "sphere %d failed at step %lld: %s", s, t, sp->slot_error[s]);
+        }
+    }
+    set_root(sp, ODIN_SPHERE_REDUCING);
+    for (int s = 0; s < NS; s++) set_state(sp, s, ODIN_SPHERE_REDUCING);
+    run_phase(sp, PH_REDUCE, sp->n_chunks);
+    double ss = 0.0;
+    for (int c = 0; c < sp->n_chunks; c++) ss += sp->chunk_sumsq[c];
+    double norm = sqrt(ss);
+    if (!isfinite(norm)) {
+        for (int s = 0; s < NS; s++) set_state(sp, s, ODIN_SPHERE_IDLE);
+        return odin_fail(ODIN_NAN_DETECTED, "root: the reduced gradient norm is not finite at step %lld", t);
+    }
+    sp->clip_scale = (sp->clip > 0.0f && norm > sp->clip) ? (float)(sp->clip / norm) : 1.0f;
+    sp->lr_now = schedule(sp, t);
+    sp->bc1 = 1.0f - powf(sp->beta1, (float)t);
+    sp->bc2 = 1.0f - powf(sp->beta2, (float)t);
+    run_phase(sp, PH_UPDATE, sp->n_chunks);
+    for (int s = 0; s < NS; s++) set_state(sp, s, ODIN_SPHERE_IDLE);
+    double loss = 0.0;
+    for (int s = 0; s < NS; s++) loss += (double)sp->slot_loss[s] * sp->slot_count[s];
+    loss /= sp->total_count;
+    sp->step = t;
+    double dt = now_s() - t0, tps = (double)sp->B * T / (dt > 0 ? dt : 1e-9);
+    /* publish root stats */
+    atomic_fetch_add_explicit(&sp->root_seq, 1, memory_order_acq_rel);
+    atomic_store_explicit(&sp->r_step, t, RLX);
+    atomic_store_explicit(&sp->r_lr, sp->lr_now, RLX);
+    atomic_store_explicit(&sp->r_loss, (float)loss, RLX);
+    atomic_store_explicit(&sp->r_norm, (float)norm, RLX);
+    atomic_store_explicit(&sp->r_tps, tps, RLX);
+    atomic_store_explicit(&sp->r_step_s, dt, RLX);
+    atomic_store_explicit(&sp->r_tokens, atomic_load_explicit(&sp->r_tokens, RLX) + (long long)sp->B * T, RLX);
+    atomic_store_explicit(&sp->r_state, ODIN_SPHERE_IDLE, RLX);
+    atomic_fetch_add_explicit(&sp->root_seq, 1, memory_order_release);
+    odin_spheres_record rec = {t, (float)loss, (float)norm, sp->lr_now, tps, {0}, {0}};
+    for (int s = 0; s < NS; s++) { rec.sphere_loss[s] = sp->slot_loss[s]; rec.sphere_grad_norm[s] = sp->slot_norm[s]; }
+    pthread_mutex_lock(&sp->hist_mu);
+    sp->hist[sp->hist_count % HISTORY] = rec;
+    sp->hist_count++;
+    pthread_mutex_unlock(&sp->hist_mu);
+    return ODIN_OK;
+}
+
+odin_status odin_spheres_run(odin_spheres *sp, const int32_t *inputs, const int32_t *targets,
+                             const uint8_t *mask, int n_steps, int *steps_done) {
+    ODIN_REQUIRE_PTR(sp, "trainer"); ODIN_REQUIRE_PTR(inputs, "inputs"); ODIN_REQUIRE_PTR(targets, "targets");
+    ODIN_REQUIRE_POS(n_steps, "n_steps");
+    if (steps_done) *steps_done = 0;
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&sp->running, &expected, 1))
+        return odin_fail(ODIN_STATE, "the trainer is already running on another thread");
+    atomic_store(&sp->stop_req, 0);
+    atomic_store_explicit(&sp->r_stopped, 0, RLX);
+    const size_t per = (size_t)sp->B * sp->T;
+    odin_status st = ODIN_OK;
+    int done = 0;
+    for (int i = 0; i < n_steps; i++) {
+        /* step boundary: honour pause / stop / thread changes */
+        if (atomic_load(&sp->pause_req) && !atomic_load(&sp->stop_req)) {
+            atomic_store_explicit(&sp->r_paused, 1, RLX);
+            pthread_mutex_lock(&sp->mu);
+            while (atomic_load(&sp->pause_req) && !atomic_load(&sp->stop_req)) pthread_cond_wait(&sp->pause_cv, &sp->mu);
+            pthread_mutex_unlock(&sp->mu);
+            atomic_store_explicit(&sp->r_paused, 0, RLX);
+        }
+        if (atomic_load(&sp->stop_req)) { atomic_store_explicit(&sp->r_stopped, 1, RLX); break; }
+        if (atomic_load(&sp->wanted_threads) != sp->active && (st = apply_threads(sp))) break;
+        st = one_step(sp, inputs + i * per, targets + i * per, mask ? mask + i * per : NULL);
+        if (st) break;
+        done++;
+        if (atomic_load(&sp->ckpt_req)) break;
+    }
+    if (steps_done) *steps_done = done;
+    set_root(sp, ODIN_SPHERE_IDLE);
+    atomic_store(&sp->running, 0);
+    return st;
+}
+
+odin_status odin_spheres_set_threads(odin_spheres *sp, int threads) {
+    ODIN_REQUIRE_PTR(sp, "trainer");
+    if (threads < 1 || threads > MAX_THREADS)
+        return odin_fail(ODIN_BAD_ARG, "threads must be in [1, %d], got %d", MAX_THREADS, threads);
+    atomic_store(&sp->wanted_threads, threads);
+    return ODIN_OK;
+}
+
+void odin_spheres_pause(odin_spheres *sp) { if (sp) atomic_store(&sp->pause_req, 1); }
+void odin_spheres_resume(odin_spheres *sp) {
+    if (!sp) return;
+    pthread_mutex_lock(&sp->mu);
+    atomic_store(&sp->pause_req, 0);
+    pthread_cond_broadcast(&sp->pause_cv);
+    pthread_mutex_unlock(&sp->mu);
+}
+void odin_spheres_stop(odin_spheres *sp) {
+    if (!sp) return;
+    pthread_mutex_lock(&sp->mu);
+    atomic_store(&sp->stop_req, 1);
+    pthread_cond_broadcast(&sp->pause_cv);
+    pthread_mutex_unlock(&sp->mu);
+}
+void odin_spheres_request_checkpoint(odin_spheres *sp) { if (sp) atomic_store(&sp->ckpt_req, 1); }
+int odin_spheres_take_checkpoint_request(odin_spheres *sp) { return sp ? atomic_exchange(&sp->ckpt_req, 0) : 0; }
+
+void odin_spheres_snapshot_get(odin_spheres *sp, odin_spheres_snapshot *o) {
+    if (!sp || !o) return;
+    unsigned a, b;
+    do {
+        while ((a = atomic_load_explicit(&sp->root_seq, memory_order_acquire)) & 1u) ;
+        o->step = atomic_load_explicit(&sp->r_step, RLX);
+        o->lr = atomic_load_explicit(&sp->r_lr, RLX);
+        o->loss = atomic_load_explicit(&sp->r_loss, RLX);
+        o->grad_norm = atomic_load_explicit(&sp->r_norm, RLX);
+        o->tokens_per_s = atomic_load_explicit(&sp->r_tps, RLX);
+        o->step_seconds = atomic_load_explicit(&sp->r_step_s, RLX);
+        o->tokens = atomic_load_explicit(&sp->r_tokens, RLX);
+        o->root_state = atomic_load_explicit(&sp->r_state, RLX);
+        atomic_thread_fence(memory_order_acquire);
+        b = atomic_load_explicit(&sp->root_seq, RLX);
+    } while (a != b);
+    o->threads = atomic_load_explicit(&sp->r_threads, RLX);
+    o->running = atomic_load(&sp->running);
+    o->paused = atomic_load_explicit(&sp->r_paused, RLX);
+    o->stopped = atomic_load_explicit(&sp->r_stopped, RLX);
+    for (int s = 0; s < NS; s++) {
+        sphere_live *l = &sp->live[s];
+        odin_sphere_stats *d = &o->spheres[s];
+        do {
+            while ((a = atomic_load_explicit(&l->seq, memory_order_acquire)) & 1u) ;
+            d->state = atomic_load_explicit(&l->state, RLX);
+            d->rows = atomic_load_explicit(&l->rows, RLX);
+            d->microbatches = atomic_load_explicit(&l->microbatches, RLX);
+            d->tokens = atomic_load_explicit(&l->tokens, RLX);
+            d->last_loss = atomic_load_explicit(&l->last_loss, RLX);
+            d->last_grad_norm = atomic_load_explicit(&l->last_grad_norm, RLX);
+            d->busy_seconds = atomic_load_explicit(&l->busy_seconds, RLX);
+            atomic_thread_fence(memory_order_acquire);
+            b = atomic_load_explicit(&l->seq, RLX);
+        } while (a != b);
+    }
+}
+
+int odin_spheres_history(odin_spheres *sp, long long since_step, odin_spheres_record *out, int max) {
+    if (!sp || !out || max <= 0) return 0;
+    int n = 0;
+    pthread_mutex_lock(&sp->hist_mu);
+    long long first = sp->hist_count > HISTORY ? sp->hist_count - HISTORY : 0;
+    for (long long i = first; i < sp->hist_count && n < max; i++) {
+        const odin_spheres_record *r = &sp->hist[i % HISTORY];
+        if (r->step > since_step) out[n++] = *r;
+    }
+    pthread_mutex_unlock(&sp->hist_mu);
+    return n;
+}
+
+int odin_spheres_history_capacity(void) { return HISTORY; }

@@ -1,0 +1,214 @@
+"""`odin` — the command line: info, model info, data build, train, eval.
+
+    odin                     # no sub-command = `odin train`: the default recipe end to end
+    odin info                # CPU, features, ISA in use, compiler, version
+    odin model info CONFIG   # parameter count and memory of a TOML config or a preset
+    odin data build --out DIR ...
+    odin train [--preset P] [--config FILE] [--data DIR] [--steps N] [--threads K] [--seed S] [--out DIR] [--resume]
+    odin eval CHECKPOINT [--data DIR] [--json]
+
+Errors a user can fix (bad config, missing data, corrupt checkpoint) print one line and
+exit with status 2; an interrupted training (Ctrl-C) saves a checkpoint and exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+DEFAULT_PRESET = "arith-3digit"
+DEFAULT_DATA = Path("data") / "arith-3digit"
+# the default recipe's data: 3-digit addition, answers written least-significant digit first
+DEFAULT_DATA_SPEC = dict(seed=1234, n_examples=120_000, ops=["add"], max_digits=3, reverse_answer=True)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from odin import native
+
+    info = native.cpu_info()
+    info["python"] = platform.python_version()
+    info["platform"] = platform.platform()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"ODIN {info['version']}")
+    print(f"  CPU             {info['cpu']}")
+    print(f"  features        {', '.join(info['features']) or '(none detected)'}")
+    print(f"  ISAs available  {', '.join(info['available_isas'])}")
+    print(f"  ISA in use      {info['isa']}   (override with ODIN_ISA=scalar|avx2|avx512)")
+    print(f"  compiler        {info['compiler']}")
+    print(f"  python          {info['python']} on {info['platform']}")
+    return 0
+
+
+def _cmd_model_info(args: argparse.Namespace) -> int:
+    from odin.blueprint import describe
+    from odin.config import PRESETS, load_config, preset_config
+
+    cfg = preset_config(args.config) if args.config in PRESETS else load_config(args.config)
+    from odin.blueprint import Blueprint
+
+    bp = Blueprint(cfg.model)
+    batch = args.batch or cfg.train.batch_size
+    seq = args.seq_len or cfg.model.context
+    print(describe(bp, batch, seq))
+    return 0
+
+
+def _run_config(args: argparse.Namespace):
+    from odin.config import load_config, preset_config
+
+    cfg = load_config(args.config) if args.config else preset_config(args.preset)
+    overrides = {}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
+    if args.lr is not None:
+        overrides["lr"] = args.lr
+    if overrides:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
+    return cfg
+
+
+def _ensure_default_data(data_dir: Path) -> None:
+    from odin.data.dataset import build_dataset
+
+    if (data_dir / "dataset.json").exists():
+        return
+    print(f"building the default dataset in {data_dir} (3-digit addition, reversed answers) ...", file=sys.stderr)
+    build_dataset(data_dir, **DEFAULT_DATA_SPEC)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from odin.evaluate import format_summary
+    from odin.train import train
+
+    cfg = _run_config(args)
+    data_dir = Path(args.data) if args.data else DEFAULT_DATA
+    if args.data is None:
+        _ensure_default_data(data_dir)
+    out_dir = Path(args.out) if args.out else Path("runs") / (cfg.preset or Path(args.config).stem)
+    result = train(cfg, data_dir, out_dir, resume=args.resume, threads=args.threads, progress=not args.json)
+    summary = {
+        "checkpoint": str(result.checkpoint), "steps": result.steps, "final_loss": result.final_loss,
+        "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens_per_s, 1),
+        "eval": {k: v.to_dict() for k, v in result.evals.items()},
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"\ntrained {result.steps} steps in {result.seconds:.1f} s ({result.tokens_per_s / 1e3:.1f}k tokens/s); "
+          f"checkpoint: {result.checkpoint}")
+    if result.evals:
+        print(format_summary(result.evals))
+    _print_samples(result.checkpoint, data_dir)
+    return 0
+
+
+def _print_samples(checkpoint: Path, data_dir: Path, n: int = 5) -> None:
+    from odin.checkpoint import load_model_checkpoint
+    from odin.data.arithmetic import answer_to_display
+    from odin.data.dataset import load_split
+    from odin.evaluate import greedy_predictions
+
+    loaded = load_model_checkpoint(checkpoint, with_optimizer=False)
+    examples = load_split(data_dir, "test")[:n]
+    predictions, _ = greedy_predictions(loaded.model, loaded.tokenizer, examples)
+    print("\nsample answers (test set):")
+    for ex, got in zip(examples, predictions):
+        shown = answer_to_display(got, loaded.reverse_answer)
+        want = answer_to_display(ex.answer, loaded.reverse_answer)
+        mark = "ok " if got == ex.answer else "ERR"
+        print(f"  {mark} {ex.prompt}{shown}" + ("" if got == ex.answer else f"   (expected {want})"))
+    print(f"\ntalk to it:  odin-infer -m {checkpoint} -p \"{examples[0].prompt if examples else '123+456='}\"")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from odin.evaluate import evaluate_checkpoint, format_summary
+
+    ckpt = Path(args.checkpoint)
+    data_dir = Path(args.data) if args.data else None
+    if data_dir is None:
+        from odin.checkpoint import load_model_checkpoint
+
+        data_dir = Path(load_model_checkpoint(ckpt, with_optimizer=False).trainer_state.get("data_dir", DEFAULT_DATA))
+    splits = args.splits.split(",") if args.splits else None
+    errors_dir = Path(args.errors) if args.errors else ckpt.parent
+    results = evaluate_checkpoint(ckpt, data_dir, splits, args.limit, errors_dir=errors_dir)
+    if args.json:
+        print(json.dumps({k: v.to_dict() for k, v in results.items()}, indent=2))
+    else:
+        print(format_summary(results))
+        print(f"wrong answers written to {errors_dir}/<split>.errors.jsonl")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from odin.data.cli import register as register_data
+
+    p = argparse.ArgumentParser(prog="odin", description="ODIN: train small language models on the CPU.")
+    sub = p.add_subparsers(dest="command")
+
+    s = sub.add_parser("info", help="CPU, instruction sets, compiler, version")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_info)
+
+    m = sub.add_parser("model", help="model configs")
+    msub = m.add_subparsers(dest="model_command", required=True)
+    mi = msub.add_parser("info", help="parameter count and memory of a config file or preset")
+    mi.add_argument("config", help="a TOML config file or a preset name")
+    mi.add_argument("--batch", type=int, default=None)
+    mi.add_argument("--seq-len", type=int, default=None)
+    mi.set_defaults(func=_cmd_model_info)
+
+    register_data(sub)
+
+    t = sub.add_parser("train", help="train a model (default: the 3-digit addition recipe)")
+    t.add_argument("--preset", default=DEFAULT_PRESET)
+    t.add_argument("--config", default=None, help="TOML config (overrides --preset)")
+    t.add_argument("--data", default=None, help=f"dataset directory (default: {DEFAULT_DATA}, built if missing)")
+    t.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--threads", type=int, default=None, help="native threads (default: min(12, cores))")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    t.add_argument("--json", action="store_true", help="print a JSON summary instead of progress")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", default=None, help="dataset directory (default: the one it was trained on)")
+    e.add_argument("--splits", default=None, help="comma-separated, default val,test,heldout")
+    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--errors", default=None, help="directory for <split>.errors.jsonl")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_cmd_eval)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.command is None:
+        args = parser.parse_args(["train"])
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"odin {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""Python handle on the kissing-spheres trainer (csrc/spheres.c).
+
+`SpheresTrainer.run(...)` is one C call for K steps; it releases the GIL, so the control
+methods (pause, resume, stop, set_threads, request_checkpoint) and `snapshot()` work from
+any other Python thread while the C threads train.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from odin.model import GPT
+from odin.native import ShapeError, check, ffi, lib
+
+N_SPHERES = int(lib.ODIN_SPHERES_N)
+STATE_NAMES = ("idle", "forward", "backward", "waiting", "reducing")
+
+
+def default_threads() -> int:
+    """min(12, cores this process may use)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(N_SPHERES, cores))
+
+
+@dataclass
+class SphereStats:
+    state: str
+    rows: int
+    microbatches: int
+    tokens: int
+    last_loss: float
+    last_grad_norm: float
+    busy_seconds: float
+
+
+@dataclass
+class Snapshot:
+    step: int
+    lr: float
+    loss: float
+    grad_norm: float
+    tokens_per_s: float
+    step_seconds: float
+    tokens: int
+    threads: int
+    running: bool
+    paused: bool
+    stopped: bool
+    root_state: str
+    spheres: list[SphereStats] = field(default_factory=list)
+
+
+@dataclass
+class StepRecord:
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens_per_s: float
+    sphere_loss: list[float]
+    sphere_grad_norm: list[float]
+
+
+class SpheresTrainer:
+    def __init__(self, model: GPT, batch: int, seq_len: int, threads: Optional[int] = None) -> None:
+        if seq_len > model.shape.context:
+            raise ShapeError(f"seq_len {seq_len} exceeds the model's context {model.shape.context}")
+        self.model = model
+        self.batch = batch
+        self.seq_len = seq_len
+        out = ffi.new("odin_spheres **")
+        check(lib.odin_spheres_create(out, model._h, batch, seq_len, threads or default_threads()), "SpheresTrainer")
+        self._h = ffi.gc(out[0], lib.odin_spheres_free)
+        self._snap = ffi.new("odin_spheres_snapshot *")
+
+    def configure(self, *, lr: float, min_lr: float, warmup_steps: int, total_steps: int,
+                  beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
+                  weight_decay: float = 0.0, grad_clip: float = 1.0) -> None:
+        check(lib.odin_spheres_set_schedule(self._h, lr, min_lr, warmup_steps, total_steps), "configure")
+        check(lib.odin_spheres_set_optimizer(self._h, beta1, beta2, eps, weight_decay, grad_clip), "configure")
+
+    def set_step(self, step: int) -> None:
+        check(lib.odin_spheres_set_step(self._h, step), "set_step")
+
+    def run(self, tokens: np.ndarray, loss_mask: Optional[np.ndarray] = None) -> int:
+        """Train on `tokens[K, batch, seq_len + 1]` (inputs and shifted targets in one array)
+        and `loss_mask[K, batch, seq_len]`. Returns the number of steps done (< K after a
+        stop or checkpoint request)."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim == 2:
+            tokens = tokens[None]
+            loss_mask = None if loss_mask is None else np.asarray(loss_mask)[None]
+        K, B, T1 = tokens.shape
+        if (B, T1 - 1) != (self.batch, self.seq_len):
+            raise ShapeError(f"tokens must have shape (K, {self.batch}, {self.seq_len + 1}), got {tokens.shape}")
+        inputs = np.ascontiguousarray(tokens[:, :, :-1], dtype=np.int32)
+        targets = np.ascontiguousarray(tokens[:, :, 1:], dtype=np.int32)
+        mp = ffi.NULL
+        if loss_mask is not None:
+            loss_mask = np.ascontiguousarray(loss_mask, dtype=np.uint8)
+            if loss_mask.shape != (K, B, T1 - 1):
+                raise ShapeError(f"loss_mask must have shape {(K, B, T1 - 1)}, got {loss_mask.shape}")
+            mp = ffi.cast("uint8_t *", ffi.from_buffer(loss_mask))
+        done = ffi.new("int *")
+        check(lib.odin_spheres_run(self._h, ffi.cast("int32_t *", ffi.from_buffer(inputs)),
+                                   ffi.cast("int32_t *", ffi.from_buffer(targets)), mp, K, done), "train step")
+        return int(done[0])
+
+    # ---------------------------------------------------------------- control (any thread)
+    def set_threads(self, n: int) -> None:
+        check(lib.odin_spheres_set_threads(self._h, n), "set_threads")
+
+    def pause(self) -> None:
+        lib.odin_spheres_pause(self._h)
+
+    def resume(self) -> None:
+        lib.odin_spheres_resume(self._h)
+
+    def stop(self) -> None:
+        lib.odin_spheres_stop(self._h)
+
+    def request_checkpoint(self) -> None:
+        lib.odin_spheres_request_checkpoint(self._h)
+
+    def take_checkpoint_request(self) -> bool:
+        return bool(lib.odin_spheres_take_checkpoint_request(self._h))
+
+    # ---------------------------------------------------------------- statistics (any thread)
+    def snapshot(self) -> Snapshot:
+        s = ffi.new("odin_spheres_snapshot *")  # per call: safe to call from several threads
+        lib.odin_spheres_snapshot_get(self._h, s)
+        spheres = [SphereStats(STATE_NAMES[x.state], x.rows, x.microbatches, x.tokens, x.last_loss,
+                               x.last_grad_norm, x.busy_seconds) for x in s.spheres]
+        return Snapshot(s.step, s.lr, s.loss, s.grad_norm, s.tokens_per_s, s.step_seconds, s.tokens, s.threads,
+                        bool(s.running), bool(s.paused), bool(s.stopped), STATE_NAMES[s.root_state], spheres)
+
+    def history(self, since_step: int = 0, limit: int = 100_000) -> list[StepRecord]:
+        cap = min(limit, int(lib.odin_spheres_history_capacity()))
+        buf = ffi.new("odin_spheres_record[]", cap)
+        n = lib.odin_spheres_history(self._h, since_step, buf, cap)
+        return [StepRecord(r.step, r.loss, r.grad_norm, r.lr, r.tokens_per_s, list(r.sphere_loss),
+                           list(r.sphere_grad_norm)) for r in buf[0:n]]

@@ -1,0 +1,226 @@
+"""The training loop: one readable loop over the spheres trainer.
+
+Every K steps Python hands the C trainer K batches (one call, GIL released) and then
+does the bookkeeping: progress line, metrics log, periodic validation, checkpoints.
+Resuming restores weights, AdamW moments, the step (hence the schedule) and the batch
+sampler's position, so a resumed run ends with exactly the weights of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, TextIO
+
+import numpy as np
+
+from odin.blueprint import Blueprint
+from odin.checkpoint import load_model_checkpoint, model_from_config, save_model_checkpoint
+from odin.config import RunConfig
+from odin.data.batching import BatchSampler, encode_examples, max_sequence_length
+from odin.data.dataset import load_manifest, load_split
+from odin.evaluate import EvalResult, evaluate_examples, teacher_forced_stats
+from odin.model import GPT
+from odin.spheres import N_SPHERES, SpheresTrainer, default_threads
+from odin.tokenizers import CharTokenizer
+
+STEPS_PER_CALL = 16  # steps per C call: amortises Python, keeps the progress line live
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    checkpoint: Path
+    steps: int
+    final_loss: float
+    seconds: float
+    tokens_per_s: float
+    evals: dict[str, EvalResult] = field(default_factory=dict)
+
+
+class ProgressLine:
+    """One self-overwriting status line: step, loss, speed, ETA and the 12 spheres."""
+
+    GLYPH = {"idle": ".", "forward": "f", "backward": "b", "waiting": "w", "reducing": "r"}
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self.total, self.stream, self.enabled = total, stream, enabled
+        self.started = time.perf_counter()
+        self.interactive = enabled and stream.isatty()
+        self.last_print = 0.0
+
+    def update(self, step: int, start_step: int, snap: Any, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if not force and not self.interactive and now - self.last_print < 5.0:
+            return
+        self.last_print = now
+        done = step - start_step
+        rate = done / max(now - self.started, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        # per sphere: micro-batches done, as a bar of load; the glyph shows its state now
+        spheres = "".join(self.GLYPH.get(s.state, "?") for s in snap.spheres)
+        bar = "#" * int(30 * step / max(self.total, 1))
+        line = (f"step {step:>6}/{self.total} [{bar:<30}] loss {snap.loss:7.4f} lr {snap.lr:.2e} "
+                f"|g| {snap.grad_norm:6.3f} {snap.tokens_per_s / 1e3:7.1f}k tok/s ETA {_fmt_s(eta)} "
+                f"spheres[{spheres}] x{snap.threads}")
+        if self.interactive:
+            self.stream.write("\r" + line + "\033[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.interactive:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _fmt_s(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    seconds = int(seconds)
+    return f"{seconds // 60:02d}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}"
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _seq_len(*encoded_sets: Any) -> int:
+    return max(max_sequence_length(e) for e in encoded_sets if len(e))
+
+
+def train(
+    run_config: RunConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    threads: Optional[int] = None,
+    progress: bool = True,
+    stream: TextIO = sys.stderr,
+    final_eval_splits: tuple[str, ...] = ("test", "heldout"),
+    final_eval_limit: Optional[int] = 1000,
+    on_trainer: Optional[Callable[[SpheresTrainer], None]] = None,
+) -> TrainResult:
+    """Train `run_config` on the dataset in `data_dir`; checkpoints go to `out_dir/checkpoint`."""
+    cfg_m, cfg_t = run_config.model, run_config.train
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    manifest = load_manifest(data_dir)
+    reverse = bool(manifest.get("settings", {}).get("reverse_answer", False))
+    tokenizer = CharTokenizer()
+    train_set = encode_examples(load_split(data_dir, "train"), tokenizer)
+    val_examples = load_split(data_dir, "val")
+    val_set = encode_examples(val_examples, tokenizer)
+    T = _seq_len(train_set, val_set)
+    Blueprint(cfg_m).check_sequence_length(T)
+    if cfg_m.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"[model].vocab_size is {cfg_m.vocab_size} but the char tokenizer has "
+                         f"{tokenizer.vocab_size} tokens; set vocab_size = {tokenizer.vocab_size}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoint"
+    metrics_path = out_dir / "metrics.jsonl"
+    sampler = BatchSampler(train_set, cfg_t.batch_size, T, seed=cfg_t.seed, loss_on=cfg_t.loss_on)
+    step = 0
+    if resume:
+        loaded = load_model_checkpoint(ckpt_dir, with_optimizer=True)
+        if loaded.run_config.model != cfg_m:
+            raise ValueError(f"cannot resume: {ckpt_dir} holds a different model config "
+                             f"({loaded.run_config.model}) than requested ({cfg_m})")
+        model: GPT = loaded.model
+        step = loaded.step
+        sampler.load_state_dict(loaded.trainer_state["sampler"])
+    else:
+        model = model_from_config(run_config)
+        model.init_weights(cfg_m.init_seed)
+        metrics_path.write_text("")
+
+    n_threads = threads or cfg_t.threads or default_threads()
+    trainer = SpheresTrainer(model, cfg_t.batch_size, T, threads=n_threads)
+    trainer.configure(lr=cfg_t.lr, min_lr=cfg_t.lr * cfg_t.min_lr_frac, warmup_steps=cfg_t.warmup_steps,
+                      total_steps=cfg_t.steps, beta1=cfg_t.beta1, beta2=cfg_t.beta2, eps=cfg_t.eps,
+                      weight_decay=cfg_t.weight_decay, grad_clip=cfg_t.grad_clip)
+    trainer.set_step(step)
+    if on_trainer:
+        on_trainer(trainer)
+
+    def trainer_state() -> dict[str, Any]:
+        return {"sampler": sampler.state_dict(), "reverse_answer": reverse, "data_dir": str(data_dir),
+                "dataset": {"seed": manifest.get("seed"), "settings": manifest.get("settings")}}
+
+    def checkpoint() -> Path:
+        return save_model_checkpoint(ckpt_dir, model, tokenizer, run_config, step=step, trainer_state=trainer_state())
+
+    eval_subset = val_examples[: cfg_t.eval_examples]
+    bar = ProgressLine(cfg_t.steps, stream, progress)
+    start_step, started = step, time.perf_counter()
+    if progress:
+        stream.write(f"training {cfg_m.arch} L={cfg_m.n_layer} d={cfg_m.d_model} ({model.n_params:,} params) on "
+                     f"{len(train_set):,} examples, batch {cfg_t.batch_size} x T={T}, {n_threads} threads, "
+                     f"{N_SPHERES} spheres\n")
+    last_loss = float("nan")
+    while step < cfg_t.steps:
+        # stop at the next eval / checkpoint boundary so they happen at exact step numbers
+        k = min(STEPS_PER_CALL, cfg_t.steps - step)
+        for every in (cfg_t.eval_every, cfg_t.checkpoint_every):
+            if every:
+                k = min(k, every - step % every)
+        before = sampler.state_dict()
+        batches = [sampler.next_batch() for _ in range(k)]
+        tokens = np.stack([b[0] for b in batches])
+        mask = np.stack([b[1] for b in batches])
+        done = trainer.run(tokens, mask)
+        if done < k:  # stopped or checkpoint requested mid-chunk: un-consume the unused batches
+            sampler.load_state_dict(before)
+            for _ in range(done):
+                sampler.next_batch()
+        step += done
+        snap = trainer.snapshot()
+        last_loss = snap.loss
+        for rec in trainer.history(since_step=step - done):
+            _append_jsonl(metrics_path, {"step": rec.step, "loss": rec.loss, "lr": rec.lr,
+                                         "grad_norm": rec.grad_norm, "tokens_per_s": rec.tokens_per_s,
+                                         "elapsed": time.perf_counter() - started})
+        bar.update(step, start_step, snap)
+        if cfg_t.eval_every and step % cfg_t.eval_every == 0 and step < cfg_t.steps:
+            _periodic_eval(model, tokenizer, val_examples, eval_subset, reverse, step, metrics_path, stream, progress)
+        wants_ckpt = trainer.take_checkpoint_request()
+        if wants_ckpt or (cfg_t.checkpoint_every and step % cfg_t.checkpoint_every == 0):
+            checkpoint()
+        if snap.stopped:
+            break
+    bar.update(step, start_step, trainer.snapshot(), force=True)
+    bar.finish()
+    path = checkpoint()
+    seconds = time.perf_counter() - started
+    tps = (step - start_step) * cfg_t.batch_size * T / max(seconds, 1e-9)
+    result = TrainResult(out_dir, path, step, last_loss, seconds, tps)
+    for split in final_eval_splits:
+        try:
+            examples = load_split(data_dir, split)
+        except FileNotFoundError:
+            continue
+        if final_eval_limit:
+            examples = examples[:final_eval_limit]
+        result.evals[split] = evaluate_examples(model, tokenizer, examples, reverse_answer=reverse)
+        _append_jsonl(metrics_path, {"step": step, "split": split, "exact": result.evals[split].exact,
+                                     "token_accuracy": result.evals[split].token_accuracy})
+    return result
+
+
+def _periodic_eval(model: GPT, tokenizer: CharTokenizer, val_examples: list, subset: list, reverse: bool,
+                   step: int, metrics_path: Path, stream: TextIO, progress: bool) -> None:
+    stats = teacher_forced_stats(model, tokenizer, val_examples[:2000])
+    exact = evaluate_examples(model, tokenizer, subset, reverse_answer=reverse).exact if subset else float("nan")
+    _append_jsonl(metrics_path, {"step": step, "val_loss": stats.mean_loss, "val_exact": exact})
+    if progress:
+        stream.write(f"\n  [eval @ {step}] val loss {stats.mean_loss:.4f}  exact match {100 * exact:.1f}% "
+                     f"on {len(subset)} val examples\n")
+        stream.flush()
