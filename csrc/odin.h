@@ -247,7 +247,8 @@ odin_status odin_spheres_set_step(odin_spheres *sp, long long step);
  * parameters are left as they were before that step. */
 odin_status odin_spheres_run(odin_spheres *sp, const int32_t *inputs, const int32_t *targets,
                              const uint8_t *mask, int n_steps, int *steps_done);
-/* Control, callable from any thread at any moment; effective at the next step boundary. */
+/* Control, callable from any thread at any moment; effective at the next step boundary.
+ * A stop request made while no run is in progress ends the next run before its first step. */
 odin_status odin_spheres_set_threads(odin_spheres *sp, int threads);
 void odin_spheres_pause(odin_spheres *sp);
 void odin_spheres_resume(odin_spheres *sp);

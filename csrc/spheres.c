@@ -443,7 +443,7 @@ odin_status odin_spheres_run(odin_spheres *sp, const int32_t *inputs, const int3
     int expected = 0;
     if (!atomic_compare_exchange_strong(&sp->running, &expected, 1))
         return odin_fail(ODIN_STATE, "the trainer is already running on another thread");
-    atomic_store(&sp->stop_req, 0);
+    /* a stop request is consumed by the run that honours it, even one made between runs */
     atomic_store_explicit(&sp->r_stopped, 0, RLX);
     const size_t per = (size_t)sp->B * sp->T;
     odin_status st = ODIN_OK;
@@ -457,7 +457,7 @@ odin_status odin_spheres_run(odin_spheres *sp, const int32_t *inputs, const int3
             pthread_mutex_unlock(&sp->mu);
             atomic_store_explicit(&sp->r_paused, 0, RLX);
         }
-        if (atomic_load(&sp->stop_req)) { atomic_store_explicit(&sp->r_stopped, 1, RLX); break; }
+        if (atomic_exchange(&sp->stop_req, 0)) { atomic_store_explicit(&sp->r_stopped, 1, RLX); break; }
         if (atomic_load(&sp->wanted_threads) != sp->active && (st = apply_threads(sp))) break;
         st = one_step(sp, inputs + i * per, targets + i * per, mask ? mask + i * per : NULL);
         if (st) break;

@@ -202,8 +202,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(["train"])
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"\ninterrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"odin {args.command}: error: {exc}", file=sys.stderr)

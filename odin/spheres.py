@@ -75,7 +75,7 @@ class SpheresTrainer:
         self.batch = batch
         self.seq_len = seq_len
         out = ffi.new("odin_spheres **")
-        check(lib.odin_spheres_create(out, model._h, batch, seq_len, threads or default_threads()), "SpheresTrainer")
+        check(lib.odin_spheres_create(out, model._h, batch, seq_len, default_threads() if threads is None else threads), "SpheresTrainer")
         self._h = ffi.gc(out[0], lib.odin_spheres_free)
         self._snap = ffi.new("odin_spheres_snapshot *")
 

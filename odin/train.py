@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +80,25 @@ class ProgressLine:
         if self.interactive:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class _SigintStops:
+    """While training, Ctrl-C asks the trainer to stop at the next step boundary (the C call
+    in flight finishes first), so the loop exits normally and the checkpoint is saved."""
+
+    def __init__(self, trainer: SpheresTrainer) -> None:
+        self.fired = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            def handler(signum: int, frame: Any) -> None:
+                self.fired = True
+                trainer.stop()
+            self._old = signal.signal(signal.SIGINT, handler)
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
 
 
 def _fmt_s(seconds: float) -> str:
@@ -166,6 +187,7 @@ def train(
                      f"{len(train_set):,} examples, batch {cfg_t.batch_size} x T={T}, {n_threads} threads, "
                      f"{N_SPHERES} spheres\n")
     last_loss = float("nan")
+    sigint = _SigintStops(trainer)
     while step < cfg_t.steps:
         # stop at the next eval / checkpoint boundary so they happen at exact step numbers
         k = min(STEPS_PER_CALL, cfg_t.steps - step)
@@ -196,9 +218,12 @@ def train(
             checkpoint()
         if snap.stopped:
             break
+    sigint.restore()
     bar.update(step, start_step, trainer.snapshot(), force=True)
     bar.finish()
     path = checkpoint()
+    if sigint.fired:
+        raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved in {path} (continue with --resume)")
     seconds = time.perf_counter() - started
     tps = (step - start_step) * cfg_t.batch_size * T / max(seconds, 1e-9)
     result = TrainResult(out_dir, path, step, last_loss, seconds, tps)

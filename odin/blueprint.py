@@ -1,0 +1,186 @@
+"""Blueprint: every dimension derived from a ModelConfig, the exact parameter layout, and a
+memory estimate.
+
+Parameter layout (GPT, llm.c order — the C parameter block is laid out exactly like this,
+contiguous float32, and checkpoints use these names)::
+
+    wte[V, C]  wpe[context, C]
+    per layer i: h.i.ln1_w[C] h.i.ln1_b[C] h.i.qkv_w[3C, C] h.i.qkv_b[3C]
+                 h.i.attproj_w[C, C] h.i.attproj_b[C] h.i.ln2_w[C] h.i.ln2_b[C]
+                 h.i.fc_w[4C, C] h.i.fc_b[4C] h.i.fcproj_w[C, 4C] h.i.fcproj_b[C]
+    lnf_w[C]  lnf_b[C]
+
+The LM head is tied to ``wte``. Total = V*C + context*C + L*(12*C*C + 13*C) + 2*C.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from odin.config import ModelConfig
+
+FLOAT_BYTES = 4
+
+LAYER_PARAM_NAMES: tuple[str, ...] = (
+    "ln1_w", "ln1_b", "qkv_w", "qkv_b", "attproj_w", "attproj_b",
+    "ln2_w", "ln2_b", "fc_w", "fc_b", "fcproj_w", "fcproj_b",
+)
+
+
+def format_bytes(n_bytes: float) -> str:
+    """Binary units, e.g. 1536 -> '1.50 KiB'."""
+    value = float(n_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Formula-based estimate (not a measurement) of float32 memory for one (B, T)."""
+
+    batch: int
+    seq_len: int
+    parameters: int  # bytes
+    gradients: int
+    adam_moments: int  # m and v together
+    activations: int
+    activation_parts: tuple[tuple[str, int], ...]  # (what, bytes), summed over layers
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.adam_moments + self.activations
+
+
+class Blueprint:
+    """Derived dimensions and parameter shapes of one model; validates the config."""
+
+    def __init__(self, config: "ModelConfig") -> None:
+        if config.arch != "gpt":
+            raise NotImplementedError(f"no blueprint for arch {config.arch!r} yet (only 'gpt')")
+        if config.d_model % config.n_head != 0:
+            raise ValueError(
+                f"[model].d_model ({config.d_model}) must be divisible by [model].n_head "
+                f"({config.n_head}); e.g. n_head = {_divisor_hint(config.d_model, config.n_head)}"
+            )
+        self.config = config
+        self.n_layer = config.n_layer
+        self.d_model = config.d_model
+        self.n_head = config.n_head
+        self.head_size = config.d_model // config.n_head
+        self.context = config.context
+        self.vocab_size = config.vocab_size
+        self.d_ff = 4 * config.d_model
+
+    def param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        C, V = self.d_model, self.vocab_size
+        shapes: list[tuple[str, tuple[int, ...]]] = [("wte", (V, C)), ("wpe", (self.context, C))]
+        per_layer = {
+            "ln1_w": (C,), "ln1_b": (C,), "qkv_w": (3 * C, C), "qkv_b": (3 * C,),
+            "attproj_w": (C, C), "attproj_b": (C,), "ln2_w": (C,), "ln2_b": (C,),
+            "fc_w": (4 * C, C), "fc_b": (4 * C,), "fcproj_w": (C, 4 * C), "fcproj_b": (C,),
+        }
+        for layer in range(self.n_layer):
+            shapes.extend((f"h.{layer}.{name}", per_layer[name]) for name in LAYER_PARAM_NAMES)
+        shapes.extend([("lnf_w", (C,)), ("lnf_b", (C,))])
+        return shapes
+
+    def param_offsets(self) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """name -> (offset in floats into the contiguous parameter block, shape)."""
+        offsets: dict[str, tuple[int, tuple[int, ...]]] = {}
+        position = 0
+        for name, shape in self.param_shapes():
+            offsets[name] = (position, shape)
+            position += math.prod(shape)
+        return offsets
+
+    @property
+    def n_params(self) -> int:
+        C, V, L = self.d_model, self.vocab_size, self.n_layer
+        return V * C + self.context * C + L * (12 * C * C + 13 * C) + 2 * C
+
+    @property
+    def params_per_layer(self) -> int:
+        return 12 * self.d_model * self.d_model + 13 * self.d_model
+
+    def check_sequence_length(self, n_tokens: int) -> None:
+        """``n_tokens`` is the context a batch needs (see odin.data.batching.max_sequence_length)."""
+        if n_tokens > self.context:
+            raise ValueError(
+                f"context must be >= the longest example ({n_tokens} tokens), but [model].context "
+                f"is {self.context}; raise [model].context or shorten examples"
+            )
+
+    def memory_estimate(self, batch: int, seq_len: int) -> MemoryEstimate:
+        if batch < 1 or seq_len < 1:
+            raise ValueError(f"batch and seq_len must be >= 1, got batch={batch}, seq_len={seq_len}")
+        if seq_len > self.context:
+            raise ValueError(f"seq_len ({seq_len}) must be <= [model].context ({self.context})")
+        B, T, C, V, L, NH = batch, seq_len, self.d_model, self.vocab_size, self.n_layer, self.n_head
+        BT = B * T
+        parts = (
+            ("embedding output", BT * C),
+            ("layer norms (out + mean/rstd)", L * 2 * (BT * C + 2 * BT)),
+            ("qkv", L * 3 * BT * C),
+            ("attention weights", L * B * NH * T * T),
+            ("attention out + projection", L * 2 * BT * C),
+            ("residuals", L * 2 * BT * C),
+            ("mlp fc + gelu", L * 2 * 4 * BT * C),
+            ("mlp projection", L * BT * C),
+            ("final layer norm", BT * C + 2 * BT),
+            ("logits", BT * V),
+        )
+        parts_bytes = tuple((name, count * FLOAT_BYTES) for name, count in parts)
+        param_bytes = self.n_params * FLOAT_BYTES
+        return MemoryEstimate(
+            batch=B,
+            seq_len=T,
+            parameters=param_bytes,
+            gradients=param_bytes,
+            adam_moments=2 * param_bytes,
+            activations=sum(size for _, size in parts_bytes),
+            activation_parts=parts_bytes,
+        )
+
+
+def _divisor_hint(d_model: int, n_head: int) -> int:
+    divisors = [d for d in range(1, d_model + 1) if d_model % d == 0]
+    return min(divisors, key=lambda d: (abs(d - n_head), d))
+
+
+def describe(blueprint: Blueprint, batch: int, seq_len: int) -> str:
+    """Human-readable summary for ``odin model info``."""
+    config = blueprint.config
+    C = blueprint.d_model
+    lines = [
+        f"model       {config.arch}: {blueprint.n_layer} layers, d_model {C}, "
+        f"{blueprint.n_head} heads of {blueprint.head_size}, mlp {blueprint.d_ff}",
+        f"            context {blueprint.context}, vocab {blueprint.vocab_size}, "
+        f"ln_eps {config.ln_eps:g}, init_seed {config.init_seed}, LM head tied to wte",
+        "",
+        "parameters",
+        f"  {'wte':<22}{str([blueprint.vocab_size, C]):>16}{blueprint.vocab_size * C:>16,}",
+        f"  {'wpe':<22}{str([blueprint.context, C]):>16}{blueprint.context * C:>16,}",
+        f"  {'per layer':<22}{'':>16}{blueprint.params_per_layer:>16,}",
+        f"  {f'x {blueprint.n_layer} layers':<22}{'':>16}{blueprint.n_layer * blueprint.params_per_layer:>16,}",
+        f"  {'lnf (w, b)':<22}{f'2 x [{C}]':>16}{2 * C:>16,}",
+        f"  {'total':<22}{'':>16}{blueprint.n_params:>16,}",
+        "",
+    ]
+    memory = blueprint.memory_estimate(batch, seq_len)
+    lines.append(f"memory for batch {batch} x {seq_len} tokens (formula-based estimate, float32)")
+    rows = [
+        ("parameters", memory.parameters),
+        ("gradients", memory.gradients),
+        ("AdamW moments m, v", memory.adam_moments),
+        ("activations", memory.activations),
+    ]
+    rows += [(f"  {name}", size) for name, size in memory.activation_parts]
+    rows.append(("total", memory.total))
+    for name, size in rows:
+        lines.append(f"  {name:<34}{size:>16,} B  {format_bytes(size):>11}")
+    return "\n".join(lines)

@@ -1,0 +1,177 @@
+"""Model-level checkpoints: a live :class:`odin.model.GPT` <-> a checkpoint directory.
+
+The file format and its validation live in :mod:`odin.checkpoint_io`; this module adds
+what needs the native model:
+
+* :func:`model_from_config` — a fresh GPT shaped by a :class:`~odin.config.RunConfig`;
+* :func:`save_model_checkpoint` — weights from ``model.named_params()``, AdamW moments from
+  ``model.named_moments()``, the step and a JSON-serialisable ``trainer_state`` (sampler
+  state, RNG, metrics, ``reverse_answer``…) in the optimizer metadata; atomic;
+* :func:`load_model_checkpoint` — a GPT with the weights (and moments) copied into its
+  native block, plus tokenizer, config, step and trainer state.
+
+Every problem with a checkpoint on disk is a :class:`CheckpointError` naming the file.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from odin.blueprint import Blueprint
+from odin.checkpoint_io import CheckpointError, OptimizerState, load_checkpoint, save_checkpoint
+from odin.config import ModelConfig, RunConfig
+from odin.model import GPT, GPTShape
+from odin.tokenizers import BPETokenizer, CharTokenizer
+
+__all__ = [
+    "CheckpointError", "IMPLEMENTED_ARCHS", "LoadedModel", "checkpoint_reverse_answer",
+    "load_model_checkpoint", "model_from_config", "save_model_checkpoint",
+]
+
+IMPLEMENTED_ARCHS: tuple[str, ...] = ("gpt",)
+
+
+@dataclass
+class LoadedModel:
+    model: GPT
+    tokenizer: CharTokenizer | BPETokenizer
+    run_config: RunConfig
+    step: int = 0
+    trainer_state: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    has_optimizer: bool = False  # True when the moments were loaded into the model
+
+    @property
+    def reverse_answer(self) -> bool:
+        return checkpoint_reverse_answer(self.trainer_state)
+
+
+def checkpoint_reverse_answer(trainer_state: Mapping[str, Any]) -> bool:
+    """Whether the run was trained on digit-reversed answers.
+
+    Read from ``trainer_state["reverse_answer"]`` (what the trainer is expected to record),
+    falling back to ``trainer_state["dataset"]["settings"]["reverse_answer"]`` (a copy of
+    the dataset manifest's settings); ``False`` when neither is present.
+    """
+    value = trainer_state.get("reverse_answer")
+    if value is None:
+        dataset = trainer_state.get("dataset")
+        if isinstance(dataset, Mapping):
+            settings = dataset.get("settings", dataset)
+            if isinstance(settings, Mapping):
+                value = settings.get("reverse_answer")
+    return bool(value)
+
+
+def _model_config(run_config: RunConfig | ModelConfig) -> ModelConfig:
+    if isinstance(run_config, RunConfig):
+        return run_config.model
+    if isinstance(run_config, ModelConfig):
+        return run_config
+    raise TypeError(f"expected a RunConfig or ModelConfig, got {type(run_config).__name__}")
+
+
+def model_from_config(run_config: RunConfig | ModelConfig) -> GPT:
+    """A new (uninitialised: call ``init_weights``) model of the configured shape."""
+    config = _model_config(run_config)
+    if config.arch not in IMPLEMENTED_ARCHS:
+        raise NotImplementedError(
+            f"[model].arch = {config.arch!r} has no native implementation yet; "
+            f"implemented archs: {', '.join(IMPLEMENTED_ARCHS)}"
+        )
+    Blueprint(config)  # validates d_model % n_head with a helpful message
+    return GPT(GPTShape(
+        vocab_size=config.vocab_size, context=config.context, n_layer=config.n_layer,
+        n_head=config.n_head, d_model=config.d_model, ln_eps=config.ln_eps,
+    ))
+
+
+def _check_layout(model: GPT, blueprint: Blueprint, where: str) -> None:
+    """The native tensor layout must be the blueprint's (same names, shapes, order)."""
+    native = [(name, tuple(shape)) for name, _, shape in model.tensor_layout]
+    if native != blueprint.param_shapes():
+        for (n_name, n_shape), (b_name, b_shape) in zip(native, blueprint.param_shapes()):
+            if (n_name, n_shape) != (b_name, b_shape):
+                raise CheckpointError(
+                    f"{where}: model tensor {n_name!r} {n_shape} does not match the config's "
+                    f"{b_name!r} {b_shape}"
+                )
+        raise CheckpointError(f"{where}: model has {len(native)} tensors, the config describes "
+                              f"{len(blueprint.param_shapes())}")
+
+
+def save_model_checkpoint(
+    path: str | os.PathLike[str],
+    model: GPT,
+    tokenizer: CharTokenizer | BPETokenizer,
+    run_config: RunConfig,
+    *,
+    step: int,
+    trainer_state: Mapping[str, Any] | None = None,
+    with_optimizer: bool = True,
+) -> Path:
+    """Write ``path`` (atomically replacing an older checkpoint there); returns it.
+
+    ``trainer_state`` must be JSON-serialisable. With ``with_optimizer=False`` only
+    weights, config and tokenizer are written (an inference export; no exact resume,
+    and step/trainer_state are not stored).
+    """
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    blueprint = Blueprint(_model_config(run_config))
+    _check_layout(model, blueprint, "save_model_checkpoint")
+    # copies: the native block may change under a training thread while the file is written
+    params = {name: array.copy() for name, array in model.named_params().items()}
+    optimizer = None
+    if with_optimizer:
+        m, v = model.named_moments()
+        optimizer = OptimizerState(
+            step=int(step),
+            m={name: array.copy() for name, array in m.items()},
+            v={name: array.copy() for name, array in v.items()},
+            state=dict(trainer_state or {}),
+        )
+    return save_checkpoint(path, params=params, config=run_config, tokenizer=tokenizer, optimizer=optimizer)
+
+
+def load_model_checkpoint(path: str | os.PathLike[str], *, with_optimizer: bool = True) -> LoadedModel:
+    """Load a checkpoint into a new native model.
+
+    With ``with_optimizer`` the AdamW moments are copied into the model too (zeros when
+    the checkpoint has no optimizer file). ``step`` and ``trainer_state`` come from the
+    optimizer metadata whenever the file exists (0 and ``{}`` otherwise).
+    """
+    checkpoint = load_checkpoint(path)
+    config_file = Path(path) / "config.json"
+    try:
+        run_config = checkpoint.run_config()
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{config_file}: {error}") from None
+    try:
+        model = model_from_config(run_config)
+    except NotImplementedError as error:
+        raise CheckpointError(f"{config_file}: {error}") from None
+    blueprint = checkpoint.blueprint()
+    _check_layout(model, blueprint, str(config_file))
+    for name, view in model.named_params().items():
+        view[...] = checkpoint.params[name]
+    if not np.all(np.isfinite(model.params)):
+        raise CheckpointError(f"{Path(path) / 'model.safetensors'}: weights contain NaN or Inf")
+    model.adam_m[...] = 0.0
+    model.adam_v[...] = 0.0
+    model.grads[...] = 0.0
+    step, state, has_optimizer = 0, {}, False
+    if checkpoint.optimizer is not None:
+        step, state = checkpoint.optimizer.step, dict(checkpoint.optimizer.state)
+        if with_optimizer:
+            m, v = model.named_moments()
+            for name in m:
+                m[name][...] = checkpoint.optimizer.m[name]
+                v[name][...] = checkpoint.optimizer.v[name]
+            has_optimizer = True
+    return LoadedModel(model=model, tokenizer=checkpoint.tokenizer, run_config=run_config, step=step,
+                       trainer_state=state, path=Path(path), has_optimizer=has_optimizer)

@@ -1,0 +1,303 @@
+"""Checkpoint directories: weights, optimizer state, config and tokenizer, saved atomically.
+
+Layout of ``DIR/``:
+
+* ``model.safetensors`` — one float32 tensor per parameter, named as in
+  :meth:`odin.blueprint.Blueprint.param_shapes` (``wte``, ``wpe``, ``h.0.ln1_w`` … ``lnf_b``).
+* ``optimizer.safetensors`` (optional) — AdamW moments as ``m.<param>`` / ``v.<param>``;
+  metadata ``step`` (decimal string) and ``state`` (a JSON object as a string: sampler
+  state, RNG state, anything else needed for exact resume).
+* ``config.json`` — :meth:`odin.config.RunConfig.to_dict` (a ``"model"`` object is required).
+* ``tokenizer.json`` — the run's tokenizer (char or BPE).
+
+A save writes a fresh sibling temp directory, then swaps it in: the old directory is
+renamed away, the new one renamed in, the old one deleted. A crash leaves either the old
+or the new checkpoint under ``DIR`` — or, in the instant between the two renames, the old
+one under ``.DIR.old-*`` (load_checkpoint's error message points at it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from odin.blueprint import Blueprint
+from odin.config import ConfigError, ModelConfig, RunConfig
+from odin.tokenizers import BPETokenizer, CharTokenizer, TokenizerFileError, tokenizer_from_json
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+CHECKPOINT_FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing a piece, corrupt, or does not fit the expected model."""
+
+
+@dataclass
+class OptimizerState:
+    step: int
+    m: dict[str, np.ndarray]
+    v: dict[str, np.ndarray]
+    state: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable resume state
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    params: dict[str, np.ndarray]  # in blueprint (parameter block) order
+    config: dict[str, Any]
+    tokenizer: CharTokenizer | BPETokenizer
+    optimizer: OptimizerState | None
+
+    def run_config(self) -> RunConfig:
+        return RunConfig.from_dict(self.config)
+
+    def blueprint(self) -> Blueprint:
+        return Blueprint(ModelConfig.from_dict(self.config["model"]))
+
+
+def pack_parameters(params: Mapping[str, np.ndarray], blueprint: Blueprint) -> np.ndarray:
+    """One contiguous float32 block in parameter-block order (what the C model holds)."""
+    _check_tensors(params, blueprint, "parameters")
+    return np.concatenate([np.asarray(params[name], dtype=np.float32).ravel() for name, _ in blueprint.param_shapes()])
+
+
+def unpack_parameters(block: np.ndarray, blueprint: Blueprint) -> dict[str, np.ndarray]:
+    """Named views (no copy) into a flat parameter block."""
+    if block.ndim != 1 or block.shape[0] != blueprint.n_params:
+        raise ValueError(f"parameter block must be 1-D with {blueprint.n_params} floats, got shape {block.shape}")
+    return {
+        name: block[offset : offset + int(np.prod(shape))].reshape(shape)
+        for name, (offset, shape) in blueprint.param_offsets().items()
+    }
+
+
+def _check_tensors(tensors: Mapping[str, np.ndarray], blueprint: Blueprint, what: str) -> None:
+    expected = dict(blueprint.param_shapes())
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        raise CheckpointError(f"{what}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
+    extra = [name for name in tensors if name not in expected]
+    if extra:
+        raise CheckpointError(f"{what}: unexpected tensor {extra[0]!r} (not in the model layout)")
+    for name, shape in expected.items():
+        array = tensors[name]
+        if tuple(array.shape) != shape:
+            raise CheckpointError(f"{what}: tensor {name!r} has shape {tuple(array.shape)}, expected {shape}")
+        if array.dtype != np.float32:
+            raise CheckpointError(f"{what}: tensor {name!r} is {array.dtype}, expected float32")
+
+
+def _config_dict(config: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
+    return config.to_dict() if isinstance(config, RunConfig) else dict(config)
+
+
+def _blueprint_from_config(config: Mapping[str, Any], source: str) -> Blueprint:
+    if not isinstance(config, Mapping) or not isinstance(config.get("model"), Mapping):
+        raise CheckpointError(f"{source}: needs a 'model' object with the model config")
+    try:
+        return Blueprint(ModelConfig.from_dict(config["model"]))
+    except (ConfigError, ValueError, TypeError, NotImplementedError) as error:
+        raise CheckpointError(f"{source}: bad model config: {error}") from None
+
+
+def _write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: dict[str, str]) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(path), metadata=metadata)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    params: Mapping[str, np.ndarray],
+    config: RunConfig | Mapping[str, Any],
+    tokenizer: CharTokenizer | BPETokenizer,
+    optimizer: OptimizerState | None = None,
+) -> Path:
+    """Write (or atomically replace) the checkpoint directory ``path``; returns it."""
+    target = Path(path)
+    config_data = _config_dict(config)
+    blueprint = _blueprint_from_config(config_data, "config")
+    _check_tensors(params, blueprint, "params")
+    if tokenizer.vocab_size > blueprint.vocab_size:
+        raise CheckpointError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but [model].vocab_size is {blueprint.vocab_size}"
+        )
+    if optimizer is not None:
+        _check_tensors(optimizer.m, blueprint, "optimizer m")
+        _check_tensors(optimizer.v, blueprint, "optimizer v")
+        try:
+            state_json = json.dumps(optimizer.state, sort_keys=True)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"optimizer state must be JSON-serialisable: {error}") from None
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"checkpoint path {target} exists and is not a directory")
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp creates 0700; a checkpoint is meant to be shared
+        metadata = {"odin_format": "model", "format_version": CHECKPOINT_FORMAT_VERSION}
+        ordered = {name: params[name] for name, _ in blueprint.param_shapes()}
+        _write_safetensors(staging / MODEL_FILE, ordered, metadata)
+        if optimizer is not None:
+            moments = {f"m.{name}": optimizer.m[name] for name in ordered}
+            moments.update({f"v.{name}": optimizer.v[name] for name in ordered})
+            _write_safetensors(
+                staging / OPTIMIZER_FILE,
+                moments,
+                {
+                    "odin_format": "optimizer",
+                    "format_version": CHECKPOINT_FORMAT_VERSION,
+                    "step": str(int(optimizer.step)),
+                    "state": state_json,
+                },
+            )
+        (staging / CONFIG_FILE).write_text(json.dumps(config_data, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+        (staging / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
+        for written in staging.iterdir():
+            _fsync_file(written)
+        _swap_in(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    retired = target.parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    os.rename(target, retired)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(retired, target)  # put the previous checkpoint back before failing
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path.name} is missing from checkpoint {path.parent}")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # safetensors raises its own (non-ValueError) error types
+        raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({error})") from None
+    return tensors, metadata
+
+
+def _check_format(metadata: Mapping[str, str], expected_kind: str, path: Path) -> None:
+    if metadata.get("odin_format") != expected_kind:
+        raise CheckpointError(f"{path}: metadata 'odin_format' is {metadata.get('odin_format')!r}, expected {expected_kind!r}")
+    if metadata.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: unsupported format_version {metadata.get('format_version')!r} "
+            f"(this version of odin reads {CHECKPOINT_FORMAT_VERSION})"
+        )
+
+
+def _load_optimizer(path: Path, blueprint: Blueprint) -> OptimizerState:
+    tensors, metadata = _read_safetensors(path)
+    _check_format(metadata, "optimizer", path)
+    try:
+        step = int(metadata["step"])
+        state = json.loads(metadata.get("state", "{}"))
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"{path}: bad 'step'/'state' metadata ({error})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: 'state' metadata must be a JSON object")
+    names = [name for name, _ in blueprint.param_shapes()]
+    unexpected = [key for key in tensors if not (key[:2] in ("m.", "v.") and key[2:] in names)]
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected tensor {unexpected[0]!r}")
+    moments = {
+        prefix: {name: tensors[f"{prefix}.{name}"] for name in names if f"{prefix}.{name}" in tensors}
+        for prefix in ("m", "v")
+    }
+    for prefix, arrays in moments.items():
+        _check_tensors(arrays, blueprint, f"{path} ({prefix})")
+    return OptimizerState(step=step, m=moments["m"], v=moments["v"], state=state)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    expected: Blueprint | None = None,
+    require_optimizer: bool = False,
+) -> Checkpoint:
+    """Read and validate a checkpoint directory; any problem is a :class:`CheckpointError`."""
+    directory = Path(path)
+    if not directory.is_dir():
+        leftovers = sorted(directory.parent.glob(f".{directory.name}.old-*"))
+        hint = f"; an interrupted save left {leftovers[0]} — rename it to {directory.name} to recover" if leftovers else ""
+        raise CheckpointError(f"checkpoint directory not found: {directory}{hint}")
+
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{CONFIG_FILE} is missing from checkpoint {directory}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{config_path}: not valid JSON ({error})") from None
+    blueprint = _blueprint_from_config(config, str(config_path))
+    if expected is not None and expected.param_shapes() != blueprint.param_shapes():
+        raise CheckpointError(
+            f"{config_path}: the checkpoint's model ({_shape_summary(blueprint)}) does not match "
+            f"the expected one ({_shape_summary(expected)})"
+        )
+
+    tokenizer_path = directory / TOKENIZER_FILE
+    if not tokenizer_path.is_file():
+        raise CheckpointError(f"{TOKENIZER_FILE} is missing from checkpoint {directory}")
+    try:
+        tokenizer = tokenizer_from_json(tokenizer_path.read_text(encoding="utf-8"), str(tokenizer_path))
+    except (TokenizerFileError, UnicodeDecodeError) as error:
+        raise CheckpointError(str(error)) from None
+    if tokenizer.vocab_size > blueprint.vocab_size:
+        raise CheckpointError(
+            f"{tokenizer_path}: {tokenizer.vocab_size} tokens, more than the model's vocab_size {blueprint.vocab_size}"
+        )
+
+    model_path = directory / MODEL_FILE
+    tensors, metadata = _read_safetensors(model_path)
+    _check_format(metadata, "model", model_path)
+    try:
+        _check_tensors(tensors, blueprint, str(model_path))
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} (config.json describes {_shape_summary(blueprint)})") from None
+    params = {name: tensors[name] for name, _ in blueprint.param_shapes()}
+
+    optimizer_path = directory / OPTIMIZER_FILE
+    optimizer = None
+    if optimizer_path.exists() or require_optimizer:
+        optimizer = _load_optimizer(optimizer_path, blueprint)
+    return Checkpoint(path=directory, params=params, config=config, tokenizer=tokenizer, optimizer=optimizer)
+
+
+def _shape_summary(blueprint: Blueprint) -> str:
+    return (
+        f"L={blueprint.n_layer}, C={blueprint.d_model}, heads={blueprint.n_head}, "
+        f"context={blueprint.context}, vocab={blueprint.vocab_size}"
+    )

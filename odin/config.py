@@ -1,0 +1,284 @@
+"""Model and training configuration: dataclasses, presets, TOML loading, JSON round trip.
+
+A config file is TOML with an optional top-level ``preset = "name"`` and two optional
+tables, ``[model]`` and ``[train]``, whose keys override the preset (or the dataclass
+defaults when there is no preset)::
+
+    preset = "arith-3digit"
+    [model]
+    n_layer = 3
+    [train]
+    steps = 4000
+
+Unknown keys and out-of-range values raise :class:`ConfigError` naming the table, the
+key and what is allowed. The derived shapes live in :mod:`odin.blueprint` (re-exported here).
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from odin.tokenizers import CHAR_VOCAB_SIZE
+
+
+class ConfigError(ValueError):
+    """A config value, key or file that cannot be accepted."""
+
+
+# ---------------------------------------------------------------------------------------
+# Presets: edit here. "model"/"train" hold overrides of the dataclass defaults below.
+# ---------------------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {  # ~0.42M parameters with the char vocabulary
+        "model": {"n_layer": 2, "d_model": 128, "n_head": 4, "context": 64},
+        "train": {"batch_size": 32, "steps": 1000, "lr": 1e-3},
+    },
+    "small": {  # ~3.2M
+        "model": {"n_layer": 4, "d_model": 256, "n_head": 8, "context": 128},
+        "train": {"batch_size": 32, "steps": 5000, "lr": 6e-4},
+    },
+    "medium": {  # ~10.7M
+        "model": {"n_layer": 6, "d_model": 384, "n_head": 6, "context": 256},
+        "train": {"batch_size": 32, "steps": 10000, "lr": 6e-4},
+    },
+    "odin-100m": {  # ~110M: GPT-2-small shape with a 32k BPE vocabulary
+        "model": {"n_layer": 12, "d_model": 768, "n_head": 12, "context": 1024, "vocab_size": 32000},
+        "train": {"batch_size": 8, "steps": 100000, "lr": 3e-4, "warmup_steps": 2000, "loss_on": "all"},
+    },
+    "arith-3digit": {  # default recipe for 3-digit addition (~0.6M); the sequences are <= 14 tokens
+        "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 32},
+        "train": {
+            "batch_size": 64, "steps": 5000, "lr": 1e-3, "warmup_steps": 200,
+            "eval_every": 500, "eval_examples": 500, "checkpoint_every": 1000,
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """Allowed values of one config key."""
+
+    kind: type  # int, float or str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: value must be > low, not >= low
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+
+    def expected(self) -> str:
+        if self.kind is str:
+            return "one of " + ", ".join(repr(choice) for choice in self.choices)
+        noun = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = ("(" if self.low_open else "["), (")" if self.high_open else "]")
+            return f"{noun} in {left}{self.low}, {self.high}{right}"
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {self.low}"
+        return noun
+
+    def normalise(self, table: str, key: str, value: Any) -> Any:
+        def reject() -> ConfigError:
+            return ConfigError(f"[{table}].{key} must be {self.expected()}, got {value!r}")
+
+        if self.kind is str:
+            if value not in self.choices:
+                raise reject()
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise reject()
+        if self.kind is int and not isinstance(value, int):
+            raise reject()
+        if self.kind is float:
+            value = float(value)
+            if not math.isfinite(value):
+                raise reject()
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            raise reject()
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            raise reject()
+        return value
+
+
+MODEL_RULES: dict[str, _Rule] = {
+    "arch": _Rule(str, choices=("gpt", "rwkv")),
+    "n_layer": _Rule(int, 1, 1024),
+    "d_model": _Rule(int, 1, 65536),
+    "n_head": _Rule(int, 1, 65536),
+    "context": _Rule(int, 1, 1 << 20),
+    "vocab_size": _Rule(int, 1, (1 << 31) - 1),
+    "init_seed": _Rule(int, 0, (1 << 63) - 1),
+    "ln_eps": _Rule(float, 0.0, 1.0, low_open=True),
+}
+
+TRAIN_RULES: dict[str, _Rule] = {
+    "batch_size": _Rule(int, 1, 1 << 20),
+    "steps": _Rule(int, 1, 1 << 40),
+    "lr": _Rule(float, 0.0, 10.0, low_open=True),
+    "min_lr_frac": _Rule(float, 0.0, 1.0),
+    "warmup_steps": _Rule(int, 0, 1 << 40),
+    "weight_decay": _Rule(float, 0.0, 10.0),
+    "beta1": _Rule(float, 0.0, 1.0, high_open=True),
+    "beta2": _Rule(float, 0.0, 1.0, high_open=True),
+    "eps": _Rule(float, 0.0, 1.0, low_open=True),
+    "grad_clip": _Rule(float, 0.0),  # 0 disables clipping
+    "eval_every": _Rule(int, 0),  # 0 disables periodic eval
+    "eval_examples": _Rule(int, 0),
+    "checkpoint_every": _Rule(int, 0),  # 0: only the final checkpoint
+    "seed": _Rule(int, 0, (1 << 63) - 1),
+    "threads": _Rule(int, 0, 4096),  # 0: automatic, min(12, cores)
+    "loss_on": _Rule(str, choices=("answer", "all")),
+}
+
+
+def _validate_fields(instance: Any, table: str, rules: Mapping[str, _Rule]) -> None:
+    for name, rule in rules.items():
+        value = rule.normalise(table, name, getattr(instance, name))
+        object.__setattr__(instance, name, value)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "gpt"
+    n_layer: int = 2
+    d_model: int = 128
+    n_head: int = 4
+    context: int = 64
+    vocab_size: int = CHAR_VOCAB_SIZE
+    init_seed: int = 0
+    ln_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _validate_fields(self, "model", MODEL_RULES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        return cls(**_checked_keys(data, cls, "model"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32
+    steps: int = 1000
+    lr: float = 1e-3
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_examples: int = 500
+    checkpoint_every: int = 1000
+    seed: int = 1337
+    threads: int = 0
+    loss_on: str = "answer"
+
+    def __post_init__(self) -> None:
+        _validate_fields(self, "train", TRAIN_RULES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        return cls(**_checked_keys(data, cls, "train"))
+
+
+def _unknown_key_error(key: str, allowed: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {', '.join(allowed)}"
+    return ConfigError(f"unknown key {key!r} {where}{hint}")
+
+
+def _checked_keys(data: Mapping[str, Any], cls: type, table: str) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"[{table}] must be a table, got {type(data).__name__}")
+    allowed = [item.name for item in fields(cls)]
+    for key in data:
+        if key not in allowed:
+            raise _unknown_key_error(str(key), allowed, f"in [{table}]")
+    return dict(data)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run is configured by; saved as a checkpoint's config.json."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "preset": self.preset, "train": self.train.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        """Build from a mapping shaped like the TOML file (or like :meth:`to_dict`)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config must be a table/object, got {type(data).__name__}")
+        allowed = ["model", "preset", "train"]
+        for key in data:
+            if key not in allowed:
+                raise _unknown_key_error(str(key), allowed, "at the top level")
+        preset_name = data.get("preset")
+        model_values: dict[str, Any] = {}
+        train_values: dict[str, Any] = {}
+        if preset_name is not None:
+            preset = get_preset(preset_name)
+            model_values.update(preset["model"])
+            train_values.update(preset["train"])
+        model_values.update(_checked_keys(data.get("model", {}), ModelConfig, "model"))
+        train_values.update(_checked_keys(data.get("train", {}), TrainConfig, "train"))
+        return cls(
+            model=ModelConfig(**model_values), train=TrainConfig(**train_values), preset=preset_name
+        )
+
+
+def get_preset(name: str) -> dict[str, dict[str, Any]]:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known presets: {', '.join(PRESETS)}"
+        raise ConfigError(f"unknown preset {name!r}; {hint}")
+    return PRESETS[name]
+
+
+def preset_config(name: str, **model_overrides: Any) -> RunConfig:
+    """The RunConfig of a preset; keyword arguments override [model] keys (e.g. vocab_size)."""
+    return RunConfig.from_dict({"preset": name, "model": model_overrides})
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read a TOML config file (see module docstring)."""
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise FileNotFoundError(f"config file not found: {config_path}")
+    try:
+        data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{config_path}: not valid TOML ({error})") from None
+    try:
+        return RunConfig.from_dict(data)
+    except ConfigError as error:
+        raise ConfigError(f"{config_path}: {error}") from None
+
+
+from odin.blueprint import Blueprint, MemoryEstimate, describe, format_bytes  # noqa: E402  re-export
+
+__all__ = [
+    "Blueprint", "ConfigError", "MemoryEstimate", "ModelConfig", "PRESETS", "RunConfig",
+    "TrainConfig", "describe", "format_bytes", "get_preset", "load_config", "preset_config",
+]

@@ -1,0 +1,37 @@
+"""Crash-safe file writes shared by the tokenizer, dataset and checkpoint code.
+
+A reader must never see a half-written file, so everything is written to a
+temporary name in the destination directory and then renamed over the target
+(``os.replace`` is atomic on POSIX and Windows when both names are on the same
+filesystem, which a sibling temp file guarantees).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; these files are meant to be shared
+        os.replace(tmp_name, target)
+    except BaseException:
+        # Leave no stray temp file behind, then let the original error surface.
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    # Encode here (not via text-mode files) so line endings stay '\n' on every OS.
+    write_bytes_atomic(path, text.encode("utf-8"))

@@ -1,0 +1,156 @@
+"""The kissing-spheres trainer: determinism across thread counts, live statistics from
+another thread, control (pause / resume / stop / set_threads / checkpoint request), and
+clean failure on NaN."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import odin.native as native
+from odin.model import GPT, GPTShape
+from odin.spheres import N_SPHERES, SpheresTrainer
+
+SHAPE = GPTShape(vocab_size=16, context=16, n_layer=2, n_head=2, d_model=32)
+B, T = 30, 12  # 30 rows over 12 slots: slots of 3 and 2 rows, exercising uneven cuts
+
+
+def _data(steps: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, SHAPE.vocab_size, (steps, B, T + 1)).astype(np.int32)
+    mask = (rng.random((steps, B, T)) > 0.25).astype(np.uint8)
+    return tokens, mask
+
+
+def _trainer(threads: int, seed: int = 0) -> tuple[GPT, SpheresTrainer]:
+    model = GPT(SHAPE)
+    model.init_weights(seed)
+    tr = SpheresTrainer(model, B, T, threads=threads)
+    tr.configure(lr=3e-3, min_lr=3e-4, warmup_steps=2, total_steps=8, weight_decay=0.1, grad_clip=1.0)
+    return model, tr
+
+
+def test_weights_bit_identical_for_any_thread_count_and_midway_change():
+    tokens, mask = _data(8)
+    results = {}
+    for threads in (1, 2, 3, 4, 12):
+        model, tr = _trainer(threads)
+        assert tr.run(tokens, mask) == 8
+        results[threads] = model.params.copy()
+    for threads, params in results.items():
+        assert np.array_equal(params, results[1]), f"{threads} threads differ from 1"
+    model, tr = _trainer(1)
+    tr.run(tokens[:3], mask[:3])
+    tr.set_threads(3)
+    tr.run(tokens[3:6], mask[3:6])
+    tr.set_threads(2)
+    tr.run(tokens[6:], mask[6:])
+    assert np.array_equal(model.params, results[1])
+    assert not np.array_equal(results[1], _trainer(1)[0].params)  # training did change the weights
+
+
+def test_spheres_equal_one_big_batch_on_the_model():
+    """The 12 slot gradients summed by the root equal the gradient of the whole batch."""
+    tokens, mask = _data(1, seed=3)
+    model, tr = _trainer(2)
+    ref = GPT(SHAPE)
+    ref.params[...] = model.params
+    tr.configure(lr=1e-3, min_lr=1e-3, warmup_steps=0, total_steps=0, grad_clip=0.0)
+    tr.run(tokens, mask)
+    ref.zero_grad()
+    loss = ref.forward(tokens[0, :, :-1], tokens[0, :, 1:], mask[0])
+    ref.backward()
+    np.testing.assert_allclose(model.grads, ref.grads, rtol=1e-4, atol=1e-7)
+    assert tr.snapshot().loss == pytest.approx(loss, rel=1e-5)
+
+
+def test_statistics_are_readable_live_from_another_thread():
+    tokens, mask = _data(60, seed=1)
+    model, tr = _trainer(2)
+    seen_steps, seen_states = [], set()
+    done = threading.Event()
+
+    def reader():
+        while not done.is_set():
+            s = tr.snapshot()
+            seen_steps.append(s.step)
+            seen_states.update(x.state for x in s.spheres)
+            time.sleep(0.0005)
+
+    th = threading.Thread(target=reader)
+    th.start()
+    tr.run(tokens, mask)
+    done.set()
+    th.join()
+    snap = tr.snapshot()
+    assert snap.step == 60
+    assert len(set(seen_steps)) > 3, "the reader should see the step advance while C trains"
+    assert seen_states & {"forward", "backward", "waiting", "reducing"}
+    assert [s.rows for s in snap.spheres] == [3] * 6 + [2] * 6
+    assert all(s.microbatches == 60 for s in snap.spheres)
+    assert sum(s.tokens for s in snap.spheres) == 60 * B * T
+    assert all(s.busy_seconds > 0 and np.isfinite(s.last_loss) and s.last_grad_norm > 0 for s in snap.spheres)
+    hist = tr.history()
+    assert [h.step for h in hist] == list(range(1, 61))
+    assert len(hist[0].sphere_loss) == N_SPHERES
+    assert hist[-1].loss == pytest.approx(snap.loss)
+    assert tr.history(since_step=58)[0].step == 59
+
+
+def test_pause_resume_stop_and_checkpoint_request_from_another_thread():
+    tokens, mask = _data(400, seed=2)
+    model, tr = _trainer(2)
+    out = {}
+    th = threading.Thread(target=lambda: out.setdefault("done", tr.run(tokens, mask)))
+    th.start()
+    while tr.snapshot().step < 3:
+        time.sleep(0.001)
+    tr.pause()
+    time.sleep(0.05)
+    paused_at = tr.snapshot().step
+    time.sleep(0.1)
+    snap = tr.snapshot()
+    assert snap.paused and snap.step == paused_at, "no step may run while paused"
+    tr.set_threads(1)
+    tr.resume()
+    while tr.snapshot().step < paused_at + 3:
+        time.sleep(0.001)
+    assert tr.snapshot().threads == 1
+    tr.stop()
+    th.join(timeout=30)
+    assert not th.is_alive()
+    assert out["done"] == tr.snapshot().step < 400
+    assert tr.snapshot().stopped
+    # a checkpoint request ends run() at the next step boundary, once
+    tr.request_checkpoint()
+    n = tr.run(tokens[:5], mask[:5])
+    assert n == 1 and tr.take_checkpoint_request() and not tr.take_checkpoint_request()
+
+
+def test_nan_stops_cleanly_naming_sphere_and_step_and_keeps_weights():
+    tokens, mask = _data(4, seed=4)
+    model, tr = _trainer(2)
+    tr.run(tokens[:2], mask[:2])
+    model.named_params()["wte"][tokens[2, 25, 0]] = np.nan  # row 25 lives in sphere 10
+    before = model.params.copy()
+    with pytest.raises(native.NanError, match=r"sphere \d+ failed at step 3"):
+        tr.run(tokens[2:], mask[2:])
+    assert np.array_equal(before, model.params, equal_nan=True), "a failed step must not touch the weights"
+    assert tr.snapshot().step == 2
+
+
+def test_bad_arguments():
+    model = GPT(SHAPE)
+    with pytest.raises(native.ArgumentError, match="threads"):
+        SpheresTrainer(model, B, T, threads=0)
+    with pytest.raises(native.ShapeError, match="seq_len"):
+        SpheresTrainer(model, B, SHAPE.context + 1)
+    _, tr = _trainer(1)
+    with pytest.raises(native.ShapeError, match="tokens must have shape"):
+        tr.run(np.zeros((1, B + 1, T + 1), np.int32))
+    with pytest.raises(native.ArgumentError, match="loss_mask = 1"):
+        tr.run(np.zeros((1, B, T + 1), np.int32), np.zeros((1, B, T), np.uint8))
+    with pytest.raises(native.ArgumentError, match="lr_min"):
+        tr.configure(lr=1e-3, min_lr=1e-2, warmup_steps=0, total_steps=10)
