@@ -499,8 +499,14 @@ odin_status odin_gpt_generate_greedy(odin_gpt *g, odin_gpt_cache *c, const int32
         int active = 0;
         for (int b = 0; b < B; b++) {
             int L = prompt_lens[b];
-            if (step < L) tok[b] = prompts[(size_t)b * max_prompt + step];
-            else tok[b] = out[(size_t)b * max_new + (step - L)];
+            if (step < L) {
+                tok[b] = prompts[(size_t)b * max_prompt + step];
+            } else {
+                /* a row that finished early keeps feeding its last token: step - L can
+                 * run past out_lens[b], and past max_new (out of bounds), for such a row */
+                int i = step - L < out_lens[b] ? step - L : out_lens[b] - 1;
+                tok[b] = out[(size_t)b * max_new + i];
+            }
             pos[b] = step < g->maxT ? step : g->maxT - 1;
             if (!done[b]) active = 1;
         }

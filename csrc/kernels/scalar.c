@@ -36,7 +36,10 @@ static inline vf vround(vf a) {
     return (a + big) - big;
 }
 static inline vf vpow2i(vf n) {
-    int32_t e = ((int32_t)n + 127) << 23;
+    /* n is an integer in [-126, 128], or NaN for a NaN input (the polynomial carries
+     * NaN to the result anyway): convert NaN as 0 and shift unsigned, so no UB */
+    int32_t i = n == n ? (int32_t)n : 0;
+    uint32_t e = (uint32_t)(i + 127) << 23;
     float r;
     memcpy(&r, &e, sizeof r);
     return r;
