@@ -54,11 +54,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"n_layer": 12, "d_model": 768, "n_head": 12, "context": 1024, "vocab_size": 32000},
         "train": {"batch_size": 8, "steps": 100000, "lr": 3e-4, "warmup_steps": 2000, "loss_on": "all"},
     },
-    "arith-3digit": {  # default recipe for 3-digit addition (~0.6M); the sequences are <= 14 tokens
+    # The default recipe: 3-digit addition with digit-reversed answers (~0.6M parameters;
+    # sequences are <= 14 tokens). Tuned on a 2-core machine: 4000 steps of 128 reach
+    # 100% exact match on 2000 held-out test problems in about 2 minutes (docs/performance.md).
+    "arith-3digit": {
         "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 32},
         "train": {
-            "batch_size": 64, "steps": 5000, "lr": 1e-3, "warmup_steps": 200,
-            "eval_every": 500, "eval_examples": 500, "checkpoint_every": 1000,
+            "batch_size": 128, "steps": 4000, "lr": 2e-3, "warmup_steps": 200,
+            "eval_every": 1000, "eval_examples": 500, "checkpoint_every": 1000,
         },
     },
 }
