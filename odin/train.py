@@ -44,15 +44,33 @@ class TrainResult:
 
 
 class ProgressLine:
-    """One self-overwriting status line: step, loss, speed, ETA and the 12 spheres."""
+    """One self-overwriting status line: step, loss, speed, ETA and the 12 spheres.
 
-    GLYPH = {"idle": ".", "forward": "f", "backward": "b", "waiting": "w", "reducing": "r"}
+    Each sphere is drawn as a bar glyph of its busy time since the previous update,
+    relative to its fair share (threads / 12 of the wall time): a full block means the
+    threads kept it busy all the time; low or uneven glyphs show time lost to the
+    reduction, to Python between calls, or to a starved thread."""
+
+    LEVELS = " ▁▂▃▄▅▆▇█"
+    ASCII_LEVELS = " .:-=+*#%@"
 
     def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
         self.total, self.stream, self.enabled = total, stream, enabled
         self.started = time.perf_counter()
         self.interactive = enabled and stream.isatty()
         self.last_print = 0.0
+        self.last_busy: list[float] = []
+        self.last_time = self.started
+        encoding = (getattr(stream, "encoding", None) or "").lower()
+        self.levels = self.LEVELS if encoding.startswith("utf") else self.ASCII_LEVELS
+
+    def spheres(self, snap: Any, now: float) -> str:
+        busy = [s.busy_seconds for s in snap.spheres]
+        wall = max(now - self.last_time, 1e-9) * min(snap.threads, len(busy)) / len(busy)
+        prev = self.last_busy or [0.0] * len(busy)
+        self.last_busy, self.last_time = busy, now
+        top = len(self.levels) - 1
+        return "".join(self.levels[min(top, round(top * (b - p) / wall))] for b, p in zip(busy, prev))
 
     def update(self, step: int, start_step: int, snap: Any, force: bool = False) -> None:
         if not self.enabled:
@@ -60,16 +78,16 @@ class ProgressLine:
         now = time.perf_counter()
         if not force and not self.interactive and now - self.last_print < 5.0:
             return
+        if not force and self.interactive and now - self.last_print < 0.1:
+            return
         self.last_print = now
         done = step - start_step
         rate = done / max(now - self.started, 1e-9)
         eta = (self.total - step) / rate if rate > 0 else float("inf")
-        # per sphere: micro-batches done, as a bar of load; the glyph shows its state now
-        spheres = "".join(self.GLYPH.get(s.state, "?") for s in snap.spheres)
         bar = "#" * int(30 * step / max(self.total, 1))
         line = (f"step {step:>6}/{self.total} [{bar:<30}] loss {snap.loss:7.4f} lr {snap.lr:.2e} "
                 f"|g| {snap.grad_norm:6.3f} {snap.tokens_per_s / 1e3:7.1f}k tok/s ETA {_fmt_s(eta)} "
-                f"spheres[{spheres}] x{snap.threads}")
+                f"spheres[{self.spheres(snap, now)}] x{snap.threads}")
         if self.interactive:
             self.stream.write("\r" + line + "\033[K")
         else:
