@@ -205,9 +205,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"\ninterrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        print(f"odin {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        from odin.native import OdinError
+
+        if isinstance(exc, OdinError):  # a failure inside the engine (NaN, memory): status 1
+            print(f"odin {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, (ValueError, OSError)):  # bad config, data, paths: the user's to fix
+            print(f"odin {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

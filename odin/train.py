@@ -26,6 +26,7 @@ from odin.data.batching import BatchSampler, encode_examples, max_sequence_lengt
 from odin.data.dataset import load_manifest, load_split
 from odin.evaluate import EvalResult, evaluate_examples, teacher_forced_stats
 from odin.model import GPT
+from odin.native import OdinError
 from odin.spheres import N_SPHERES, SpheresTrainer, default_threads
 from odin.tokenizers import CharTokenizer
 
@@ -194,8 +195,20 @@ def train(
         return {"sampler": sampler.state_dict(), "reverse_answer": reverse, "data_dir": str(data_dir),
                 "dataset": {"seed": manifest.get("seed"), "settings": manifest.get("settings")}}
 
+    saved_at: list[int] = []
+
+    def last_kept() -> str:
+        return (f"the last checkpoint ({ckpt_dir}, step {saved_at[-1]}) is intact" if saved_at
+                else "no checkpoint was written in this run")
+
     def checkpoint() -> Path:
-        return save_model_checkpoint(ckpt_dir, model, tokenizer, run_config, step=step, trainer_state=trainer_state())
+        try:
+            path = save_model_checkpoint(ckpt_dir, model, tokenizer, run_config, step=step,
+                                         trainer_state=trainer_state())
+        except OdinError as exc:
+            raise type(exc)(f"{exc}; training stopped, {last_kept()}") from None
+        saved_at.append(step)
+        return path
 
     eval_subset = val_examples[: cfg_t.eval_examples]
     bar = ProgressLine(cfg_t.steps, stream, progress)
@@ -216,7 +229,10 @@ def train(
         batches = [sampler.next_batch() for _ in range(k)]
         tokens = np.stack([b[0] for b in batches])
         mask = np.stack([b[1] for b in batches])
-        done = trainer.run(tokens, mask)
+        try:
+            done = trainer.run(tokens, mask)
+        except OdinError as exc:  # NaN/Inf or out of memory in a sphere: nothing was written
+            raise type(exc)(f"{exc}; training stopped, {last_kept()}") from None
         if done < k:  # stopped or checkpoint requested mid-chunk: un-consume the unused batches
             sampler.load_state_dict(before)
             for _ in range(done):

@@ -95,3 +95,33 @@ def test_infer_cli_answers_in_normal_digit_order(one_digit):
     if expected_raw.exact == 1.0:
         assert out["completion"] == answer_to_display(ex.answer, True) == str(eval(ex.prompt[:-1]))
     assert out["stopped_by"] == "end"
+
+
+def test_nan_stops_training_with_sphere_step_and_intact_checkpoint(tmp_path, one_digit):
+    """A NaN appearing in the weights mid-run (what a numerical blow-up looks like) must
+    end training with an error naming the sphere and the step, and leave the last
+    checkpoint loadable and finite."""
+    import odin.native as native
+
+    data = one_digit[0]
+    cfg = RunConfig.from_dict({
+        "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "context": 16},
+        "train": {"batch_size": 24, "steps": 100000, "lr": 1e-3, "warmup_steps": 0,
+                  "eval_every": 0, "checkpoint_every": 2, "seed": 1},
+    })
+
+    def poison_later(trainer):
+        def poison():
+            while trainer.snapshot().step < 6:
+                time.sleep(0.0005)
+            trainer.model.named_params()["lnf_w"][:] = np.nan
+        threading.Thread(target=poison, daemon=True).start()
+
+    # a sphere notices the NaN in its forward pass, or (if it lands between two C calls)
+    # the checkpoint writer refuses to overwrite the good checkpoint with it
+    with pytest.raises(native.NanError, match=r"(sphere \d+ failed at step \d+|weights contain NaN).*"
+                                               r"checkpoint .* is intact"):
+        train(cfg, data, tmp_path, threads=2, progress=False, final_eval_splits=(), on_trainer=poison_later)
+    loaded = load_model_checkpoint(tmp_path / "checkpoint")
+    # poisoned after step 6 with a checkpoint every 2 steps: the last good one is step 4 or later
+    assert loaded.step >= 4 and np.isfinite(loaded.model.params).all()
