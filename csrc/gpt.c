@@ -11,16 +11,18 @@
 #include "internal.h"
 
 enum { T_WTE, T_WPE, T_LN1W, T_LN1B, T_QKVW, T_QKVB, T_PROJW, T_PROJB, T_LN2W, T_LN2B,
-       T_FCW, T_FCB, T_FCPW, T_FCPB, T_LNFW, T_LNFB, T_KINDS };
+       T_FCW, T_FCB, T_FCPW, T_FCPB, T_LNFW, T_LNFB, T_WAB, T_KINDS };
 static const char *k_names[T_KINDS] = {"wte", "wpe", "ln1_w", "ln1_b", "qkv_w", "qkv_b", "attproj_w",
                                        "attproj_b", "ln2_w", "ln2_b", "fc_w", "fc_b", "fcproj_w",
-                                       "fcproj_b", "lnf_w", "lnf_b"};
+                                       "fcproj_b", "lnf_w", "lnf_b", "wab"};
 #define PER_LAYER 12 /* kinds T_LN1W .. T_FCPB */
 
 typedef struct { const char *name; int layer; size_t offset; int rows, cols; int decay; } tensor_view;
 
 struct odin_gpt {
     int V, maxT, L, NH, C;
+    int n_abacus; /* digit-position embeddings (0 = none); wab is the last tensor */
+    int no_wpe;   /* 1: wpe is frozen (kept at zero by the caller): no gradient */
     float eps;
     size_t n_params;
     int n_tensors;
@@ -32,6 +34,7 @@ struct odin_gpt {
 static inline float *view(const odin_gpt *g, float *block, int kind, int l) {
     int idx = kind < T_LN1W ? kind : kind < T_LNFW ? 2 + l * PER_LAYER + (kind - T_LN1W)
                                                     : 2 + g->L * PER_LAYER + (kind - T_LNFW);
+    /* T_WAB follows lnf_w, lnf_b, so the formula above already lands on it */
     return block + g->tensors[idx].offset;
 }
 
@@ -43,6 +46,11 @@ static void *zalloc(size_t bytes) {
 
 odin_status odin_gpt_create(odin_gpt **out, int vocab, int max_t, int n_layer, int n_head,
                             int d_model, float ln_eps) {
+    return odin_gpt_create_ex(out, vocab, max_t, n_layer, n_head, d_model, ln_eps, 0);
+}
+
+odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer, int n_head,
+                               int d_model, float ln_eps, int n_abacus) {
     ODIN_REQUIRE_PTR(out, "out");
     *out = NULL;
     ODIN_REQUIRE_POS(vocab, "vocab"); ODIN_REQUIRE_POS(max_t, "max_t");
@@ -50,15 +58,17 @@ odin_status odin_gpt_create(odin_gpt **out, int vocab, int max_t, int n_layer, i
     if (d_model % n_head)
         return odin_fail(ODIN_BAD_SHAPE, "d_model (%d) must be divisible by n_head (%d)", d_model, n_head);
     if (!(ln_eps > 0.0f)) return odin_fail(ODIN_BAD_ARG, "ln_eps must be > 0 (got %g)", ln_eps);
+    if (n_abacus < 0) return odin_fail(ODIN_BAD_ARG, "n_abacus must be >= 0 (got %d)", n_abacus);
     odin_gpt *g = calloc(1, sizeof *g);
     if (!g) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the model");
     g->V = vocab; g->maxT = max_t; g->L = n_layer; g->NH = n_head; g->C = d_model; g->eps = ln_eps;
-    g->n_tensors = 2 + n_layer * PER_LAYER + 2;
+    g->n_abacus = n_abacus;
+    g->n_tensors = 2 + n_layer * PER_LAYER + 2 + (n_abacus > 0);
     g->tensors = calloc((size_t)g->n_tensors, sizeof *g->tensors);
     if (!g->tensors) { free(g); return odin_fail(ODIN_NO_MEMORY, "cannot allocate the tensor table"); }
     const int C = d_model;
-    const int rows[T_KINDS] = {vocab, max_t, C, C, 3 * C, 3 * C, C, C, C, C, 4 * C, 4 * C, C, C, C, C};
-    const int cols[T_KINDS] = {C, C, 1, 1, C, 1, C, 1, 1, 1, C, 1, 4 * C, 1, 1, 1};
+    const int rows[T_KINDS] = {vocab, max_t, C, C, 3 * C, 3 * C, C, C, C, C, 4 * C, 4 * C, C, C, C, C, n_abacus};
+    const int cols[T_KINDS] = {C, C, 1, 1, C, 1, C, 1, 1, 1, C, 1, 4 * C, 1, 1, 1, C};
     size_t off = 0;
     int idx = 0;
 #define ADD(kind, layer)                                                                          \
@@ -72,6 +82,7 @@ odin_status odin_gpt_create(odin_gpt **out, int vocab, int max_t, int n_layer, i
         for (int kind = T_LN1W; kind < T_LNFW; kind++) ADD(kind, l);
     ADD(T_LNFW, -1);
     ADD(T_LNFB, -1);
+    if (n_abacus > 0) ADD(T_WAB, -1);
 #undef ADD
     g->n_params = off;
     g->params = zalloc(off * sizeof(float));
@@ -94,6 +105,12 @@ void odin_gpt_free(odin_gpt *g) {
 }
 
 size_t odin_gpt_num_params(const odin_gpt *g) { return g ? g->n_params : 0; }
+
+odin_status odin_gpt_set_learned_positions(odin_gpt *g, int enabled) {
+    ODIN_REQUIRE_PTR(g, "model");
+    g->no_wpe = !enabled;
+    return ODIN_OK;
+}
 int odin_gpt_num_tensors(const odin_gpt *g) { return g ? g->n_tensors : 0; }
 float *odin_gpt_params(odin_gpt *g) { return g->params; }
 float *odin_gpt_grads(odin_gpt *g) { return g->grads; }
@@ -129,6 +146,7 @@ struct odin_gpt_ws {
     /* backward scratch, shared by all layers (backward kernels accumulate: zeroed per use) */
     float *dres, *dln, *dqkv, *datty, *dfch, *dfch_gelu, *dlogits, *att_scratch;
     const int32_t *tokens;     /* inputs of the last forward (caller-owned, must outlive backward) */
+    const int32_t *ids;        /* Abacus ids of the last forward (NULL without Abacus) */
     const int32_t *targets;
     const uint8_t *mask;
     int count;                 /* counted tokens of the last forward */
@@ -213,6 +231,30 @@ static odin_status check_tokens(const int32_t *t, size_t n, int V, const char *n
 
 odin_status odin_gpt_forward(odin_gpt *g, odin_gpt_ws *w, const int32_t *tokens, const int32_t *targets,
                              const uint8_t *mask, int B, int T, float *loss) {
+    return odin_gpt_forward_ex(g, w, tokens, NULL, targets, mask, B, T, loss);
+}
+
+/* Abacus ids must be given exactly when the model has the table, and lie in range. */
+static odin_status check_ids(const odin_gpt *g, const int32_t *ids, size_t n) {
+    if (g->n_abacus == 0) {
+        if (ids) return odin_fail(ODIN_BAD_ARG, "ids given but the model has no Abacus embeddings (n_abacus = 0)");
+        return ODIN_OK;
+    }
+    if (!ids) return odin_fail(ODIN_BAD_ARG, "ids must not be NULL: the model has Abacus embeddings (n_abacus = %d)", g->n_abacus);
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= g->n_abacus)
+            return odin_fail(ODIN_BAD_ARG, "ids[%zu] = %d is outside [0, n_abacus = %d)", i, (int)ids[i], g->n_abacus);
+    return ODIN_OK;
+}
+
+/* out[n,C] += wab[ids[n]] */
+static void add_abacus(const odin_gpt *g, float *out, const int32_t *ids, size_t n) {
+    const float *wab = g->params + g->tensors[g->n_tensors - 1].offset;
+    for (size_t i = 0; i < n; i++) odin_kern->axpy(out + i * g->C, 1.0f, wab + (size_t)ids[i] * g->C, g->C);
+}
+
+odin_status odin_gpt_forward_ex(odin_gpt *g, odin_gpt_ws *w, const int32_t *tokens, const int32_t *ids,
+                                const int32_t *targets, const uint8_t *mask, int B, int T, float *loss) {
     ODIN_REQUIRE_PTR(g, "model"); ODIN_REQUIRE_PTR(w, "ws"); ODIN_REQUIRE_PTR(tokens, "tokens");
     ODIN_REQUIRE_POS(B, "B"); ODIN_REQUIRE_POS(T, "T");
     if (B > w->Bmax || T > w->Tmax)
@@ -221,14 +263,16 @@ odin_status odin_gpt_forward(odin_gpt *g, odin_gpt_ws *w, const int32_t *tokens,
     odin_status s = check_tokens(tokens, BT, g->V, "tokens", NULL);
     if (s) return s;
     if (targets && (s = check_tokens(targets, BT, g->V, "targets", mask))) return s;
+    if ((s = check_ids(g, ids, BT))) return s;
     /* the workspace was laid out for Tmax; a smaller T reuses it with a denser stride */
     w->B = B; w->T = T;
-    w->tokens = tokens; w->targets = targets; w->mask = mask; w->has_loss = 0;
+    w->tokens = tokens; w->ids = ids; w->targets = targets; w->mask = mask; w->has_loss = 0;
     const int C = g->C, NH = g->NH, V = g->V, M = (int)BT;
     const odin_kernel_table *k = odin_kern;
 
     k->embedding_forward(w->encoded, tokens, g->params + g->tensors[T_WTE].offset,
                          g->params + g->tensors[T_WPE].offset, B, T, C);
+    if (ids) add_abacus(g, w->encoded, ids, BT);
     const float *res = w->encoded;
     for (int l = 0; l < g->L; l++) {
         layer_acts *a = &w->layers[l];
@@ -303,7 +347,12 @@ odin_status odin_gpt_backward(odin_gpt *g, odin_gpt_ws *w, float *grads, float d
         k->layernorm_backward(w->dres, view(g, G, T_LN1W, l), view(g, G, T_LN1B, l), w->dln, res_in,
                               view(g, P, T_LN1W, l), a->ln1_mean, a->ln1_rstd, M, C);
     }
-    k->embedding_backward(G + g->tensors[T_WTE].offset, G + g->tensors[T_WPE].offset, w->dres, w->tokens, B, T, C);
+    k->embedding_backward(G + g->tensors[T_WTE].offset, g->no_wpe ? NULL : G + g->tensors[T_WPE].offset, w->dres,
+                          w->tokens, B, T, C);
+    if (w->ids) {
+        float *dwab = G + g->tensors[g->n_tensors - 1].offset;
+        for (size_t i = 0; i < BT; i++) k->axpy(dwab + (size_t)w->ids[i] * C, 1.0f, w->dres + i * C, C);
+    }
     return ODIN_OK;
 oom:
     return odin_fail(ODIN_NO_MEMORY, "backward: cannot allocate the GEMM packing buffers");
@@ -366,6 +415,11 @@ void odin_gpt_cache_free(odin_gpt_cache *c) {
 
 odin_status odin_gpt_decode(odin_gpt *g, odin_gpt_cache *c, const int32_t *tokens, const int32_t *pos,
                             int B, float *logits) {
+    return odin_gpt_decode_ex(g, c, tokens, pos, NULL, B, logits);
+}
+
+odin_status odin_gpt_decode_ex(odin_gpt *g, odin_gpt_cache *c, const int32_t *tokens, const int32_t *pos,
+                               const int32_t *ids, int B, float *logits) {
     ODIN_REQUIRE_PTR(g, "model"); ODIN_REQUIRE_PTR(c, "cache"); ODIN_REQUIRE_PTR(tokens, "tokens"); ODIN_REQUIRE_PTR(pos, "pos");
     ODIN_REQUIRE_POS(B, "B");
     if (B > c->B) return odin_fail(ODIN_BAD_SHAPE, "B (%d) exceeds the cache's batch (%d)", B, c->B);
@@ -376,12 +430,15 @@ odin_status odin_gpt_decode(odin_gpt *g, odin_gpt_cache *c, const int32_t *token
         if (pos[b] < 0 || pos[b] >= maxT)
             return odin_fail(ODIN_BAD_ARG, "pos[%d] = %d is outside the context [0, %d)", b, (int)pos[b], maxT);
     }
+    odin_status st = check_ids(g, ids, (size_t)B);
+    if (st) return st;
     const odin_kernel_table *k = odin_kern;
     float *P = g->params;
     const float *wte = P + g->tensors[T_WTE].offset, *wpe = P + g->tensors[T_WPE].offset;
     for (int b = 0; b < B; b++)
         for (int i = 0; i < C; i++)
             c->x[(size_t)b * C + i] = wte[(size_t)tokens[b] * C + i] + wpe[(size_t)pos[b] * C + i];
+    if (ids) add_abacus(g, c->x, ids, (size_t)B);
     const float scale = 1.0f / sqrtf((float)hs);
     for (int l = 0; l < g->L; l++) {
         k->layernorm_forward(c->ln, NULL, NULL, c->x, view(g, P, T_LN1W, l), view(g, P, T_LN1B, l), B, C, g->eps);
@@ -474,7 +531,18 @@ odin_status odin_sample(const float *logits, int V, float temperature, int top_k
 odin_status odin_gpt_generate_greedy(odin_gpt *g, odin_gpt_cache *c, const int32_t *prompts,
                                      const int32_t *prompt_lens, int B, int max_prompt, int max_new,
                                      int end_id, int32_t *out, int32_t *out_lens) {
-    ODIN_REQUIRE_PTR(g, "model"); ODIN_REQUIRE_PTR(c, "cache"); ODIN_REQUIRE_PTR(prompts, "prompts");
+    return odin_gpt_generate_greedy_ex(g, c, prompts, NULL, prompt_lens, B, max_prompt, max_new, end_id, 0, out,
+                                       out_lens);
+}
+
+odin_status odin_gpt_generate_greedy_ex(odin_gpt *g, odin_gpt_cache *c, const int32_t *prompts,
+                                        const int32_t *prompt_ids, const int32_t *prompt_lens, int B,
+                                        int max_prompt, int max_new, int end_id, int digit_first,
+                                        int32_t *out, int32_t *out_lens) {
+    ODIN_REQUIRE_PTR(g, "model");
+    if ((g->n_abacus > 0) != (prompt_ids != NULL))
+        return odin_fail(ODIN_BAD_ARG, g->n_abacus ? "prompt_ids must not be NULL: the model has Abacus embeddings"
+                                                   : "prompt_ids given but the model has no Abacus embeddings"); ODIN_REQUIRE_PTR(c, "cache"); ODIN_REQUIRE_PTR(prompts, "prompts");
     ODIN_REQUIRE_PTR(prompt_lens, "prompt_lens"); ODIN_REQUIRE_PTR(out, "out"); ODIN_REQUIRE_PTR(out_lens, "out_lens");
     ODIN_REQUIRE_POS(B, "B"); ODIN_REQUIRE_POS(max_prompt, "max_prompt"); ODIN_REQUIRE_POS(max_new, "max_new");
     if (B > c->B) return odin_fail(ODIN_BAD_SHAPE, "B (%d) exceeds the cache's batch (%d)", B, c->B);
@@ -488,7 +556,7 @@ odin_status odin_gpt_generate_greedy(odin_gpt *g, odin_gpt_cache *c, const int32
     /* Sequences advance in lock-step; each reads its prompt until it runs out, then
      * feeds back its own argmax. Rows that finished keep running harmlessly (their
      * output is frozen) so the batch stays one GEMM wide. */
-    int32_t tok[256], pos[256];
+    int32_t tok[256], pos[256], ids[256];
     if (B > 256) return odin_fail(ODIN_BAD_ARG, "B must be <= 256 for batched greedy decoding (got %d)", B);
     int done[256];
     for (int b = 0; b < B; b++) { out_lens[b] = 0; done[b] = 0; }
@@ -501,17 +569,26 @@ odin_status odin_gpt_generate_greedy(odin_gpt *g, odin_gpt_cache *c, const int32
             int L = prompt_lens[b];
             if (step < L) {
                 tok[b] = prompts[(size_t)b * max_prompt + step];
+                if (prompt_ids) ids[b] = prompt_ids[(size_t)b * max_prompt + step];
             } else {
                 /* a row that finished early keeps feeding its last token: step - L can
                  * run past out_lens[b], and past max_new (out of bounds), for such a row */
                 int i = step - L < out_lens[b] ? step - L : out_lens[b] - 1;
                 tok[b] = out[(size_t)b * max_new + i];
+                if (prompt_ids) {
+                    /* generated digits count 1, 2, 3, ... along a run (least significant first) */
+                    int is_digit = tok[b] >= digit_first && tok[b] < digit_first + 10;
+                    int prev_is_digit = i > 0 && out[(size_t)b * max_new + i - 1] >= digit_first &&
+                                        out[(size_t)b * max_new + i - 1] < digit_first + 10;
+                    int id = !is_digit ? 0 : (prev_is_digit && step > L ? ids[b] + 1 : 1);
+                    ids[b] = id < g->n_abacus ? id : g->n_abacus - 1;
+                }
             }
             pos[b] = step < g->maxT ? step : g->maxT - 1;
             if (!done[b]) active = 1;
         }
         if (!active) break;
-        odin_status s = odin_gpt_decode(g, c, tok, pos, B, c->logits);
+        odin_status s = odin_gpt_decode_ex(g, c, tok, pos, prompt_ids ? ids : NULL, B, c->logits);
         if (s) return s;
         for (int b = 0; b < B; b++) {
             int L = prompt_lens[b];

@@ -145,6 +145,14 @@ typedef struct odin_gpt_cache odin_gpt_cache;
 
 odin_status odin_gpt_create(odin_gpt **out, int vocab, int max_t, int n_layer, int n_head,
                             int d_model, float ln_eps);
+/* As odin_gpt_create, plus n_abacus > 0 digit-position ("Abacus") embeddings: a table
+ * wab[n_abacus, C] appended after lnf_b; every token adds wab[ids[token]] to its
+ * embedding (id 0 for non-digits, the digit's place in its number otherwise). */
+odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer, int n_head,
+                               int d_model, float ln_eps, int n_abacus);
+/* enabled = 0: no learned absolute positions ("NoPE"): wpe gets no gradient, so a zeroed
+ * wpe stays exactly zero (AdamW moves nothing with zero gradient, moments and weight). */
+odin_status odin_gpt_set_learned_positions(odin_gpt *model, int enabled);
 void odin_gpt_free(odin_gpt *model);
 size_t odin_gpt_num_params(const odin_gpt *model);
 int odin_gpt_num_tensors(const odin_gpt *model);
@@ -164,6 +172,9 @@ size_t odin_gpt_ws_bytes(const odin_gpt_ws *ws);
  * *loss = mean cross-entropy over counted tokens; targets may be NULL (no loss, logits only). */
 odin_status odin_gpt_forward(odin_gpt *model, odin_gpt_ws *ws, const int32_t *tokens,
                              const int32_t *targets, const uint8_t *mask, int B, int T, float *loss);
+/* ids[B,T] in [0, n_abacus): required when the model has Abacus embeddings, else NULL. */
+odin_status odin_gpt_forward_ex(odin_gpt *model, odin_gpt_ws *ws, const int32_t *tokens, const int32_t *ids,
+                                const int32_t *targets, const uint8_t *mask, int B, int T, float *loss);
 /* Gradient of the last forward's mean loss, times dloss, ACCUMULATED into grads (n_params). */
 odin_status odin_gpt_backward(odin_gpt *model, odin_gpt_ws *ws, float *grads, float dloss);
 /* logits[B,T,V] of the last forward (owned by ws) */
@@ -181,6 +192,8 @@ void odin_gpt_cache_free(odin_gpt_cache *cache);
  * logits[B,V] receives the next-token logits (may be NULL). */
 odin_status odin_gpt_decode(odin_gpt *model, odin_gpt_cache *cache, const int32_t *tokens,
                             const int32_t *pos, int B, float *logits);
+odin_status odin_gpt_decode_ex(odin_gpt *model, odin_gpt_cache *cache, const int32_t *tokens,
+                               const int32_t *pos, const int32_t *ids, int B, float *logits);
 /* Sample one token from logits[V]: temperature <= 0 -> argmax; top_k <= 0 -> off;
  * top_p >= 1 -> off. rng_state is advanced (xorshift64*). */
 odin_status odin_sample(const float *logits, int V, float temperature, int top_k, float top_p,
@@ -192,6 +205,13 @@ odin_status odin_gpt_generate_greedy(odin_gpt *model, odin_gpt_cache *cache,
                                      const int32_t *prompts, const int32_t *prompt_lens,
                                      int B, int max_prompt, int max_new, int end_id,
                                      int32_t *out, int32_t *out_lens);
+/* With Abacus embeddings: prompt_ids[B, max_prompt] give the prompt tokens' ids; each
+ * generated token in [digit_first, digit_first + 10) gets the id of the digit before it
+ * plus one (1 after a non-digit), others 0 — the count of a least-significant-first answer. */
+odin_status odin_gpt_generate_greedy_ex(odin_gpt *model, odin_gpt_cache *cache,
+                                        const int32_t *prompts, const int32_t *prompt_ids,
+                                        const int32_t *prompt_lens, int B, int max_prompt, int max_new,
+                                        int end_id, int digit_first, int32_t *out, int32_t *out_lens);
 /* ---- the kissing-spheres trainer (spheres.c) -----------------------------------
  * A root and 12 worker spheres. Each global batch of B sequences is cut into 12
  * micro-batch slots (sizes differ by at most one row); N native threads (1..64,
@@ -247,6 +267,9 @@ odin_status odin_spheres_set_step(odin_spheres *sp, long long step);
  * parameters are left as they were before that step. */
 odin_status odin_spheres_run(odin_spheres *sp, const int32_t *inputs, const int32_t *targets,
                              const uint8_t *mask, int n_steps, int *steps_done);
+/* ids[n_steps, batch, T]: Abacus ids for models that have them (else NULL). */
+odin_status odin_spheres_run_ex(odin_spheres *sp, const int32_t *inputs, const int32_t *ids,
+                                const int32_t *targets, const uint8_t *mask, int n_steps, int *steps_done);
 /* Control, callable from any thread at any moment; effective at the next step boundary.
  * A stop request made while no run is in progress ends the next run before its first step. */
 odin_status odin_spheres_set_threads(odin_spheres *sp, int threads);

@@ -77,7 +77,7 @@ struct odin_spheres {
     atomic_int next_task;
     int n_tasks, checked_in;
     /* the current step's inputs */
-    const int32_t *in, *tg;
+    const int32_t *in, *ids, *tg;
     const uint8_t *mk;
     int slot_count[NS], total_count;
     float clip_scale, lr_now, bc1, bc2;
@@ -130,8 +130,8 @@ static void run_slot(odin_spheres *sp, worker_t *w, int s) {
     const size_t off = (size_t)sp->slot_first[s] * sp->T;
     set_state(sp, s, ODIN_SPHERE_FORWARD);
     float loss = 0.0f;
-    odin_status st = odin_gpt_forward(sp->model, w->ws, sp->in + off, sp->tg + off, sp->mk ? sp->mk + off : NULL,
-                                      rows, sp->T, &loss);
+    odin_status st = odin_gpt_forward_ex(sp->model, w->ws, sp->in + off, sp->ids ? sp->ids + off : NULL,
+                                         sp->tg + off, sp->mk ? sp->mk + off : NULL, rows, sp->T, &loss);
     if (st == ODIN_OK && sp->slot_count[s] > 0) {
         set_state(sp, s, ODIN_SPHERE_BACKWARD);
         st = odin_gpt_backward(sp->model, w->ws, g, (float)sp->slot_count[s] / (float)sp->total_count);
@@ -371,10 +371,11 @@ static void set_root(odin_spheres *sp, int state) {
     atomic_fetch_add_explicit(&sp->root_seq, 1, memory_order_release);
 }
 
-static odin_status one_step(odin_spheres *sp, const int32_t *in, const int32_t *tg, const uint8_t *mk) {
+static odin_status one_step(odin_spheres *sp, const int32_t *in, const int32_t *ids, const int32_t *tg,
+                            const uint8_t *mk) {
     double t0 = now_s();
     const int T = sp->T;
-    sp->in = in; sp->tg = tg; sp->mk = mk;
+    sp->in = in; sp->ids = ids; sp->tg = tg; sp->mk = mk;
     sp->total_count = 0;
     for (int s = 0; s < NS; s++) {
         int c = 0;
@@ -437,6 +438,11 @@ static odin_status one_step(odin_spheres *sp, const int32_t *in, const int32_t *
 
 odin_status odin_spheres_run(odin_spheres *sp, const int32_t *inputs, const int32_t *targets,
                              const uint8_t *mask, int n_steps, int *steps_done) {
+    return odin_spheres_run_ex(sp, inputs, NULL, targets, mask, n_steps, steps_done);
+}
+
+odin_status odin_spheres_run_ex(odin_spheres *sp, const int32_t *inputs, const int32_t *ids,
+                                const int32_t *targets, const uint8_t *mask, int n_steps, int *steps_done) {
     ODIN_REQUIRE_PTR(sp, "trainer"); ODIN_REQUIRE_PTR(inputs, "inputs"); ODIN_REQUIRE_PTR(targets, "targets");
     ODIN_REQUIRE_POS(n_steps, "n_steps");
     if (steps_done) *steps_done = 0;
@@ -459,7 +465,7 @@ odin_status odin_spheres_run(odin_spheres *sp, const int32_t *inputs, const int3
         }
         if (atomic_exchange(&sp->stop_req, 0)) { atomic_store_explicit(&sp->r_stopped, 1, RLX); break; }
         if (atomic_load(&sp->wanted_threads) != sp->active && (st = apply_threads(sp))) break;
-        st = one_step(sp, inputs + i * per, targets + i * per, mask ? mask + i * per : NULL);
+        st = one_step(sp, inputs + i * per, ids ? ids + i * per : NULL, targets + i * per, mask ? mask + i * per : NULL);
         if (st) break;
         done++;
         if (atomic_load(&sp->ckpt_req)) break;

@@ -75,6 +75,7 @@ class Blueprint:
         self.context = config.context
         self.vocab_size = config.vocab_size
         self.d_ff = 4 * config.d_model
+        self.abacus = getattr(config, "abacus", 0)
 
     def param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         C, V = self.d_model, self.vocab_size
@@ -87,6 +88,8 @@ class Blueprint:
         for layer in range(self.n_layer):
             shapes.extend((f"h.{layer}.{name}", per_layer[name]) for name in LAYER_PARAM_NAMES)
         shapes.extend([("lnf_w", (C,)), ("lnf_b", (C,))])
+        if self.abacus:
+            shapes.append(("wab", (self.abacus, C)))
         return shapes
 
     def param_offsets(self) -> dict[str, tuple[int, tuple[int, ...]]]:
@@ -101,7 +104,7 @@ class Blueprint:
     @property
     def n_params(self) -> int:
         C, V, L = self.d_model, self.vocab_size, self.n_layer
-        return V * C + self.context * C + L * (12 * C * C + 13 * C) + 2 * C
+        return V * C + self.context * C + L * (12 * C * C + 13 * C) + 2 * C + self.abacus * C
 
     @property
     def params_per_layer(self) -> int:
@@ -168,6 +171,8 @@ def describe(blueprint: Blueprint, batch: int, seq_len: int) -> str:
         f"  {'per layer':<22}{'':>16}{blueprint.params_per_layer:>16,}",
         f"  {f'x {blueprint.n_layer} layers':<22}{'':>16}{blueprint.n_layer * blueprint.params_per_layer:>16,}",
         f"  {'lnf (w, b)':<22}{f'2 x [{C}]':>16}{2 * C:>16,}",
+        *([f"  {'wab (Abacus)':<22}{str([blueprint.abacus, C]):>16}{blueprint.abacus * C:>16,}"]
+          if blueprint.abacus else []),
         f"  {'total':<22}{'':>16}{blueprint.n_params:>16,}",
         "",
     ]

@@ -84,9 +84,17 @@ def model_from_config(run_config: RunConfig | ModelConfig) -> GPT:
             f"implemented archs: {', '.join(IMPLEMENTED_ARCHS)}"
         )
     Blueprint(config)  # validates d_model % n_head with a helpful message
+    digit_first = sep_id = -1
+    if config.abacus:  # Abacus ids are defined over the char tokenizer's digits and "="
+        tok = CharTokenizer()
+        digit_first, sep_id = tok.encode("0")[0], tok.encode("=")[0]
+        if tok.encode("0123456789") != list(range(digit_first, digit_first + 10)):
+            raise ValueError("Abacus embeddings need the ten digits as consecutive token ids")
     return GPT(GPTShape(
         vocab_size=config.vocab_size, context=config.context, n_layer=config.n_layer,
         n_head=config.n_head, d_model=config.d_model, ln_eps=config.ln_eps,
+        n_abacus=config.abacus, digit_first=digit_first, sep_id=sep_id,
+        learned_positions=config.positions == "learned",
     ))
 
 

@@ -121,6 +121,8 @@ MODEL_RULES: dict[str, _Rule] = {
     "vocab_size": _Rule(int, 1, (1 << 31) - 1),
     "init_seed": _Rule(int, 0, (1 << 63) - 1),
     "ln_eps": _Rule(float, 0.0, 1.0, low_open=True),
+    "abacus": _Rule(int, 0, 4096),
+    "positions": _Rule(str, choices=("learned", "none")),
 }
 
 TRAIN_RULES: dict[str, _Rule] = {
@@ -159,6 +161,11 @@ class ModelConfig:
     vocab_size: int = CHAR_VOCAB_SIZE
     init_seed: int = 0
     ln_eps: float = 1e-5
+    # Abacus digit-position embeddings (odin/abacus.py): number of digit places the table
+    # covers, training offsets included; 0 = off. For length generalisation on arithmetic.
+    abacus: int = 0
+    # "learned": absolute position embeddings (wpe); "none": wpe held at zero (NoPE)
+    positions: str = "learned"
 
     def __post_init__(self) -> None:
         _validate_fields(self, "model", MODEL_RULES)

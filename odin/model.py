@@ -20,6 +20,14 @@ class GPTShape:
     n_head: int
     d_model: int
     ln_eps: float = 1e-5
+    # Abacus digit-position embeddings (odin/abacus.py): table size, 0 = off; the token ids
+    # of "0" (digits are 10 consecutive ids) and of the prompt/answer separator "="
+    n_abacus: int = 0
+    digit_first: int = -1
+    sep_id: int = -1
+    # False: no learned absolute positions (wpe held at zero), e.g. with Abacus for length
+    # generalisation, where positions beyond the training lengths would be untrained
+    learned_positions: bool = True
 
 
 def _block_view(ptr, n: int) -> np.ndarray:
@@ -32,9 +40,12 @@ class GPT:
     def __init__(self, shape: GPTShape) -> None:
         self.shape = shape
         handle = ffi.new("odin_gpt **")
-        check(lib.odin_gpt_create(handle, shape.vocab_size, shape.context, shape.n_layer, shape.n_head,
-                                  shape.d_model, float(shape.ln_eps)), "GPT")
+        if shape.n_abacus and (shape.digit_first < 0 or shape.sep_id < 0):
+            raise ValueError("a model with Abacus embeddings needs digit_first and sep_id (token ids of '0' and '=')")
+        check(lib.odin_gpt_create_ex(handle, shape.vocab_size, shape.context, shape.n_layer, shape.n_head,
+                                     shape.d_model, float(shape.ln_eps), shape.n_abacus), "GPT")
         self._h = ffi.gc(handle[0], lib.odin_gpt_free)
+        check(lib.odin_gpt_set_learned_positions(self._h, int(shape.learned_positions)), "GPT")
         self.n_params = int(lib.odin_gpt_num_params(self._h))
         self.params = _block_view(lib.odin_gpt_params(self._h), self.n_params)
         self.grads = _block_view(lib.odin_gpt_grads(self._h), self.n_params)
@@ -46,7 +57,7 @@ class GPT:
         for i in range(lib.odin_gpt_num_tensors(self._h)):
             check(lib.odin_gpt_tensor_info(self._h, i, name_p, off_p, rows_p, cols_p), "GPT.tensor_info")
             base = ffi.string(name_p[0]).decode()
-            if base in ("wte", "wpe", "lnf_w", "lnf_b"):
+            if base in ("wte", "wpe", "lnf_w", "lnf_b", "wab"):
                 name = base
             else:
                 layer = layer_of.get(base, 0)
@@ -84,6 +95,8 @@ class GPT:
             else:
                 std = resid_std if base in ("attproj_w", "fcproj_w") else 0.02
                 arr[...] = rng.normal(0.0, std, size=arr.shape).astype(np.float32)
+        if not self.shape.learned_positions:
+            self.named_params()["wpe"][...] = 0.0
         self.adam_m[...] = 0.0
         self.adam_v[...] = 0.0
         self.grads[...] = 0.0
@@ -99,11 +112,26 @@ class GPT:
             self._ws_shape = (B2, T2)
         return self._ws
 
+    def abacus_ids(self, tokens: np.ndarray, offsets: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+        """Abacus ids for token rows (None for a model without Abacus embeddings)."""
+        if not self.shape.n_abacus:
+            return None
+        from odin.abacus import abacus_ids
+
+        return abacus_ids(tokens, self.shape.digit_first, self.shape.sep_id, self.shape.n_abacus, offsets)
+
     def forward(self, tokens: np.ndarray, targets: Optional[np.ndarray] = None,
-                mask: Optional[np.ndarray] = None) -> Optional[float]:
-        """tokens/targets int32 [B,T], mask uint8 [B,T]. Returns the mean loss (if targets)."""
+                mask: Optional[np.ndarray] = None, ids: Optional[np.ndarray] = None) -> Optional[float]:
+        """tokens/targets int32 [B,T], mask uint8 [B,T]; ids int32 [B,T] for Abacus models
+        (computed with offset 0 when not given). Returns the mean loss (if targets)."""
         tokens = _i32_2d(tokens, "tokens")
         B, T = tokens.shape
+        if ids is None:
+            ids = self.abacus_ids(tokens)
+        ip = ffi.NULL
+        if ids is not None:
+            ids = _i32_2d(ids, "ids", (B, T))
+            ip = ffi.cast("int32_t *", ffi.from_buffer(ids))
         if T > self.shape.context:
             raise ShapeError(f"tokens has T={T} positions but the model's context is {self.shape.context}")
         tp = ffi.NULL
@@ -118,10 +146,10 @@ class GPT:
             mp = ffi.cast("uint8_t *", ffi.from_buffer(mask))
         ws = self._workspace(B, T)
         # keep the inputs alive until backward: the C workspace points at them
-        self._last_inputs = (tokens, targets, mask)
+        self._last_inputs = (tokens, ids, targets, mask)
         loss = ffi.new("float *")
-        check(lib.odin_gpt_forward(self._h, ws, ffi.cast("int32_t *", ffi.from_buffer(tokens)), tp, mp, B, T, loss),
-              "GPT.forward")
+        check(lib.odin_gpt_forward_ex(self._h, ws, ffi.cast("int32_t *", ffi.from_buffer(tokens)), ip, tp, mp, B, T,
+                                      loss), "GPT.forward")
         self._last_bt = (B, T)
         return float(loss[0]) if targets is not None else None
 
@@ -171,9 +199,11 @@ class GPT:
             n_new = max(1, min(max_new, limit))
             out = np.zeros((B, n_new), np.int32)
             out_lens = np.zeros(B, np.int32)
-            check(lib.odin_gpt_generate_greedy(
+            ids = self.abacus_ids(arr)
+            check(lib.odin_gpt_generate_greedy_ex(
                 self._h, cache._h, ffi.cast("int32_t *", ffi.from_buffer(arr)),
-                ffi.cast("int32_t *", ffi.from_buffer(lens)), B, longest, n_new, end_id,
+                ffi.NULL if ids is None else ffi.cast("int32_t *", ffi.from_buffer(ids)),
+                ffi.cast("int32_t *", ffi.from_buffer(lens)), B, longest, n_new, end_id, self.shape.digit_first,
                 ffi.cast("int32_t *", ffi.from_buffer(out)), ffi.cast("int32_t *", ffi.from_buffer(out_lens))),
                 "GPT.generate_greedy")
             results.extend(out[i, :out_lens[i]].tolist() for i in range(B))
@@ -192,15 +222,21 @@ class KVCache:
         self._logits = np.zeros((batch, model.shape.vocab_size), np.float32)
         self._tok = np.zeros(batch, np.int32)
         self._pos = np.zeros(batch, np.int32)
+        self._ids = np.zeros(batch, np.int32)
 
-    def step(self, tokens: list[int], positions: list[int]) -> np.ndarray:
-        """Feed one token per sequence; returns next-token logits [B, V] (a view, overwritten next step)."""
+    def step(self, tokens: list[int], positions: list[int], ids: Optional[list[int]] = None) -> np.ndarray:
+        """Feed one token per sequence (with its Abacus id for Abacus models); returns the
+        next-token logits [B, V] (a view, overwritten by the next step)."""
         B = len(tokens)
         self._tok[:B] = tokens
         self._pos[:B] = positions
-        check(lib.odin_gpt_decode(self.model._h, self._h, ffi.cast("int32_t *", ffi.from_buffer(self._tok)),
-                                  ffi.cast("int32_t *", ffi.from_buffer(self._pos)), B,
-                                  ffi.cast("float *", ffi.from_buffer(self._logits))), "KVCache.step")
+        ip = ffi.NULL
+        if ids is not None:
+            self._ids[:B] = ids
+            ip = ffi.cast("int32_t *", ffi.from_buffer(self._ids))
+        check(lib.odin_gpt_decode_ex(self.model._h, self._h, ffi.cast("int32_t *", ffi.from_buffer(self._tok)),
+                                     ffi.cast("int32_t *", ffi.from_buffer(self._pos)), ip, B,
+                                     ffi.cast("float *", ffi.from_buffer(self._logits))), "KVCache.step")
         return self._logits[:B]
 
 
@@ -228,15 +264,23 @@ def stream_tokens(model: GPT, prompt: list[int], max_new: int, sampler: Sampler,
         raise ShapeError(f"prompt has {len(prompt)} tokens but the context is {model.shape.context}")
     cache = model.new_cache(1)
     logits = None
+    prompt_ids = model.abacus_ids(np.asarray(prompt, np.int32))
     for pos, tok in enumerate(prompt):
-        logits = cache.step([tok], [pos])
+        logits = cache.step([tok], [pos], None if prompt_ids is None else [int(prompt_ids[pos])])
     pos = len(prompt)
+    shape, last_id, prev_digit = model.shape, 0, False
     for _ in range(max_new):
         nxt = sampler(logits[0])
         yield nxt
         if nxt in stop_ids or pos >= model.shape.context:
             return
-        logits = cache.step([nxt], [pos])
+        ids = None
+        if shape.n_abacus:  # generated digits count 1, 2, 3, ... along a run, as in the C decoder
+            is_digit = shape.digit_first <= nxt < shape.digit_first + 10
+            last_id = min(last_id + 1 if prev_digit else 1, shape.n_abacus - 1) if is_digit else 0
+            prev_digit = is_digit
+            ids = [last_id]
+        logits = cache.step([nxt], [pos], ids)
         pos += 1
 
 

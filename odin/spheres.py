@@ -88,10 +88,12 @@ class SpheresTrainer:
     def set_step(self, step: int) -> None:
         check(lib.odin_spheres_set_step(self._h, step), "set_step")
 
-    def run(self, tokens: np.ndarray, loss_mask: Optional[np.ndarray] = None) -> int:
+    def run(self, tokens: np.ndarray, loss_mask: Optional[np.ndarray] = None,
+            ids: Optional[np.ndarray] = None) -> int:
         """Train on `tokens[K, batch, seq_len + 1]` (inputs and shifted targets in one array)
-        and `loss_mask[K, batch, seq_len]`. Returns the number of steps done (< K after a
-        stop or checkpoint request)."""
+        and `loss_mask[K, batch, seq_len]` (and Abacus `ids[K, batch, seq_len]` of the
+        inputs for Abacus models). Returns the number of steps done (< K after a stop or
+        checkpoint request)."""
         tokens = np.asarray(tokens)
         if tokens.ndim == 2:
             tokens = tokens[None]
@@ -107,9 +109,13 @@ class SpheresTrainer:
             if loss_mask.shape != (K, B, T1 - 1):
                 raise ShapeError(f"loss_mask must have shape {(K, B, T1 - 1)}, got {loss_mask.shape}")
             mp = ffi.cast("uint8_t *", ffi.from_buffer(loss_mask))
+        ip = ffi.NULL
+        if ids is not None:
+            ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(K, B, T1 - 1)
+            ip = ffi.cast("int32_t *", ffi.from_buffer(ids))
         done = ffi.new("int *")
-        check(lib.odin_spheres_run(self._h, ffi.cast("int32_t *", ffi.from_buffer(inputs)),
-                                   ffi.cast("int32_t *", ffi.from_buffer(targets)), mp, K, done), "train step")
+        check(lib.odin_spheres_run_ex(self._h, ffi.cast("int32_t *", ffi.from_buffer(inputs)), ip,
+                                      ffi.cast("int32_t *", ffi.from_buffer(targets)), mp, K, done), "train step")
         return int(done[0])
 
     # ---------------------------------------------------------------- control (any thread)

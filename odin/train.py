@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, TextIO
 
 import numpy as np
 
+from odin.abacus import longest_digit_run, training_offsets
 from odin.blueprint import Blueprint
 from odin.checkpoint import load_model_checkpoint, model_from_config, save_model_checkpoint
 from odin.config import RunConfig
@@ -182,6 +183,13 @@ def train(
         model.init_weights(cfg_m.init_seed)
         metrics_path.write_text("")
 
+    abacus_max_offset = 0
+    if cfg_m.abacus:  # offsets may use the places the longest training number leaves free
+        longest = longest_digit_run(train_set.tokens, model.shape.digit_first)
+        abacus_max_offset = cfg_m.abacus - 1 - (longest + 1)
+        if abacus_max_offset < 0:
+            raise ValueError(f"[model].abacus = {cfg_m.abacus} leaves no room above the longest number "
+                             f"({longest} places): raise it to at least {longest + 2}")
     n_threads = threads or cfg_t.threads or default_threads()
     trainer = SpheresTrainer(model, cfg_t.batch_size, T, threads=n_threads)
     trainer.configure(lr=cfg_t.lr, min_lr=cfg_t.lr * cfg_t.min_lr_frac, warmup_steps=cfg_t.warmup_steps,
@@ -229,8 +237,13 @@ def train(
         batches = [sampler.next_batch() for _ in range(k)]
         tokens = np.stack([b[0] for b in batches])
         mask = np.stack([b[1] for b in batches])
+        ids = None
+        if cfg_m.abacus:  # one random place offset per sequence, from (seed, step): resumable
+            ids = np.stack([model.abacus_ids(tokens[i, :, :-1], training_offsets(
+                np.random.default_rng([cfg_t.seed, step + i]), cfg_t.batch_size, abacus_max_offset))
+                for i in range(k)])
         try:
-            done = trainer.run(tokens, mask)
+            done = trainer.run(tokens, mask, ids)
         except OdinError as exc:  # NaN/Inf or out of memory in a sphere: nothing was written
             raise type(exc)(f"{exc}; training stopped, {last_kept()}") from None
         if done < k:  # stopped or checkpoint requested mid-chunk: un-consume the unused batches

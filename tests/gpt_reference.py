@@ -33,13 +33,15 @@ def _gelu_grad(x):
 
 
 def forward_backward(p: dict[str, np.ndarray], tokens, targets, mask, n_layer: int, n_head: int,
-                     eps: float = 1e-5):
+                     eps: float = 1e-5, ids=None):
     """Returns (mean loss, grads dict) for float64 parameters p (names as in odin.model)."""
     B, T = tokens.shape
     wte, wpe = p["wte"], p["wpe"]
     V, C = wte.shape
     hs = C // n_head
     x = wte[tokens] + wpe[:T][None]
+    if ids is not None:  # Abacus digit-position embeddings
+        x = x + p["wab"][ids]
     caches = []
     causal = np.tril(np.ones((T, T), bool))
     for l in range(n_layer):
@@ -118,8 +120,10 @@ def forward_backward(p: dict[str, np.ndarray], tokens, targets, mask, n_layer: i
         dx = dx + d1
     np.add.at(G["wte"], tokens.reshape(-1), dx.reshape(-1, C))
     G["wpe"][:T] += dx.sum(0)
+    if ids is not None:
+        np.add.at(G["wab"], ids.reshape(-1), dx.reshape(-1, C))
     return loss, G, logits
 
 
-def loss_only(p, tokens, targets, mask, n_layer, n_head, eps=1e-5) -> float:
-    return forward_backward(p, tokens, targets, mask, n_layer, n_head, eps)[0]
+def loss_only(p, tokens, targets, mask, n_layer, n_head, eps=1e-5, ids=None) -> float:
+    return forward_backward(p, tokens, targets, mask, n_layer, n_head, eps, ids)[0]
