@@ -22,8 +22,6 @@ from typing import Optional, Sequence
 
 DEFAULT_PRESET = "arith-3digit"
 DEFAULT_DATA = Path("data") / "arith-3digit"
-# the default recipe's data: 3-digit addition, answers written least-significant digit first
-DEFAULT_DATA_SPEC = dict(seed=1234, n_examples=120_000, ops=["add"], max_digits=3, reverse_answer=True)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -77,13 +75,18 @@ def _run_config(args: argparse.Namespace):
     return cfg
 
 
-def _ensure_default_data(data_dir: Path) -> None:
+def _ensure_preset_data(preset: str, data_dir: Path) -> None:
+    """Build the dataset a preset names (data/<preset>) the first time it is needed."""
+    from odin.config import preset_data_spec
     from odin.data.dataset import build_dataset
 
     if (data_dir / "dataset.json").exists():
         return
-    print(f"building the default dataset in {data_dir} (3-digit addition, reversed answers) ...", file=sys.stderr)
-    build_dataset(data_dir, **DEFAULT_DATA_SPEC)
+    spec = preset_data_spec(preset)
+    if spec is None:
+        raise FileNotFoundError(f"preset {preset!r} names no dataset: pass --data DIR (see `odin data build`)")
+    print(f"building the dataset of preset {preset!r} in {data_dir}: {spec} ...", file=sys.stderr)
+    build_dataset(data_dir, **spec)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -91,9 +94,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from odin.train import train
 
     cfg = _run_config(args)
-    data_dir = Path(args.data) if args.data else DEFAULT_DATA
-    if args.data is None:
-        _ensure_default_data(data_dir)
+    if args.data:
+        data_dir = Path(args.data)
+    else:
+        preset = cfg.preset or DEFAULT_PRESET
+        data_dir = Path("data") / preset
+        _ensure_preset_data(preset, data_dir)
     out_dir = Path(args.out) if args.out else Path("runs") / (cfg.preset or Path(args.config).stem)
     result = train(cfg, data_dir, out_dir, resume=args.resume, threads=args.threads, progress=not args.json)
     summary = {
@@ -173,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (default: the 3-digit addition recipe)")
     t.add_argument("--preset", default=DEFAULT_PRESET)
     t.add_argument("--config", default=None, help="TOML config (overrides --preset)")
-    t.add_argument("--data", default=None, help=f"dataset directory (default: {DEFAULT_DATA}, built if missing)")
+    t.add_argument("--data", default=None, help="dataset directory (default: data/<preset>, built from the preset's "
+                                                 "data spec if missing)")
     t.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--threads", type=int, default=None, help="native threads (default: min(12, cores))")

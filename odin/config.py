@@ -58,6 +58,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # sequences are <= 14 tokens). Tuned on a 2-core machine: 4000 steps of 128 reach
     # 100% exact match on 2000 held-out test problems in about 2 minutes (docs/performance.md).
     "arith-3digit": {
+        "data": {"seed": 1234, "n_examples": 120_000, "ops": ["add"], "max_digits": 3, "reverse_answer": True},
         "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 32},
         "train": {
             "batch_size": 128, "steps": 4000, "lr": 2e-3, "warmup_steps": 200,
@@ -264,6 +265,12 @@ def get_preset(name: str) -> dict[str, dict[str, Any]]:
         hint = f"did you mean {close[0]!r}?" if close else f"known presets: {', '.join(PRESETS)}"
         raise ConfigError(f"unknown preset {name!r}; {hint}")
     return PRESETS[name]
+
+
+def preset_data_spec(name: str) -> dict[str, Any] | None:
+    """The dataset a preset trains on (build_dataset keyword arguments), if it names one."""
+    spec = get_preset(name).get("data")
+    return dict(spec) if spec else None
 
 
 def preset_config(name: str, **model_overrides: Any) -> RunConfig:

@@ -133,6 +133,18 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+def shift_right(tokens: np.ndarray, mask: np.ndarray, pad_id: int, rng: np.random.Generator) -> None:
+    """In place: move each row's sequence right by a random amount within the free padding
+    (tokens[B, T+1] padded at the end, mask[B, T] aligned with tokens[:, :-1])."""
+    T1 = tokens.shape[1]
+    lengths = T1 - np.argmax((tokens != pad_id)[:, ::-1], axis=1)  # index after the last non-pad
+    for b, n in enumerate(lengths):
+        s = int(rng.integers(0, T1 - n + 1))
+        if s:
+            tokens[b] = np.roll(tokens[b], s)
+            mask[b] = np.roll(mask[b], s)
+
+
 def _seq_len(*encoded_sets: Any) -> int:
     return max(max_sequence_length(e) for e in encoded_sets if len(e))
 
@@ -161,6 +173,11 @@ def train(
     val_set = encode_examples(val_examples, tokenizer)
     T = _seq_len(train_set, val_set)
     Blueprint(cfg_m).check_sequence_length(T)
+    # Abacus runs train every absolute position: each sequence is shifted right by a random
+    # amount inside the full context, so longer test sequences meet trained positions
+    shift_positions = bool(cfg_m.abacus) and cfg_m.positions == "learned"
+    if shift_positions:
+        T = cfg_m.context - 1
     if cfg_m.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"[model].vocab_size is {cfg_m.vocab_size} but the char tokenizer has "
                          f"{tokenizer.vocab_size} tokens; set vocab_size = {tokenizer.vocab_size}")
@@ -237,6 +254,9 @@ def train(
         batches = [sampler.next_batch() for _ in range(k)]
         tokens = np.stack([b[0] for b in batches])
         mask = np.stack([b[1] for b in batches])
+        if shift_positions:
+            for i in range(k):
+                shift_right(tokens[i], mask[i], tokenizer.pad_id, np.random.default_rng([cfg_t.seed, step + i, 1]))
         ids = None
         if cfg_m.abacus:  # one random place offset per sequence, from (seed, step): resumable
             ids = np.stack([model.abacus_ids(tokens[i, :, :-1], training_offsets(

@@ -116,3 +116,20 @@ def test_no_learned_positions_keeps_wpe_exactly_zero_through_training():
     tokens = np.concatenate([x, y[:, -1:]], axis=1)[None].repeat(5, 0)
     tr.run(tokens, mask[None].repeat(5, 0), ids[None].repeat(5, 0))
     assert not m.named_params()["wpe"].any() and m.named_params()["wab"].any()
+
+
+def test_shift_right_moves_sequences_and_masks_together():
+    from odin.train import shift_right
+
+    tokens = np.array([[1, 5, 6, 2, 0, 0, 0], [1, 5, 6, 7, 8, 9, 2]], np.int32)
+    mask = np.array([[0, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1]], np.uint8)
+    shifts = set()
+    for seed in range(30):
+        t, m = tokens.copy(), mask.copy()
+        shift_right(t, m, 0, np.random.default_rng(seed))
+        s = int(np.argmax(t[0] == 1))
+        shifts.add(s)
+        assert t[0, s:s + 4].tolist() == [1, 5, 6, 2] and not t[0, :s].any()
+        assert m[0, s + 1:s + 3].tolist() == [1, 1] and m[0].sum() == 2  # same targets still masked
+        assert t[1].tolist() == tokens[1].tolist()  # a full row has no room to move
+    assert shifts == {0, 1, 2, 3}
