@@ -132,12 +132,14 @@ def save_model_checkpoint(
         raise ValueError(f"step must be a non-negative integer, got {step!r}")
     blueprint = Blueprint(_model_config(run_config))
     _check_layout(model, blueprint, "save_model_checkpoint")
-    if not np.isfinite(model.params).all():  # never replace a good checkpoint with a broken model
+    # copies: the native block may change under a training thread while the file is written
+    params = {name: array.copy() for name, array in model.named_params().items()}
+    # checked on the copies (what gets written), never on the live block another thread may
+    # change: a broken model must not replace a good checkpoint
+    if not all(np.isfinite(array).all() for array in params.values()):
         from odin.native import NanError
 
         raise NanError(f"refusing to write {path}: the weights contain NaN or Inf (step {step})")
-    # copies: the native block may change under a training thread while the file is written
-    params = {name: array.copy() for name, array in model.named_params().items()}
     optimizer = None
     if with_optimizer:
         m, v = model.named_moments()

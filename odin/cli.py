@@ -120,20 +120,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _print_samples(checkpoint: Path, data_dir: Path, n: int = 5) -> None:
     from odin.checkpoint import load_model_checkpoint
-    from odin.data.arithmetic import answer_to_display
-    from odin.data.dataset import load_split
-    from odin.evaluate import greedy_predictions
+    from odin.data.dataset import load_manifest, load_split
+    from odin.data.scratchpad import display_answer
+    from odin.evaluate import answers_match, eval_options, greedy_predictions
 
     loaded = load_model_checkpoint(checkpoint, with_optimizer=False)
+    opts = eval_options(load_manifest(data_dir))
     examples = load_split(data_dir, "test")[:n]
     predictions, _ = greedy_predictions(loaded.model, loaded.tokenizer, examples)
     print("\nsample answers (test set):")
     for ex, got in zip(examples, predictions):
-        shown = answer_to_display(got, loaded.reverse_answer)
-        want = answer_to_display(ex.answer, loaded.reverse_answer)
-        mark = "ok " if got == ex.answer else "ERR"
-        print(f"  {mark} {ex.prompt}{shown}" + ("" if got == ex.answer else f"   (expected {want})"))
-    print(f"\ntalk to it:  odin-infer -m {checkpoint} -p \"{examples[0].prompt if examples else '123+456='}\"")
+        rev = opts["reverse_answer"] and (opts["reversed_tasks"] is None or ex.task in opts["reversed_tasks"])
+        ok = answers_match(ex.answer, got)
+        shown, want = display_answer(got, rev), display_answer(ex.answer, rev)
+        prompt = ex.prompt.replace("\n", "\\n")
+        print(f"  {'ok ' if ok else 'ERR'} {prompt}{shown}" + ("" if ok else f"   (expected {want})"))
+    if examples:
+        print(f"\ntalk to it:  odin-infer -m {checkpoint} -p {json.dumps(examples[0].prompt)}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -194,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint")
     e.add_argument("checkpoint")
     e.add_argument("--data", default=None, help="dataset directory (default: the one it was trained on)")
-    e.add_argument("--splits", default=None, help="comma-separated, default val,test,heldout")
+    e.add_argument("--splits", default=None, help="comma-separated (default: val, test and every heldout split)")
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--errors", default=None, help="directory for <split>.errors.jsonl")
     e.add_argument("--json", action="store_true")

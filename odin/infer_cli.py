@@ -29,13 +29,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence, TextIO
+from typing import Any, Optional, Sequence, TextIO
 
 PROG = "odin-infer"
 EXIT_USAGE = 2
+
+
+_ARITH_PROMPT = re.compile(r"^\s*\d+\s*[-+*/]\s*\d+\s*=\s*$")
+
+
+def _unreverses(prompt: str, reversed_tasks: Optional[tuple[str, ...]]) -> bool:
+    """Whether a reversed-answer model's completion of `prompt` reads backwards: always for
+    an arithmetic-only model; in a mixed-task model only for the tasks it reversed, and a
+    free-form prompt's task is only recognisable for arithmetic."""
+    if reversed_tasks is None:
+        return True
+    return bool(_ARITH_PROMPT.match(prompt)) and bool({"arith", "add", "sub", "mul", "div"} & set(reversed_tasks))
 
 
 class InferError(Exception):
@@ -142,6 +155,9 @@ class Generator:
         self.max_tokens = max_tokens
         self.stops = list(stops)
         self.reversed = loaded.reverse_answer and not raw
+        settings = (loaded.trainer_state.get("dataset") or {}).get("settings") or {}
+        tasks = settings.get("reversed_tasks")
+        self.reversed_tasks = tuple(tasks) if isinstance(tasks, list) else None
         self.sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
 
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -205,10 +221,10 @@ class Generator:
             stream.write(text[emitted:])
             stream.flush()
         display = text
-        if self.reversed:
-            from odin.data.arithmetic import answer_to_display
+        if self.reversed and _unreverses(prompt, self.reversed_tasks):
+            from odin.data.scratchpad import display_answer
 
-            display = answer_to_display(text, True)
+            display = display_answer(text, True)
         return Completion(prompt=prompt, completion=display, raw_completion=text, tokens=count,
                           seconds=seconds, stopped_by=stopped_by, reversed=self.reversed)
 

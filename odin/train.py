@@ -24,8 +24,8 @@ from odin.blueprint import Blueprint
 from odin.checkpoint import load_model_checkpoint, model_from_config, save_model_checkpoint
 from odin.config import RunConfig
 from odin.data.batching import BatchSampler, encode_examples, max_sequence_length
-from odin.data.dataset import load_manifest, load_split
-from odin.evaluate import EvalResult, evaluate_examples, teacher_forced_stats
+from odin.data.dataset import heldout_splits, load_manifest, load_split
+from odin.evaluate import EvalResult, eval_options, evaluate_examples, teacher_forced_stats
 from odin.model import GPT
 from odin.native import OdinError
 from odin.spheres import N_SPHERES, SpheresTrainer, default_threads
@@ -158,7 +158,7 @@ def train(
     threads: Optional[int] = None,
     progress: bool = True,
     stream: TextIO = sys.stderr,
-    final_eval_splits: tuple[str, ...] = ("test", "heldout"),
+    final_eval_splits: Optional[tuple[str, ...]] = None,
     final_eval_limit: Optional[int] = 1000,
     on_trainer: Optional[Callable[[SpheresTrainer], None]] = None,
 ) -> TrainResult:
@@ -279,7 +279,8 @@ def train(
                                          "elapsed": time.perf_counter() - started})
         bar.update(step, start_step, snap)
         if cfg_t.eval_every and step % cfg_t.eval_every == 0 and step < cfg_t.steps:
-            _periodic_eval(model, tokenizer, val_examples, eval_subset, reverse, step, metrics_path, stream, progress)
+            _periodic_eval(model, tokenizer, val_examples, eval_subset, eval_options(manifest), step, metrics_path,
+                           stream, progress)
         wants_ckpt = trainer.take_checkpoint_request()
         if wants_ckpt or (cfg_t.checkpoint_every and step % cfg_t.checkpoint_every == 0):
             checkpoint()
@@ -294,6 +295,8 @@ def train(
     seconds = time.perf_counter() - started
     tps = (step - start_step) * cfg_t.batch_size * T / max(seconds, 1e-9)
     result = TrainResult(out_dir, path, step, last_loss, seconds, tps)
+    if final_eval_splits is None:
+        final_eval_splits = ("test", *heldout_splits(manifest))
     for split in final_eval_splits:
         try:
             examples = load_split(data_dir, split)
@@ -301,16 +304,16 @@ def train(
             continue
         if final_eval_limit:
             examples = examples[:final_eval_limit]
-        result.evals[split] = evaluate_examples(model, tokenizer, examples, reverse_answer=reverse)
+        result.evals[split] = evaluate_examples(model, tokenizer, examples, **eval_options(manifest))
         _append_jsonl(metrics_path, {"step": step, "split": split, "exact": result.evals[split].exact,
                                      "token_accuracy": result.evals[split].token_accuracy})
     return result
 
 
-def _periodic_eval(model: GPT, tokenizer: CharTokenizer, val_examples: list, subset: list, reverse: bool,
+def _periodic_eval(model: GPT, tokenizer: CharTokenizer, val_examples: list, subset: list, options: dict,
                    step: int, metrics_path: Path, stream: TextIO, progress: bool) -> None:
     stats = teacher_forced_stats(model, tokenizer, val_examples[:2000])
-    exact = evaluate_examples(model, tokenizer, subset, reverse_answer=reverse).exact if subset else float("nan")
+    exact = evaluate_examples(model, tokenizer, subset, **options).exact if subset else float("nan")
     _append_jsonl(metrics_path, {"step": step, "val_loss": stats.mean_loss, "val_exact": exact})
     if progress:
         stream.write(f"\n  [eval @ {step}] val loss {stats.mean_loss:.4f}  exact match {100 * exact:.1f}% "

@@ -1,0 +1,484 @@
+"""Run short generated Python programs in a subprocess sandbox and capture what they print.
+
+The code-task generator (:mod:`odin.data.code`) computes every answer by *running* the
+program it generated. This module does that safely and fast.
+
+Threat model
+------------
+The programs are ours: they come from a small grammar in :mod:`odin.data.code`, not from
+users or the network. The sandbox is **defence in depth against generator bugs** — a loop
+that never ends, a value that grows without bound, an accidental file write — so that a bad
+program can neither hang nor harm a dataset build, and never gets a wrong answer. It is
+*not* a security boundary for hostile code: the Python-level guards (layer 4) are known to
+be escapable by a determined attacker (e.g. through ``object.__subclasses__()``); the
+OS-level layers hold whatever the program does.
+
+Layers (outermost first)
+------------------------
+1. **Worker process** ``python -X utf8 -I -S -c <worker>``: isolated mode (environment
+   variables and user site ignored, no ``site``), an empty environment, a fresh empty
+   working directory, its own session (the whole group is killed on overrun).
+2. **OS limits set by the worker before it reads any program** (they bind everything it
+   runs): ``RLIMIT_AS`` (address space, default 256 MiB: unbounded allocation fails with
+   ``MemoryError``), ``RLIMIT_FSIZE = 0`` (no byte can be written to a regular file: the write fails with
+   ``EFBIG``, "File too large", since Python ignores ``SIGXFSZ``), ``RLIMIT_CORE = 0``, ``RLIMIT_NOFILE = 32``, ``RLIMIT_CPU`` (per program:
+   ``ceil(cpu used so far + timeout) + 1`` s, so a computation stuck in C code that never
+   checks for signals, like ``sum(range(10**12))``, is still killed). On Linux, a new, empty **network namespace**
+   (``unshare(CLONE_NEWNET)``; as root directly, otherwise inside a new user namespace when
+   the kernel allows it): no interface but a down loopback. When running as root, the
+   worker then **drops to uid/gid 65534** (nobody): no privileges, and the interpreter's own
+   files under a private home stop being readable. The last two are best effort and
+   reported by :func:`isolation_report`. ``RLIMIT_NPROC`` is *not* used: it counts every
+   process of the user, so it would break unrelated work (the test runner) rather than
+   contain ours.
+3. **Per-program timeout**: a wall-clock timer (``ITIMER_REAL``) interrupts the program at
+   ``timeout``; the CPU limit above and the parent's deadline (no result within
+   ``timeout + 5`` s: the worker group is killed) are the backstops. When a worker dies
+   (CPU limit, a crash), the program it was running is recorded as failed and a fresh
+   worker continues with the next one.
+   ``isolation="exec"`` (default) runs each program inside the worker with fresh globals
+   and a fresh copy of the builtins; ``isolation="fork"`` runs each in a forked child of
+   the worker (nothing at all can carry over from one program to the next, at the price
+   of one ``fork`` per program).
+4. **Python guards** (``guards=True``, the default): the program's builtins lack ``open``,
+   ``exec``, ``eval``, ``compile``, ``input``, ``breakpoint``, ``globals``, ``vars`` … and
+   ``__import__`` raises ``ImportError`` (so ``import socket`` / ``os`` / ``subprocess``
+   fail); while a program runs, an audit hook (:pep:`578`, cannot be removed) refuses
+   imports, ``open``, sockets, process creation, ``ctypes`` and file-system changes.
+
+Every program gets a :class:`RunResult` whose ``status`` is ``ok`` (finished normally; its
+stdout is exact), ``error`` (an exception; ``error`` holds ``"Type: message"``),
+``timeout``, ``memory`` (``MemoryError``), ``output_limit`` (more than ``max_output``
+bytes printed), ``killed`` (by a signal, e.g. a crash) or
+``sandbox_error`` (the worker could not run it). Only ``ok`` results may be used as
+answers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+__all__ = ["ISOLATION_MODES", "RunResult", "STATUSES", "isolation_report", "run", "run_many"]
+
+STATUSES: tuple[str, ...] = ("ok", "error", "timeout", "memory", "output_limit", "killed", "sandbox_error")
+ISOLATION_MODES: tuple[str, ...] = ("exec", "fork")
+DEFAULT_TIMEOUT = 2.0
+DEFAULT_MEMORY_MB = 256
+DEFAULT_MAX_OUTPUT = 4096
+DEFAULT_BATCH_SIZE = 500
+_STALL_SLACK = 5.0  # seconds beyond the timeout before the parent gives up on a silent worker
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: str  # one of STATUSES
+    stdout: str = ""  # exactly what the program printed (only for status "ok")
+    error: str = ""  # "Type: message" for error/memory; a reason otherwise
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+# The worker runs as `python -X utf8 -I -S -c WORKER_SOURCE <json-config>` and reads a JSON
+# list of programs on stdin. It writes one JSON line first (what isolation it achieved),
+# then one line per program, in order. Everything it needs is imported before it drops
+# privileges (the interpreter's files may not be readable by nobody).
+WORKER_SOURCE = r'''
+import sys, os, io, json, resource, signal, select, time, builtins
+cfg = json.loads(sys.argv[1])
+report = {"network_namespace": False, "dropped_privileges": False}
+
+def _isolate():
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+        flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
+        report["network_namespace"] = libc.unshare(flags) == 0
+    except Exception:
+        pass
+    if os.geteuid() == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            report["dropped_privileges"] = os.geteuid() != 0
+        except Exception:
+            pass
+
+_isolate()
+mem = int(cfg["memory_bytes"])
+resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
+devnull = os.open(os.devnull, os.O_RDONLY)
+programs = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+timeout = float(cfg["timeout"])
+max_output = int(cfg["max_output"])
+guards = bool(cfg["guards"])
+fork_mode = cfg["isolation"] == "fork"
+out = sys.stdout
+out.write(json.dumps({"report": report}) + "\n")
+out.flush()
+
+BLOCKED_BUILTINS = ("open", "exec", "eval", "compile", "input", "breakpoint", "help", "exit", "quit",
+                    "globals", "locals", "vars", "memoryview", "__loader__", "__spec__")
+BLOCKED_EVENTS = ("import", "open", "socket.", "subprocess.", "os.", "shutil.", "ctypes.", "_posixsubprocess",
+                  "pty.", "fcntl.", "mmap.", "sys.", "code.", "compile", "builtins.input", "webbrowser",
+                  "urllib", "http", "ftplib", "smtplib", "glob.", "tempfile.", "marshal.", "pickle.", "signal.",
+                  "resource.", "syslog.", "sqlite3.", "_thread.", "winreg.", "msvcrt.")
+state = {"active": False}
+
+def _hook(event, args):
+    if state["active"] and event.startswith(BLOCKED_EVENTS):
+        raise RuntimeError("sandbox: %s is not allowed" % event)
+
+if guards:
+    sys.addaudithook(_hook)
+
+def _deny_import(*args, **kwargs):
+    raise ImportError("imports are disabled in the sandbox")
+
+class Timeout(BaseException):
+    pass
+
+class OutputLimit(BaseException):
+    pass
+
+class Capture(io.TextIOBase):
+    def __init__(self):
+        self.parts = []
+        self.size = 0
+        self.over = False
+    def writable(self):
+        return True
+    def write(self, text):
+        text = str(text)
+        self.size += len(text.encode("utf-8", "replace"))
+        if self.size > max_output:
+            self.over = True
+            raise OutputLimit()
+        self.parts.append(text)
+        return len(text)
+
+def _on_alarm(signum, frame):
+    raise Timeout()
+
+signal.signal(signal.SIGALRM, _on_alarm)
+
+def _describe(exc):
+    try:
+        return ("%s: %s" % (type(exc).__name__, exc))[:300]
+    except BaseException:
+        return type(exc).__name__
+
+def _exec(code):
+    """Run one program here; return (status, stdout, error)."""
+    env = {"__name__": "__main__"}
+    if guards:
+        safe = dict(vars(builtins))
+        for name in BLOCKED_BUILTINS:
+            safe.pop(name, None)
+        safe["__import__"] = _deny_import
+        env["__builtins__"] = safe
+    capture = Capture()
+    status, error = "ok", ""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    soft = int(-(-(used.ru_utime + used.ru_stime + timeout) // 1)) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
+    saved_out, saved_err = sys.stdout, sys.stderr
+    try:
+        compiled = compile(code, "<program>", "exec")
+        sys.stdout = capture
+        sys.stderr = Capture()
+        state["active"] = True
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            exec(compiled, env)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            state["active"] = False
+    except Timeout:
+        status, error = "timeout", "no result within %gs" % timeout
+    except OutputLimit:
+        status = "output_limit"
+    except MemoryError:
+        status, error = "memory", "MemoryError"
+    except BaseException as exc:
+        status, error = "error", _describe(exc)
+    finally:
+        state["active"] = False
+        sys.stdout, sys.stderr = saved_out, saved_err
+    if capture.over:
+        status, error = "output_limit", "more than %d bytes of output" % max_output
+    text = "".join(capture.parts) if status == "ok" else ""
+    env.clear()
+    return status, text, error
+
+def _fork(code):
+    """Run one program in a forked child; return (status, stdout, error)."""
+    r, w = os.pipe()
+    out.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.dup2(devnull, 0)
+            status, text, error = _exec(code)
+            os.write(w, json.dumps([status, text, error]).encode("utf-8"))
+        finally:
+            os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + timeout + 1.0
+    chunks = []
+    killed_late = False
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            killed_late = True
+            break
+        ready, _, _ = select.select([r], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    if killed_late:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _, wstatus = os.waitpid(pid, 0)
+    os.close(r)
+    if killed_late:
+        return "timeout", "", "no result within %gs" % timeout
+    try:
+        status, text, error = json.loads(b"".join(chunks).decode("utf-8"))
+        return status, text, error
+    except ValueError:
+        if os.WIFSIGNALED(wstatus):
+            sig = os.WTERMSIG(wstatus)
+            if sig == signal.SIGXCPU:
+                return "timeout", "", "CPU time limit (SIGXCPU)"
+            return "killed", "", "killed by %s" % signal.Signals(sig).name
+        return "sandbox_error", "", "child exited with status %d and no result" % os.WEXITSTATUS(wstatus)
+
+for index, code in enumerate(programs):
+    started = time.monotonic()
+    status, text, error = (_fork if fork_mode else _exec)(code)
+    out.write(json.dumps({"i": index, "s": status, "o": text, "e": error,
+                          "t": round(time.monotonic() - started, 6)}) + "\n")
+    out.flush()
+'''
+
+
+def _config_json(timeout: float, memory_mb: int, max_output: int, guards: bool, isolation: str) -> str:
+    return json.dumps({"timeout": float(timeout), "memory_bytes": int(memory_mb) * 1024 * 1024,
+                       "max_output": int(max_output), "guards": bool(guards), "isolation": isolation})
+
+
+def _validate(timeout: float, memory_mb: int, max_output: int, jobs: int, batch_size: int, isolation: str) -> None:
+    if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and 0 < timeout <= 600):
+        raise ValueError(f"timeout must be a number of seconds in (0, 600], got {timeout!r}")
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or not 64 <= memory_mb <= 1 << 20:
+        raise ValueError(f"memory_mb must be an integer >= 64, got {memory_mb!r}")
+    for name, value in (("max_output", max_output), ("jobs", jobs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isolation not in ISOLATION_MODES:
+        raise ValueError(f"isolation must be one of {list(ISOLATION_MODES)}, got {isolation!r}")
+
+
+def _death_result(returncode: int | None, stderr: bytes, timed_out: bool, timeout: float) -> RunResult:
+    """What to record for the program a worker was running when it died."""
+    if timed_out:
+        return RunResult("timeout", "", f"no result within {timeout:g}s (worker killed)")
+    if returncode is not None and returncode < 0:
+        sig = -returncode
+        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
+        if sig == signal.SIGXCPU:
+            return RunResult("timeout", "", f"CPU time limit ({name})")
+        return RunResult("killed", "", f"killed by {name}")
+    tail = stderr.decode("utf-8", "replace").strip().splitlines()
+    if tail and "MemoryError" in tail[-1]:
+        return RunResult("memory", "", "MemoryError")
+    return RunResult("sandbox_error", "", f"worker exited with status {returncode}" + (f": {tail[-1]}" if tail else ""))
+
+
+class _Worker:
+    """One worker process running programs[start:end]; results arrive as JSON lines."""
+
+    def __init__(self, programs: Sequence[str], start: int, end: int, config: str, timeout: float) -> None:
+        self.start, self.end, self.timeout = start, end, timeout
+        self.next = start  # index of the next result expected
+        self.workdir = tempfile.mkdtemp(prefix="odin-sandbox-")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-X", "utf8", "-I", "-S", "-c", WORKER_SOURCE, config],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={}, cwd=self.workdir, close_fds=True, start_new_session=True,
+        )
+        payload = json.dumps(list(programs[start:end])).encode("utf-8")
+        try:  # the worker reads all of stdin before writing anything: no deadlock
+            self.proc.stdin.write(payload)  # type: ignore[union-attr]
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            pass
+        self.buffer = b""
+        self.stderr = b""
+        self.report: dict | None = None
+        self.streams = [self.proc.stdout, self.proc.stderr]
+        self.corrupt = False
+        self.deadline = time.monotonic() + timeout + _STALL_SLACK + 5.0  # start-up gets a little more
+
+    def feed(self, stream, results: list) -> int:
+        """Read what ``stream`` has; store finished results; return how many arrived."""
+        chunk = os.read(stream.fileno(), 1 << 16)
+        if not chunk:
+            self.streams.remove(stream)
+            return 0
+        if stream is self.proc.stderr:
+            self.stderr = (self.stderr + chunk)[-4000:]
+            return 0
+        lines = (self.buffer + chunk).split(b"\n")
+        self.buffer = lines.pop()
+        new = 0
+        for line in lines:
+            try:
+                record = json.loads(line)
+                if "report" in record:
+                    self.report = record["report"]
+                    continue
+                index = self.start + int(record["i"])
+                result = RunResult(str(record["s"]), str(record["o"]), str(record["e"]), float(record["t"]))
+                if index != self.next or result.status not in STATUSES:
+                    raise ValueError("out of order")
+            except (ValueError, KeyError, TypeError):
+                # Something else wrote to the worker's stdout: stop trusting this worker.
+                self.corrupt = True
+                return new
+            results[index] = result
+            self.next = index + 1
+            new += 1
+        if new:
+            self.deadline = time.monotonic() + self.timeout + _STALL_SLACK
+        return new
+
+    def close(self, kill: bool) -> None:
+        if kill or self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def run_many(
+    programs: Sequence[str],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    max_output: int = DEFAULT_MAX_OUTPUT,
+    jobs: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    isolation: str = "exec",
+    guards: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[RunResult]:
+    """Run every program in the sandbox; one :class:`RunResult` per program, in input order.
+
+    ``jobs`` workers run at once, each on up to ``batch_size`` programs; ``on_progress(k)``
+    is called with the number of programs finished so far. ``guards=False`` turns off only
+    the Python-level guards (layer 4), to check that the OS layers hold on their own.
+    """
+    _validate(timeout, memory_mb, max_output, jobs, batch_size, isolation)
+    programs = list(programs)
+    for index, program in enumerate(programs):
+        if not isinstance(program, str):
+            raise ValueError(f"program {index} must be a string, got {type(program).__name__}")
+    config = _config_json(timeout, memory_mb, max_output, guards, isolation)
+    results: list[RunResult | None] = [None] * len(programs)
+    pending = [(start, min(start + batch_size, len(programs))) for start in range(0, len(programs), batch_size)]
+    pending.reverse()
+    running: list[_Worker] = []
+    finished = 0
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                start, end = pending.pop()
+                running.append(_Worker(programs, start, end, config, timeout))
+            owner = {stream: worker for worker in running for stream in worker.streams}
+            wait = max(0.0, min(worker.deadline for worker in running) - time.monotonic())
+            ready = select.select(list(owner), [], [], min(wait, 1.0))[0] if owner else []
+            progressed = 0
+            for stream in ready:
+                progressed += owner[stream].feed(stream, results)
+            for worker in list(running):
+                stalled = bool(worker.streams) and time.monotonic() > worker.deadline
+                if worker.streams and not stalled and not worker.corrupt:
+                    continue
+                worker.close(kill=stalled or worker.corrupt)
+                running.remove(worker)
+                if worker.next < worker.end:  # it died (or stalled) on program worker.next
+                    results[worker.next] = (
+                        RunResult("sandbox_error", "", "the worker's output was garbled") if worker.corrupt
+                        else _death_result(worker.proc.returncode, worker.stderr, stalled, timeout))
+                    progressed += 1
+                    if worker.next + 1 < worker.end:
+                        pending.append((worker.next + 1, worker.end))
+            if progressed:
+                finished += progressed
+                if on_progress is not None:
+                    on_progress(finished)
+    finally:
+        for worker in running:
+            worker.close(kill=True)
+    return results  # type: ignore[return-value]
+
+
+def run(code: str, *, timeout: float = DEFAULT_TIMEOUT, memory_mb: int = DEFAULT_MEMORY_MB,
+        max_output: int = DEFAULT_MAX_OUTPUT, isolation: str = "exec", guards: bool = True) -> RunResult:
+    """Run one program in the sandbox (in a worker of its own); see :func:`run_many`."""
+    return run_many([code], timeout=timeout, memory_mb=memory_mb, max_output=max_output,
+                    isolation=isolation, guards=guards)[0]
+
+
+_REPORT: dict | None = None
+
+
+def isolation_report() -> dict:
+    """Which best-effort layers a worker achieves on this machine: ``network_namespace`` and
+    ``dropped_privileges`` (root only), plus ``platform`` and ``root``. Cached."""
+    global _REPORT
+    if _REPORT is None:
+        config = _config_json(DEFAULT_TIMEOUT, DEFAULT_MEMORY_MB, 16, True, "exec")
+        worker = _Worker([], 0, 0, config, DEFAULT_TIMEOUT)
+        sink: list = []
+        try:
+            while worker.streams and time.monotonic() < worker.deadline:
+                for stream in select.select(worker.streams, [], [], 1.0)[0]:
+                    worker.feed(stream, sink)
+        finally:
+            worker.close(kill=False)
+        _REPORT = dict(worker.report or {"network_namespace": False, "dropped_privileges": False})
+        _REPORT["platform"] = sys.platform
+        _REPORT["root"] = hasattr(os, "geteuid") and os.geteuid() == 0
+    return dict(_REPORT)

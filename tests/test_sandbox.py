@@ -1,0 +1,121 @@
+"""odin.data.sandbox: programs run in a limited subprocess; runaway ones are stopped, not trusted."""
+import os
+import tempfile
+import time
+
+import pytest
+
+from odin.data import sandbox
+
+MODES = sandbox.ISOLATION_MODES
+
+
+@pytest.mark.parametrize("isolation", MODES)
+def test_normal_program_output_is_exact(isolation):
+    result = sandbox.run("a=6\nb=a*7\nprint(b)\nprint('x', 'y', end='')", isolation=isolation)
+    assert result.status == "ok" and result.ok
+    assert result.stdout == "42\nx y"
+    assert result.error == ""
+
+
+@pytest.mark.parametrize("isolation", MODES)
+def test_infinite_loop_is_killed_within_the_timeout(isolation):
+    started = time.monotonic()
+    result = sandbox.run("n=0\nwhile True:\n n+=1", timeout=0.5, isolation=isolation)
+    elapsed = time.monotonic() - started
+    assert result.status == "timeout" and not result.ok
+    assert result.stdout == ""
+    assert elapsed < 0.5 + 3.0  # the timeout plus worker start-up, not the 5 s stall backstop
+
+
+def test_loop_inside_c_code_is_killed_by_the_cpu_limit():
+    # sum(range(...)) never returns to the interpreter loop, so the timer cannot interrupt it;
+    # RLIMIT_CPU kills the worker and the program is recorded as a timeout.
+    started = time.monotonic()
+    result = sandbox.run("print(sum(range(10**13)))", timeout=0.5)
+    assert result.status == "timeout"
+    assert "CPU" in result.error
+    assert time.monotonic() - started < 5.0
+
+
+@pytest.mark.parametrize("isolation", MODES)
+def test_unbounded_allocation_hits_the_memory_limit(isolation):
+    result = sandbox.run("x = 'a' * 10**10\nprint(len(x))", memory_mb=256, isolation=isolation)
+    assert result.status == "memory"
+    assert result.stdout == ""
+
+
+def test_writing_a_file_fails_with_and_without_the_python_guards():
+    directory = tempfile.mkdtemp(prefix="odin-sandbox-test-")
+    try:
+        os.chmod(directory, 0o777)  # writable even after the worker drops to nobody
+        target = os.path.join(directory, "out.txt")
+        program = f"f = open({target!r}, 'w')\nf.write('x' * 10)\nf.close()\nprint('wrote')"
+        guarded = sandbox.run(program)
+        assert guarded.status == "error" and "NameError" in guarded.error  # no open() at all
+        assert not os.path.exists(target)
+        # Without the Python guards the OS limit still holds: RLIMIT_FSIZE=0 refuses every byte.
+        bare = sandbox.run(program, guards=False)
+        assert bare.status == "error" and "File too large" in bare.error
+        assert not os.path.exists(target) or os.path.getsize(target) == 0
+    finally:
+        for name in os.listdir(directory):
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
+
+
+@pytest.mark.parametrize("isolation", MODES)
+@pytest.mark.parametrize("module", ["socket", "os", "subprocess"])
+def test_imports_fail(isolation, module):
+    result = sandbox.run(f"import {module}\nprint('imported')", isolation=isolation)
+    assert result.status == "error"
+    assert "ImportError" in result.error
+    assert result.stdout == ""
+
+
+def test_network_namespace_has_no_interface_but_loopback():
+    if not sandbox.isolation_report()["network_namespace"]:
+        pytest.skip("this machine does not allow a new network namespace")
+    result = sandbox.run("print(open('/proc/self/net/dev').read())", guards=False)
+    assert result.ok
+    interfaces = [line.split(":")[0].strip() for line in result.stdout.splitlines()[2:] if ":" in line]
+    assert interfaces == ["lo"]
+
+
+def test_output_limit_and_exceptions():
+    results = sandbox.run_many(["print('x' * 100000)", "print(1//0)", "print([][1])"], max_output=1000)
+    assert [r.status for r in results] == ["output_limit", "error", "error"]
+    assert results[1].error.startswith("ZeroDivisionError")
+    assert results[2].error.startswith("IndexError")
+
+
+def test_many_programs_keep_their_order_across_workers():
+    programs = [f"print({i}*3)" for i in range(300)]
+    results = sandbox.run_many(programs, jobs=2, batch_size=37)
+    assert [r.stdout for r in results] == [f"{i * 3}\n" for i in range(300)]
+    seen = []
+    sandbox.run_many(programs[:50], batch_size=10, on_progress=seen.append)
+    assert seen and seen[-1] == 50 and seen == sorted(seen)
+
+
+def test_a_program_that_kills_its_worker_loses_only_itself():
+    programs = ["print(1)", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "print(3)", "print(4)"]
+    results = sandbox.run_many(programs, guards=False, batch_size=10)
+    assert [r.status for r in results] == ["ok", "killed", "ok", "ok"]
+    assert [r.stdout for r in results] == ["1\n", "", "3\n", "4\n"]
+
+
+def test_programs_do_not_share_state():
+    results = sandbox.run_many(["leak = 5\nprint(leak)", "print(leak)", "print(len = 3)"], batch_size=10)
+    assert results[0].stdout == "5\n"
+    assert results[1].status == "error" and "NameError" in results[1].error
+    assert results[2].status == "error"
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="timeout"):
+        sandbox.run("print(1)", timeout=0)
+    with pytest.raises(ValueError, match="isolation"):
+        sandbox.run("print(1)", isolation="thread")
+    with pytest.raises(ValueError, match="program 1"):
+        sandbox.run_many(["print(1)", 3])
