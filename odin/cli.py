@@ -78,7 +78,7 @@ def _run_config(args: argparse.Namespace):
 def _ensure_preset_data(preset: str, data_dir: Path) -> None:
     """Build the dataset a preset names (data/<preset>) the first time it is needed."""
     from odin.config import preset_data_spec
-    from odin.data.dataset import build_dataset
+    from odin.data.dataset import build_dataset, build_mixed_dataset
 
     if (data_dir / "dataset.json").exists():
         return
@@ -86,7 +86,10 @@ def _ensure_preset_data(preset: str, data_dir: Path) -> None:
     if spec is None:
         raise FileNotFoundError(f"preset {preset!r} names no dataset: pass --data DIR (see `odin data build`)")
     print(f"building the dataset of preset {preset!r} in {data_dir}: {spec} ...", file=sys.stderr)
-    build_dataset(data_dir, **spec)
+    if "tasks" in spec:  # algebra / code / mixed recipes
+        build_mixed_dataset(data_dir, **spec)
+    else:
+        build_dataset(data_dir, **spec)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -178,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     mi.set_defaults(func=_cmd_model_info)
 
     register_data(sub)
+    from odin.web.cli import register as register_web
+
+    register_web(sub)  # odin wasm build, odin export web, odin serve-web
 
     t = sub.add_parser("train", help="train a model (default: the 3-digit addition recipe)")
     t.add_argument("--preset", default=DEFAULT_PRESET)

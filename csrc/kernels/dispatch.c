@@ -136,6 +136,8 @@ odin_status odin_set_isa(const char *name) {
     return odin_fail(ODIN_UNSUPPORTED_ISA, "unknown ISA '%s' (this build knows: %s%s)", name, "scalar",
 #if defined(__x86_64__) || defined(_M_X64)
                      ", avx2, avx512"
+#elif defined(__wasm_simd128__)
+                     ", wasm_simd128"
 #else
                      ""
 #endif

@@ -1,0 +1,62 @@
+// node_check.mjs — drives web/odin.js under node for tests/test_wasm_node.py.
+// usage: node node_check.mjs SPEC.json   (prints one JSON object with the results)
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const spec = JSON.parse(await readFile(process.argv[2], 'utf8'));
+const { loadModel, loadOdin, makeTokenizer } = await import(pathToFileURL(spec.runtime).href);
+
+// fetch for file:// URLs (node's fetch only speaks http)
+async function fileFetch(url) {
+  const u = new URL(url);
+  if (u.protocol !== 'file:') return fetch(url);
+  try {
+    const data = await readFile(fileURLToPath(u));
+    const type = u.pathname.endsWith('.wasm') ? 'application/wasm' : u.pathname.endsWith('.json') ? 'application/json' : 'application/octet-stream';
+    return new Response(data, { headers: { 'content-length': String(data.length), 'content-type': type } });
+  } catch {
+    return new Response(null, { status: 404 });
+  }
+}
+
+const out = {};
+const progress = [];
+const odin = await loadOdin({ baseUrl: pathToFileURL(spec.wasm_dir + '/'), variant: spec.variant, fetch: fileFetch });
+out.isa = odin.isa();
+out.version = odin.version();
+if (spec.model_dir) {
+  const model = await loadModel(pathToFileURL(spec.model_dir + '/').href, {
+    odin, fetch: fileFetch, onProgress: (p) => progress.push(p.phase),
+  });
+  out.phases = [...new Set(progress)];
+  out.n_params = model.nParams;
+  out.from_cache = model.loadInfo.fromCache;
+  out.greedy = [];
+  for (const p of spec.prompts ?? []) out.greedy.push(await model.greedy(model.encodePrompt(p), spec.max_new));
+  if (spec.sample) {
+    const s = spec.sample;
+    const r = await model.generate(s.prompt, { temperature: s.temperature, topK: s.top_k, topP: s.top_p, seed: s.seed,
+      maxTokens: s.max_new, stop: [] });
+    out.sampled = r.tokens;
+    out.sampled_text = r.text;
+    out.tokens_per_s = r.stats.tokensPerSecond;
+  }
+  if (spec.train_examples) {
+    const b = model.makeBatch(spec.train_examples);
+    out.batch = { tokens: Array.from(b.tokens), mask: Array.from(b.mask), B: b.B, T: b.T };
+    out.train = [];
+    for (let i = 0; i < (spec.train_steps ?? 1); i++) {
+      const r = model.trainStep(b, spec.train_options ?? {});
+      out.train.push({ loss: r.loss, grad_norm: r.gradNorm, step: r.step });
+    }
+  }
+  out.memory_bytes = model.memoryBytes();
+  out.planned_bytes = model.plannedBytes;
+}
+if (spec.tokenizer_cases) {
+  out.tokenize = spec.tokenizer_cases.map((c) => {
+    const tok = makeTokenizer(c.tokenizer);
+    return c.texts.map((t) => { const ids = tok.encode(t); return [ids, tok.decode(ids), tok.decode(ids, false)]; });
+  });
+}
+console.log(JSON.stringify(out));

@@ -1,0 +1,234 @@
+"""End to end in headless Chromium: `odin serve-web` serves the demo page and an exported
+model; the page loads it (weights into wasm memory), answers a problem with the same tokens
+as the native engine, runs real training steps (forward, backward, AdamW in wasm) and, after
+a reload, takes the weights from its IndexedDB cache instead of downloading them again.
+
+Chromium is driven over the DevTools protocol with a minimal WebSocket client (standard
+library only). Skipped, with the reason, only when no chromium is installed (Debian:
+apt-get install chromium).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from wasm_support import tiny_arith_model, wasm_path
+
+CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CDP:
+    """Just enough of a WebSocket client (RFC 6455) for the DevTools protocol."""
+
+    def __init__(self, ws_url: str, timeout: float = 30.0) -> None:
+        m = re.match(r"ws://([^/:]+):(\d+)(/.*)", ws_url)
+        host, port, path = m.group(1), int(m.group(2)), m.group(3)
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("DevTools closed the connection during the handshake")
+            head += chunk
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise ConnectionError(head.decode(errors="replace"))
+        self.buf = head.split(b"\r\n\r\n", 1)[1]
+        self.next_id = 0
+
+    def _recv_exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("DevTools connection closed")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _send(self, text: str) -> None:
+        data = text.encode()
+        mask = os.urandom(4)
+        n = len(data)
+        head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+                                if n < 65536 else bytes([0x80 | 127]) + n.to_bytes(8, "big"))
+        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def _recv(self) -> dict:
+        message = b""
+        while True:
+            b0, b1 = self._recv_exact(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(self._recv_exact(2), "big")
+            elif n == 127:
+                n = int.from_bytes(self._recv_exact(8), "big")
+            payload = self._recv_exact(n)
+            if b0 & 0x0F == 0x8:
+                raise ConnectionError("DevTools closed the WebSocket")
+            if b0 & 0x0F in (0x9, 0xA):  # ping / pong
+                continue
+            message += payload
+            if b0 & 0x80:
+                return json.loads(message)
+
+    def call(self, method: str, timeout: float = 60.0, **params) -> dict:
+        self.next_id += 1
+        my_id = self.next_id
+        self._send(json.dumps({"id": my_id, "method": method, "params": params}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self._recv()
+            if msg.get("id") == my_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+        raise TimeoutError(method)
+
+    def evaluate(self, expression: str, timeout: float = 60.0):
+        res = self.call("Runtime.evaluate", timeout=timeout, expression=expression, awaitPromise=True,
+                        returnByValue=True)
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"page error: {json.dumps(res['exceptionDetails'])[:2000]}")
+        return res["result"].get("value")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """An exported tiny arithmetic model and the demo served on a free localhost port."""
+    from odin.checkpoint import save_model_checkpoint
+    from odin.web.export import export_web
+    from odin.web.serve import serve_in_thread
+
+    wasm = wasm_path("simd128", tmp_path_factory, need_wasmtime=False)
+    wasm_path("scalar", tmp_path_factory, need_wasmtime=False)
+    model, config, tok, examples = tiny_arith_model()
+    d = tmp_path_factory.mktemp("browser")
+    settings = {"ops": ["add"], "min_digits": 1, "max_digits": 2, "reverse_answer": False}
+    save_model_checkpoint(d / "ckpt", model, tok, config, step=300,
+                          trainer_state={"dataset": {"settings": settings}, "reverse_answer": False})
+    export_web(d / "ckpt", d / "model", examples=64, demo_prompts=4)
+    web = ROOT / "web"
+    if wasm.parent != web / "wasm":  # artifacts rebuilt elsewhere (stale committed ones): serve a copy
+        web = d / "web"
+        shutil.copytree(ROOT / "web", web, ignore=shutil.ignore_patterns("model", "wasm"))
+        shutil.copytree(wasm.parent, web / "wasm")
+    server, url = serve_in_thread(web_dir=web, model_dir=d / "model")
+    yield url, model, tok, d
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    proc = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         "--window-size=1000,1300", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        deadline = time.monotonic() + 60
+        lines = []
+        while time.monotonic() < deadline and port is None:
+            line = proc.stderr.readline()
+            if not line:
+                if proc.poll() is not None:
+                    break
+                continue
+            lines.append(line)
+            m = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
+            if m:
+                port = int(m.group(1))
+        if port is None:
+            pytest.fail("chromium did not start:\n" + "".join(lines[-20:]))
+        for _ in range(50):
+            targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
+            pages = [t for t in targets if t.get("type") == "page"]
+            if pages:
+                break
+            time.sleep(0.1)
+        cdp = CDP(pages[0]["webSocketDebuggerUrl"])
+        cdp.call("Runtime.enable")
+        cdp.call("Page.enable")
+        yield cdp
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def open_page(cdp: CDP, url: str) -> dict:
+    cdp.call("Page.navigate", url=url)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # navigation done: the demo's module has run
+        if cdp.evaluate("typeof window.odinDemo === 'object' && document.readyState === 'complete'"):
+            break
+        time.sleep(0.05)
+    return cdp.evaluate("""(async () => {
+        await window.odinDemo.ready;
+        const m = window.odinDemo.model;
+        return { loadInfo: m.loadInfo, isa: m.odin.isa(), variant: m.odin.variant, memory: m.memoryBytes(),
+                 planned: m.plannedBytes, detail: document.getElementById('load-detail').textContent,
+                 error: document.getElementById('error').textContent };
+    })()""")
+
+
+def test_demo_page_generates_and_trains(site, browser, tmp_path):
+    url, model, tok, d = site
+    first = open_page(browser, url + "?model=/model/")
+    assert first["error"] == ""
+    assert first["isa"] == "wasm_simd128" and first["variant"] == "simd128"
+    assert first["loadInfo"]["fromCache"] is False
+    assert first["memory"] >= first["planned"]
+
+    prompt = json.loads((d / "model" / "model.json").read_text())["demo_prompts"][0]
+    solved = browser.evaluate(f"""(async () => {{
+        document.getElementById('prompt').value = {json.dumps(prompt)};
+        const r = await window.odinDemo.solve();
+        return {{ ...r, answerText: document.getElementById('answer').textContent,
+                  stats: document.getElementById('gen-stats').textContent }};
+    }})()""")
+    expected = model.generate_greedy([[tok.bos_id, *tok.encode(prompt)]], max_new=8, end_id=tok.end_id)[0]
+    assert solved["tokens"] == expected[:len(solved["tokens"])] and solved["tokens"][-1] == tok.end_id
+    assert solved["tokens"] == expected
+    assert solved["raw"] == tok.decode(expected)
+    native_answer = tok.decode(expected)
+    assert solved["answerText"].startswith(prompt + native_answer)
+    assert solved["correct"] == (native_answer == solved["expected"])  # the page checks arithmetic itself
+    assert "tokens/s" in solved["stats"]
+
+    trained = browser.evaluate("""(async () => {
+        const steps = await window.odinDemo.train(3);
+        return { losses: steps.map(s => s.loss), norms: steps.map(s => s.gradNorm), step: steps.at(-1).step,
+                 text: document.getElementById('train-stats').textContent };
+    })()""", timeout=120)
+    assert len(trained["losses"]) == 3 and trained["step"] == 3
+    assert all(l == l and 0 <= l < 50 for l in trained["losses"]), trained  # finite
+    assert all(n > 0 for n in trained["norms"])
+    assert trained["text"].startswith("step 3: loss")
+
+    shot = browser.call("Page.captureScreenshot", format="png")
+    (tmp_path / "demo.png").write_bytes(base64.b64decode(shot["data"]))
+
+    # a reload takes the weights from IndexedDB: no second download
+    second = open_page(browser, url + "?model=/model/")
+    assert second["loadInfo"]["fromCache"] is True, second
+    assert "IndexedDB" in second["detail"]

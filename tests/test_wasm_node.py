@@ -1,0 +1,184 @@
+"""web/odin.js (the browser runtime) under node against the native engine, through
+`odin export web`: the same greedy tokens, the same sampled tokens for the same seed and
+settings, the same tokenizer output as odin.tokenizers (char and byte-level BPE), the same
+batch layout as odin.data.batching and the same training losses.
+
+node (>= 18) runs tests/js/node_check.mjs, which imports web/odin.js and loads the export
+from disk. Skipped, with the reason, when node or wasmtime-built artifacts are missing.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from odin.model import Sampler, stream_tokens
+from wasm_support import tiny_arith_model, wasm_path
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed (apt-get install nodejs)")
+
+
+def run_node(spec: dict, tmp_path: Path) -> dict:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    proc = subprocess.run([NODE, str(ROOT / "tests" / "js" / "node_check.mjs"), str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"node failed:\n{proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    from odin.checkpoint import save_model_checkpoint
+    from odin.web.export import export_web
+
+    model, config, tok, examples = tiny_arith_model()
+    d = tmp_path_factory.mktemp("export")
+    settings = {"ops": ["add"], "min_digits": 1, "max_digits": 2, "reverse_answer": False}
+    save_model_checkpoint(d / "ckpt", model, tok, config, step=300,
+                          trainer_state={"dataset": {"settings": settings}, "reverse_answer": False})
+    manifest = export_web(d / "ckpt", d / "web", examples=64, demo_prompts=4)
+    assert manifest["task"] == {"kind": "arithmetic", **settings}
+    assert len(manifest["examples"]) == 64 and len(manifest["demo_prompts"]) == 4
+    return d / "web"
+
+
+@pytest.mark.parametrize("variant", ["simd128", "scalar"])
+def test_runtime_matches_native(variant, export_dir, tmp_path, tmp_path_factory):
+    from odin.data.batching import encode_examples, make_batch
+
+    wasm = wasm_path(variant, tmp_path_factory, need_wasmtime=False)
+    model, config, tok, examples = tiny_arith_model()
+    prompts = [e.prompt for e in examples[:12]]
+    # training on problems the model has not learned (subtraction): gradients well above
+    # AdamW's eps, where an update is not sensitive to ~1e-7 relative gradient differences
+    from odin.data.arithmetic import ArithmeticConfig, sample_unique_examples
+
+    sub = sample_unique_examples(ArithmeticConfig(ops=("sub",), max_digits=2), 8, seed=2)
+    train_examples = [{"prompt": e.prompt, "answer": e.answer} for e in sub]
+    opts = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weightDecay": 0.1, "gradClip": 1.0}
+    sample = {"prompt": "12+34=", "temperature": 1.3, "top_k": 6, "top_p": 0.95, "seed": 5, "max_new": 12}
+    spec = {"runtime": str(ROOT / "web" / "odin.js"), "wasm_dir": str(wasm.parent), "variant": variant,
+            "model_dir": str(export_dir), "prompts": prompts, "max_new": 6, "sample": sample,
+            "train_examples": train_examples, "train_steps": 2, "train_options": opts}
+    got = run_node(spec, tmp_path)
+
+    assert got["isa"] == ("wasm_simd128" if variant == "simd128" else "scalar")
+    assert got["n_params"] == model.n_params
+    assert got["phases"] == ["manifest", "cache", "download", "verify", "wasm", "init", "ready"]
+    assert got["from_cache"] is False  # node has no IndexedDB: always downloads
+    # greedy: the same tokens as native
+    expected = model.generate_greedy([[tok.bos_id, *tok.encode(p)] for p in prompts], max_new=6, end_id=tok.end_id)
+    assert got["greedy"] == expected
+    # sampling: same sampler (xorshift64*, same seeding as odin.model.Sampler), same tokens
+    sampler = Sampler(temperature=sample["temperature"], top_k=sample["top_k"], top_p=sample["top_p"],
+                      seed=sample["seed"])
+    want = list(stream_tokens(model, [tok.bos_id, *tok.encode(sample["prompt"])], sample["max_new"], sampler))
+    assert got["sampled"] == want
+    # batch layout = odin.data.batching.make_batch
+    enc = encode_examples(sub, tok)
+    T = got["batch"]["T"]
+    tokens, mask = make_batch(enc, list(range(len(train_examples))), T)
+    assert got["batch"]["tokens"] == tokens.ravel().tolist()
+    assert got["batch"]["mask"] == mask.ravel().tolist()
+    # two training steps in the page = the same steps natively (tolerances: test_wasm_gpt.py)
+    snapshot = (model.params.copy(), model.adam_m.copy(), model.adam_v.copy())
+    model.adam_m[...] = 0.0  # the page starts AdamW from zero moments
+    model.adam_v[...] = 0.0
+    try:
+        for step, res in enumerate(got["train"], start=1):
+            model.zero_grad()
+            loss = model.forward(tokens[:, :-1], tokens[:, 1:], mask)
+            model.backward()
+            norm = model.adamw_step(lr=1e-3, step=step, weight_decay=0.1, grad_clip=1.0)
+            # the loss is lse - logit[target]: near 0 for a confident model the absolute error
+            # (~1e-7 x the logits' size) is what stays small, not the relative one
+            assert res["loss"] == pytest.approx(loss, rel=1e-5, abs=2e-6)
+            assert res["grad_norm"] == pytest.approx(norm, rel=1e-4)
+    finally:
+        model.params[...], model.adam_m[...], model.adam_v[...] = snapshot
+    # memory sized from the model
+    assert got["memory_bytes"] >= got["planned_bytes"]
+    assert got["memory_bytes"] < got["planned_bytes"] + 8 * 2**20
+
+
+TEXTS = ["hello world", "  two  spaces ", "tabs\tand\nnewlines\n\n", "Zürich ünïcödé", "emoji 😀👍🏽 done",
+         "it's we'll they've I'd", "x=1+2*3; y = f(x) // comment", "<bos>special<end> tokens<pad>", "",
+         "数字 123456 ١٢٣", "a" * 40, "MiXeD CaSe 42nd"]
+
+
+def test_tokenizers_match_python(tmp_path):
+    from odin.tokenizers import BPETokenizer, CharTokenizer
+
+    corpus = [t * 3 for t in TEXTS] + ["the quick brown fox jumps over the lazy dog " * 5, "Zürich, 2024: 😀 it's"] * 10
+    bpe = BPETokenizer.train(corpus, 320)
+    char = CharTokenizer()
+    char_texts = ["123+456=", "Hello, World! (x*y) / 7 = z?", "tab\there\n", "×÷ ~^|&"]
+    spec = {"runtime": str(ROOT / "web" / "odin.js"), "wasm_dir": str(ROOT / "web" / "wasm"), "variant": "scalar",
+            "tokenizer_cases": [{"tokenizer": json.loads(bpe.to_json()), "texts": TEXTS},
+                                {"tokenizer": json.loads(char.to_json()), "texts": char_texts}]}
+    if not (ROOT / "web" / "wasm" / "odin-scalar.wasm").is_file():
+        pytest.skip("web/wasm/odin-scalar.wasm is not built")
+    got = run_node(spec, tmp_path)
+    for (ids, text, raw), t in zip(got["tokenize"][0], TEXTS):
+        assert ids == bpe.encode(t), t
+        assert text == bpe.decode(ids), t
+        assert raw == bpe.decode(ids, skip_special=False), t
+    for (ids, text, _), t in zip(got["tokenize"][1], char_texts):
+        assert ids == char.encode(t)
+        assert text == t
+
+
+def test_export_errors(tmp_path):
+    from odin.web.export import ExportError, export_web
+
+    with pytest.raises(ExportError, match="cannot read checkpoint"):
+        export_web(tmp_path / "missing", tmp_path / "out")
+
+
+def test_abacus_and_no_positions_model(tmp_path, tmp_path_factory):
+    """A model with Abacus digit embeddings and no absolute positions: the runtime computes
+    the Abacus ids (prompt and generated digits) as odin/abacus.py and the C decoder do."""
+    from odin.checkpoint import model_from_config, save_model_checkpoint
+    from odin.config import ModelConfig, RunConfig, TrainConfig
+    from odin.data.arithmetic import ArithmeticConfig, sample_unique_examples
+    from odin.data.batching import encode_examples, make_batch
+    from odin.tokenizers import CharTokenizer
+    from odin.web.export import export_web
+
+    wasm = wasm_path("simd128", tmp_path_factory, need_wasmtime=False)
+    tok = CharTokenizer()
+    config = RunConfig(model=ModelConfig(n_layer=2, d_model=48, n_head=4, context=20, abacus=8, positions="none"),
+                       train=TrainConfig(lr=3e-3, weight_decay=0.0))
+    model = model_from_config(config)
+    model.init_weights(3)
+    examples = sample_unique_examples(ArithmeticConfig(ops=("add",), max_digits=3, reverse_answer=True), 64, seed=4)
+    enc = encode_examples(examples, tok)
+    rng = np.random.default_rng(1)
+    for step in range(1, 151):
+        tokens, mask = make_batch(enc, rng.integers(0, len(examples), 32), 14)
+        model.zero_grad()
+        model.forward(tokens[:, :-1], tokens[:, 1:], mask)
+        model.backward()
+        model.adamw_step(lr=3e-3, step=step)
+    save_model_checkpoint(tmp_path / "ckpt", model, tok, config, step=150, trainer_state={})
+    manifest = export_web(tmp_path / "ckpt", tmp_path / "web", examples=0)
+    assert manifest["abacus"] == {"digit_first": 3, "sep_id": tok.encode("=")[0]}
+    prompts = [e.prompt for e in examples[:10]] + ["1234+9=", "7+8="]
+    train_examples = [{"prompt": e.prompt, "answer": e.answer} for e in examples[10:14]]
+    spec = {"runtime": str(ROOT / "web" / "odin.js"), "wasm_dir": str(wasm.parent), "variant": "simd128",
+            "model_dir": str(tmp_path / "web"), "prompts": prompts, "max_new": 7,
+            "train_examples": train_examples, "train_steps": 1, "train_options": {"lr": 0.0}}
+    got = run_node(spec, tmp_path)
+    expected = model.generate_greedy([[tok.bos_id, *tok.encode(p)] for p in prompts], max_new=7, end_id=tok.end_id)
+    assert got["greedy"] == expected
+    tokens = np.array(got["batch"]["tokens"], np.int32).reshape(got["batch"]["B"], -1)
+    mask = np.array(got["batch"]["mask"], np.uint8).reshape(got["batch"]["B"], -1)
+    loss = model.forward(tokens[:, :-1], tokens[:, 1:], mask)  # Abacus ids with offset 0, as in the page
+    assert got["train"][0]["loss"] == pytest.approx(loss, rel=1e-5, abs=2e-6)

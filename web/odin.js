@@ -1,0 +1,843 @@
+/* odin.js — the ODIN runtime for the browser (and node >= 18): an ES module, no dependencies.
+ *
+ *   import { loadModel } from './odin.js';
+ *   const model = await loadModel('model/', { onProgress: p => console.log(p.phase, p.loaded, p.total) });
+ *   for await (const t of model.stream('123+456=', { temperature: 0 })) output.textContent += t.text;
+ *   const { loss } = model.trainStep(model.manifest.examples, { batchSize: 16 });
+ *
+ * What is where (docs/wasm.md has the full API):
+ *   loadOdin()      fetch + instantiate the wasm module (SIMD128 build, or the scalar one where
+ *                   the engine has no SIMD), with the few WASI functions it imports
+ *   Odin            the instance: memory, malloc/free, status checks, ISA, the C exports (.x)
+ *   loadModel()     fetch an `odin export web` directory (model.json + weights.bin) with
+ *                   progress; the weights are cached in IndexedDB under their sha256
+ *   OdinModel       the GPT of csrc/gpt.c in wasm memory: stream() / generate() with
+ *                   temperature / top-k / top-p and stop tokens; trainStep() runs forward,
+ *                   backward and AdamW in the page
+ *   CharTokenizer, BPETokenizer (byte-level BPE from a Hugging Face tokenizer.json)
+ *
+ * Pointers into wasm memory are byte offsets. Typed-array views of the memory are re-made
+ * after every call that may allocate: growing the memory detaches the old ArrayBuffer.
+ */
+
+const STATUS_NAMES = ['OK', 'BAD_SHAPE', 'BAD_ARG', 'NO_MEMORY', 'NAN_DETECTED', 'UNSUPPORTED_ISA', 'IO', 'STATE'];
+const MiB = 1024 * 1024;
+const utf8 = new TextEncoder();
+const utf8d = new TextDecoder('utf-8');
+
+export class OdinError extends Error {
+  constructor(message, status = -1) {
+    super(message);
+    this.name = 'OdinError';
+    this.status = status;
+    this.statusName = STATUS_NAMES[status] ?? String(status);
+  }
+}
+
+/* ------------------------------------------------------------------ the wasm module */
+
+// (module (func (result v128) v128.const i32x4 0 0 0 0)): validates only where SIMD128 is supported
+const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 22, 1, 20, 0,
+  253, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 11]);
+
+export function simdSupported() {
+  try { return WebAssembly.validate(SIMD_PROBE); } catch { return false; }
+}
+
+function defaultFetch() {
+  if (typeof globalThis.fetch !== 'function') throw new OdinError('no fetch() here: pass options.fetch');
+  return globalThis.fetch.bind(globalThis);
+}
+
+/* The module is built for wasm32-wasi (wasi-libc provides malloc, printf, libm); it imports
+ * only environ_get / environ_sizes_get (getenv("ODIN_ISA")) and proc_exit, but any WASI
+ * function it could import is answered: known ones here, the rest with ENOSYS. */
+function wasiImports(module, getMemory) {
+  const ENOSYS = 52;
+  const dv = () => new DataView(getMemory().buffer);
+  const zeroCounts = (countPtr, sizePtr) => { dv().setUint32(countPtr, 0, true); dv().setUint32(sizePtr, 0, true); return 0; };
+  const impl = {
+    environ_sizes_get: zeroCounts,
+    environ_get: () => 0,
+    args_sizes_get: zeroCounts,
+    args_get: () => 0,
+    proc_exit: (code) => { throw new OdinError(`the wasm module called exit(${code})`); },
+    fd_write: (fd, iovs, iovsLen, nwrittenPtr) => {
+      const view = dv();
+      const mem = new Uint8Array(getMemory().buffer);
+      let text = '', n = 0;
+      for (let i = 0; i < iovsLen; i++) {
+        const p = view.getUint32(iovs + 8 * i, true), len = view.getUint32(iovs + 8 * i + 4, true);
+        text += utf8d.decode(mem.subarray(p, p + len));
+        n += len;
+      }
+      (fd === 2 ? console.error : console.log)(text.replace(/\n$/, ''));
+      view.setUint32(nwrittenPtr, n, true);
+      return 0;
+    },
+    clock_time_get: (id, precision, outPtr) => {
+      const ns = BigInt(Math.round((id === 0 ? Date.now() : performance.now()) * 1e6));
+      dv().setBigUint64(outPtr, ns, true);
+      return 0;
+    },
+    random_get: (ptr, len) => { crypto.getRandomValues(new Uint8Array(getMemory().buffer, ptr, len)); return 0; },
+  };
+  const imports = {};
+  for (const imp of WebAssembly.Module.imports(module)) {
+    if (imp.kind !== 'function') continue;
+    imports[imp.module] ??= {};
+    imports[imp.module][imp.name] = impl[imp.name] ?? (() => ENOSYS);
+  }
+  return imports;
+}
+
+/**
+ * Fetch, compile and instantiate the ODIN wasm module.
+ * options: baseUrl (directory of odin-*.wasm; default ./wasm/ next to this file),
+ *          variant ('auto' | 'simd128' | 'scalar'), wasm (bytes or a WebAssembly.Module to use
+ *          instead of fetching), fetch (a fetch function), isa (kernel set to switch to).
+ */
+export async function loadOdin(options = {}) {
+  const { baseUrl = new URL('./wasm/', import.meta.url), wasm, isa } = options;
+  let variant = options.variant ?? 'auto';
+  if (variant === 'auto') variant = simdSupported() ? 'simd128' : 'scalar';
+  let module;
+  if (wasm instanceof WebAssembly.Module) {
+    module = wasm;
+  } else if (wasm) {
+    module = await WebAssembly.compile(wasm);
+  } else {
+    const fetchFn = options.fetch ?? defaultFetch();
+    let tag = '';
+    try { // the build manifest names the artifact's sha256: a changed module is a new URL
+      const m = await (await fetchFn(new URL('odin-wasm.json', baseUrl))).json();
+      tag = m.artifacts?.[variant]?.sha256?.slice(0, 16) ?? '';
+    } catch { /* no manifest: fetch without a version tag */ }
+    const url = new URL(`odin-${variant}.wasm${tag ? `?v=${tag}` : ''}`, baseUrl);
+    const resp = await fetchFn(url);
+    if (!resp.ok) throw new OdinError(`cannot fetch ${url}: HTTP ${resp.status}`);
+    const streaming = typeof WebAssembly.compileStreaming === 'function'
+      && (resp.headers?.get?.('content-type') ?? '').startsWith('application/wasm');
+    module = streaming ? await WebAssembly.compileStreaming(resp) : await WebAssembly.compile(await resp.arrayBuffer());
+  }
+  let instance = null;
+  const imports = wasiImports(module, () => instance.exports.memory);
+  instance = await WebAssembly.instantiate(module, imports);
+  instance.exports._initialize(); // C constructors: picks the kernel table
+  const odin = new Odin(instance, variant);
+  if (isa) odin.setIsa(isa);
+  return odin;
+}
+
+export class Odin {
+  constructor(instance, variant) {
+    this.instance = instance;
+    this.x = instance.exports; // the raw C functions (odin.h + malloc/free + odin_wasm_*)
+    this.memory = this.x.memory;
+    this.variant = variant;
+  }
+
+  // fresh views of the linear memory
+  u8(ptr = 0, n) { return new Uint8Array(this.memory.buffer, ptr, n); }
+  f32(ptr, n) { return new Float32Array(this.memory.buffer, ptr, n); }
+  i32(ptr, n) { return new Int32Array(this.memory.buffer, ptr, n); }
+  u32(ptr, n) { return new Uint32Array(this.memory.buffer, ptr, n); }
+  dv() { return new DataView(this.memory.buffer); }
+
+  malloc(bytes) {
+    const p = this.x.malloc(Math.max(1, bytes)) >>> 0;
+    if (!p) throw new OdinError(`out of wasm memory: malloc(${bytes}) with ${(this.memoryBytes() / MiB).toFixed(0)} MiB in use`, 3);
+    return p;
+  }
+  free(p) { if (p) this.x.free(p); }
+  /** copy a typed array into a new malloc block; returns its address */
+  put(array) {
+    const bytes = new Uint8Array(array.buffer, array.byteOffset, array.byteLength);
+    const p = this.malloc(bytes.length);
+    this.u8(p, bytes.length).set(bytes);
+    return p;
+  }
+  cstr(p) {
+    const mem = this.u8();
+    let end = p;
+    while (mem[end]) end++;
+    return utf8d.decode(mem.subarray(p, end));
+  }
+  withCString(s, fn) {
+    const b = utf8.encode(s + '\0');
+    const p = this.put(b);
+    try { return fn(p); } finally { this.free(p); }
+  }
+  lastError() { return this.cstr(this.x.odin_last_error()); }
+  check(status, where) {
+    if (status !== 0) throw new OdinError(`${where}: ${this.lastError()}`, status);
+  }
+
+  version() { return this.cstr(this.x.odin_version()); }
+  compiler() { return this.cstr(this.x.odin_compiler()); }
+  isa() { return this.cstr(this.x.odin_current_isa()); }
+  availableIsas() { return this.cstr(this.x.odin_available_isas()).split(',').filter(Boolean); }
+  setIsa(name) { this.withCString(name, (p) => this.check(this.x.odin_set_isa(p), 'setIsa')); }
+  simd() { return this.x.odin_wasm_simd() === 1; }
+  /** bytes of wasm linear memory in use (it only grows) */
+  memoryBytes() { return this.memory.buffer.byteLength; }
+  /** make sure `bytes` more can be allocated without growing the memory again (one grow now) */
+  reserve(bytes) {
+    const r = this.x.odin_wasm_reserve(bytes);
+    if (r < 0) throw new OdinError(`cannot grow the wasm memory by ${(bytes / MiB).toFixed(0)} MiB`, 3);
+    return r;
+  }
+}
+
+/* ------------------------------------------------------------------ tokenizers */
+
+export class CharTokenizer {
+  constructor(vocab) {
+    this.kind = 'char';
+    this.vocab = vocab;
+    this.idOf = new Map(vocab.map((t, i) => [t, i]));
+    this.padId = 0; this.bosId = 1; this.endId = 2;
+    this.vocabSize = vocab.length;
+    this.nSpecial = 3;
+  }
+  encode(text) {
+    const out = [];
+    let pos = 0;
+    for (const ch of text) {
+      const id = this.idOf.get(ch);
+      if (id === undefined || id < this.nSpecial) {
+        const cp = ch.codePointAt(0).toString(16).toUpperCase().padStart(4, '0');
+        throw new OdinError(`character ${JSON.stringify(ch)} (U+${cp}) at position ${pos} is not in the char tokenizer vocabulary`, 2);
+      }
+      out.push(id);
+      pos++;
+    }
+    return out;
+  }
+  decode(ids, skipSpecial = true) {
+    let s = '';
+    for (const id of ids) {
+      if (id < 0 || id >= this.vocab.length) throw new OdinError(`token id ${id} is out of range for a vocabulary of ${this.vocab.length}`, 2);
+      if (id < this.nSpecial && skipSpecial) continue;
+      s += this.vocab[id];
+    }
+    return s;
+  }
+}
+
+// GPT-2's byte <-> printable-character table, as in the HF ByteLevel pre-tokenizer
+const BYTE_TO_CHAR = (() => {
+  const bs = [];
+  for (let b = 33; b <= 126; b++) bs.push(b);
+  for (let b = 161; b <= 172; b++) bs.push(b);
+  for (let b = 174; b <= 255; b++) bs.push(b);
+  const cs = bs.slice();
+  let n = 0;
+  for (let b = 0; b < 256; b++) if (!bs.includes(b)) { bs.push(b); cs.push(256 + n); n++; }
+  const table = new Array(256);
+  bs.forEach((b, i) => { table[b] = String.fromCodePoint(cs[i]); });
+  return table;
+})();
+const CHAR_TO_BYTE = new Map(BYTE_TO_CHAR.map((c, b) => [c, b]));
+// the ByteLevel split (GPT-2's pattern)
+const BYTELEVEL_SPLIT = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
+
+/** Byte-level BPE from a Hugging Face tokenizer.json (what odin.tokenizers.BPETokenizer saves). */
+export class BPETokenizer {
+  constructor(json) {
+    this.kind = 'bpe';
+    const model = json.model;
+    if (model?.type !== 'BPE') throw new OdinError(`unsupported tokenizer model ${model?.type}`, 2);
+    this.vocabMap = new Map(Object.entries(model.vocab));
+    this.vocabSize = 0;
+    for (const id of this.vocabMap.values()) this.vocabSize = Math.max(this.vocabSize, id + 1);
+    this.added = (json.added_tokens ?? []).map((t) => ({ id: t.id, content: t.content, special: !!t.special }));
+    for (const t of this.added) this.vocabSize = Math.max(this.vocabSize, t.id + 1);
+    this.idToToken = new Array(this.vocabSize);
+    for (const [tok, id] of this.vocabMap) this.idToToken[id] = tok;
+    for (const t of this.added) this.idToToken[t.id] = t.content;
+    this.specialIds = new Set(this.added.filter((t) => t.special).map((t) => t.id));
+    this.addedByLength = [...this.added].sort((a, b) => b.content.length - a.content.length);
+    this.ranks = new Map();
+    (model.merges ?? []).forEach((m, i) => {
+      const [a, b] = Array.isArray(m) ? m : m.split(' ');
+      this.ranks.set(a + '\u0000' + b, i);
+    });
+    this.ignoreMerges = !!model.ignore_merges;
+    this.unkId = model.unk_token != null ? this.vocabMap.get(model.unk_token) : undefined;
+    if (model.continuing_subword_prefix || model.end_of_word_suffix) throw new OdinError('BPE subword prefixes/suffixes are not supported', 2);
+    // pre-tokenizer: ByteLevel (possibly inside a Sequence)
+    const pts = json.pre_tokenizer?.type === 'Sequence' ? json.pre_tokenizer.pretokenizers : [json.pre_tokenizer];
+    const bl = pts.find((p) => p?.type === 'ByteLevel');
+    if (!bl || pts.some((p) => p && p.type !== 'ByteLevel')) throw new OdinError('only the ByteLevel pre-tokenizer is supported', 2);
+    this.addPrefixSpace = !!bl.add_prefix_space;
+    this.useRegex = bl.use_regex ?? true;
+    const norm = json.normalizer;
+    const forms = { NFC: 'NFC', NFD: 'NFD', NFKC: 'NFKC', NFKD: 'NFKD' };
+    const norms = norm == null ? [] : norm.type === 'Sequence' ? norm.normalizers : [norm];
+    for (const n of norms) if (!(n.type in forms) && n.type !== 'Lowercase') throw new OdinError(`unsupported normalizer ${n.type}`, 2);
+    this.normalize = (s) => norms.reduce((acc, n) => (n.type === 'Lowercase' ? acc.toLowerCase() : acc.normalize(forms[n.type])), s);
+    const id = (t) => { const v = this.vocabMap.get(t) ?? this.added.find((a) => a.content === t)?.id; if (v === undefined) throw new OdinError(`BPE tokenizer lacks the special token ${t}`, 2); return v; };
+    this.padId = id('<pad>'); this.bosId = id('<bos>'); this.endId = id('<end>');
+    this.cache = new Map();
+  }
+
+  encode(text) {
+    const out = [];
+    let start = 0;
+    for (let i = 0; i < text.length;) {
+      const hit = this.addedByLength.find((t) => t.content && text.startsWith(t.content, i));
+      if (hit) {
+        if (i > start) this.encodeOrdinary(text.slice(start, i), out);
+        out.push(hit.id);
+        i += hit.content.length;
+        start = i;
+      } else {
+        i++;
+      }
+    }
+    if (start < text.length) this.encodeOrdinary(text.slice(start), out);
+    return out;
+  }
+
+  encodeOrdinary(text, out) {
+    text = this.normalize(text);
+    if (this.addPrefixSpace && !text.startsWith(' ')) text = ' ' + text;
+    const words = this.useRegex ? (text.match(BYTELEVEL_SPLIT) ?? []) : [text];
+    for (const w of words) {
+      let mapped = '';
+      for (const b of utf8.encode(w)) mapped += BYTE_TO_CHAR[b];
+      for (const id of this.bpe(mapped)) out.push(id);
+    }
+  }
+
+  bpe(word) {
+    const hit = this.cache.get(word);
+    if (hit) return hit;
+    let ids;
+    if (this.ignoreMerges && this.vocabMap.has(word)) {
+      ids = [this.vocabMap.get(word)];
+    } else {
+      let parts = Array.from(word);
+      while (parts.length > 1) {
+        let best = -1, bestRank = Infinity;
+        for (let i = 0; i < parts.length - 1; i++) {
+          const r = this.ranks.get(parts[i] + '\u0000' + parts[i + 1]);
+          if (r !== undefined && r < bestRank) { bestRank = r; best = i; }
+        }
+        if (best < 0) break;
+        const a = parts[best], b = parts[best + 1], merged = [];
+        for (let i = 0; i < parts.length;) {
+          if (i < parts.length - 1 && parts[i] === a && parts[i + 1] === b) { merged.push(a + b); i += 2; } else { merged.push(parts[i]); i++; }
+        }
+        parts = merged;
+      }
+      ids = parts.map((p) => {
+        const v = this.vocabMap.get(p) ?? this.unkId;
+        if (v === undefined) throw new OdinError(`BPE: no token for ${JSON.stringify(p)} and no unk_token`, 2);
+        return v;
+      });
+    }
+    if (this.cache.size < 65536) this.cache.set(word, ids);
+    return ids;
+  }
+
+  decode(ids, skipSpecial = true) {
+    const bytes = [];
+    for (const id of ids) {
+      if (id < 0 || id >= this.vocabSize || this.idToToken[id] === undefined) throw new OdinError(`token id ${id} is out of range for a vocabulary of ${this.vocabSize}`, 2);
+      if (skipSpecial && this.specialIds.has(id)) continue;
+      for (const ch of this.idToToken[id]) {
+        const b = CHAR_TO_BYTE.get(ch);
+        if (b !== undefined) bytes.push(b); else bytes.push(...utf8.encode(ch));
+      }
+    }
+    return utf8d.decode(new Uint8Array(bytes));
+  }
+}
+
+export function makeTokenizer(json) {
+  if (json?.odin_kind === 'char') return new CharTokenizer(json.vocab);
+  if (json?.model) return new BPETokenizer(json);
+  throw new OdinError('not a tokenizer: neither an odin char vocabulary nor a Hugging Face tokenizer.json', 2);
+}
+
+/* ------------------------------------------------------------------ memory, cache, fetch */
+
+/** Bytes the C side allocates for a model, a training workspace (batch x seq) and a KV
+ * cache (the formulas of csrc/gpt.c), plus the GEMM packing buffer. */
+export function estimateMemory(cfg, { batch = 0, seq = 0, cacheBatch = 1 } = {}) {
+  const V = cfg.vocab_size, C = cfg.d_model, L = cfg.n_layer, NH = cfg.n_head, maxT = cfg.context;
+  const nParams = cfg.n_params ?? (V * C + maxT * C + L * (12 * C * C + 13 * C) + 2 * C + (cfg.abacus || 0) * C);
+  let floats = 4 * nParams;
+  if (batch && seq) {
+    const BT = batch * seq;
+    const perLayer = BT * (16 * C + 4) + NH * BT * seq;
+    floats += BT * C + L * perLayer + BT * C + 4 * BT + BT * V + BT * 14 * C + BT * V + seq;
+  }
+  if (cacheBatch) {
+    const B = cacheBatch;
+    floats += 2 * L * B * maxT * C + B * C * 3 + B * 3 * C + B * 8 * C + maxT + B * V;
+  }
+  const packing = (132 * 256 + 2060 * 256) * 4; // gemm.c: (MC + MR) x KC + (NC + NR) x KC floats
+  return floats * 4 + packing;
+}
+
+const IDB_NAME = 'odin-web', IDB_STORE = 'weights';
+
+function idbOpen() {
+  if (typeof indexedDB === 'undefined') return Promise.resolve(null);
+  return new Promise((resolve) => {
+    let req;
+    try { req = indexedDB.open(IDB_NAME, 1); } catch { resolve(null); return; }
+    req.onupgradeneeded = () => req.result.createObjectStore(IDB_STORE);
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => resolve(null);
+    req.onblocked = () => resolve(null);
+  });
+}
+
+function idbRequest(db, mode, fn) {
+  return new Promise((resolve, reject) => {
+    const tx = db.transaction(IDB_STORE, mode);
+    const req = fn(tx.objectStore(IDB_STORE));
+    tx.oncomplete = () => resolve(req?.result);
+    tx.onerror = () => reject(tx.error);
+    tx.onabort = () => reject(tx.error);
+  });
+}
+
+/** The IndexedDB weight cache: entries are keyed "URL#sha256". */
+export const weightCache = {
+  async get(key) {
+    const db = await idbOpen();
+    if (!db) return null;
+    try { const v = await idbRequest(db, 'readonly', (s) => s.get(key)); return v?.bytes ?? null; } catch { return null; } finally { db.close(); }
+  },
+  async put(key, bytes) {
+    const db = await idbOpen();
+    if (!db) return false;
+    const url = key.split('#')[0];
+    try {
+      const keys = await idbRequest(db, 'readonly', (s) => s.getAllKeys());
+      await idbRequest(db, 'readwrite', (s) => {
+        for (const k of keys) if (String(k).split('#')[0] === url && k !== key) s.delete(k); // older versions
+        return s.put({ bytes, savedAt: Date.now() }, key);
+      });
+      return true;
+    } catch { return false; } finally { db.close(); }
+  },
+  async delete(key) {
+    const db = await idbOpen();
+    if (!db) return;
+    try { await idbRequest(db, 'readwrite', (s) => s.delete(key)); } catch { /* ignore */ } finally { db.close(); }
+  },
+  async clear() {
+    const db = await idbOpen();
+    if (!db) return;
+    try { await idbRequest(db, 'readwrite', (s) => s.clear()); } finally { db.close(); }
+  },
+};
+
+async function sha256Hex(bytes) {
+  if (!globalThis.crypto?.subtle) return null; // not a secure context: size check only
+  const d = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+  return Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+async function fetchWithProgress(fetchFn, url, expected, onProgress) {
+  const resp = await fetchFn(url);
+  if (!resp.ok) throw new OdinError(`cannot fetch ${url}: HTTP ${resp.status}`, 6);
+  const total = Number(resp.headers?.get?.('content-length')) || expected || 0;
+  if (!resp.body?.getReader) {
+    const buf = new Uint8Array(await resp.arrayBuffer());
+    onProgress({ phase: 'download', loaded: buf.length, total: buf.length });
+    return buf;
+  }
+  const reader = resp.body.getReader();
+  let out = new Uint8Array(total || 1 << 20), got = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (got + value.length > out.length) { const bigger = new Uint8Array(Math.max(out.length * 2, got + value.length)); bigger.set(out.subarray(0, got)); out = bigger; }
+    out.set(value, got);
+    got += value.length;
+    onProgress({ phase: 'download', loaded: got, total });
+  }
+  return got === out.length ? out : out.slice(0, got);
+}
+
+/**
+ * Load an exported model (a directory URL with model.json + weights.bin, or model.json's URL).
+ * options: odin (an Odin to reuse), onProgress({phase, loaded, total}), cache (IndexedDB, default
+ *          true), fetch, wasmBaseUrl / variant (for loadOdin), trainBatch (workspace to reserve for).
+ * Phases: 'manifest', 'cache', 'download', 'verify', 'wasm', 'init', 'ready'.
+ */
+export async function loadModel(modelUrl, options = {}) {
+  const fetchFn = options.fetch ?? defaultFetch();
+  const onProgress = options.onProgress ?? (() => {});
+  const useCache = options.cache ?? true;
+  const t0 = performance.now();
+  const here = typeof location !== 'undefined' ? location.href : import.meta.url;
+  let manifestUrl = new URL(modelUrl, here);
+  if (!manifestUrl.pathname.endsWith('.json')) manifestUrl = new URL(manifestUrl.pathname.endsWith('/') ? 'model.json' : `${manifestUrl.pathname.split('/').pop()}/model.json`, manifestUrl);
+  onProgress({ phase: 'manifest', loaded: 0, total: 0 });
+  const mresp = await fetchFn(manifestUrl);
+  if (!mresp.ok) throw new OdinError(`cannot fetch ${manifestUrl}: HTTP ${mresp.status}`, 6);
+  const manifest = await mresp.json();
+  if (manifest.format !== 'odin-web') throw new OdinError(`${manifestUrl} is not an ODIN web export`, 6);
+  if (manifest.format_version > 1) throw new OdinError(`${manifestUrl}: format_version ${manifest.format_version} is newer than this runtime`, 6);
+  const w = manifest.weights;
+  const weightsUrl = new URL(w.file, manifestUrl);
+  const key = `${weightsUrl.href.split('?')[0]}#${w.sha256}`;
+  let bytes = null, fromCache = false;
+  if (useCache) {
+    onProgress({ phase: 'cache', loaded: 0, total: w.bytes });
+    const cached = await weightCache.get(key);
+    if (cached) {
+      bytes = new Uint8Array(cached);
+      const digest = bytes.length === w.bytes ? await sha256Hex(bytes) : 'wrong size';
+      if (digest !== null && digest !== w.sha256) { bytes = null; await weightCache.delete(key); }
+      if (bytes) { fromCache = true; onProgress({ phase: 'cache', loaded: w.bytes, total: w.bytes }); }
+    }
+  }
+  if (!bytes) {
+    bytes = await fetchWithProgress(fetchFn, new URL(`${w.file}?v=${w.sha256.slice(0, 16)}`, manifestUrl), w.bytes, onProgress);
+    onProgress({ phase: 'verify', loaded: bytes.length, total: w.bytes });
+    if (bytes.length !== w.bytes) throw new OdinError(`${weightsUrl}: ${bytes.length} bytes, model.json says ${w.bytes}`, 6);
+    const digest = await sha256Hex(bytes);
+    if (digest !== null && digest !== w.sha256) throw new OdinError(`${weightsUrl}: sha256 ${digest} does not match model.json`, 6);
+    if (useCache) await weightCache.put(key, bytes.buffer.byteLength === bytes.length ? bytes.buffer : bytes.slice().buffer);
+  }
+  onProgress({ phase: 'wasm', loaded: 0, total: 0 });
+  const odin = options.odin ?? await loadOdin({ baseUrl: options.wasmBaseUrl, variant: options.variant, fetch: options.fetch, isa: options.isa });
+  onProgress({ phase: 'init', loaded: 0, total: 0 });
+  const model = new OdinModel(odin, manifest, bytes, { trainBatch: options.trainBatch });
+  model.loadInfo = { fromCache, bytes: bytes.length, seconds: (performance.now() - t0) / 1000, url: manifestUrl.href };
+  onProgress({ phase: 'ready', loaded: w.bytes, total: w.bytes, fromCache });
+  return model;
+}
+
+/* ------------------------------------------------------------------ the model */
+
+function yieldToEventLoop() {
+  if (typeof MessageChannel === 'function') {
+    return new Promise((resolve) => {
+      const ch = new MessageChannel();
+      ch.port1.onmessage = () => { ch.port1.close(); resolve(); };
+      ch.port2.postMessage(0);
+    });
+  }
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+const now = () => (typeof performance !== 'undefined' ? performance.now() : Date.now());
+
+/** A small seeded PRNG (mulberry32) for batch sampling in the page. */
+export function makeRng(seed = 1) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6D2B79F5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export class OdinModel {
+  /** odin: an Odin; manifest: model.json; weights: bytes of weights.bin (little-endian float32) */
+  constructor(odin, manifest, weights, { trainBatch = 16 } = {}) {
+    const cfg = manifest.model;
+    this.odin = odin;
+    this.manifest = manifest;
+    this.config = cfg;
+    this.tokenizer = makeTokenizer(manifest.tokenizer);
+    this.special = manifest.special ?? { pad: this.tokenizer.padId, bos: this.tokenizer.bosId, end: this.tokenizer.endId };
+    this.abacus = cfg.abacus ? { n: cfg.abacus, ...manifest.abacus } : null;
+    this.V = cfg.vocab_size;
+    this.context = cfg.context;
+    this.step = 0; // optimizer steps taken in this page
+    // memory sized from the model, once: 4 parameter blocks, a KV cache, a training workspace
+    this.plannedBytes = estimateMemory({ ...cfg, n_params: manifest.n_params }, { batch: trainBatch, seq: cfg.context, cacheBatch: 1 });
+    odin.reserve(this.plannedBytes + 2 * MiB);
+    const x = odin.x;
+    this.scratch = odin.malloc(64); // out-parameters
+    const st = cfg.abacus
+      ? x.odin_gpt_create_ex(this.scratch, cfg.vocab_size, cfg.context, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.ln_eps ?? 1e-5, cfg.abacus)
+      : x.odin_gpt_create(this.scratch, cfg.vocab_size, cfg.context, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.ln_eps ?? 1e-5);
+    odin.check(st, 'odin_gpt_create');
+    this.h = odin.u32(this.scratch, 1)[0];
+    if ((cfg.positions ?? 'learned') !== 'learned') {
+      if (!x.odin_gpt_set_learned_positions) throw new OdinError('this wasm module has no odin_gpt_set_learned_positions', 5);
+      odin.check(x.odin_gpt_set_learned_positions(this.h, 0), 'odin_gpt_set_learned_positions');
+    }
+    this.nParams = x.odin_gpt_num_params(this.h) >>> 0;
+    if (this.nParams !== manifest.n_params) throw new OdinError(`model.json has ${manifest.n_params} parameters, the wasm model ${this.nParams}`, 1);
+    const src = weights instanceof Float32Array ? weights : new Float32Array(weights.buffer ?? weights, weights.byteOffset ?? 0, this.nParams);
+    if (src.length < this.nParams) throw new OdinError(`weights hold ${src.length} floats, the model needs ${this.nParams}`, 1);
+    this.params().set(src.subarray(0, this.nParams));
+    this.trainedWeights = src.subarray(0, this.nParams); // for restoreWeights() (shares the download)
+    // generation buffers (one sequence) and the sampler's xorshift64* state
+    this.cache = 0;
+    this.genBuf = odin.malloc(32 + 4 * this.V);
+    this.ws = 0; this.wsShape = [0, 0];
+  }
+
+  params() { return this.odin.f32(this.odin.x.odin_gpt_params(this.h) >>> 0, this.nParams); }
+  grads() { return this.odin.f32(this.odin.x.odin_gpt_grads(this.h) >>> 0, this.nParams); }
+
+  /** Zero the AdamW moments and the step count (the next trainStep is step 1). */
+  resetOptimizer() {
+    const x = this.odin.x;
+    this.odin.f32(x.odin_gpt_adam_m(this.h) >>> 0, this.nParams).fill(0);
+    this.odin.f32(x.odin_gpt_adam_v(this.h) >>> 0, this.nParams).fill(0);
+    this.step = 0;
+  }
+
+  /** Back to the exported weights (and a fresh optimizer). */
+  restoreWeights() {
+    this.params().set(this.trainedWeights);
+    this.resetOptimizer();
+  }
+
+  /** Fresh random weights, initialised as odin.model.GPT.init_weights does (N(0, 0.02)
+   * matrices and embeddings, residual projections / sqrt(2 L), LayerNorm weights 1, biases 0;
+   * not the same random numbers), and a fresh optimizer: training from scratch in the page. */
+  randomizeWeights(seed = 1) {
+    const rand = makeRng(seed), p = this.params();
+    const normal = () => { // Box-Muller
+      const u = 1 - rand(), v = rand();
+      return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+    };
+    const residStd = 0.02 / Math.sqrt(2 * this.config.n_layer);
+    for (const t of this.manifest.tensors) {
+      const base = t.name.split('.').pop(), n = t.shape.reduce((a, b) => a * b, 1);
+      const view = p.subarray(t.offset, t.offset + n);
+      if (base.endsWith('_b')) view.fill(0);
+      else if (base === 'ln1_w' || base === 'ln2_w' || base === 'lnf_w') view.fill(1);
+      else {
+        const std = base === 'attproj_w' || base === 'fcproj_w' ? residStd : 0.02;
+        for (let i = 0; i < n; i++) view[i] = normal() * std;
+      }
+    }
+    this.resetOptimizer();
+  }
+  memoryBytes() { return this.odin.memoryBytes(); }
+
+  free() {
+    const { odin } = this;
+    if (this.ws) odin.x.odin_gpt_ws_free(this.ws);
+    if (this.cache) odin.x.odin_gpt_cache_free(this.cache);
+    if (this.h) odin.x.odin_gpt_free(this.h);
+    odin.free(this.genBuf);
+    odin.free(this.scratch);
+    this.h = this.ws = this.cache = 0;
+  }
+
+  /** [<bos>] + encode(text): how the model saw prompts in training */
+  encodePrompt(text) { return [this.special.bos, ...this.tokenizer.encode(text)]; }
+
+  /** Abacus ids of a token row (odin/abacus.py: digit runs counted from the right before the
+   * first separator, from the left after it; 0 elsewhere). */
+  abacusIds(tokens) {
+    const { digit_first: d0, sep_id: sep, n } = this.abacus;
+    const T = tokens.length, ids = new Int32Array(T);
+    let split = tokens.indexOf(sep);
+    if (split < 0) split = T;
+    for (let s = 0; s < T;) {
+      if (!(tokens[s] >= d0 && tokens[s] < d0 + 10)) { s++; continue; }
+      let e = s;
+      while (e < T && tokens[e] >= d0 && tokens[e] < d0 + 10) e++;
+      for (let i = s; i < e; i++) ids[i] = s < split ? e - i : i - s + 1;
+      s = e;
+    }
+    for (const v of ids) if (v >= n) throw new OdinError(`a number has more places (${v}) than the model's Abacus table (${n})`, 2);
+    return ids;
+  }
+
+  _decode(token, pos, abacusId) {
+    const { odin } = this, x = odin.x, b = this.genBuf;
+    odin.i32(b, 2).set([token, pos]);
+    const logits = b + 32;
+    let st;
+    if (this.abacus) {
+      odin.i32(b + 8, 1)[0] = abacusId;
+      st = x.odin_gpt_decode_ex(this.h, this.cache, b, b + 4, b + 8, 1, logits);
+    } else {
+      st = x.odin_gpt_decode(this.h, this.cache, b, b + 4, 1, logits);
+    }
+    odin.check(st, 'odin_gpt_decode');
+    return logits;
+  }
+
+  /**
+   * Stream generated tokens: an async iterator of {token, text, index, tokensPerSecond}.
+   * prompt: text (encoded as [<bos>] + prompt) or an array of token ids.
+   * options: maxTokens (default: to the end of the context), temperature (0 = greedy),
+   *   topK (0 = off), topP (1 = off), seed (sampler seed, as odin.model.Sampler), stop (token
+   *   ids that end generation; default [<end>]; the stop token is yielded with text ''),
+   *   stopStrings (texts that end generation), signal (an AbortSignal).
+   * The iterator's return value (and this.lastStats) has promptTokens, newTokens, seconds,
+   * tokensPerSecond (new tokens only), prefillSeconds.
+   */
+  async *stream(prompt, options = {}) {
+    const { odin } = this, x = odin.x;
+    const { temperature = 0, topK = 0, topP = 1, seed = 0, signal, stopStrings = [] } = options;
+    const stop = new Set(options.stop ?? [this.special.end]);
+    const ids = Array.isArray(prompt) || ArrayBuffer.isView(prompt) ? Array.from(prompt) : this.encodePrompt(prompt);
+    if (!ids.length) throw new OdinError('the prompt must hold at least one token', 2);
+    if (ids.length > this.context) throw new OdinError(`the prompt is ${ids.length} tokens, the context is ${this.context}`, 1);
+    const maxTokens = Math.min(options.maxTokens ?? this.context, this.context - ids.length + 1);
+    if (!this.cache) {
+      odin.check(x.odin_gpt_cache_create(this.scratch, this.h, 1), 'odin_gpt_cache_create');
+      this.cache = odin.u32(this.scratch, 1)[0];
+    }
+    const rng = this.genBuf + 16, out = this.genBuf + 24;
+    const s64 = BigInt(Math.trunc(Number(seed) || 0)); // seeded as odin.model.Sampler: seed * golden + 1 (mod 2^64)
+    odin.dv().setBigUint64(rng, BigInt.asUintN(64, s64 * 0x9E3779B97F4A7C15n + 1n), true);
+    const t0 = now();
+    const promptIds = this.abacus ? this.abacusIds(ids) : null;
+    let logits = 0;
+    for (let p = 0; p < ids.length; p++) logits = this._decode(ids[p], p, promptIds ? promptIds[p] : 0);
+    const t1 = now();
+    let lastYield = t1, pos = ids.length, text = '', emitted = 0, lastId = 0, prevDigit = false;
+    const generated = [];
+    const stats = () => {
+      const s = (now() - t1) / 1000;
+      return { promptTokens: ids.length, newTokens: generated.length, seconds: s, prefillSeconds: (t1 - t0) / 1000,
+        tokensPerSecond: s > 0 ? generated.length / s : 0 };
+    };
+    for (let i = 0; i < maxTokens; i++) {
+      if (signal?.aborted) break;
+      odin.check(x.odin_sample(logits, this.V, temperature, topK, topP, rng, out), 'odin_sample');
+      const token = odin.i32(out, 1)[0];
+      generated.push(token);
+      const isStop = stop.has(token);
+      let piece = '';
+      if (!isStop) {
+        const full = this.tokenizer.decode(generated);
+        // hold back an incomplete UTF-8 sequence (a BPE token can end inside a character)
+        const upto = full.endsWith('\uFFFD') ? full.length - 1 : full.length;
+        piece = full.slice(emitted, upto);
+        emitted = Math.max(emitted, upto);
+        text += piece;
+      }
+      this.lastStats = stats();
+      yield { token, text: piece, index: i, tokensPerSecond: this.lastStats.tokensPerSecond };
+      if (isStop || pos >= this.context) break;
+      if (stopStrings.some((s) => s && text.endsWith(s))) break;
+      let aid = 0;
+      if (this.abacus) { // generated digits count 1, 2, 3, ... along a run, as the C decoder does
+        const isDigit = token >= this.abacus.digit_first && token < this.abacus.digit_first + 10;
+        lastId = isDigit ? Math.min(prevDigit ? lastId + 1 : 1, this.abacus.n - 1) : 0;
+        prevDigit = isDigit;
+        aid = lastId;
+      }
+      logits = this._decode(token, pos, aid);
+      pos++;
+      if (now() - lastYield > 15) { await yieldToEventLoop(); lastYield = now(); }
+    }
+    this.lastStats = stats();
+    return this.lastStats;
+  }
+
+  /** Whole generation: {text, tokens, stats}; options as stream(), plus onToken(t). */
+  async generate(prompt, options = {}) {
+    const tokens = [];
+    let text = '';
+    const it = this.stream(prompt, options);
+    for await (const t of it) {
+      tokens.push(t.token);
+      text += t.text;
+      options.onToken?.(t);
+    }
+    return { text, tokens, stats: this.lastStats };
+  }
+
+  /** Greedy token ids after a prompt (stops after <end>, which is included), like
+   * odin.model.GPT.generate_greedy for one prompt. */
+  async greedy(promptIds, maxNew) {
+    const out = [];
+    for await (const t of this.stream(promptIds, { maxTokens: maxNew, temperature: 0 })) out.push(t.token);
+    return out;
+  }
+
+  /**
+   * A batch from {prompt, answer} examples, laid out as odin/data/batching.py does:
+   * tokens [B, T+1] = <bos> prompt answer <end> <pad>..., mask [B, T] = 1 on answer and
+   * <end> targets. T is the longest example's length - 1 (at most the context).
+   */
+  makeBatch(examples) {
+    const tk = this.tokenizer, seqs = [], promptLens = [];
+    for (const e of examples) {
+      const p = tk.encode(e.prompt), a = tk.encode(e.answer);
+      seqs.push([this.special.bos, ...p, ...a, this.special.end]);
+      promptLens.push(1 + p.length);
+    }
+    const T = Math.max(...seqs.map((s) => s.length)) - 1;
+    if (T > this.context) throw new OdinError(`an example needs ${T} positions, the context is ${this.context}`, 1);
+    const B = seqs.length;
+    const tokens = new Int32Array(B * (T + 1)).fill(this.special.pad);
+    const mask = new Uint8Array(B * T);
+    seqs.forEach((s, b) => {
+      tokens.set(s, b * (T + 1));
+      for (let t = promptLens[b] - 1; t < s.length - 1; t++) mask[b * T + t] = 1;
+    });
+    return { tokens, mask, B, T };
+  }
+
+  /**
+   * One optimizer step (forward, backward, clip, AdamW) on `batchSize` examples drawn with
+   * `rng` from `examples` (default: the export's training examples), or on a prepared
+   * batch {tokens, mask, B, T}. Hyper-parameters default to the run's (model.json "train").
+   * Returns {loss, gradNorm, step, tokens, ms}.
+   */
+  trainStep(examplesOrBatch = this.manifest.examples, options = {}) {
+    const tr = this.manifest.train ?? {};
+    const {
+      batchSize = Math.min(16, tr.batch_size ?? 16), rng = (this._rng ??= makeRng(1234)),
+      lr = tr.lr ?? 1e-3, beta1 = tr.beta1 ?? 0.9, beta2 = tr.beta2 ?? 0.95, eps = tr.eps ?? 1e-8,
+      weightDecay = tr.weight_decay ?? 0.0, gradClip = tr.grad_clip ?? 1.0,
+    } = options;
+    let batch = examplesOrBatch;
+    if (Array.isArray(examplesOrBatch)) {
+      if (!examplesOrBatch.length) throw new OdinError('no training examples (export with --examples N)', 2);
+      const pick = Array.from({ length: batchSize }, () => examplesOrBatch[Math.floor(rng() * examplesOrBatch.length)]);
+      batch = this.makeBatch(pick);
+    }
+    const { tokens, mask, B, T } = batch;
+    const { odin } = this, x = odin.x;
+    const t0 = now();
+    if (!this.ws || B > this.wsShape[0] || T > this.wsShape[1]) {
+      if (this.ws) { x.odin_gpt_ws_free(this.ws); this.ws = 0; }
+      const B2 = Math.max(B, this.wsShape[0]), T2 = Math.max(T, this.wsShape[1]);
+      odin.check(x.odin_gpt_ws_create(this.scratch, this.h, B2, T2), 'odin_gpt_ws_create');
+      this.ws = odin.u32(this.scratch, 1)[0];
+      this.wsShape = [B2, T2];
+    }
+    const inp = new Int32Array(B * T), tgt = new Int32Array(B * T);
+    for (let b = 0; b < B; b++) {
+      inp.set(tokens.subarray(b * (T + 1), b * (T + 1) + T), b * T);
+      tgt.set(tokens.subarray(b * (T + 1) + 1, (b + 1) * (T + 1)), b * T);
+    }
+    let ids = null;
+    if (this.abacus) {
+      ids = new Int32Array(B * T);
+      for (let b = 0; b < B; b++) ids.set(this.abacusIds(inp.subarray(b * T, (b + 1) * T)), b * T);
+    }
+    const ptrs = [odin.put(inp), ids ? odin.put(ids) : 0, odin.put(tgt), odin.put(mask)];
+    try {
+      const st = x.odin_wasm_gpt_train_step(this.h, this.ws, ptrs[0], ptrs[1], ptrs[2], ptrs[3], B, T, lr, beta1, beta2,
+        eps, weightDecay, gradClip, this.step + 1, this.scratch + 8, this.scratch + 12);
+      odin.check(st, 'trainStep');
+    } finally {
+      for (const p of ptrs) odin.free(p);
+    }
+    this.step += 1;
+    const res = odin.f32(this.scratch + 8, 2);
+    let counted = 0;
+    for (const m of mask) counted += m;
+    return { loss: res[0], gradNorm: res[1], step: this.step, tokens: B * T, counted, ms: now() - t0 };
+  }
+}
