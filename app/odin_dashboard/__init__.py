@@ -1,0 +1,1 @@
+"""The ODIN desktop dashboard (Dear PyGui): `odin-dashboard`."""

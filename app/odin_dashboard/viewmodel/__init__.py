@@ -1,0 +1,1 @@
+"""Plain-Python view-model of the dashboard: no GUI import here (unit-tested)."""

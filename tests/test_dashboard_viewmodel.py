@@ -1,0 +1,460 @@
+"""The dashboard's plain-Python parts: view-model, session, chat, pipeline reader, forms.
+
+None of this needs a display; the Dear PyGui layer is tested in test_dashboard_gui.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from odin.config import preset_config
+from odin.data.dataset import build_dataset
+from odin.native import NanError
+from odin.spheres import Snapshot, SphereStats, StepRecord
+from odin.tokenizers import CHAR_VOCAB_SIZE
+from odin_dashboard.chat import ChatModel, ChatWorker, clone_model
+from odin_dashboard.checkpoints import copy_checkpoint, place_for_resume
+from odin_dashboard.session import Phase, StartRequest, TrainingSession
+from odin_dashboard.viewmodel.dashboard import DashboardViewModel, SessionState, controls_view
+from odin_dashboard.viewmodel.forms import (
+    TrainForm, build_dataset_for, check_form, dataset_build_spec, dataset_status, describe_build_spec,
+    form_with_preset, is_default_data_dir, run_config_from_form,
+)
+from odin_dashboard.viewmodel.formatting import compact_count, fmt_duration
+from odin_dashboard.viewmodel.history import DecimatingHistory
+from odin_dashboard.viewmodel.pipeline import NO_PIPELINE, read_pipeline_state
+from odin_dashboard.viewmodel.ring import STATE_COLOURS, LoadMeter, build_ring
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("data") / "add2"
+    build_dataset(folder, seed=7, n_examples=400, ops=["add"], max_digits=2, reverse_answer=True)
+    return folder
+
+
+def tiny_config(steps: int = 40, eval_every: int = 20):
+    config = preset_config("tiny")
+    train = dataclasses.replace(config.train, batch_size=24, steps=steps, eval_every=eval_every,
+                                eval_examples=16, checkpoint_every=0, warmup_steps=5)
+    return dataclasses.replace(config, train=train)
+
+
+def snapshot(step: int = 10, states: tuple[str, ...] = ("forward",) * 12, busy: float = 0.0,
+             threads: int = 2, paused: bool = False, running: bool = True) -> Snapshot:
+    spheres = [SphereStats(state, rows=2, microbatches=step, tokens=20 * step, last_loss=1.0 + i / 10,
+                           last_grad_norm=0.5, busy_seconds=busy) for i, state in enumerate(states)]
+    return Snapshot(step=step, lr=1e-3, loss=1.25, grad_norm=0.75, tokens_per_s=12_345.0, step_seconds=0.02,
+                    tokens=240 * step, threads=threads, running=running, paused=paused, stopped=False,
+                    root_state="waiting", spheres=spheres)
+
+
+def record(step: int, loss: float = 2.0) -> StepRecord:
+    return StepRecord(step=step, loss=loss, grad_norm=1.0, lr=1e-3, tokens_per_s=1000.0,
+                      sphere_loss=[loss + i for i in range(12)], sphere_grad_norm=[0.1 * (i + 1) for i in range(12)])
+
+
+# ---------------------------------------------------------------------- history
+def test_history_stays_bounded_and_keeps_the_mean() -> None:
+    history = DecimatingHistory(("loss", "x2"), capacity=8)
+    for step in range(1, 101):
+        history.append(step, [float(step), 2.0 * step])
+    assert len(history) <= 8 + 1
+    assert history.stride == 16  # 100 records squeezed into <= 8 points: pairs merged 4 times
+    steps, values = history.series("loss")
+    assert steps == values  # loss == step here, and buckets average both the same way
+    assert steps == sorted(steps) and steps[-1] <= 100
+    _, doubled = history.series("x2")
+    assert doubled == [2 * v for v in values]
+    # every stored point is the mean of a contiguous run of steps
+    assert steps[0] == pytest.approx((1 + 16) / 2)
+
+
+def test_history_shows_the_newest_partial_bucket_and_clears() -> None:
+    history = DecimatingHistory(("loss",), capacity=4)
+    for step in range(1, 6):
+        history.append(step, [10.0])
+    assert history.stride == 2 and history.series("loss")[0][-1] == 5.0  # the partial bucket: step 5
+    with pytest.raises(ValueError):
+        history.append(6, [1.0, 2.0])
+    history.clear()
+    assert len(history) == 0 and history.stride == 1
+
+
+# ---------------------------------------------------------------------- ring
+def test_ring_places_twelve_spheres_around_the_root_without_overlap() -> None:
+    states = ("idle", "forward", "backward", "waiting", "reducing") * 2 + ("forward", "idle")
+    ring = build_ring(420, 440, snapshot(1234, states).spheres, [0.5] * 12, root_state="reducing",
+                      step=1234, total_steps=4000, loss=0.5)
+    assert len(ring.spheres) == 12
+    cx, cy = ring.root.center
+    distances = [math.dist(node.center, (cx, cy)) for node in ring.spheres]
+    assert max(distances) - min(distances) < 1e-6  # one ring
+    for a, b in zip(ring.spheres, ring.spheres[1:] + ring.spheres[:1]):
+        assert math.dist(a.center, b.center) > 2 * a.radius  # neighbours do not overlap
+    assert min(distances) - ring.spheres[0].radius > ring.root.radius  # nor do they touch the root
+    for node in ring.spheres:
+        assert 0 <= node.center[0] - node.radius and node.center[0] + node.radius <= 420
+        assert node.state == states[node.index] and node.label == "1.2k"
+    assert ring.root.lines == ["root", "step 1,234 / 4,000", "loss 0.5000"]
+    assert [name for name, _ in ring.legend] == ["idle", "forward", "backward", "waiting", "reducing"]
+    assert all(spoke.colour == STATE_COLOURS["reducing"] for spoke in ring.spokes)  # the root reduces
+
+
+def test_ring_colour_brightens_with_load_and_arc_follows_it() -> None:
+    spheres = snapshot(5, ("backward",) * 12).spheres
+    loads = [i / 11 for i in range(12)]
+    ring = build_ring(420, 440, spheres, loads)
+    brightness = [sum(node.fill[:3]) for node in ring.spheres]
+    assert brightness == sorted(brightness) and brightness[0] < brightness[-1]
+    assert ring.spheres[0].load_arc == []  # no load, no arc
+    assert len(ring.spheres[11].load_arc) > len(ring.spheres[5].load_arc) > 0
+    empty = build_ring(420, 440, None, [0.0] * 12)  # before training: grey ring, no numbers
+    assert all(node.state == "idle" and node.label == "-" for node in empty.spheres)
+
+
+def test_load_meter_measures_busy_share_against_the_fair_share() -> None:
+    meter = LoadMeter(smoothing=1.0, min_interval=0.0)
+    meter.update([0.0] * 12, threads=2, now=0.0)
+    # 12 spheres, 2 threads, 6 s of wall time: each sphere's fair share is 1 s of busy time
+    loads = meter.update([1.0] * 6 + [0.5] * 6, threads=2, now=6.0)
+    assert loads == [1.0] * 6 + [0.5] * 6
+    loads = meter.update([0.0] * 12, threads=2, now=7.0)  # counters went back: a new trainer
+    assert loads == [1.0] * 6 + [0.5] * 6  # kept until the next real sample
+
+
+# ---------------------------------------------------------------------- dashboard view-model
+def test_view_model_plots_per_sphere_series_and_one_sphere_filter() -> None:
+    vm = DashboardViewModel(plot_capacity=64)
+    assert vm.ingest_records([record(s, 3.0 - s / 100) for s in range(1, 51)]) == 50
+    assert vm.ingest_records([record(50)]) == 0  # an overlapping poll adds nothing
+    vm.ingest_evals([{"step": 20, "val_loss": 2.5, "val_exact": 0.25}, {"step": 40, "loss": 1.0}])
+    plots = vm.plots()
+    assert [s.label for s in plots.sphere_loss] == [f"s{i}" for i in range(1, 13)]
+    assert len(plots.sphere_loss[3].x) == 50 and plots.sphere_loss[3].y[0] == pytest.approx(3.0 - 0.01 + 3)
+    assert plots.sphere_grad[11].y[0] == pytest.approx(1.2)
+    assert plots.val_loss.x == [20.0] and plots.val_loss.y == [2.5]
+    assert all(s.visible for s in plots.sphere_loss)
+    version = plots.version
+    vm.show_sphere(4)
+    plots = vm.plots()
+    assert plots.version != version
+    assert [s.visible for s in plots.sphere_grad] == [i == 4 for i in range(12)]
+    with pytest.raises(ValueError):
+        vm.show_sphere(12)
+
+
+def test_view_model_metrics_eta_and_exact_match() -> None:
+    vm = DashboardViewModel()
+    vm.ingest_evals([{"step": 200, "val_loss": 0.5, "val_exact": 0.875}])
+    vm.metrics(snapshot(100), now=0.0, total_steps=1000, elapsed=5.0, threads=2)
+    view = vm.metrics(snapshot(200), now=10.0, total_steps=1000, elapsed=15.0, threads=2)
+    rows = dict(view.rows)
+    assert rows["ETA"] == "01:20"  # 10 steps/s, 800 steps left
+    assert rows["val exact"] == "87.5 % @ 200"
+    assert rows["tokens/s"] == "12.3k tok/s" and rows["step time"] == "20.0 ms"
+    assert rows["learning rate"] == "1.00e-03" and rows["threads"] == "2"
+    assert view.progress == pytest.approx(0.2) and view.progress_text == "step 200 / 1,000"
+    assert dict(vm.metrics(snapshot(200, paused=True), 11.0, 1000, 16.0, 2).rows)["ETA"] == "paused"
+    assert dict(vm.metrics(None, 0.0, 1000, 0.0, 3).rows)["threads"] == "3"
+
+
+def test_controls_follow_the_session_state() -> None:
+    ready = controls_view(SessionState("idle", active=False, paused=False, pause_requested=False,
+                                       stop_requested=False))
+    assert ready.start_enabled and not ready.stop_enabled and ready.settings_enabled and not ready.chat_enabled
+    training = controls_view(SessionState("training", True, False, False, False, step=50, has_model=True))
+    assert (training.pause_enabled, training.resume_enabled, training.stop_enabled) == (True, False, True)
+    assert not training.start_enabled and not training.settings_enabled and training.save_enabled
+    assert training.chat_enabled and training.status == "training: step 50"
+    paused = controls_view(SessionState("training", True, True, True, False, step=60))
+    assert paused.resume_enabled and not paused.pause_enabled and paused.status == "paused at step 60"
+    stopping = controls_view(SessionState("training", True, False, False, True))
+    assert not stopping.stop_enabled and "stopping" in stopping.status
+    missing = controls_view(SessionState("idle", False, False, False, False, dataset_can_build=True,
+                                         form_problems=("data/x does not exist - build a dataset there?",)))
+    assert not missing.start_enabled and missing.build_dataset_visible and missing.status_level == "warn"
+    nan = controls_view(SessionState("failed", False, False, False, False,
+                                     error="training stopped by the engine: NaN in sphere 3 at step 7"))
+    assert nan.status_level == "error" and "NaN" in nan.status and nan.start_enabled
+    resume = controls_view(SessionState("idle", False, False, False, False, resume_from_step=4000))
+    assert resume.start_label == "Continue from step 4,000" and not resume.continue_enabled
+    loaded = controls_view(SessionState("idle", False, False, False, False, has_loaded_checkpoint=True))
+    assert loaded.continue_enabled and not training.load_enabled
+
+
+def test_formatting() -> None:
+    assert [compact_count(n) for n in (7, 1234, 125_000, 5_600_000)] == ["7", "1.2k", "125k", "5.6M"]
+    assert [fmt_duration(s) for s in (42, 185, 4020, math.inf)] == ["42 s", "03:05", "1h07", "-"]
+
+
+# ---------------------------------------------------------------------- forms and datasets
+def test_dataset_status_for_missing_empty_broken_and_real_folders(tmp_path: Path, tiny_dataset: Path) -> None:
+    missing = dataset_status(tmp_path / "nope")
+    assert not missing.ready and missing.can_build and "does not exist" in missing.message
+    empty = dataset_status(tmp_path)
+    assert not empty.ready and empty.can_build and "no dataset" in empty.message
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "dataset.json").write_text("{not json")
+    assert not dataset_status(broken).ready and not dataset_status(broken).can_build
+    real = dataset_status(tiny_dataset)
+    assert real.ready and real.reverse_answer and "training examples (add, 1-2 digits, reversed" in real.message
+
+
+def test_preset_choice_sets_its_dataset_folder_and_build_spec() -> None:
+    form = form_with_preset(TrainForm(data_dir="somewhere"), "arith-3digit")
+    assert form.data_dir == "data/arith-3digit" and (form.steps, form.batch_size) == (4000, 128)
+    assert is_default_data_dir(form) and not is_default_data_dir(dataclasses.replace(form, data_dir="x"))
+    tiny = form_with_preset(form, "tiny")
+    assert tiny.data_dir == "data/arith-3digit" and tiny.steps == 1000  # tiny names no dataset: kept
+    spec = dataset_build_spec("tiny")  # the default recipe's data
+    assert spec["ops"] == ["add"] and spec["max_digits"] == 3 and spec["reverse_answer"]
+    assert describe_build_spec(spec) == "120,000 add problems up to 3 digits, reversed answers"
+
+
+def test_build_button_writes_a_dataset(tmp_path: Path) -> None:
+    spec = {"seed": 1, "n_examples": 60, "ops": ["add"], "max_digits": 2, "reverse_answer": False}
+    build_dataset_for(tmp_path / "built", spec)
+    status = dataset_status(tmp_path / "built")
+    assert status.ready and not status.reverse_answer and status.examples == 48
+
+
+def test_form_builds_the_run_config_and_lists_problems(tmp_path: Path, tiny_dataset: Path) -> None:
+    form = form_with_preset(TrainForm(data_dir=str(tiny_dataset), run_dir=str(tmp_path)), "odin-100m")
+    config = run_config_from_form(dataclasses.replace(form, lr=5e-4, steps=123, threads=3))
+    assert config.model.vocab_size == CHAR_VOCAB_SIZE  # the char vocabulary, not the preset's 32k BPE
+    assert (config.train.lr, config.train.steps, config.train.threads) == (5e-4, 123, 3)
+    check = check_form(form)
+    assert check.ok and "M params" in check.model_summary
+    bad = check_form(dataclasses.replace(form, data_dir=str(tmp_path / "missing"), lr=-1.0, threads=0))
+    assert not bad.ok and len(bad.problems) == 3
+    assert "does not exist" in bad.problems[0] and "lr" in bad.problems[2]
+    assert "load a checkpoint" in check_form(dataclasses.replace(form, resume=True)).problems[0]
+
+
+# ---------------------------------------------------------------------- pipeline panel
+def make_pipeline_db(folder: Path) -> Path:
+    path = folder / "pipeline.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE items(hash TEXT PRIMARY KEY, stage TEXT, status TEXT, name TEXT, "
+                   "error TEXT, updated REAL)")
+        rows = [("a", "crawl", "done", "a.txt", None, 1.0), ("b", "preprocess", "running", "b.html", None, 5.0),
+                ("c", "tokenize", "pending", "c.txt", None, 2.0), ("d", "tokenize", "done", "d.txt", None, 3.0),
+                ("e", "preprocess", "quarantined", "e.pdf", "not UTF-8 after 3 tries", 4.0),
+                ("f", "crawl", "failed", "f.url", "timeout", 6.0), ("g", "train", "done", "g.bin", None, 7.0)]
+        db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", rows)
+    return path
+
+
+def test_pipeline_panel_reads_stage_counts_progress_and_quarantine(tmp_path: Path) -> None:
+    assert read_pipeline_state(tmp_path) == NO_PIPELINE
+    assert read_pipeline_state(None).message == "no pipeline running"
+    make_pipeline_db(tmp_path)
+    view = read_pipeline_state(tmp_path)
+    assert view.running and view.message == "pipeline: 7 items in 4 stages"
+    assert [s.stage for s in view.stages] == ["crawl", "preprocess", "tokenize", "train"]
+    counts = {s.stage: s.counts for s in view.stages}
+    assert counts["crawl"] == {"done": 1, "failed": 1} and counts["tokenize"] == {"pending": 1, "done": 1}
+    assert view.in_progress == ["b.html (preprocess)"]
+    assert view.quarantine_total == 1 and view.quarantine[0].error == "not UTF-8 after 3 tries"
+
+
+def test_pipeline_panel_reports_a_broken_database_instead_of_raising(tmp_path: Path) -> None:
+    (tmp_path / "pipeline.db").write_bytes(b"this is not sqlite" * 100)
+    view = read_pipeline_state(tmp_path)
+    assert not view.running and "unreadable" in view.message
+    other = tmp_path / "other"
+    other.mkdir()
+    with sqlite3.connect(other / "pipeline.db") as db:
+        db.execute("CREATE TABLE something(x)")
+    assert "no such table: items" in read_pipeline_state(other).message
+
+
+# ---------------------------------------------------------------------- session
+def test_session_trains_changes_threads_stops_and_keeps_the_checkpoint(tmp_path: Path, tiny_dataset: Path) -> None:
+    from odin.checkpoint import load_model_checkpoint
+
+    session = TrainingSession()
+    session.start(StartRequest(tiny_config(steps=100_000, eval_every=20), tiny_dataset, tmp_path, threads=1))
+    deadline = time.monotonic() + 30
+    while (session.snapshot() is None or session.snapshot().step < 25) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert session.phase == Phase.TRAINING and session.snapshot().threads == 1
+    session.set_threads(2)
+    step_at_change = session.snapshot().step
+    while session.snapshot().step < step_at_change + 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert session.snapshot().threads == 2
+    records = session.new_records()
+    assert records and records[0].step == 1 and len(records[0].sphere_loss) == 12
+    assert session.new_records() == [] or session.new_records()[0].step > records[-1].step
+    evals = session.new_evals()
+    assert evals and evals[0]["step"] == 20 and 0.0 <= evals[0]["val_exact"] <= 1.0
+    session.stop()
+    assert session.join(30)
+    assert session.phase == Phase.STOPPED and session.error is None and session.final_exact is None
+    info = session.latest_checkpoint()
+    assert info is not None and info.step == session.snapshot().step > 25
+    assert load_model_checkpoint(info.path).step == info.step
+
+
+def test_session_runs_to_the_end_and_evaluates(tmp_path: Path, tiny_dataset: Path) -> None:
+    session = TrainingSession()
+    session.start(StartRequest(tiny_config(steps=30, eval_every=0), tiny_dataset, tmp_path, threads=2,
+                               final_eval_examples=20))
+    assert session.join(30)
+    assert session.phase == Phase.FINISHED and session.snapshot().step == 30
+    assert session.final_exact is not None and 0.0 <= session.final_exact <= 1.0
+
+
+def test_session_shows_a_nan_stop_and_bad_data_as_errors(tmp_path: Path) -> None:
+    def nan_train(*args, on_trainer=None, **kwargs):
+        raise NanError("NaN/Inf in the loss of sphere 4 at step 17; training stopped, no checkpoint was written")
+
+    session = TrainingSession(train_fn=nan_train)
+    session.start(StartRequest(tiny_config(), tmp_path, tmp_path / "run", threads=1))
+    assert session.join(5)
+    assert session.phase == Phase.FAILED and "sphere 4 at step 17" in session.error
+    assert session.error.startswith("training stopped by the engine")
+
+    real = TrainingSession()
+    real.start(StartRequest(tiny_config(), tmp_path / "no-such-dataset", tmp_path / "run", threads=1))
+    assert real.join(10)
+    assert real.phase == Phase.FAILED and "dataset directory not found" in real.error
+
+
+def test_session_requests_before_the_trainer_exists_are_honoured(tmp_path: Path) -> None:
+    attached = []
+
+    class FakeTrainer:
+        def stop(self) -> None:
+            attached.append("stop")
+
+        def set_threads(self, n: int) -> None:
+            attached.append(f"threads {n}")
+
+        def snapshot(self):
+            return snapshot(0)
+
+    def slow_train(*args, on_trainer=None, **kwargs):
+        time.sleep(0.2)
+        on_trainer(FakeTrainer())
+        return None
+
+    session = TrainingSession(train_fn=slow_train)
+    session.start(StartRequest(tiny_config(), tmp_path, tmp_path, threads=1))
+    session.set_threads(3)  # moved while the data loads: applied once the trainer exists
+    session.stop()
+    assert session.join(5) and attached == ["threads 3", "stop"] and session.phase == Phase.STOPPED
+
+
+# ---------------------------------------------------------------------- chat
+def chat_model(reverse: bool) -> ChatModel:
+    from odin.checkpoint import model_from_config
+    from odin.tokenizers import CharTokenizer
+
+    config = preset_config("tiny")
+    model = model_from_config(config)
+    model.init_weights(3)
+    return ChatModel(model, config, CharTokenizer(), reverse, "test")
+
+
+def test_chat_streams_an_answer_from_a_private_copy_of_the_weights() -> None:
+    source = chat_model(reverse=True)
+    clone = clone_model(source)
+    assert np.array_equal(clone.params, source.model.params)
+    clone.params[...] = 0.0
+    assert np.abs(source.model.params).sum() > 0  # the copy never aliases the live weights
+    worker = ChatWorker(max_new_tokens=6)
+    assert worker.ask("   ", source) is not None and worker.ask("1+2=", None) is not None
+    assert worker.ask("12+34=", source) is None
+    worker.wait(10)
+    assert worker.drain()
+    turn = worker.turns[0]
+    assert turn.done and turn.error is None and 0 < len(turn.raw) <= 6
+    from odin.data.arithmetic import answer_to_display
+
+    assert turn.answer == answer_to_display(turn.raw, True)
+    assert worker.transcript().startswith("> 12+34=")
+
+
+def test_chat_reports_prompts_the_model_cannot_read() -> None:
+    worker = ChatWorker()
+    worker.ask("héllo ☃", chat_model(reverse=False))
+    worker.wait(10)
+    worker.drain()
+    assert worker.turns[0].done and "not in the char tokenizer vocabulary" in worker.turns[0].error
+    assert "(error:" in worker.transcript()
+
+
+# ---------------------------------------------------------------------- checkpoints, system, entry point
+def test_copy_and_place_checkpoints(tmp_path: Path) -> None:
+    source = tmp_path / "a" / "checkpoint"
+    source.mkdir(parents=True)
+    (source / "model.safetensors").write_bytes(b"weights")
+    copy_checkpoint(source, tmp_path / "b" / "saved")
+    assert (tmp_path / "b" / "saved" / "model.safetensors").read_bytes() == b"weights"
+    (source / "model.safetensors").write_bytes(b"newer")
+    copy_checkpoint(source, tmp_path / "b" / "saved")  # replaces the older copy
+    assert (tmp_path / "b" / "saved" / "model.safetensors").read_bytes() == b"newer"
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["saved"]  # no temp folders left
+    assert place_for_resume(source, tmp_path / "a") == tmp_path / "a"  # already in place
+    assert place_for_resume(tmp_path / "b" / "saved", tmp_path / "c") == tmp_path / "c"
+    with pytest.raises(ValueError, match="already holds another checkpoint"):
+        place_for_resume(tmp_path / "b" / "saved", tmp_path / "a")
+    with pytest.raises(FileNotFoundError):
+        copy_checkpoint(tmp_path, tmp_path / "x")
+
+
+def test_system_sampler_reports_cores_and_memory() -> None:
+    from odin_dashboard.viewmodel.system import SystemSampler
+
+    sampler = SystemSampler(interval=1.0)
+    view = sampler.sample(now=100.0)
+    assert len(view.cores) == (os.cpu_count() or 1) and all(0.0 <= c <= 1.0 for c in view.cores)
+    assert view.process_rss > 0 and 0 < view.memory_fraction < 1 and "MiB" in view.memory_text
+    assert sampler.sample(now=100.5) is view  # not re-sampled within the interval
+
+
+def test_view_model_modules_do_not_import_the_gui() -> None:
+    code = ("import sys, odin_dashboard.main, odin_dashboard.session, odin_dashboard.chat, "
+            "odin_dashboard.checkpoints, odin_dashboard.viewmodel.dashboard, odin_dashboard.viewmodel.forms, "
+            "odin_dashboard.viewmodel.pipeline, odin_dashboard.viewmodel.system; "
+            "print('dearpygui' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_no_display_exits_2_and_says_how_to_run_headless() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    out = subprocess.run([sys.executable, "-m", "odin_dashboard.main", "--exit-after", "1"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "DISPLAY is not set" in out.stderr and "xvfb-run -a" in out.stderr and "odin train" in out.stderr
+    env["DISPLAY"] = ":987"  # a display that does not exist: caught before Dear PyGui would abort
+    out = subprocess.run([sys.executable, "-m", "odin_dashboard.main"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "cannot open the X display ':987'" in out.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    from odin_dashboard.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--preset", "nope"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["--screenshot", "x.png"])
+    assert exc.value.code == 2
