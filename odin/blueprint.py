@@ -29,12 +29,12 @@ LAYER_PARAM_NAMES: tuple[str, ...] = (
 )
 
 
-def format_bytes(n_bytes: float) -> str:
-    """Binary units, e.g. 1536 -> '1.50 KiB'."""
+def format_bytes(n_bytes: float, digits: int = 2) -> str:
+    """Binary units, e.g. 1536 -> '1.50 KiB' (digits after the point for KiB and up)."""
     value = float(n_bytes)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
+            return f"{value:.0f} B" if unit == "B" else f"{value:.{digits}f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
 

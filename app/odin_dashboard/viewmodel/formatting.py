@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from odin.blueprint import format_bytes
+
 
 def compact_count(n: float) -> str:
     """1234 -> '1.2k', 5_600_000 -> '5.6M'; short enough for a sphere's label."""
@@ -45,12 +47,7 @@ def fmt_rate(tokens_per_s: float) -> str:
 
 
 def fmt_bytes(n: float) -> str:
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
+    return format_bytes(n, digits=1)
 
 
 def fmt_percent(fraction: float) -> str:
