@@ -65,6 +65,41 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "eval_every": 1000, "eval_examples": 500, "checkpoint_every": 1000,
         },
     },
+    # ---- the reasoning recipes (docs/reasoning.md has what each reached, and how long it took)
+    # 2-digit x 2-digit multiplication: there are only 10,000 such problems, too few to learn
+    # from, so the recipe trains on products of up to 3-digit operands and is scored on the
+    # 2-digit ones of the held-out test split (odin eval ... by difficulty)
+    "mul-2digit": {
+        "data": {"seed": 6, "n_examples": 200_000, "ops": ["mul"], "max_digits": 3, "reverse_answer": True},
+        "model": {"n_layer": 4, "d_model": 192, "n_head": 6, "context": 32},
+        "train": {"batch_size": 128, "steps": 6000, "lr": 1e-3, "warmup_steps": 300,
+                  "eval_every": 1000, "eval_examples": 500, "checkpoint_every": 1000},
+    },
+    # a*x + b = c with small integers (algebra levels 1-3), answers with the worked steps
+    "linear-eq": {
+        "data": {"seed": 21, "n_examples": 40_000, "scratchpad": True,
+                 "tasks": {"algebra": {"kinds": ["linear"], "min_level": 1, "max_level": 3}}},
+        "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 96},
+        "train": {"batch_size": 128, "steps": 5000, "lr": 2e-3, "warmup_steps": 200,
+                  "eval_every": 1000, "eval_examples": 500, "checkpoint_every": 1000},
+    },
+    # the printed output of short generated Python programs (levels 1-3)
+    "code-exec": {
+        "data": {"seed": 22, "n_examples": 60_000, "tasks": {"code": {"min_level": 1, "max_level": 3}}},
+        "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 264},
+        "train": {"batch_size": 64, "steps": 2500, "lr": 2e-3, "warmup_steps": 200,
+                  "eval_every": 500, "eval_examples": 300, "checkpoint_every": 500},
+    },
+    # length generalisation: additions of at most 5 digits, scored on 8-digit ones; Abacus
+    # digit-place embeddings with random place offsets, and sequences shifted at random so
+    # every absolute position is trained
+    "add-length": {
+        "data": {"seed": 11, "n_examples": 100_000, "ops": ["add"], "max_digits": 5, "reverse_answer": True,
+                 "heldout_digits": [8, 8]},
+        "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 32, "abacus": 20},
+        "train": {"batch_size": 128, "steps": 4000, "lr": 2e-3, "warmup_steps": 200,
+                  "eval_every": 1000, "eval_examples": 500, "checkpoint_every": 1000},
+    },
 }
 
 

@@ -17,7 +17,7 @@ from odin.config import (
 
 def _formula(config: ModelConfig) -> int:
     V, C, L, T = config.vocab_size, config.d_model, config.n_layer, config.context
-    return V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C
+    return V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C + config.abacus * C  # + the Abacus table
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
