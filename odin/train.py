@@ -43,6 +43,7 @@ class TrainResult:
     seconds: float
     tokens_per_s: float
     evals: dict[str, EvalResult] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # split -> why it was not evaluated
 
 
 class ProgressLine:
@@ -304,6 +305,15 @@ def train(
             continue
         if final_eval_limit:
             examples = examples[:final_eval_limit]
+        longest = max((len(tokenizer.encode(e.prompt + e.answer)) + 2 for e in examples), default=0)
+        if longest - 1 > cfg_m.context:
+            # the checkpoint is saved already: a split the model cannot hold is reported, not fatal
+            note = (f"skipped the final evaluation of '{split}': its longest example needs context "
+                    f">= {longest - 1}, the model has {cfg_m.context}")
+            result.skipped[split] = note
+            if progress:
+                stream.write(note + "\n")
+            continue
         result.evals[split] = evaluate_examples(model, tokenizer, examples, **eval_options(manifest))
         _append_jsonl(metrics_path, {"step": step, "split": split, "exact": result.evals[split].exact,
                                      "token_accuracy": result.evals[split].token_accuracy})

@@ -125,3 +125,17 @@ def test_nan_stops_training_with_sphere_step_and_intact_checkpoint(tmp_path, one
     loaded = load_model_checkpoint(tmp_path / "checkpoint")
     # poisoned after step 6 with a checkpoint every 2 steps: the last good one is step 4 or later
     assert loaded.step >= 4 and np.isfinite(loaded.model.params).all()
+
+
+def test_final_eval_skips_a_split_longer_than_the_context(tmp_path):
+    data = tmp_path / "data"
+    build_dataset(data, seed=3, n_examples=100, ops=["add"], max_digits=1, reverse_answer=True,
+                  heldout_digits=8, n_heldout=10)
+    cfg = RunConfig.from_dict({
+        "model": {"n_layer": 1, "d_model": 16, "n_head": 2, "context": 12},
+        "train": {"batch_size": 12, "steps": 3, "eval_every": 0, "checkpoint_every": 0},
+    })
+    result = train(cfg, data, tmp_path / "run", threads=1, progress=False)
+    assert "test" in result.evals and "heldout" not in result.evals
+    assert "needs context >= " in result.skipped["heldout"]
+    assert load_model_checkpoint(result.checkpoint).step == 3
