@@ -66,13 +66,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     # ---- the reasoning recipes (docs/reasoning.md has what each reached, and how long it took)
-    # 2-digit x 2-digit multiplication: there are only 10,000 such problems, too few to learn
-    # from, so the recipe trains on products of up to 3-digit operands and is scored on the
-    # 2-digit ones of the held-out test split (odin eval ... by difficulty)
+    # 2-digit x 2-digit multiplication (all 10,000 problems of 1-2 digit operands, split
+    # 80/10/10), answers with the partial products (`39*46=` -> `39*6=234;39*40=1560;
+    # 234+1560=1794#4971`, the final result reversed)
     "mul-2digit": {
-        "data": {"seed": 6, "n_examples": 200_000, "ops": ["mul"], "max_digits": 3, "reverse_answer": True},
-        "model": {"n_layer": 4, "d_model": 192, "n_head": 6, "context": 32},
-        "train": {"batch_size": 128, "steps": 6000, "lr": 1e-3, "warmup_steps": 300,
+        "data": {"seed": 5, "n_examples": 9000, "scratchpad": True, "reverse_answer": True, "n_heldout": 500,
+                 "tasks": {"arith": {"ops": ["mul"], "min_digits": 1, "max_digits": 2}}},
+        "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 64},
+        "train": {"batch_size": 128, "steps": 5000, "lr": 2e-3, "warmup_steps": 200,
                   "eval_every": 1000, "eval_examples": 500, "checkpoint_every": 1000},
     },
     # a*x + b = c with small integers (algebra levels 1-3), answers with the worked steps
