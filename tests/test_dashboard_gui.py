@@ -166,7 +166,10 @@ def drive(work: Path) -> None:
                         dpg.get_item_configuration(T.START)["label"], "checkpoint loaded")
         result["continue_label"] = dpg.get_item_configuration(T.START)["label"]
         click(T.START)
-        yield from wait(lambda: app.session.active and step() >= result["final_step"] + 10, "continued")
+        # the view-model polls the trainer once per frame: wait for its history too, not
+        # only for the trainer's step (on an idle machine 10 tiny steps fit inside a frame)
+        yield from wait(lambda: app.session.active and step() >= result["final_step"] + 10
+                        and bool(app.vm.history.series("loss")[0]), "continued")
         result["continued_first_record"] = app.vm.history.series("loss")[0][0]
         click(T.STOP)
         yield from wait(lambda: not app.session.active, "stopped again")

@@ -21,6 +21,7 @@ current ISA (the GEMM speed differs 20x between scalar and AVX-512):
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -94,8 +95,10 @@ def test_gil_released_during_native_call(workload):
 def test_gil_probe_detects_a_gil_holding_call():
     """Negative control for the probe above: a C loop that keeps the GIL (the builtin sum
     over a range) lets the main thread record nothing in the middle of its run."""
-    inside, dur = _python_progress_during(lambda: sum(range(3_000_000)))
-    assert dur > 0.01
+    # long enough (~0.1 s) that the one switch interval (5 ms) the main thread may get
+    # before the worker enters sum() cannot reach the measured middle half of the call
+    inside, dur = _python_progress_during(lambda: sum(range(30_000_000)))
+    assert dur > 8 * sys.getswitchinterval()
     assert inside == 0, f"{inside} Python timestamps inside a GIL-holding call: the probe cannot tell"
 
 
