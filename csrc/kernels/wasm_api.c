@@ -75,11 +75,9 @@ static void release(hblk *b) {
     bin_insert(b);
 }
 
-/* add `pages` of memory to the heap; 0 on failure */
-static int heap_grow(size_t pages) {
-    size_t old = __builtin_wasm_memory_grow(0, pages);
-    if (old == (size_t)-1) return 0;
-    uintptr_t start = (uintptr_t)old * PAGE, end = start + pages * PAGE;
+/* make [start, end) heap: a free block closed by an end fence; a region that continues the
+ * previous one absorbs its fence, a region after a gap gets the gap fenced off */
+static void add_region(uintptr_t start, uintptr_t end) {
     hblk *b;
     if (g_fence && start == g_top) { /* contiguous: the old fence becomes the new free block */
         b = g_fence;
@@ -95,6 +93,14 @@ static int heap_grow(size_t pages) {
     g_fence->prev = BSIZE(b);
     g_top = end;
     release(b);
+}
+
+/* add `pages` of memory to the heap; 0 on failure */
+static int heap_grow(size_t pages) {
+    size_t old = __builtin_wasm_memory_grow(0, pages);
+    if (old == (size_t)-1) return 0;
+    uintptr_t start = (uintptr_t)old * PAGE;
+    add_region(start, start + pages * PAGE);
     return 1;
 }
 
@@ -102,14 +108,7 @@ static void heap_init(void) {
     uintptr_t start = ((uintptr_t)&__heap_base + 15) & ~(uintptr_t)15;
     uintptr_t end = (uintptr_t)__builtin_wasm_memory_size(0) * PAGE;
     if (end - start >= MIN_BLOCK + HDR) {
-        hblk *b = (hblk *)start;
-        b->prev = 0;
-        b->size = (uint32_t)(end - HDR - start) | 1u;
-        g_fence = (hblk *)(end - HDR);
-        g_fence->size = HDR | 1u;
-        g_fence->prev = BSIZE(b);
-        g_top = end;
-        release(b);
+        add_region(start, end); /* no fence yet: the plain first region */
     } else {
         g_top = 1; /* not contiguous with anything: the first grow opens a region */
     }
