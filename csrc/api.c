@@ -240,6 +240,76 @@ odin_status odin_crossentropy_backward(float *dlogits, const float *logits, cons
     return ODIN_OK;
 }
 
+/* ---- RWKV-4 kernels ------------------------------------------------------------------------ */
+static odin_status check_btc(int B, int T, int C) {
+    POS(B, "B"); POS(T, "T"); POS(C, "C");
+    return ODIN_OK;
+}
+
+odin_status odin_tokenshift_forward(float *out, const float *x, const float *mix, const float *prev,
+                                    int B, int T, int C) {
+    PTR(out, "out"); PTR(x, "x"); PTR(mix, "mix");
+    odin_status s = check_btc(B, T, C);
+    if (s) return s;
+    odin_kern->tokenshift_forward(out, x, mix, prev, B, T, C);
+    return ODIN_OK;
+}
+
+odin_status odin_tokenshift_backward(float *dx, float *dmix, const float *dout, const float *x,
+                                     const float *mix, int B, int T, int C) {
+    PTR(dx, "dx"); PTR(dmix, "dmix"); PTR(dout, "dout"); PTR(x, "x"); PTR(mix, "mix");
+    odin_status s = check_btc(B, T, C);
+    if (s) return s;
+    odin_kern->tokenshift_backward(dx, dmix, dout, x, mix, B, T, C);
+    return ODIN_OK;
+}
+
+odin_status odin_wkv_forward(float *y, const float *time_decay, const float *time_first,
+                             const float *k, const float *v, int B, int T, int C) {
+    PTR(y, "y"); PTR(time_decay, "time_decay"); PTR(time_first, "time_first"); PTR(k, "k"); PTR(v, "v");
+    odin_status s = check_btc(B, T, C);
+    if (s) return s;
+    odin_kern->wkv_forward(y, NULL, time_decay, time_first, k, v, B, T, C);
+    return ODIN_OK;
+}
+
+odin_status odin_wkv_backward(float *dtime_decay, float *dtime_first, float *dk, float *dv, float *scratch,
+                              const float *time_decay, const float *time_first, const float *k,
+                              const float *v, const float *dy, int B, int T, int C) {
+    PTR(dtime_decay, "dtime_decay"); PTR(dtime_first, "dtime_first"); PTR(dk, "dk"); PTR(dv, "dv");
+    PTR(scratch, "scratch"); PTR(time_decay, "time_decay"); PTR(time_first, "time_first");
+    PTR(k, "k"); PTR(v, "v"); PTR(dy, "dy");
+    odin_status s = check_btc(B, T, C);
+    if (s) return s;
+    odin_kern->wkv_backward(dtime_decay, dtime_first, dk, dv, scratch, time_decay, time_first, k, v, dy, B, T, C);
+    return ODIN_OK;
+}
+
+odin_status odin_sqrelu_forward(float *out, const float *inp, size_t n) {
+    PTR(out, "out"); PTR(inp, "inp"); POS(n, "n");
+    odin_kern->sqrelu_forward(out, inp, n);
+    return ODIN_OK;
+}
+
+odin_status odin_sqrelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+    PTR(dinp, "dinp"); PTR(inp, "inp"); PTR(dout, "dout"); POS(n, "n");
+    odin_kern->sqrelu_backward(dinp, inp, dout, n);
+    return ODIN_OK;
+}
+
+odin_status odin_sigmoid_gate_forward(float *out, const float *a, const float *b, size_t n) {
+    PTR(out, "out"); PTR(a, "a"); PTR(b, "b"); POS(n, "n");
+    odin_kern->sigmoid_gate_forward(out, a, b, n);
+    return ODIN_OK;
+}
+
+odin_status odin_sigmoid_gate_backward(float *da, float *db, const float *dout, const float *a,
+                                       const float *b, size_t n) {
+    PTR(da, "da"); PTR(db, "db"); PTR(dout, "dout"); PTR(a, "a"); PTR(b, "b"); POS(n, "n");
+    odin_kern->sigmoid_gate_backward(da, db, dout, a, b, n);
+    return ODIN_OK;
+}
+
 /* ---- optimiser --------------------------------------------------------------------------------- */
 odin_status odin_adamw(float *params, const float *grads, float *m, float *v, size_t n,
                        float lr, float beta1, float beta2, float eps, float weight_decay, int t) {

@@ -133,6 +133,33 @@ odin_status odin_global_norm(float *out, const float *x, size_t n);
 odin_status odin_clip_by_norm(float *x, size_t n, float max_norm, float *norm_out);
 /* x *= s */
 odin_status odin_scale(float *x, size_t n, float s);
+/* ---- RWKV-4 kernels (the building blocks of rwkv.c, exported for direct testing) ----
+ * Token shift: out[B,T,C] = xx + mix * (x - xx) with xx[b,t] = x[b,t-1] and xx[b,0] = prev[b]
+ * (prev[B,C]: a recurrent state; NULL = zeros). backward (zeros before t = 0, the training form):
+ * dx[B,T,C] += dout[t] mix + dout[t+1] (1 - mix) ; dmix[C] += sum dout[t] (x[t] - xx[t]). */
+odin_status odin_tokenshift_forward(float *out, const float *x, const float *mix, const float *prev,
+                                    int B, int T, int C);
+odin_status odin_tokenshift_backward(float *dx, float *dmix, const float *dout, const float *x,
+                                     const float *mix, int B, int T, int C);
+/* WKV over k, v, y [B,T,C], each sequence from the empty state. time_decay[C] is the
+ * PARAMETER (the decay is w = -exp(time_decay)), time_first[C] the bonus u:
+ *   y[t] = (sum_{i<t} e^{(t-1-i)w + k[i]} v[i] + e^{u + k[t]} v[t]) / (same sums without v)
+ * computed with a running maximum exponent (no overflow for any k). backward: the exact
+ * gradient, accumulated: dtime_decay[C] += dL/dtime_decay (= dL/dw * w), dtime_first[C],
+ * dk, dv [B,T,C] += ...; scratch must hold 3*T*C floats. */
+odin_status odin_wkv_forward(float *y, const float *time_decay, const float *time_first,
+                             const float *k, const float *v, int B, int T, int C);
+odin_status odin_wkv_backward(float *dtime_decay, float *dtime_first, float *dk, float *dv, float *scratch,
+                              const float *time_decay, const float *time_first, const float *k,
+                              const float *v, const float *dy, int B, int T, int C);
+/* Squared ReLU: out[n] = max(inp, 0)^2 ; dinp[n] += 2 max(inp, 0) dout */
+odin_status odin_sqrelu_forward(float *out, const float *inp, size_t n);
+odin_status odin_sqrelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+/* Receptance gate: out[n] += sigmoid(a) * b (ACCUMULATES: fused with a residual add);
+ * backward: da[n] += dout b s (1 - s), db[n] += dout s with s = sigmoid(a) */
+odin_status odin_sigmoid_gate_forward(float *out, const float *a, const float *b, size_t n);
+odin_status odin_sigmoid_gate_backward(float *da, float *db, const float *dout, const float *a,
+                                       const float *b, size_t n);
 /* ---- GPT model (gpt.c) ------------------------------------------------------
  * One contiguous float32 block holds every parameter; tensors are views into it in
  * this order: wte[V,C], wpe[maxT,C], per layer l: ln1_w[C], ln1_b[C], qkv_w[3C,C],
@@ -212,6 +239,66 @@ odin_status odin_gpt_generate_greedy_ex(odin_gpt *model, odin_gpt_cache *cache,
                                         const int32_t *prompts, const int32_t *prompt_ids,
                                         const int32_t *prompt_lens, int B, int max_prompt, int max_new,
                                         int end_id, int digit_first, int32_t *out, int32_t *out_lens);
+/* ---- RWKV-4 model (rwkv.c) ---------------------------------------------------
+ * A second architecture beside GPT: no attention and no positions; each layer is a
+ * time-mixing block (token shift, WKV recurrence with per-channel decay) and a
+ * channel-mixing block. One contiguous float32 block holds every parameter, in order:
+ * emb[V,C], ln0_w[C], ln0_b[C], per layer l: ln1_w[C], ln1_b[C], att_time_decay[C],
+ * att_time_first[C], att_time_mix_k[C], att_time_mix_v[C], att_time_mix_r[C],
+ * att_key_w[C,C], att_value_w[C,C], att_receptance_w[C,C], att_output_w[C,C],
+ * ln2_w[C], ln2_b[C], ffn_time_mix_k[C], ffn_time_mix_r[C], ffn_key_w[F,C],
+ * ffn_receptance_w[C,C], ffn_value_w[C,F]; then ln_out_w[C], ln_out_b[C].
+ * The head is tied to emb. Decay per channel is w = -exp(att_time_decay), bonus
+ * u = att_time_first. Gradient and AdamW moment blocks share the layout. */
+typedef struct odin_rwkv odin_rwkv;
+typedef struct odin_rwkv_ws odin_rwkv_ws;
+typedef struct odin_rwkv_state odin_rwkv_state;
+
+odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_model, int d_ffn, float ln_eps);
+void odin_rwkv_free(odin_rwkv *model);
+size_t odin_rwkv_num_params(const odin_rwkv *model);
+int odin_rwkv_num_tensors(const odin_rwkv *model);
+/* name (static storage), offset into the block (floats), rows, cols (cols = 1 for 1-D) */
+odin_status odin_rwkv_tensor_info(const odin_rwkv *model, int index, const char **name,
+                                  size_t *offset, int *rows, int *cols);
+float *odin_rwkv_params(odin_rwkv *model);
+float *odin_rwkv_grads(odin_rwkv *model);
+float *odin_rwkv_adam_m(odin_rwkv *model);
+float *odin_rwkv_adam_v(odin_rwkv *model);
+/* Activations for micro-batches of up to B x T tokens, sized once. */
+odin_status odin_rwkv_ws_create(odin_rwkv_ws **out, const odin_rwkv *model, int B, int T);
+void odin_rwkv_ws_free(odin_rwkv_ws *ws);
+size_t odin_rwkv_ws_bytes(const odin_rwkv_ws *ws);
+/* Parallel (training) form over tokens[B,T], every sequence starting from a zero state.
+ * targets/mask/loss as in odin_gpt_forward. T is limited only by the workspace (no
+ * position table). Writes only into ws: workspaces on one model may run concurrently. */
+odin_status odin_rwkv_forward(odin_rwkv *model, odin_rwkv_ws *ws, const int32_t *tokens,
+                              const int32_t *targets, const uint8_t *mask, int B, int T, float *loss);
+/* Exact gradient of the last forward's mean loss, times dloss, ACCUMULATED into grads. */
+odin_status odin_rwkv_backward(odin_rwkv *model, odin_rwkv_ws *ws, float *grads, float dloss);
+float *odin_rwkv_ws_logits(odin_rwkv_ws *ws);
+/* As odin_gpt_adamw_step (weight decay on matrices only). */
+odin_status odin_rwkv_adamw_step(odin_rwkv *model, float lr, float beta1, float beta2, float eps,
+                                 float weight_decay, float grad_clip, int t, float *grad_norm);
+/* Recurrent (generation) form: the state of B sequences is, per layer, the time-mix and
+ * channel-mix shift vectors and the WKV accumulators (num, den, max exponent) per channel:
+ * constant in the sequence length. A new state is the zero state. state_bytes counts the
+ * state proper, n_layer x B x 5 x d_model floats (not the per-step scratch). */
+odin_status odin_rwkv_state_create(odin_rwkv_state **out, const odin_rwkv *model, int B);
+void odin_rwkv_state_free(odin_rwkv_state *state);
+size_t odin_rwkv_state_bytes(const odin_rwkv_state *state);
+/* Back to the zero state: sequence b, or every sequence when b < 0. */
+odin_status odin_rwkv_state_reset(odin_rwkv_state *state, int b);
+/* Feed one token per sequence (tokens[B], B <= the state's batch: its first B sequences)
+ * and advance each state; logits[B,V] (may be NULL). */
+odin_status odin_rwkv_decode(odin_rwkv *model, odin_rwkv_state *state, const int32_t *tokens, int B,
+                             float *logits);
+/* Greedy decoding of B prompts from the zero state (rows 0..B-1 of the state are reset
+ * first), as odin_gpt_generate_greedy but with no length limit. */
+odin_status odin_rwkv_generate_greedy(odin_rwkv *model, odin_rwkv_state *state,
+                                      const int32_t *prompts, const int32_t *prompt_lens,
+                                      int B, int max_prompt, int max_new, int end_id,
+                                      int32_t *out, int32_t *out_lens);
 /* ---- the kissing-spheres trainer (spheres.c) -----------------------------------
  * A root and 12 worker spheres. Each global batch of B sequences is cut into 12
  * micro-batch slots (sizes differ by at most one row); N native threads (1..64,
@@ -255,6 +342,8 @@ typedef struct {
 } odin_spheres_record;
 
 odin_status odin_spheres_create(odin_spheres **out, odin_gpt *model, int batch, int T, int threads);
+/* The same trainer over an RWKV model (ids must then be NULL in odin_spheres_run_ex). */
+odin_status odin_spheres_create_rwkv(odin_spheres **out, odin_rwkv *model, int batch, int T, int threads);
 void odin_spheres_free(odin_spheres *sp);
 odin_status odin_spheres_set_schedule(odin_spheres *sp, float lr_max, float lr_min, int warmup_steps, int total_steps);
 odin_status odin_spheres_set_optimizer(odin_spheres *sp, float beta1, float beta2, float eps,
@@ -285,6 +374,7 @@ void odin_spheres_snapshot_get(odin_spheres *sp, odin_spheres_snapshot *out);
 int odin_spheres_history(odin_spheres *sp, long long since_step, odin_spheres_record *out, int max);
 int odin_spheres_history_capacity(void);
 /* ODIN_CDEF_END */
+
 
 #ifdef __cplusplus
 }

@@ -46,15 +46,35 @@ typedef struct { size_t start, len; int decay; } chunk_t;
 
 typedef enum { PH_NONE, PH_SLOTS, PH_REDUCE, PH_UPDATE, PH_EXIT } phase_t;
 
+/* What the trainer needs from a model: its parameter layout and blocks, per-thread
+ * workspaces, and forward/backward of one micro-batch into a caller's gradient buffer.
+ * GPT and RWKV each fill one table; nothing below depends on the architecture. */
+typedef struct {
+    const char *kind;
+    size_t (*num_params)(const void *m);
+    int (*num_tensors)(const void *m);
+    odin_status (*tensor_info)(const void *m, int i, size_t *offset, int *rows, int *cols);
+    float *(*params)(void *m);
+    float *(*grads)(void *m);
+    float *(*adam_m)(void *m);
+    float *(*adam_v)(void *m);
+    odin_status (*ws_create)(void **ws, const void *m, int B, int T);
+    void (*ws_free)(void *ws);
+    odin_status (*forward)(void *m, void *ws, const int32_t *tokens, const int32_t *ids,
+                           const int32_t *targets, const uint8_t *mask, int B, int T, float *loss);
+    odin_status (*backward)(void *m, void *ws, float *grads, float dloss);
+} model_ops;
+
 typedef struct worker {
     struct odin_spheres *sp;
     int id;
     pthread_t thread;
-    odin_gpt_ws *ws;
+    void *ws;
 } worker_t;
 
 struct odin_spheres {
-    odin_gpt *model;
+    void *model;
+    const model_ops *ops;
     int B, T, slot_rows[NS], slot_first[NS];
     size_t n_params;
     float *slot_grads;           /* [NS, n_params] */
@@ -130,11 +150,11 @@ static void run_slot(odin_spheres *sp, worker_t *w, int s) {
     const size_t off = (size_t)sp->slot_first[s] * sp->T;
     set_state(sp, s, ODIN_SPHERE_FORWARD);
     float loss = 0.0f;
-    odin_status st = odin_gpt_forward_ex(sp->model, w->ws, sp->in + off, sp->ids ? sp->ids + off : NULL,
-                                         sp->tg + off, sp->mk ? sp->mk + off : NULL, rows, sp->T, &loss);
+    odin_status st = sp->ops->forward(sp->model, w->ws, sp->in + off, sp->ids ? sp->ids + off : NULL,
+                                      sp->tg + off, sp->mk ? sp->mk + off : NULL, rows, sp->T, &loss);
     if (st == ODIN_OK && sp->slot_count[s] > 0) {
         set_state(sp, s, ODIN_SPHERE_BACKWARD);
-        st = odin_gpt_backward(sp->model, w->ws, g, (float)sp->slot_count[s] / (float)sp->total_count);
+        st = sp->ops->backward(sp->model, w->ws, g, (float)sp->slot_count[s] / (float)sp->total_count);
     }
     float norm = 0.0f;
     if (st == ODIN_OK) {
@@ -165,7 +185,7 @@ static void run_slot(odin_spheres *sp, worker_t *w, int s) {
 
 static void run_reduce(odin_spheres *sp, int c) {
     const chunk_t *ch = &sp->chunks[c];
-    float *dst = odin_gpt_grads(sp->model) + ch->start;
+    float *dst = sp->ops->grads(sp->model) + ch->start;
     memcpy(dst, sp->slot_grads + ch->start, ch->len * sizeof(float));
     for (int s = 1; s < NS; s++)
         odin_kern->axpy(dst, 1.0f, sp->slot_grads + (size_t)s * sp->n_params + ch->start, (int)ch->len);
@@ -174,11 +194,11 @@ static void run_reduce(odin_spheres *sp, int c) {
 
 static void run_update(odin_spheres *sp, int c) {
     const chunk_t *ch = &sp->chunks[c];
-    odin_gpt *m = sp->model;
-    float *g = odin_gpt_grads(m) + ch->start;
+    void *m = sp->model;
+    float *g = sp->ops->grads(m) + ch->start;
     if (sp->clip_scale != 1.0f) odin_kern->scale(g, ch->len, sp->clip_scale);
-    odin_kern->adamw(odin_gpt_params(m) + ch->start, g, odin_gpt_adam_m(m) + ch->start,
-                     odin_gpt_adam_v(m) + ch->start, ch->len, sp->lr_now, sp->beta1, sp->beta2, sp->eps,
+    odin_kern->adamw(sp->ops->params(m) + ch->start, g, sp->ops->adam_m(m) + ch->start,
+                     sp->ops->adam_v(m) + ch->start, ch->len, sp->lr_now, sp->beta1, sp->beta2, sp->eps,
                      ch->decay ? sp->wd : 0.0f, sp->bc1, sp->bc2);
 }
 
@@ -233,10 +253,10 @@ static odin_status apply_threads(odin_spheres *sp) {
         w->sp = sp;
         w->id = sp->n_spawned;
         int rows_max = (sp->B + NS - 1) / NS;
-        odin_status st = odin_gpt_ws_create(&w->ws, sp->model, rows_max, sp->T);
+        odin_status st = sp->ops->ws_create(&w->ws, sp->model, rows_max, sp->T);
         if (st) return st;
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-            odin_gpt_ws_free(w->ws);
+            sp->ops->ws_free(w->ws);
             w->ws = NULL;
             return odin_fail(ODIN_NO_MEMORY, "cannot start worker thread %d", sp->n_spawned);
         }
@@ -250,7 +270,54 @@ static odin_status apply_threads(odin_spheres *sp) {
 }
 
 /* ---------------------------------------------------------------- lifecycle */
-odin_status odin_spheres_create(odin_spheres **out, odin_gpt *model, int batch, int T, int threads) {
+/* ---------------------------------------------------------------- models */
+static size_t gpt_num_params(const void *m) { return odin_gpt_num_params(m); }
+static int gpt_num_tensors(const void *m) { return odin_gpt_num_tensors(m); }
+static odin_status gpt_tensor_info(const void *m, int i, size_t *off, int *rows, int *cols) {
+    return odin_gpt_tensor_info(m, i, NULL, off, rows, cols);
+}
+static float *gpt_params(void *m) { return odin_gpt_params(m); }
+static float *gpt_grads(void *m) { return odin_gpt_grads(m); }
+static float *gpt_adam_m(void *m) { return odin_gpt_adam_m(m); }
+static float *gpt_adam_v(void *m) { return odin_gpt_adam_v(m); }
+static odin_status gpt_ws_create(void **ws, const void *m, int B, int T) {
+    return odin_gpt_ws_create((odin_gpt_ws **)ws, m, B, T);
+}
+static void gpt_ws_free(void *ws) { odin_gpt_ws_free(ws); }
+static odin_status gpt_forward(void *m, void *ws, const int32_t *tok, const int32_t *ids, const int32_t *tg,
+                               const uint8_t *mk, int B, int T, float *loss) {
+    return odin_gpt_forward_ex(m, ws, tok, ids, tg, mk, B, T, loss);
+}
+static odin_status gpt_backward(void *m, void *ws, float *g, float dloss) { return odin_gpt_backward(m, ws, g, dloss); }
+static const model_ops gpt_ops = {"GPT", gpt_num_params, gpt_num_tensors, gpt_tensor_info, gpt_params, gpt_grads,
+                                  gpt_adam_m, gpt_adam_v, gpt_ws_create, gpt_ws_free, gpt_forward, gpt_backward};
+
+static size_t rwkv_num_params(const void *m) { return odin_rwkv_num_params(m); }
+static int rwkv_num_tensors(const void *m) { return odin_rwkv_num_tensors(m); }
+static odin_status rwkv_tensor_info(const void *m, int i, size_t *off, int *rows, int *cols) {
+    return odin_rwkv_tensor_info(m, i, NULL, off, rows, cols);
+}
+static float *rwkv_params(void *m) { return odin_rwkv_params(m); }
+static float *rwkv_grads(void *m) { return odin_rwkv_grads(m); }
+static float *rwkv_adam_m(void *m) { return odin_rwkv_adam_m(m); }
+static float *rwkv_adam_v(void *m) { return odin_rwkv_adam_v(m); }
+static odin_status rwkv_ws_create(void **ws, const void *m, int B, int T) {
+    return odin_rwkv_ws_create((odin_rwkv_ws **)ws, m, B, T);
+}
+static void rwkv_ws_free(void *ws) { odin_rwkv_ws_free(ws); }
+static odin_status rwkv_forward(void *m, void *ws, const int32_t *tok, const int32_t *ids, const int32_t *tg,
+                                const uint8_t *mk, int B, int T, float *loss) {
+    (void)ids; /* refused up front by odin_spheres_run_ex */
+    return odin_rwkv_forward(m, ws, tok, tg, mk, B, T, loss);
+}
+static odin_status rwkv_backward(void *m, void *ws, float *g, float dloss) { return odin_rwkv_backward(m, ws, g, dloss); }
+static const model_ops rwkv_ops = {"RWKV", rwkv_num_params, rwkv_num_tensors, rwkv_tensor_info, rwkv_params,
+                                   rwkv_grads, rwkv_adam_m, rwkv_adam_v, rwkv_ws_create, rwkv_ws_free,
+                                   rwkv_forward, rwkv_backward};
+
+/* ---------------------------------------------------------------- lifecycle */
+static odin_status spheres_create(odin_spheres **out, void *model, const model_ops *ops, int batch, int T,
+                                  int threads) {
     ODIN_REQUIRE_PTR(out, "out"); ODIN_REQUIRE_PTR(model, "model");
     *out = NULL;
     ODIN_REQUIRE_POS(batch, "batch"); ODIN_REQUIRE_POS(T, "T");
@@ -259,9 +326,10 @@ odin_status odin_spheres_create(odin_spheres **out, odin_gpt *model, int batch, 
     odin_spheres *sp = calloc(1, sizeof *sp);
     if (!sp) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the trainer");
     sp->model = model;
+    sp->ops = ops;
     sp->B = batch;
     sp->T = T;
-    sp->n_params = odin_gpt_num_params(model);
+    sp->n_params = ops->num_params(model);
     for (int s = 0, first = 0; s < NS; s++) {
         sp->slot_rows[s] = batch / NS + (s < batch % NS);
         sp->slot_first[s] = first;
@@ -269,9 +337,9 @@ odin_status odin_spheres_create(odin_spheres **out, odin_gpt *model, int batch, 
     }
     /* chunks never cross a tensor, so each knows whether weight decay applies */
     int n_chunks = 0;
-    for (int i = 0; i < odin_gpt_num_tensors(model); i++) {
+    for (int i = 0; i < ops->num_tensors(model); i++) {
         int rows, cols;
-        odin_gpt_tensor_info(model, i, NULL, NULL, &rows, &cols);
+        ops->tensor_info(model, i, NULL, &rows, &cols);
         n_chunks += (int)(((size_t)rows * cols + CHUNK - 1) / CHUNK);
     }
     sp->chunks = calloc((size_t)n_chunks, sizeof *sp->chunks);
@@ -279,14 +347,14 @@ odin_status odin_spheres_create(odin_spheres **out, odin_gpt *model, int batch, 
     sp->slot_grads = aligned_alloc(64, ((NS * sp->n_params * sizeof(float)) + 63) & ~(size_t)63);
     sp->hist = calloc(HISTORY, sizeof *sp->hist);
     if (!sp->chunks || !sp->chunk_sumsq || !sp->slot_grads || !sp->hist) {
+        const double mib = NS * sp->n_params * 4.0 / 1048576.0;
         free(sp->chunks); free(sp->chunk_sumsq); free(sp->slot_grads); free(sp->hist); free(sp);
-        return odin_fail(ODIN_NO_MEMORY, "cannot allocate 12 slot gradient buffers (%.1f MiB)",
-                         NS * odin_gpt_num_params(model) * 4.0 / 1048576.0);
+        return odin_fail(ODIN_NO_MEMORY, "cannot allocate 12 slot gradient buffers (%.1f MiB)", mib);
     }
-    for (int i = 0; i < odin_gpt_num_tensors(model); i++) {
+    for (int i = 0; i < ops->num_tensors(model); i++) {
         size_t off;
         int rows, cols;
-        odin_gpt_tensor_info(model, i, NULL, &off, &rows, &cols);
+        ops->tensor_info(model, i, &off, &rows, &cols);
         size_t n = (size_t)rows * cols;
         for (size_t a = 0; a < n; a += CHUNK)
             sp->chunks[sp->n_chunks++] = (chunk_t){off + a, n - a < CHUNK ? n - a : CHUNK, cols > 1};
@@ -306,6 +374,14 @@ odin_status odin_spheres_create(odin_spheres **out, odin_gpt *model, int batch, 
     return ODIN_OK;
 }
 
+odin_status odin_spheres_create(odin_spheres **out, odin_gpt *model, int batch, int T, int threads) {
+    return spheres_create(out, model, &gpt_ops, batch, T, threads);
+}
+
+odin_status odin_spheres_create_rwkv(odin_spheres **out, odin_rwkv *model, int batch, int T, int threads) {
+    return spheres_create(out, model, &rwkv_ops, batch, T, threads);
+}
+
 void odin_spheres_free(odin_spheres *sp) {
     if (!sp) return;
     pthread_mutex_lock(&sp->mu);
@@ -315,7 +391,7 @@ void odin_spheres_free(odin_spheres *sp) {
     pthread_mutex_unlock(&sp->mu);
     for (int i = 0; i < sp->n_spawned; i++) {
         pthread_join(sp->workers[i].thread, NULL);
-        odin_gpt_ws_free(sp->workers[i].ws);
+        sp->ops->ws_free(sp->workers[i].ws);
     }
     pthread_mutex_destroy(&sp->mu);
     pthread_mutex_destroy(&sp->hist_mu);
@@ -446,6 +522,8 @@ odin_status odin_spheres_run_ex(odin_spheres *sp, const int32_t *inputs, const i
     ODIN_REQUIRE_PTR(sp, "trainer"); ODIN_REQUIRE_PTR(inputs, "inputs"); ODIN_REQUIRE_PTR(targets, "targets");
     ODIN_REQUIRE_POS(n_steps, "n_steps");
     if (steps_done) *steps_done = 0;
+    if (ids && sp->ops == &rwkv_ops)
+        return odin_fail(ODIN_BAD_ARG, "ids must be NULL for an RWKV model (Abacus ids are a GPT option)");
     int expected = 0;
     if (!atomic_compare_exchange_strong(&sp->running, &expected, 1))
         return odin_fail(ODIN_STATE, "the trainer is already running on another thread");

@@ -11,6 +11,7 @@ contiguous float32, and checkpoints use these names)::
     lnf_w[C]  lnf_b[C]
 
 The LM head is tied to ``wte``. Total = V*C + context*C + L*(12*C*C + 13*C) + 2*C.
+``Blueprint(config)`` returns an :class:`odin.blueprint_rwkv.RWKVBlueprint` for arch "rwkv".
 """
 from __future__ import annotations
 
@@ -59,9 +60,20 @@ class MemoryEstimate:
 class Blueprint:
     """Derived dimensions and parameter shapes of one model; validates the config."""
 
+    def __new__(cls, config: "ModelConfig") -> "Blueprint":
+        # one entry point for every architecture: Blueprint(config) picks the subclass
+        if cls is Blueprint and config.arch == "rwkv":
+            from odin.blueprint_rwkv import RWKVBlueprint
+
+            return super().__new__(RWKVBlueprint)
+        if cls is Blueprint and config.arch != "gpt":
+            raise NotImplementedError(f"no blueprint for arch {config.arch!r} (known: 'gpt', 'rwkv')")
+        return super().__new__(cls)
+
     def __init__(self, config: "ModelConfig") -> None:
-        if config.arch != "gpt":
-            raise NotImplementedError(f"no blueprint for arch {config.arch!r} yet (only 'gpt')")
+        if config.d_ffn not in (0, 4 * config.d_model):
+            raise ValueError(f"[model].d_ffn = {config.d_ffn}: the GPT MLP is 4 x d_model wide; "
+                             f"leave d_ffn at 0 (or {4 * config.d_model}) for arch 'gpt'")
         if config.d_model % config.n_head != 0:
             raise ValueError(
                 f"[model].d_model ({config.d_model}) must be divisible by [model].n_head "
@@ -110,6 +122,10 @@ class Blueprint:
     def params_per_layer(self) -> int:
         return 12 * self.d_model * self.d_model + 13 * self.d_model
 
+    def describe_params(self) -> list[str]:
+        """The header and parameter table of ``odin model info``."""
+        return _gpt_param_lines(self)
+
     def check_sequence_length(self, n_tokens: int) -> None:
         """``n_tokens`` is the context a batch needs (see odin.data.batching.max_sequence_length)."""
         if n_tokens > self.context:
@@ -157,6 +173,11 @@ def _divisor_hint(d_model: int, n_head: int) -> int:
 
 def describe(blueprint: Blueprint, batch: int, seq_len: int) -> str:
     """Human-readable summary for ``odin model info``."""
+    lines = blueprint.describe_params() + [""] + _memory_lines(blueprint, batch, seq_len)
+    return "\n".join(lines)
+
+
+def _gpt_param_lines(blueprint: Blueprint) -> list[str]:
     config = blueprint.config
     C = blueprint.d_model
     lines = [
@@ -174,10 +195,13 @@ def describe(blueprint: Blueprint, batch: int, seq_len: int) -> str:
         *([f"  {'wab (Abacus)':<22}{str([blueprint.abacus, C]):>16}{blueprint.abacus * C:>16,}"]
           if blueprint.abacus else []),
         f"  {'total':<22}{'':>16}{blueprint.n_params:>16,}",
-        "",
     ]
+    return lines
+
+
+def _memory_lines(blueprint: Blueprint, batch: int, seq_len: int) -> list[str]:
     memory = blueprint.memory_estimate(batch, seq_len)
-    lines.append(f"memory for batch {batch} x {seq_len} tokens (formula-based estimate, float32)")
+    lines = [f"memory for batch {batch} x {seq_len} tokens (formula-based estimate, float32)"]
     rows = [
         ("parameters", memory.parameters),
         ("gradients", memory.gradients),
@@ -188,4 +212,4 @@ def describe(blueprint: Blueprint, batch: int, seq_len: int) -> str:
     rows.append(("total", memory.total))
     for name, size in rows:
         lines.append(f"  {name:<34}{size:>16,} B  {format_bytes(size):>11}")
-    return "\n".join(lines)
+    return lines

@@ -1,4 +1,5 @@
-"""Model-level checkpoints: a live :class:`odin.model.GPT` <-> a checkpoint directory.
+"""Model-level checkpoints: a live model (:class:`odin.model.GPT` or :class:`odin.rwkv.RWKV`) <->
+a checkpoint directory.
 
 The file format and its validation live in :mod:`odin.checkpoint_io`; this module adds
 what needs the native model:
@@ -17,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -32,12 +33,17 @@ __all__ = [
     "load_model_checkpoint", "model_from_config", "save_model_checkpoint",
 ]
 
-IMPLEMENTED_ARCHS: tuple[str, ...] = ("gpt",)
+IMPLEMENTED_ARCHS: tuple[str, ...] = ("gpt", "rwkv")
+
+if TYPE_CHECKING:
+    from odin.rwkv import RWKV
+
+    Model = GPT | RWKV
 
 
 @dataclass
 class LoadedModel:
-    model: GPT
+    model: "Model"
     tokenizer: CharTokenizer | BPETokenizer
     run_config: RunConfig
     step: int = 0
@@ -75,15 +81,21 @@ def _model_config(run_config: RunConfig | ModelConfig) -> ModelConfig:
     raise TypeError(f"expected a RunConfig or ModelConfig, got {type(run_config).__name__}")
 
 
-def model_from_config(run_config: RunConfig | ModelConfig) -> GPT:
-    """A new (uninitialised: call ``init_weights``) model of the configured shape."""
+def model_from_config(run_config: RunConfig | ModelConfig) -> "Model":
+    """A new (uninitialised: call ``init_weights``) model of the configured shape and arch."""
     config = _model_config(run_config)
     if config.arch not in IMPLEMENTED_ARCHS:
         raise NotImplementedError(
             f"[model].arch = {config.arch!r} has no native implementation yet; "
             f"implemented archs: {', '.join(IMPLEMENTED_ARCHS)}"
         )
-    Blueprint(config)  # validates d_model % n_head with a helpful message
+    Blueprint(config)  # validates the shape with a helpful message
+    if config.arch == "rwkv":
+        from odin.rwkv import RWKV, RWKVShape
+
+        return RWKV(RWKVShape(vocab_size=config.vocab_size, context=config.context, n_layer=config.n_layer,
+                              d_model=config.d_model, d_ffn=config.d_ffn or 4 * config.d_model,
+                              ln_eps=config.ln_eps))
     digit_first = sep_id = -1
     if config.abacus:  # Abacus ids are defined over the char tokenizer's digits and "="
         tok = CharTokenizer()
@@ -98,7 +110,7 @@ def model_from_config(run_config: RunConfig | ModelConfig) -> GPT:
     ))
 
 
-def _check_layout(model: GPT, blueprint: Blueprint, where: str) -> None:
+def _check_layout(model: "Model", blueprint: Blueprint, where: str) -> None:
     """The native tensor layout must be the blueprint's (same names, shapes, order)."""
     native = [(name, tuple(shape)) for name, _, shape in model.tensor_layout]
     if native != blueprint.param_shapes():
@@ -114,7 +126,7 @@ def _check_layout(model: GPT, blueprint: Blueprint, where: str) -> None:
 
 def save_model_checkpoint(
     path: str | os.PathLike[str],
-    model: GPT,
+    model: "Model",
     tokenizer: CharTokenizer | BPETokenizer,
     run_config: RunConfig,
     *,

@@ -65,6 +65,25 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "eval_every": 1000, "eval_examples": 500, "checkpoint_every": 1000,
         },
     },
+    # ---- RWKV-4 (arch "rwkv"): the same jobs on the recurrent architecture
+    "rwkv-tiny": {  # ~0.45M with the char vocabulary
+        "model": {"arch": "rwkv", "n_layer": 2, "d_model": 128, "n_head": 1, "context": 64},
+        "train": {"batch_size": 32, "steps": 1000, "lr": 1e-3},
+    },
+    "odin-100m-rwkv": {  # ~117M: 12 layers of 768 with a 32k BPE vocabulary, beside odin-100m
+        "model": {"arch": "rwkv", "n_layer": 12, "d_model": 768, "n_head": 1, "context": 1024,
+                  "vocab_size": 32000},
+        "train": {"batch_size": 8, "steps": 100000, "lr": 3e-4, "warmup_steps": 2000, "loss_on": "all"},
+    },
+    # the default recipe's data and budget on RWKV (docs/reasoning.md: exact match vs GPT)
+    "arith-3digit-rwkv": {
+        "data": {"seed": 1234, "n_examples": 120_000, "ops": ["add"], "max_digits": 3, "reverse_answer": True},
+        "model": {"arch": "rwkv", "n_layer": 3, "d_model": 128, "n_head": 1, "context": 32},
+        "train": {
+            "batch_size": 128, "steps": 4000, "lr": 2e-3, "warmup_steps": 200,
+            "eval_every": 1000, "eval_examples": 500, "checkpoint_every": 1000,
+        },
+    },
     # ---- the reasoning recipes (docs/reasoning.md has what each reached, and how long it took)
     # 2-digit x 2-digit multiplication (all 10,000 problems of 1-2 digit operands, split
     # 80/10/10), answers with the partial products (`39*46=` -> `39*6=234;39*40=1560;
@@ -160,6 +179,7 @@ MODEL_RULES: dict[str, _Rule] = {
     "ln_eps": _Rule(float, 0.0, 1.0, low_open=True),
     "abacus": _Rule(int, 0, 4096),
     "positions": _Rule(str, choices=("learned", "none")),
+    "d_ffn": _Rule(int, 0, 1 << 20),
 }
 
 TRAIN_RULES: dict[str, _Rule] = {
@@ -203,6 +223,8 @@ class ModelConfig:
     abacus: int = 0
     # "learned": absolute position embeddings (wpe); "none": wpe held at zero (NoPE)
     positions: str = "learned"
+    # width of the feed-forward (RWKV channel-mix) layer; 0 = 4 x d_model (GPT: always 4 x d_model)
+    d_ffn: int = 0
 
     def __post_init__(self) -> None:
         _validate_fields(self, "model", MODEL_RULES)

@@ -543,14 +543,16 @@ def greedy_predictions(model: Any, tokenizer: Any, examples: Sequence[Example], 
             prompts.append([bos, *tokenizer.encode(example.prompt)])
         except ValueError as error:
             raise ValueError(f"example {index} ({example.prompt!r}): {error}") from None
-    context = model.shape.context
+    from odin.model import position_limit
+
+    context = position_limit(model)  # None for RWKV: its recurrent state has no position limit
     if max_new is None:
         longest_answer = max(len(tokenizer.encode(example.answer)) for example in examples)
         max_new = longest_answer + 2  # the answer, <end>, and one token of slack for the error list
     if max_new < 1:
         raise ValueError(f"max_new must be >= 1, got {max_new}")
     longest_prompt = max(len(p) for p in prompts)
-    if longest_prompt > context:
+    if context is not None and longest_prompt > context:
         index = max(range(len(prompts)), key=lambda i: len(prompts[i]))
         raise ValueError(f"example {index} ({examples[index].prompt!r}): the prompt is {longest_prompt} tokens "
                          f"with <bos>, longer than the model's context ({context})")

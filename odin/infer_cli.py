@@ -165,8 +165,10 @@ class Generator:
             ids = [self.tokenizer.bos_id, *self.tokenizer.encode(prompt)]
         except ValueError as error:
             raise InferError(f"prompt: {error}") from None
-        context = self.model.shape.context
-        if len(ids) > context:
+        from odin.model import position_limit
+
+        context = position_limit(self.model)  # None: a recurrent model (RWKV) has no position limit
+        if context is not None and len(ids) > context:
             raise InferError(f"prompt is {len(ids)} tokens with <bos> but the model's context is {context}")
         return ids
 

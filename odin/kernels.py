@@ -364,3 +364,98 @@ def sgemm(a: Array, b: Array, c: Optional[Array] = None, *, trans_a: bool = Fals
     check(lib.odin_sgemm(M, N, Ka, _fp(a), rsa, csa, _fp(b), rsb, csb, 1.0 if accumulate else 0.0, _fp(c), N),
           "sgemm")
     return c
+
+
+# ---------------------------------------------------------------- RWKV-4
+def _btc(x: Array, name: str) -> tuple[int, int, int]:
+    _ndim(x, name, 3, "[B, T, C]")
+    return x.shape[0], x.shape[1], x.shape[2]
+
+
+def tokenshift_forward(x: Array, mix: Array, prev: Optional[Array] = None, out: Optional[Array] = None) -> Array:
+    """out[B,T,C] = xx + mix * (x - xx), xx = x one token later: x[:, t-1], prev[B,C] (or 0) at t = 0."""
+    x = _f32(x, "x")
+    B, T, C = _btc(x, "x")
+    mix = _f32(mix, "mix", (C,))
+    if prev is not None:
+        prev = _f32(prev, "prev", (B, C))
+    out = _out(out, "out", (B, T, C))
+    check(lib.odin_tokenshift_forward(_fp(out), _fp(x), _fp(mix), _fp(prev), B, T, C), "tokenshift_forward")
+    return out
+
+
+def tokenshift_backward(dout: Array, x: Array, mix: Array, dx: Optional[Array] = None,
+                        dmix: Optional[Array] = None) -> tuple[Array, Array]:
+    """dx[B,T,C] += dout[t] mix + dout[t+1] (1 - mix) ; dmix[C] += sum dout (x - xx) (zeros before t = 0)."""
+    x = _f32(x, "x")
+    B, T, C = _btc(x, "x")
+    mix, dout = _f32(mix, "mix", (C,)), _f32(dout, "dout", (B, T, C))
+    dx, dmix = _grad(dx, "dx", (B, T, C)), _grad(dmix, "dmix", (C,))
+    check(lib.odin_tokenshift_backward(_fp(dx), _fp(dmix), _fp(dout), _fp(x), _fp(mix), B, T, C),
+          "tokenshift_backward")
+    return dx, dmix
+
+
+def _wkv_args(time_decay: Array, time_first: Array, k: Array, v: Array) -> tuple[Array, Array, Array, Array, int, int, int]:
+    k = _f32(k, "k")
+    B, T, C = _btc(k, "k")
+    v = _f32(v, "v", (B, T, C))
+    time_decay, time_first = _f32(time_decay, "time_decay", (C,)), _f32(time_first, "time_first", (C,))
+    return time_decay, time_first, k, v, B, T, C
+
+
+def wkv_forward(time_decay: Array, time_first: Array, k: Array, v: Array, out: Optional[Array] = None) -> Array:
+    """The RWKV-4 WKV operator over k, v [B,T,C], each sequence from the empty state.
+    time_decay[C] is the parameter: the decay is w = -exp(time_decay); time_first[C] is the bonus u."""
+    time_decay, time_first, k, v, B, T, C = _wkv_args(time_decay, time_first, k, v)
+    out = _out(out, "out", (B, T, C))
+    check(lib.odin_wkv_forward(_fp(out), _fp(time_decay), _fp(time_first), _fp(k), _fp(v), B, T, C), "wkv_forward")
+    return out
+
+
+def wkv_backward(dy: Array, time_decay: Array, time_first: Array, k: Array, v: Array,
+                 dtime_decay: Optional[Array] = None, dtime_first: Optional[Array] = None,
+                 dk: Optional[Array] = None, dv: Optional[Array] = None) -> tuple[Array, Array, Array, Array]:
+    """Exact gradient of wkv_forward, accumulated: dtime_decay[C] (with respect to the parameter,
+    i.e. dL/dw * w), dtime_first[C], dk, dv [B,T,C]."""
+    time_decay, time_first, k, v, B, T, C = _wkv_args(time_decay, time_first, k, v)
+    dy = _f32(dy, "dy", (B, T, C))
+    dtime_decay, dtime_first = _grad(dtime_decay, "dtime_decay", (C,)), _grad(dtime_first, "dtime_first", (C,))
+    dk, dv = _grad(dk, "dk", (B, T, C)), _grad(dv, "dv", (B, T, C))
+    scratch = np.empty(3 * T * C, np.float32)
+    check(lib.odin_wkv_backward(_fp(dtime_decay), _fp(dtime_first), _fp(dk), _fp(dv), _fp(scratch),
+                                _fp(time_decay), _fp(time_first), _fp(k), _fp(v), _fp(dy), B, T, C), "wkv_backward")
+    return dtime_decay, dtime_first, dk, dv
+
+
+def sqrelu_forward(inp: Array, out: Optional[Array] = None) -> Array:
+    """out = max(inp, 0)^2"""
+    return _unary(lib.odin_sqrelu_forward, "sqrelu_forward", inp, out)
+
+
+def sqrelu_backward(dout: Array, inp: Array, dinp: Optional[Array] = None) -> Array:
+    inp = _f32(inp, "inp")
+    dout = _f32(dout, "dout", inp.shape)
+    dinp = _grad(dinp, "dinp", inp.shape)
+    check(lib.odin_sqrelu_backward(_fp(dinp), _fp(inp), _fp(dout), inp.size), "sqrelu_backward")
+    return dinp
+
+
+def sigmoid_gate_forward(a: Array, b: Array, out: Optional[Array] = None) -> Array:
+    """out += sigmoid(a) * b (out starts at zero when not given)."""
+    a = _f32(a, "a")
+    b = _f32(b, "b", a.shape)
+    out = _grad(out, "out", a.shape)
+    check(lib.odin_sigmoid_gate_forward(_fp(out), _fp(a), _fp(b), a.size), "sigmoid_gate_forward")
+    return out
+
+
+def sigmoid_gate_backward(dout: Array, a: Array, b: Array, da: Optional[Array] = None,
+                          db: Optional[Array] = None) -> tuple[Array, Array]:
+    """da += dout b s (1 - s) ; db += dout s, s = sigmoid(a)."""
+    a = _f32(a, "a")
+    b, dout = _f32(b, "b", a.shape), _f32(dout, "dout", a.shape)
+    da, db = _grad(da, "da", a.shape), _grad(db, "db", a.shape)
+    check(lib.odin_sigmoid_gate_backward(_fp(da), _fp(db), _fp(dout), _fp(a), _fp(b), a.size),
+          "sigmoid_gate_backward")
+    return da, db

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -255,13 +255,21 @@ class Sampler:
         return int(self._out[0])
 
 
-def stream_tokens(model: GPT, prompt: list[int], max_new: int, sampler: Sampler,
+def position_limit(model: Any) -> Optional[int]:
+    """How many positions a model can generate over: a GPT's context (its position table and
+    KV cache end there); None for a recurrent model (RWKV), whose state does not grow."""
+    return model.shape.context if isinstance(model, GPT) else None
+
+
+def stream_tokens(model: Any, prompt: list[int], max_new: int, sampler: Sampler,
                   stop_ids: tuple[int, ...] = ()) -> Iterator[int]:
-    """Yield generated token ids one at a time (KV cache: each step costs one token)."""
+    """Yield generated token ids one at a time (GPT: KV cache; RWKV: recurrent state; each
+    step costs one token)."""
     if not prompt:
         raise ValueError("prompt must contain at least one token (e.g. <bos>)")
-    if len(prompt) > model.shape.context:
-        raise ShapeError(f"prompt has {len(prompt)} tokens but the context is {model.shape.context}")
+    limit = position_limit(model)
+    if limit is not None and len(prompt) > limit:
+        raise ShapeError(f"prompt has {len(prompt)} tokens but the context is {limit}")
     cache = model.new_cache(1)
     logits = None
     prompt_ids = model.abacus_ids(np.asarray(prompt, np.int32))
@@ -272,7 +280,7 @@ def stream_tokens(model: GPT, prompt: list[int], max_new: int, sampler: Sampler,
     for _ in range(max_new):
         nxt = sampler(logits[0])
         yield nxt
-        if nxt in stop_ids or pos >= model.shape.context:
+        if nxt in stop_ids or (limit is not None and pos >= limit):
             return
         ids = None
         if shape.n_abacus:  # generated digits count 1, 2, 3, ... along a run, as in the C decoder

@@ -14,6 +14,7 @@ import numpy as np
 
 from odin.model import GPT
 from odin.native import ShapeError, check, ffi, lib
+from odin.rwkv import RWKV
 
 N_SPHERES = int(lib.ODIN_SPHERES_N)
 STATE_NAMES = ("idle", "forward", "backward", "waiting", "reducing")
@@ -68,14 +69,15 @@ class StepRecord:
 
 
 class SpheresTrainer:
-    def __init__(self, model: GPT, batch: int, seq_len: int, threads: Optional[int] = None) -> None:
+    def __init__(self, model: GPT | RWKV, batch: int, seq_len: int, threads: Optional[int] = None) -> None:
         if seq_len > model.shape.context:
             raise ShapeError(f"seq_len {seq_len} exceeds the model's context {model.shape.context}")
         self.model = model
         self.batch = batch
         self.seq_len = seq_len
         out = ffi.new("odin_spheres **")
-        check(lib.odin_spheres_create(out, model._h, batch, seq_len, default_threads() if threads is None else threads), "SpheresTrainer")
+        create = lib.odin_spheres_create_rwkv if isinstance(model, RWKV) else lib.odin_spheres_create
+        check(create(out, model._h, batch, seq_len, default_threads() if threads is None else threads), "SpheresTrainer")
         self._h = ffi.gc(out[0], lib.odin_spheres_free)
         self._snap = ffi.new("odin_spheres_snapshot *")
 

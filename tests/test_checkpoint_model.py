@@ -47,9 +47,16 @@ def test_model_from_config_matches_blueprint():
     assert [(n, tuple(s)) for n, _, s in model.tensor_layout] == Blueprint(config.model).param_shapes()
 
 
-def test_model_from_config_rejects_unimplemented_arch():
-    with pytest.raises(NotImplementedError, match=r"'rwkv'.*implemented archs: gpt"):
-        model_from_config(_config(arch="rwkv"))
+def test_model_from_config_builds_each_arch_with_the_blueprint_layout():
+    from odin.blueprint import Blueprint
+    from odin.model import GPT
+    from odin.rwkv import RWKV
+
+    for arch, cls in (("gpt", GPT), ("rwkv", RWKV)):
+        config = _config(arch=arch, n_head=1 if arch == "rwkv" else 2)
+        model = model_from_config(config)
+        assert type(model) is cls
+        assert [(n, tuple(s)) for n, _, s in model.tensor_layout] == Blueprint(config.model).param_shapes()
 
 
 def test_round_trip_params_moments_state(tmp_path):

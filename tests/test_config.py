@@ -17,6 +17,9 @@ from odin.config import (
 
 def _formula(config: ModelConfig) -> int:
     V, C, L, T = config.vocab_size, config.d_model, config.n_layer, config.context
+    if config.arch == "rwkv":  # emb, ln0, ln_out; per layer 7 matrices (2 of them C x F) and 11 vectors
+        F = config.d_ffn or 4 * C
+        return V * C + 4 * C + L * (5 * C * C + 2 * F * C + 11 * C)
     return V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C + config.abacus * C  # + the Abacus table
 
 
@@ -112,8 +115,31 @@ def test_blueprint_validation():
     blueprint.check_sequence_length(32)
     with pytest.raises(ValueError, match=r"context must be >= the longest example \(40 tokens\)"):
         blueprint.check_sequence_length(40)
-    with pytest.raises(NotImplementedError, match="rwkv"):
-        Blueprint(ModelConfig(arch="rwkv"))
+    with pytest.raises(NotImplementedError, match="known: 'gpt', 'rwkv'"):
+        Blueprint(_Arch("lstm"))
+
+
+class _Arch:
+    """A config-like object with an arch the validated ModelConfig would refuse."""
+
+    def __init__(self, arch: str) -> None:
+        self.arch = arch
+
+
+def test_rwkv_blueprint_layout_and_rules():
+    blueprint = Blueprint(ModelConfig(arch="rwkv", n_layer=2, d_model=8, n_head=1, context=5, vocab_size=11,
+                                      d_ffn=12))
+    names = [name for name, _ in blueprint.param_shapes()]
+    assert names[:3] == ["emb", "ln0_w", "ln0_b"] and names[-2:] == ["ln_out_w", "ln_out_b"]
+    shapes = dict(blueprint.param_shapes())
+    assert shapes["h.1.ffn_key_w"] == (12, 8) and shapes["h.1.ffn_value_w"] == (8, 12)
+    assert shapes["h.0.att_time_decay"] == (8,) and shapes["h.0.att_output_w"] == (8, 8)
+    assert blueprint.n_params == sum(math.prod(s) for s in shapes.values())
+    assert blueprint.state_bytes(3) == 3 * 2 * 5 * 8 * 4
+    with pytest.raises(ValueError, match="abacus"):
+        Blueprint(ModelConfig(arch="rwkv", abacus=12))
+    with pytest.raises(ValueError, match="d_ffn"):
+        Blueprint(ModelConfig(d_model=8, n_head=2, d_ffn=12))  # GPT's MLP is fixed at 4 x d_model
 
 
 def test_memory_estimate_formula():

@@ -373,6 +373,30 @@ def _kernel_cases(quick: bool) -> List[Tuple[str, str, Callable[[], object]]]:
         ("embedding backward", size,
          lambda: lib.odin_embedding_backward(_fp(dwte), _fp(dwpe), _fp(ed), _ip(tokens), EB, ET, EC, EV, ET)),
     ]
+
+    # RWKV-4 time mixing: the WKV recurrence (lanes = channels, a loop over T) and the token
+    # shift, over B x T tokens of C = 768 channels
+    RB, RT, RC = (4 if quick else 16), 256, 768
+    td = rng.uniform(-5, 3, RC).astype(f32)
+    tf = rng.standard_normal(RC, dtype=f32)
+    rk, rv, rdy = (rng.standard_normal((RB, RT, RC), dtype=f32) for _ in range(3))
+    ry = np.empty((RB, RT, RC), f32)
+    dtd, dtf = np.zeros(RC, f32), np.zeros(RC, f32)
+    drk, drv = np.zeros((RB, RT, RC), f32), np.zeros((RB, RT, RC), f32)
+    wkv_scratch = np.empty(3 * RT * RC, f32)
+    mix = rng.random(RC).astype(f32)
+    size = f"{RB}x{RT} tokens, C={RC}"
+    cases += [
+        ("wkv forward", size,
+         lambda: lib.odin_wkv_forward(_fp(ry), _fp(td), _fp(tf), _fp(rk), _fp(rv), RB, RT, RC)),
+        ("wkv backward", size,
+         lambda: lib.odin_wkv_backward(_fp(dtd), _fp(dtf), _fp(drk), _fp(drv), _fp(wkv_scratch), _fp(td), _fp(tf),
+                                       _fp(rk), _fp(rv), _fp(rdy), RB, RT, RC)),
+        ("token shift forward", size,
+         lambda: lib.odin_tokenshift_forward(_fp(ry), _fp(rk), _fp(mix), ffi.NULL, RB, RT, RC)),
+        ("token shift backward", size,
+         lambda: lib.odin_tokenshift_backward(_fp(drk), _fp(dtd), _fp(rdy), _fp(rk), _fp(mix), RB, RT, RC)),
+    ]
     return cases
 
 

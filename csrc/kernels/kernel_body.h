@@ -408,14 +408,19 @@ static void K(attention_backward)(float *dqkv, float *scratch, const float *dout
 }
 
 /* ------------------------------------------------------------------------------
- * Embedding: out[B,T,C] = wte[tokens] + wpe[t] ; tokens already range-checked
+ * Embedding: out[B,T,C] = wte[tokens] + wpe[t] (wpe may be NULL) ; tokens already range-checked
  * --------------------------------------------------------------------------- */
 static void K(embedding_forward)(float *out, const int32_t *tokens, const float *wte,
                                  const float *wpe, int B, int T, int C) {
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             float *o = out + ((size_t)b * T + t) * C;
-            const float *te = wte + (size_t)tokens[b * T + t] * C, *pe = wpe + (size_t)t * C;
+            const float *te = wte + (size_t)tokens[b * T + t] * C;
+            if (!wpe) { /* no position table (RWKV): a plain gather */
+                memcpy(o, te, sizeof(float) * (size_t)C);
+                continue;
+            }
+            const float *pe = wpe + (size_t)t * C;
             int i = 0;
             for (; i + VL <= C; i += VL) vstore(o + i, vadd(vload(te + i), vload(pe + i)));
             if (i < C) vstore_n(o + i, vadd(vload_n(te + i, C - i, 0.0f), vload_n(pe + i, C - i, 0.0f)), C - i);
@@ -539,4 +544,209 @@ static double K(sumsq)(const float *x, size_t n) {
 static void K(scale)(float *x, size_t n, float s) {
     for (size_t start = 0; start < n; start += (1u << 30))
         K(scale_row)(x + start, (int)((n - start) < (1u << 30) ? (n - start) : (1u << 30)), s);
+}
+
+/* ------------------------------------------------------------------------------
+ * RWKV-4: token shift, WKV recurrence, squared ReLU, sigmoid gate
+ * --------------------------------------------------------------------------- */
+/* the first n lanes (n in [1, VL]) from p, the others `fill`; and the matching store */
+static inline vf K(vld)(const float *p, int n, float fill) { return n == VL ? vload(p) : vload_n(p, n, fill); }
+static inline void K(vst)(float *p, vf v, int n) {
+    if (n == VL) vstore(p, v);
+    else vstore_n(p, v, n);
+}
+
+/* exp with underflow to exactly 0: v_exp floors at the smallest normal float (~1.2e-38),
+ * and the WKV sums must not see that floor as a weight (a decay of e^-1e13 is 0; kept as
+ * 1e-38 and multiplied by w = -1e13 in the chain rule it would become a gradient).
+ * Equal to v_exp for x > -87, 0 for x <= -87; NaN stays NaN. */
+static inline vf K(v_exp0)(vf x) {
+    vf keep = vmin(vset1(1.0f), vmax(vzero(), vmul(vadd(x, vset1(87.0f)), vset1(1e30f))));
+    return vmul(K(v_exp)(x), keep);
+}
+
+/* out[B,T,C] = xx + mix * (x - xx), xx = the previous token's row: x[b,t-1], and at t = 0
+ * prev[b] (the recurrent state) or 0 when prev is NULL */
+static void K(tokenshift_forward)(float *out, const float *x, const float *mix, const float *prev,
+                                  int B, int T, int C) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const size_t row = ((size_t)b * T + t) * C;
+            const float *xc = x + row, *xp = t ? xc - C : prev ? prev + (size_t)b * C : NULL;
+            float *o = out + row;
+            for (int i = 0; i < C; i += VL) {
+                const int n = C - i < VL ? C - i : VL;
+                vf p = xp ? K(vld)(xp + i, n, 0.0f) : vzero();
+                K(vst)(o + i, vfma(K(vld)(mix + i, n, 0.0f), vsub(K(vld)(xc + i, n, 0.0f), p), p), n);
+            }
+        }
+}
+
+/* dx[B,T,C] += dout[t] mix + dout[t+1] (1 - mix) ; dmix[C] += sum_{b,t} dout[t] (x[t] - x[t-1])
+ * (the training form: zero before t = 0) */
+static void K(tokenshift_backward)(float *dx, float *dmix, const float *dout, const float *x,
+                                   const float *mix, int B, int T, int C) {
+    const vf one = vset1(1.0f);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const size_t row = ((size_t)b * T + t) * C;
+            const float *xc = x + row, *xp = t ? xc - C : NULL;
+            const float *g = dout + row, *gn = t + 1 < T ? g + C : NULL;
+            float *d = dx + row;
+            for (int i = 0; i < C; i += VL) {
+                const int n = C - i < VL ? C - i : VL;
+                vf m = K(vld)(mix + i, n, 0.0f), gi = K(vld)(g + i, n, 0.0f);
+                vf acc = vfma(gi, m, K(vld)(d + i, n, 0.0f));
+                if (gn) acc = vfma(K(vld)(gn + i, n, 0.0f), vsub(one, m), acc);
+                K(vst)(d + i, acc, n);
+                vf diff = K(vld)(xc + i, n, 0.0f);
+                if (xp) diff = vsub(diff, K(vld)(xp + i, n, 0.0f));
+                K(vst)(dmix + i, vfma(gi, diff, K(vld)(dmix + i, n, 0.0f)), n);
+            }
+        }
+}
+
+/* y[B,T,C] = wkv(k, v) per channel c, with w = -exp(time_decay[c]), u = time_first[c]:
+ *   y_t = (sum_{i<t} e^{(t-1-i)w + k_i} v_i + e^{u+k_t} v_t) / (sum_{i<t} e^{(t-1-i)w + k_i} + e^{u+k_t})
+ * Stable form: the two sums are kept as (aa, bb) times e^pp, pp the largest exponent of
+ * their terms, so every exp() below has an argument <= 0.
+ * state[B,3,C] (aa, bb, pp rows per sequence) is the state before t = 0 and receives the
+ * state after t = T-1; NULL = start empty and keep nothing. Lanes are channels. */
+static void K(wkv_forward)(float *y, float *state, const float *time_decay, const float *time_first,
+                           const float *k, const float *v, int B, int T, int C) {
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c += VL) {
+            const int n = C - c < VL ? C - c : VL;
+            const vf w = vsub(vzero(), K(v_exp)(K(vld)(time_decay + c, n, 0.0f)));
+            const vf u = K(vld)(time_first + c, n, 0.0f);
+            float *st = state ? state + (size_t)b * 3 * C + c : NULL;
+            vf aa = st ? K(vld)(st, n, 0.0f) : vzero();
+            vf bb = st ? K(vld)(st + C, n, 0.0f) : vzero();
+            vf pp = st ? K(vld)(st + 2 * C, n, ODIN_WKV_EMPTY) : vset1(ODIN_WKV_EMPTY);
+            for (int t = 0; t < T; t++) {
+                const size_t o = ((size_t)b * T + t) * C + c;
+                vf kt = K(vld)(k + o, n, 0.0f), vt = K(vld)(v + o, n, 0.0f);
+                /* output: the sums so far plus the current token with its bonus u */
+                vf ww = vadd(u, kt), p = vmax(pp, ww);
+                vf e1 = K(v_exp0)(vsub(pp, p)), e2 = K(v_exp0)(vsub(ww, p));
+                K(vst)(y + o, vdiv(vfma(e1, aa, vmul(e2, vt)), vfma(e1, bb, e2)), n);
+                /* state: decay the sums by e^w, add the current token */
+                ww = vadd(w, pp);
+                p = vmax(ww, kt);
+                e1 = K(v_exp0)(vsub(ww, p));
+                e2 = K(v_exp0)(vsub(kt, p));
+                aa = vfma(e1, aa, vmul(e2, vt));
+                bb = vfma(e1, bb, e2);
+                pp = p;
+            }
+            if (st) {
+                K(vst)(st, aa, n);
+                K(vst)(st + C, bb, n);
+                K(vst)(st + 2 * C, pp, n);
+            }
+        }
+}
+
+/* Exact gradient of wkv_forward from the empty state, two passes over t per channel:
+ *  1. forward in time: the forward recurrence again, plus ga, gb = d(aa, bb)/dw in the same
+ *     scale e^pp; gives dw = sum_t dy_t dy_t/dw and du; saves q_t = dy_t / den_t (den_t the
+ *     scaled denominator, >= 1), its exponent p_t and y_t in scratch[3][T][C];
+ *  2. backward in time: s1, s2 = sums over later outputs t > i of e^{(t-1-i)w - p_t} q_t
+ *     (times y_t for s2), scaled by e^r with their own running maximum exponent r; then
+ *       dv_i += e^{u+k_i-p_i} q_i + e^{k_i+r} s1
+ *       dk_i += e^{u+k_i-p_i} q_i (v_i - y_i) + e^{k_i+r} (v_i s1 - s2)
+ *     where k_i + r <= 0 because p_t >= k_i + (t-1-i)w: no exp() argument is positive.
+ * dtime_decay[C] += dw * w (the chain through w = -exp(time_decay)), dtime_first[C] += du. */
+static void K(wkv_backward)(float *dtime_decay, float *dtime_first, float *dk, float *dv, float *scratch,
+                            const float *time_decay, const float *time_first, const float *k,
+                            const float *v, const float *dy, int B, int T, int C) {
+    float *sq = scratch, *sp = scratch + (size_t)T * C, *sy = scratch + 2 * (size_t)T * C;
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c += VL) {
+            const int n = C - c < VL ? C - c : VL;
+            const vf w = vsub(vzero(), K(v_exp)(K(vld)(time_decay + c, n, 0.0f)));
+            const vf u = K(vld)(time_first + c, n, 0.0f);
+            vf aa = vzero(), bb = vzero(), pp = vset1(ODIN_WKV_EMPTY), ga = vzero(), gb = vzero();
+            vf gw = vzero(), gu = vzero();
+            for (int t = 0; t < T; t++) {
+                const size_t o = ((size_t)b * T + t) * C + c, s = (size_t)t * C + c;
+                vf kt = K(vld)(k + o, n, 0.0f), vt = K(vld)(v + o, n, 0.0f);
+                vf ww = vadd(u, kt), p = vmax(pp, ww);
+                vf e1 = K(v_exp0)(vsub(pp, p)), e2 = K(v_exp0)(vsub(ww, p));
+                vf den = vfma(e1, bb, e2);
+                vf yt = vdiv(vfma(e1, aa, vmul(e2, vt)), den);
+                vf q = vdiv(K(vld)(dy + o, n, 0.0f), den);
+                gw = vfma(vmul(vfnma(gb, yt, ga), e1), q, gw); /* dy/dw = (ga - y gb) e1 / den */
+                gu = vfma(vmul(vsub(vt, yt), e2), q, gu);      /* dy/du = (v - y) e2 / den */
+                K(vst)(sq + s, q, n);
+                K(vst)(sp + s, p, n);
+                K(vst)(sy + s, yt, n);
+                ww = vadd(w, pp);
+                p = vmax(ww, kt);
+                e1 = K(v_exp0)(vsub(ww, p));
+                e2 = K(v_exp0)(vsub(kt, p));
+                ga = vmul(e1, vadd(aa, ga));
+                gb = vmul(e1, vadd(bb, gb));
+                aa = vfma(e1, aa, vmul(e2, vt));
+                bb = vfma(e1, bb, e2);
+                pp = p;
+            }
+            K(vst)(dtime_decay + c, vfma(gw, w, K(vld)(dtime_decay + c, n, 0.0f)), n);
+            K(vst)(dtime_first + c, vadd(gu, K(vld)(dtime_first + c, n, 0.0f)), n);
+            vf s1 = vzero(), s2 = vzero(), r = vset1(ODIN_WKV_EMPTY);
+            for (int t = T - 1; t >= 0; t--) {
+                const size_t o = ((size_t)b * T + t) * C + c, s = (size_t)t * C + c;
+                vf kt = K(vld)(k + o, n, 0.0f), vt = K(vld)(v + o, n, 0.0f);
+                vf q = K(vld)(sq + s, n, 0.0f), p = K(vld)(sp + s, n, 0.0f), yt = K(vld)(sy + s, n, 0.0f);
+                vf later = K(v_exp0)(vadd(kt, r));                      /* e^{k_t + r} */
+                vf now = vmul(K(v_exp0)(vsub(vadd(u, kt), p)), q);      /* e^{u+k_t-p_t} q_t */
+                K(vst)(dv + o, vadd(K(vld)(dv + o, n, 0.0f), vfma(later, s1, now)), n);
+                vf gk = vfma(now, vsub(vt, yt), vmul(later, vsub(vmul(vt, s1), s2)));
+                K(vst)(dk + o, vadd(K(vld)(dk + o, n, 0.0f), gk), n);
+                /* fold output t into s1, s2 for the tokens before it */
+                vf mp = vsub(vzero(), p), wr = vadd(w, r), r2 = vmax(wr, mp);
+                vf g1 = K(v_exp0)(vsub(wr, r2)), g2 = vmul(K(v_exp0)(vsub(mp, r2)), q);
+                s1 = vfma(g1, s1, g2);
+                s2 = vfma(g1, s2, vmul(g2, yt));
+                r = r2;
+            }
+        }
+}
+
+/* out[n] = max(x, 0)^2 (the channel-mix key) */
+static inline vf K(v_sqrelu)(vf x) {
+    vf r = vmax(vzero(), x); /* NaN stays NaN: max returns its second operand on NaN */
+    return vmul(r, r);
+}
+static void K(sqrelu_forward)(float *out, const float *inp, size_t n) { K_MAP(K(v_sqrelu), out, inp, n); }
+
+/* dinp[n] += 2 max(x, 0) dout */
+static void K(sqrelu_backward)(float *dinp, const float *inp, const float *dout, size_t n) {
+    const vf two = vset1(2.0f);
+    for (size_t i = 0; i < n; i += VL) {
+        const int m = n - i < VL ? (int)(n - i) : VL;
+        vf g = vmul(two, vmax(vzero(), K(vld)(inp + i, m, 0.0f)));
+        K(vst)(dinp + i, vfma(g, K(vld)(dout + i, m, 0.0f), K(vld)(dinp + i, m, 0.0f)), m);
+    }
+}
+
+/* out[n] += sigmoid(a) * b (the receptance gate; accumulates: fused with the residual add) */
+static void K(sigmoid_gate_forward)(float *out, const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i += VL) {
+        const int m = n - i < VL ? (int)(n - i) : VL;
+        vf s = K(v_sigmoid)(K(vld)(a + i, m, 0.0f));
+        K(vst)(out + i, vfma(s, K(vld)(b + i, m, 0.0f), K(vld)(out + i, m, 0.0f)), m);
+    }
+}
+
+/* s = sigmoid(a): da[n] += dout b s (1 - s) ; db[n] += dout s */
+static void K(sigmoid_gate_backward)(float *da, float *db, const float *dout, const float *a, const float *b,
+                                     size_t n) {
+    for (size_t i = 0; i < n; i += VL) {
+        const int m = n - i < VL ? (int)(n - i) : VL;
+        vf s = K(v_sigmoid)(K(vld)(a + i, m, 0.0f)), g = K(vld)(dout + i, m, 0.0f);
+        vf ds = vfnma(s, s, s); /* s (1 - s) */
+        K(vst)(da + i, vfma(vmul(g, K(vld)(b + i, m, 0.0f)), ds, K(vld)(da + i, m, 0.0f)), m);
+        K(vst)(db + i, vfma(g, s, K(vld)(db + i, m, 0.0f)), m);
+    }
 }

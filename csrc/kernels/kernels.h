@@ -14,6 +14,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The running maximum exponent of an empty WKV sum ("no term yet"): the pp row of an
+ * empty RWKV state (wkv_forward's state[B,3,C] = aa, bb, pp). */
+#define ODIN_WKV_EMPTY (-1e38f)
+
 typedef struct odin_kernel_table {
     const char *name;
 
@@ -60,6 +64,24 @@ typedef struct odin_kernel_table {
     void (*crossentropy_backward)(float *dlogits, const float *logits, const float *lse,
                                   const int32_t *targets, const uint8_t *mask, int N, int V,
                                   float scale);
+
+    /* ---- RWKV-4 (shapes as in odin.h; wkv lanes are channels) ---- */
+    void (*tokenshift_forward)(float *out, const float *x, const float *mix, const float *prev,
+                               int B, int T, int C);
+    void (*tokenshift_backward)(float *dx, float *dmix, const float *dout, const float *x,
+                                const float *mix, int B, int T, int C);
+    /* state[B,3,C] (aa, bb, pp) in and out, or NULL for the empty state */
+    void (*wkv_forward)(float *y, float *state, const float *time_decay, const float *time_first,
+                        const float *k, const float *v, int B, int T, int C);
+    /* scratch: 3*T*C floats */
+    void (*wkv_backward)(float *dtime_decay, float *dtime_first, float *dk, float *dv, float *scratch,
+                         const float *time_decay, const float *time_first, const float *k,
+                         const float *v, const float *dy, int B, int T, int C);
+    void (*sqrelu_forward)(float *out, const float *inp, size_t n);
+    void (*sqrelu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
+    void (*sigmoid_gate_forward)(float *out, const float *a, const float *b, size_t n);   /* += */
+    void (*sigmoid_gate_backward)(float *da, float *db, const float *dout, const float *a,
+                                  const float *b, size_t n);
 
     /* ---- optimiser ---- */
     void (*adamw)(float *params, const float *grads, float *m, float *v, size_t n,

@@ -148,7 +148,9 @@ def model_summary(config: RunConfig) -> str:
     # parameters, gradients, 2 AdamW moments and one gradient buffer per sphere slot
     weights_bytes = 4 * params * (4 + N_SPHERES)
     m = config.model
-    return (f"{params / 1e6:.2f}M params, L={m.n_layer} d={m.d_model} heads={m.n_head} ctx={m.context}; "
+    shape = (f"RWKV-4 L={m.n_layer} d={m.d_model} ffn={blueprint.d_ff}" if m.arch == "rwkv"
+             else f"GPT L={m.n_layer} d={m.d_model} heads={m.n_head}")
+    return (f"{params / 1e6:.2f}M params, {shape} ctx={m.context}; "
             f"~{format_bytes(weights_bytes)} for weights + optimizer + 12 gradient buffers")
 
 
