@@ -90,14 +90,13 @@ class RWKVBlueprint(Blueprint):
         if seq_len > self.context:
             raise ValueError(f"seq_len ({seq_len}) must be <= [model].context ({self.context})")
         BT, C, V, L, F = batch * seq_len, self.d_model, self.vocab_size, self.n_layer, self.d_ff
+        # exactly the workspace csrc/rwkv.c allocates (odin_rwkv_ws_bytes; a test compares them)
         parts = (
             ("embedding + ln0", 2 * BT * C + 2 * BT),
-            ("layer norms (out + mean/rstd)", L * 2 * (BT * C + 2 * BT)),
-            ("time-mix inputs, k, v, r, wkv", L * 8 * BT * C),
-            ("channel-mix inputs, key, gate", L * (3 * BT * C + 2 * BT * F)),
-            ("residuals", L * 2 * BT * C),
-            ("final layer norm", BT * C + 2 * BT),
-            ("logits", BT * V),
+            ("per layer: ln1, k, v, r, wkv, residuals, ln2, channel-mix", L * BT * (10 * C + F + 4)),
+            ("ln_out, logits, losses", BT * C + 2 * BT + BT * V + 2 * BT),
+            ("recomputed mixes (shared by layers)", BT * (4 * C + F)),
+            ("backward buffers (shared by layers)", BT * (10 * C + F + V) + 3 * seq_len * C),
         )
         parts_bytes = tuple((name, count * FLOAT_BYTES) for name, count in parts)
         param_bytes = self.n_params * FLOAT_BYTES
