@@ -187,7 +187,10 @@ def open_page(cdp: CDP, url: str) -> dict:
         const m = window.odinDemo.model;
         return { loadInfo: m.loadInfo, isa: m.odin.isa(), variant: m.odin.variant, memory: m.memoryBytes(),
                  planned: m.plannedBytes, detail: document.getElementById('load-detail').textContent,
-                 error: document.getElementById('error').textContent };
+                 error: document.getElementById('error').textContent, arch: m.arch,
+                 badge: document.getElementById('arch').textContent,
+                 engine: document.getElementById('engine').textContent,
+                 memoryText: document.getElementById('memory').textContent };
     })()""")
 
 
@@ -198,6 +201,8 @@ def test_demo_page_generates_and_trains(site, browser, tmp_path):
     assert first["isa"] == "wasm_simd128" and first["variant"] == "simd128"
     assert first["loadInfo"]["fromCache"] is False
     assert first["memory"] >= first["planned"]
+    assert first["arch"] == "gpt" and first["badge"] == "GPT" and "4 heads" in first["engine"]
+    assert "KV cache" in first["memoryText"]
 
     prompt = json.loads((d / "model" / "model.json").read_text())["demo_prompts"][0]
     solved = browser.evaluate(f"""(async () => {{
@@ -232,3 +237,50 @@ def test_demo_page_generates_and_trains(site, browser, tmp_path):
     second = open_page(browser, url + "?model=/model/")
     assert second["loadInfo"]["fromCache"] is True, second
     assert "IndexedDB" in second["detail"]
+
+
+def test_demo_page_runs_an_rwkv_export(site, browser):
+    """The same page with an RWKV-4 export (served next to the GPT one, ?model=/model/rwkv/):
+    it shows the architecture, answers with the native tokens, generates 3x past the
+    training context with the native tokens (no length limit), and trains in the page."""
+    from odin.checkpoint import save_model_checkpoint
+    from odin.model import Sampler, stream_tokens
+    from odin.web.export import export_web
+
+    url, _, _, d = site
+    model, config, tok, examples = tiny_arith_model("rwkv")
+    settings = {"ops": ["add"], "min_digits": 1, "max_digits": 2, "reverse_answer": False}
+    save_model_checkpoint(d / "rwkv-ckpt", model, tok, config, step=300,
+                          trainer_state={"dataset": {"settings": settings}, "reverse_answer": False})
+    export_web(d / "rwkv-ckpt", d / "model" / "rwkv", examples=64, demo_prompts=4)
+
+    page = open_page(browser, url + "?model=/model/rwkv/")
+    assert page["error"] == "" and page["arch"] == "rwkv" and page["badge"] == "RWKV-4"
+    assert "RWKV-4" in page["engine"] and "no limit when generating" in page["engine"]
+    assert "recurrent state" in page["memoryText"]
+
+    prompt = json.loads((d / "model" / "rwkv" / "model.json").read_text())["demo_prompts"][0]
+    solved = browser.evaluate(f"""(async () => {{
+        document.getElementById('prompt').value = {json.dumps(prompt)};
+        const r = await window.odinDemo.solve();
+        return {{ ...r, answerText: document.getElementById('answer').textContent }};
+    }})()""")
+    expected = model.generate_greedy([[tok.bos_id, *tok.encode(prompt)]], max_new=8, end_id=tok.end_id)[0]
+    assert solved["tokens"] == expected and expected[-1] == tok.end_id
+    assert solved["answerText"].startswith(prompt + tok.decode(expected))
+
+    n = 3 * config.model.context
+    long = browser.evaluate(f"""(async () => {{
+        const r = await window.odinDemo.model.generate({json.dumps(prompt)}, {{ maxTokens: {n}, temperature: 0, stop: [] }});
+        return r.tokens;
+    }})()""")
+    want = list(stream_tokens(model, [tok.bos_id, *tok.encode(prompt)], n, Sampler(temperature=0.0)))
+    assert len(want) == n and long == want
+
+    trained = browser.evaluate("""(async () => {
+        const steps = await window.odinDemo.train(3);
+        return { losses: steps.map(s => s.loss), step: steps.at(-1).step,
+                 text: document.getElementById('train-stats').textContent };
+    })()""", timeout=120)
+    assert trained["step"] == 3 and all(l == l and 0 <= l < 50 for l in trained["losses"]), trained
+    assert trained["text"].startswith("step 3: loss")

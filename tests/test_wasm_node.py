@@ -8,6 +8,7 @@ from disk. Skipped, with the reason, when node or wasmtime-built artifacts are m
 """
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -22,6 +23,18 @@ from wasm_support import tiny_arith_model, wasm_path
 ROOT = Path(__file__).resolve().parent.parent
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed (apt-get install nodejs)")
+PACKING = (132 * 256 + 2060 * 256) * 4  # the GEMM packing buffer estimateMemory allows for (its upper bound)
+
+
+SIZE_CHECKS = [[1, 1], [4, 9], [16, 16]]  # (B, T) of a workspace; B of a generation state
+
+
+def check_sizes(got: dict) -> None:
+    """The heap a workspace / generation state takes = the runtime's formula (estimateMemory's
+    parts) plus the C structs and block headers (a few hundred bytes)."""
+    assert len(got["sizes"]) == 2 * len(SIZE_CHECKS)
+    for r in got["sizes"]:
+        assert 0 <= r["heap"] - r["formula"] <= 1024, r
 
 
 def run_node(spec: dict, tmp_path: Path) -> dict:
@@ -66,7 +79,7 @@ def test_runtime_matches_native(variant, export_dir, tmp_path, tmp_path_factory)
     sample = {"prompt": "12+34=", "temperature": 1.3, "top_k": 6, "top_p": 0.95, "seed": 5, "max_new": 12}
     spec = {"runtime": str(ROOT / "web" / "odin.js"), "wasm_dir": str(wasm.parent), "variant": variant,
             "model_dir": str(export_dir), "prompts": prompts, "max_new": 6, "sample": sample,
-            "train_examples": train_examples, "train_steps": 2, "train_options": opts}
+            "train_examples": train_examples, "train_steps": 2, "train_options": opts, "size_checks": SIZE_CHECKS}
     got = run_node(spec, tmp_path)
 
     assert got["isa"] == ("wasm_simd128" if variant == "simd128" else "scalar")
@@ -103,9 +116,13 @@ def test_runtime_matches_native(variant, export_dir, tmp_path, tmp_path_factory)
             assert res["grad_norm"] == pytest.approx(norm, rel=1e-4)
     finally:
         model.params[...], model.adam_m[...], model.adam_v[...] = snapshot
-    # memory sized from the model
+    # memory sized from the model; estimateMemory = gpt.c's allocations (what the heap holds
+    # for the workspace and KV cache made, give or take the packing buffer and small structs)
     assert got["memory_bytes"] >= got["planned_bytes"]
     assert got["memory_bytes"] < got["planned_bytes"] + 8 * 2**20
+    assert got["estimate_used"] - PACKING <= got["heap_in_use"] <= got["estimate_used"] + 64 * 1024
+    assert got["heap_after_free"] <= PACKING + 64 * 1024
+    check_sizes(got)
 
 
 TEXTS = ["hello world", "  two  spaces ", "tabs\tand\nnewlines\n\n", "Zürich ünïcödé", "emoji 😀👍🏽 done",
@@ -182,3 +199,97 @@ def test_abacus_and_no_positions_model(tmp_path, tmp_path_factory):
     mask = np.array(got["batch"]["mask"], np.uint8).reshape(got["batch"]["B"], -1)
     loss = model.forward(tokens[:, :-1], tokens[:, 1:], mask)  # Abacus ids with offset 0, as in the page
     assert got["train"][0]["loss"] == pytest.approx(loss, rel=1e-5, abs=2e-6)
+
+
+@pytest.fixture(scope="module")
+def rwkv_export_dir(tmp_path_factory):
+    from odin.checkpoint import save_model_checkpoint
+    from odin.web.export import export_web
+
+    model, config, tok, examples = tiny_arith_model("rwkv")
+    d = tmp_path_factory.mktemp("rwkv-export")
+    settings = {"ops": ["add"], "min_digits": 1, "max_digits": 2, "reverse_answer": False}
+    save_model_checkpoint(d / "ckpt", model, tok, config, step=300,
+                          trainer_state={"dataset": {"settings": settings}, "reverse_answer": False})
+    manifest = export_web(d / "ckpt", d / "web", examples=64, demo_prompts=4)
+    assert manifest["model"]["arch"] == "rwkv" and manifest["model"]["d_ffn"] == 4 * manifest["model"]["d_model"]
+    return d / "web"
+
+
+@pytest.mark.parametrize("variant", ["simd128", "scalar"])
+def test_rwkv_runtime_matches_native(variant, rwkv_export_dir, tmp_path, tmp_path_factory):
+    """An RWKV-4 export in web/odin.js: greedy and seeded sampled tokens = native (sampling
+    3x past the training context: no length limit), two training steps = native, the
+    runtime's RWKV-4 initialisation = odin.rwkv's formulas and a model learning from it,
+    a constant-size recurrent state, memory as planned, and free() giving it back."""
+    from odin.data.arithmetic import ArithmeticConfig, sample_unique_examples
+    from odin.data.batching import encode_examples, make_batch
+    from odin.rwkv import RWKV
+
+    wasm = wasm_path(variant, tmp_path_factory, need_wasmtime=False)
+    model, config, tok, examples = tiny_arith_model("rwkv")
+    ctx = config.model.context
+    prompts = [e.prompt for e in examples[:12]]
+    sub = sample_unique_examples(ArithmeticConfig(ops=("sub",), max_digits=2), 8, seed=2)
+    train_examples = [{"prompt": e.prompt, "answer": e.answer} for e in sub]
+    opts = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weightDecay": 0.1, "gradClip": 1.0}
+    sample = {"prompt": "12+34=", "temperature": 1.3, "top_k": 6, "top_p": 0.95, "seed": 5, "max_new": 3 * ctx}
+    spec = {"runtime": str(ROOT / "web" / "odin.js"), "wasm_dir": str(wasm.parent), "variant": variant,
+            "model_dir": str(rwkv_export_dir), "prompts": prompts, "max_new": 6, "sample": sample,
+            "train_examples": train_examples, "train_steps": 2, "train_options": opts,
+            "randomize": {"seed": 3, "steps": 40, "batch_size": 8, "lr": 3e-3}, "size_checks": SIZE_CHECKS}
+    got = run_node(spec, tmp_path)
+
+    assert got["arch"] == "rwkv" and got["describe"].startswith("RWKV-4") and got["max_length"] is None
+    assert got["n_params"] == model.n_params
+    expected = model.generate_greedy([[tok.bos_id, *tok.encode(p)] for p in prompts], max_new=6, end_id=tok.end_id)
+    assert got["greedy"] == expected
+    assert sum(1 for g in expected if g[-1] == tok.end_id) >= len(expected) // 2  # a trained model, not noise
+    sampler = Sampler(temperature=sample["temperature"], top_k=sample["top_k"], top_p=sample["top_p"],
+                      seed=sample["seed"])
+    want = list(stream_tokens(model, [tok.bos_id, *tok.encode(sample["prompt"])], sample["max_new"], sampler))
+    assert len(want) == 3 * ctx and got["sampled"] == want
+    # two steps in the page = the same steps natively, from zero AdamW moments
+    enc = encode_examples(sub, tok)
+    tokens, mask = make_batch(enc, list(range(len(train_examples))), got["batch"]["T"])
+    assert got["batch"]["tokens"] == tokens.ravel().tolist()
+    snapshot = (model.params.copy(), model.adam_m.copy(), model.adam_v.copy())
+    model.adam_m[...] = 0.0
+    model.adam_v[...] = 0.0
+    try:
+        for step, res in enumerate(got["train"], start=1):
+            model.zero_grad()
+            loss = model.forward(tokens[:, :-1], tokens[:, 1:], mask)
+            model.backward()
+            norm = model.adamw_step(lr=1e-3, step=step, weight_decay=0.1, grad_clip=1.0)
+            assert res["loss"] == pytest.approx(loss, rel=1e-5, abs=2e-6)
+            assert res["grad_norm"] == pytest.approx(norm, rel=1e-4)
+    finally:
+        model.params[...], model.adam_m[...], model.adam_v[...] = snapshot
+    # randomizeWeights: the curves of odin.rwkv.RWKV.init_weights exactly, the random tensors
+    # with its distributions; the first loss is ~ln(V) (tiny emb) and training lowers it
+    ref = RWKV(model.shape)
+    ref.init_weights(0)
+    mine = np.frombuffer(base64.b64decode(got["random_params"]), np.float32)
+    L = model.shape.n_layer
+    for name, off, shp in ref.tensor_layout:
+        n = int(np.prod(shp))
+        a, b = mine[off:off + n], ref.params[off:off + n]
+        base = name.rsplit(".", 1)[-1]
+        if base == "emb":
+            assert np.abs(a).max() <= 1e-4 and a.std() == pytest.approx(1e-4 / np.sqrt(3), rel=0.05)
+        elif base.endswith("_w") and len(shp) == 2:
+            std = 0.02 / np.sqrt(2 * L) if base in ("att_output_w", "ffn_value_w") else 0.02
+            assert a.std() == pytest.approx(std, rel=0.05) and abs(a.mean()) < 0.1 * std, name
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=name)
+    losses = got["random_losses"]
+    assert losses[0] == pytest.approx(np.log(model.shape.vocab_size), abs=0.05)
+    assert np.mean(losses[-5:]) < 0.6 * losses[0], losses
+    # constant-size recurrent state; memory sized from the model; free() returns it
+    assert got["state_bytes"] == L * 5 * model.shape.d_model * 4
+    assert got["memory_bytes"] >= got["planned_bytes"]
+    assert got["heap_in_use"] <= got["planned_bytes"] + 64 * 1024
+    assert got["estimate_used"] - PACKING <= got["heap_in_use"] <= got["estimate_used"] + 64 * 1024  # rwkv.c's sizes
+    assert got["heap_after_free"] <= PACKING + 64 * 1024  # the GEMM packing buffer stays
+    check_sizes(got)

@@ -24,6 +24,7 @@ def test_committed_artifacts_are_up_to_date():
 def test_exports_follow_odin_h(tmp_path_factory):
     names = build.exported_functions()
     assert "odin_gpt_forward" in names and "odin_matmul_backward" in names and "odin_sample" in names
+    assert "odin_rwkv_forward" in names and "odin_rwkv_decode" in names
     assert not [n for n in names if n.startswith("odin_spheres")]
     if not HAVE_WASMTIME:
         pytest.skip("wasmtime is not installed")
@@ -31,7 +32,9 @@ def test_exports_follow_odin_h(tmp_path_factory):
 
     for variant in build.VARIANTS:
         rt = WasmOdin(wasm_path(variant, tmp_path_factory))
-        missing = [n for n in names + ["malloc", "free", "odin_wasm_reserve", "odin_wasm_gpt_train_step"] if not rt.has(n)]
+        extra = build.wasm_only_exports()
+        assert {"malloc", "free", "odin_wasm_reserve", "odin_wasm_gpt_train_step", "odin_wasm_rwkv_train_step"} <= set(extra)
+        missing = [n for n in names + extra if not rt.has(n)]
         assert not missing, f"{variant}: not exported: {missing}"
         assert not rt.has("odin_spheres_create")
         assert rt.simd() == (variant == "simd128")

@@ -78,14 +78,15 @@ def native_run(name: str, *args) -> int:
     return status
 
 
-_TINY: dict[str, object] = {}
+_TINY: dict[str, tuple] = {}
 
 
-def tiny_arith_model():
-    """(model, run_config, tokenizer, examples): a small GPT trained natively on 2-digit
-    addition until its answers are confident (~1 s); built once per session."""
-    if "model" in _TINY:
-        return _TINY["model"], _TINY["config"], _TINY["tokenizer"], _TINY["examples"]
+def tiny_arith_model(arch: str = "gpt"):
+    """(model, run_config, tokenizer, examples): a small GPT (or RWKV-4 with arch="rwkv")
+    trained natively on 2-digit addition until its answers are confident (~0.5-1 s); built
+    once per session and arch."""
+    if arch in _TINY:
+        return _TINY[arch]
     from odin.checkpoint import model_from_config
     from odin.config import ModelConfig, RunConfig, TrainConfig
     from odin.data.arithmetic import ArithmeticConfig, sample_unique_examples
@@ -94,8 +95,9 @@ def tiny_arith_model():
 
     tok = CharTokenizer()
     examples = sample_unique_examples(ArithmeticConfig(ops=("add",), max_digits=2), 48, seed=1)
-    config = RunConfig(model=ModelConfig(n_layer=2, d_model=48, n_head=4, context=16),
-                       train=TrainConfig(batch_size=32, lr=3e-3, weight_decay=0.0))
+    shape = dict(n_layer=2, d_model=48, n_head=4, context=16) if arch == "gpt" else \
+        dict(arch="rwkv", n_layer=2, d_model=48, n_head=1, context=16)
+    config = RunConfig(model=ModelConfig(**shape), train=TrainConfig(batch_size=32, lr=3e-3, weight_decay=0.0))
     model = model_from_config(config)
     model.init_weights(11)
     enc = encode_examples(examples, tok)
@@ -106,5 +108,5 @@ def tiny_arith_model():
         model.forward(tokens[:, :-1], tokens[:, 1:], mask)
         model.backward()
         model.adamw_step(lr=3e-3, step=step, weight_decay=0.0)
-    _TINY.update(model=model, config=config, tokenizer=tok, examples=examples)
-    return model, config, tok, examples
+    _TINY[arch] = (model, config, tok, examples)
+    return _TINY[arch]

@@ -42,8 +42,11 @@ function expectedAnswer(prompt) {
 
 function updateMemory() {
   if (!model) return;
+  const state = model.arch === 'rwkv'
+    ? `recurrent state ${fmtBytes(model.generationStateBytes())}, the same at any length`
+    : `KV cache ${fmtBytes(model.generationStateBytes())} for the ${model.context}-token context`;
   $('memory').textContent = `wasm memory: ${fmtBytes(model.memoryBytes())} (planned for this model: ${fmtBytes(model.plannedBytes)}; `
-    + `weights ${fmtBytes(model.manifest.weights.bytes)})`;
+    + `weights ${fmtBytes(model.manifest.weights.bytes)}; generation: ${state})`;
 }
 
 async function load() {
@@ -62,9 +65,16 @@ async function load() {
   $('load-detail').textContent = info.fromCache ? `weights from the IndexedDB cache (${fmtBytes(info.bytes)}, no download)`
     : `downloaded ${fmtBytes(info.bytes)}`;
   $('load-detail').dataset.fromCache = String(info.fromCache);
+  $('arch').textContent = model.impl.label;
+  $('arch').dataset.arch = model.arch;
+  $('arch').title = model.arch === 'rwkv'
+    ? 'RWKV-4: a recurrent model. Generation carries a fixed-size state, so every token costs the same and there is no context limit.'
+    : 'GPT: a transformer. Generation keeps a KV cache that grows with the sequence, up to the context length.';
   $('engine').textContent = `ODIN ${odin.version()} · wasm ${odin.variant} · kernels ${odin.isa()} · `
-    + `${model.nParams.toLocaleString()} parameters (${config.n_layer} layers, d_model ${config.d_model}, ${config.n_head} heads, context ${config.context}) · `
+    + `${model.nParams.toLocaleString()} parameters (${model.describe()}) · `
     + `${model.tokenizer.kind} tokenizer · loaded in ${info.seconds.toFixed(2)} s`;
+  if (model.maxLength === Infinity) $('maxtokens').removeAttribute('max');
+  else $('maxtokens').max = String(model.maxLength);
   const chips = $('chips');
   for (const p of manifest.demo_prompts ?? []) {
     const b = document.createElement('button');

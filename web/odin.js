@@ -11,9 +11,11 @@
  *   Odin            the instance: memory, malloc/free, status checks, ISA, the C exports (.x)
  *   loadModel()     fetch an `odin export web` directory (model.json + weights.bin) with
  *                   progress; the weights are cached in IndexedDB under their sha256
- *   OdinModel       the GPT of csrc/gpt.c in wasm memory: stream() / generate() with
- *                   temperature / top-k / top-p and stop tokens; trainStep() runs forward,
- *                   backward and AdamW in the page
+ *   OdinModel       a GPT (csrc/gpt.c) or RWKV-4 (csrc/rwkv.c) model in wasm memory, by
+ *                   model.json's arch (the ARCHS table): stream() / generate() with
+ *                   temperature / top-k / top-p and stop tokens (GPT through its KV cache,
+ *                   RWKV through its recurrent state, with no length limit); trainStep()
+ *                   runs forward, backward and AdamW in the page
  *   CharTokenizer, BPETokenizer (byte-level BPE from a Hugging Face tokenizer.json)
  *
  * Pointers into wasm memory are byte offsets. Typed-array views of the memory are re-made
@@ -364,21 +366,15 @@ export function makeTokenizer(json) {
 
 /* ------------------------------------------------------------------ memory, cache, fetch */
 
-/** Bytes the C side allocates for a model, a training workspace (batch x seq) and a KV
- * cache (the formulas of csrc/gpt.c), plus the GEMM packing buffer. */
+/** Bytes the C side allocates for a model (4 parameter-sized blocks), a training workspace
+ * (batch x seq) and the generation state of `cacheBatch` sequences — a KV cache of the whole
+ * context for GPT, the recurrent state for RWKV — by the formulas of csrc/gpt.c and
+ * csrc/rwkv.c, plus the GEMM packing buffer. cfg: model.json's "model" (+ n_params). */
 export function estimateMemory(cfg, { batch = 0, seq = 0, cacheBatch = 1 } = {}) {
-  const V = cfg.vocab_size, C = cfg.d_model, L = cfg.n_layer, NH = cfg.n_head, maxT = cfg.context;
-  const nParams = cfg.n_params ?? (V * C + maxT * C + L * (12 * C * C + 13 * C) + 2 * C + (cfg.abacus || 0) * C);
-  let floats = 4 * nParams;
-  if (batch && seq) {
-    const BT = batch * seq;
-    const perLayer = BT * (16 * C + 4) + NH * BT * seq;
-    floats += BT * C + L * perLayer + BT * C + 4 * BT + BT * V + BT * 14 * C + BT * V + seq;
-  }
-  if (cacheBatch) {
-    const B = cacheBatch;
-    floats += 2 * L * B * maxT * C + B * C * 3 + B * 3 * C + B * 8 * C + maxT + B * V;
-  }
+  const arch = archOf(cfg);
+  const nParams = cfg.n_params ?? arch.numParams(cfg);
+  const floats = 4 * nParams + (batch && seq ? arch.workspaceFloats(cfg, batch, seq) : 0)
+    + (cacheBatch ? arch.generationFloats(cfg, cacheBatch) : 0);
   const packing = (132 * 256 + 2060 * 256) * 4; // gemm.c: (MC + MR) x KC + (NC + NR) x KC floats
   return floats * 4 + packing;
 }
@@ -518,6 +514,141 @@ export async function loadModel(modelUrl, options = {}) {
   return model;
 }
 
+/* ------------------------------------------------------------------ architectures
+ *
+ * What differs between the models of odin.h (GPT in gpt.c, RWKV-4 in rwkv.c), in one table:
+ * OdinModel calls its architecture's entry and is otherwise the same for both.
+ *   fn            C names of the calls whose signatures the two share (handle, blocks,
+ *                 training workspace, generation state)
+ *   create / setup                        the model of model.json's "model"
+ *   decode(m, token, pos, abacusId)       feed one token to the generation state (genBuf
+ *                                         layout: see OdinModel), logits at genBuf + 32
+ *   resetGeneration(m)                    before a new prompt
+ *   maxLength(cfg)                        prompt + generated tokens a state can hold
+ *   trainStep(m, ws, p, B, T, h, out)     the one-call step of wasm_api.c
+ *   numParams / workspaceFloats / generationFloats   the C allocation formulas
+ *   init(m, name, view, rng)              a tensor's random initialisation (randomizeWeights)
+ *   stateBytes(m)                         bytes of generation state (KV cache / recurrent state)
+ *   describe(cfg)                         for the page
+ */
+const GPT = {
+  name: 'gpt',
+  label: 'GPT',
+  fn: {
+    free: 'odin_gpt_free', numParams: 'odin_gpt_num_params', params: 'odin_gpt_params', grads: 'odin_gpt_grads',
+    adamM: 'odin_gpt_adam_m', adamV: 'odin_gpt_adam_v', wsCreate: 'odin_gpt_ws_create', wsFree: 'odin_gpt_ws_free',
+    genCreate: 'odin_gpt_cache_create', genFree: 'odin_gpt_cache_free', trainStep: 'odin_wasm_gpt_train_step',
+  },
+  create(x, out, c) {
+    const eps = c.ln_eps ?? 1e-5;
+    return c.abacus ? x.odin_gpt_create_ex(out, c.vocab_size, c.context, c.n_layer, c.n_head, c.d_model, eps, c.abacus)
+      : x.odin_gpt_create(out, c.vocab_size, c.context, c.n_layer, c.n_head, c.d_model, eps);
+  },
+  setup(m) {
+    if ((m.config.positions ?? 'learned') === 'learned') return;
+    if (!m.odin.x.odin_gpt_set_learned_positions) throw new OdinError('this wasm module has no odin_gpt_set_learned_positions', 5);
+    m.odin.check(m.odin.x.odin_gpt_set_learned_positions(m.h, 0), 'odin_gpt_set_learned_positions');
+  },
+  decode(m, token, pos, abacusId) {
+    const { odin } = m, x = odin.x, b = m.genBuf;
+    odin.i32(b, 2).set([token, pos]);
+    if (!m.abacus) return x.odin_gpt_decode(m.h, m.gen, b, b + 4, 1, b + 32);
+    odin.i32(b + 8, 1)[0] = abacusId;
+    return x.odin_gpt_decode_ex(m.h, m.gen, b, b + 4, b + 8, 1, b + 32);
+  },
+  resetGeneration() {}, // positions restart at 0: the cache rows are overwritten
+  stateBytes: (m) => 2 * m.config.n_layer * m.context * m.config.d_model * 4, // K and V of the whole context
+  maxLength: (c) => c.context,
+  trainStep: (m, ws, p, B, T, h, out) => m.odin.x.odin_wasm_gpt_train_step(m.h, ws, p.tokens, p.ids, p.targets, p.mask,
+    B, T, ...h, out, out + 4),
+  numParams: (c) => c.vocab_size * c.d_model + c.context * c.d_model + c.n_layer * (12 * c.d_model ** 2 + 13 * c.d_model)
+    + 2 * c.d_model + (c.abacus || 0) * c.d_model,
+  workspaceFloats(c, batch, seq) {
+    const BT = batch * seq, C = c.d_model, V = c.vocab_size;
+    const perLayer = BT * (16 * C + 4) + c.n_head * BT * seq;
+    return BT * C + c.n_layer * perLayer + BT * C + 4 * BT + BT * V + BT * 14 * C + BT * V + seq;
+  },
+  generationFloats(c, B) { // KV cache of the whole context + decode scratch
+    const C = c.d_model;
+    return 2 * c.n_layer * B * c.context * C + B * C * 3 + B * 3 * C + B * 8 * C + c.context + B * c.vocab_size;
+  },
+  init(m, name, view, rng) { // odin.model.GPT.init_weights
+    const base = name.split('.').pop();
+    if (base.endsWith('_b')) view.fill(0);
+    else if (base === 'ln1_w' || base === 'ln2_w' || base === 'lnf_w') view.fill(1);
+    else {
+      const std = base === 'attproj_w' || base === 'fcproj_w' ? 0.02 / Math.sqrt(2 * m.config.n_layer) : 0.02;
+      for (let i = 0; i < view.length; i++) view[i] = rng.normal() * std;
+    }
+  },
+  describe: (c) => `GPT · ${c.n_layer} layers · d_model ${c.d_model} · ${c.n_head} heads · context ${c.context}`,
+};
+
+const RWKV = {
+  name: 'rwkv',
+  label: 'RWKV-4',
+  fn: {
+    free: 'odin_rwkv_free', numParams: 'odin_rwkv_num_params', params: 'odin_rwkv_params', grads: 'odin_rwkv_grads',
+    adamM: 'odin_rwkv_adam_m', adamV: 'odin_rwkv_adam_v', wsCreate: 'odin_rwkv_ws_create', wsFree: 'odin_rwkv_ws_free',
+    genCreate: 'odin_rwkv_state_create', genFree: 'odin_rwkv_state_free', trainStep: 'odin_wasm_rwkv_train_step',
+  },
+  create: (x, out, c) => x.odin_rwkv_create(out, c.vocab_size, c.n_layer, c.d_model, ffnWidth(c), c.ln_eps ?? 1e-5),
+  setup() {},
+  decode(m, token) {
+    const b = m.genBuf;
+    m.odin.i32(b, 1)[0] = token;
+    return m.odin.x.odin_rwkv_decode(m.h, m.gen, b, 1, b + 32);
+  },
+  resetGeneration: (m) => m.odin.check(m.odin.x.odin_rwkv_state_reset(m.gen, -1), 'odin_rwkv_state_reset'),
+  stateBytes: (m) => m.odin.x.odin_rwkv_state_bytes(m._generationState()) >>> 0, // shift vectors + WKV accumulators
+  maxLength: () => Infinity, // the state does not grow: a token costs the same at any length
+  trainStep: (m, ws, p, B, T, h, out) => m.odin.x.odin_wasm_rwkv_train_step(m.h, ws, p.tokens, p.targets, p.mask,
+    B, T, ...h, out, out + 4),
+  numParams: (c) => { const C = c.d_model, F = ffnWidth(c); return c.vocab_size * C + 4 * C + c.n_layer * (5 * C * C + 2 * F * C + 11 * C); },
+  workspaceFloats(c, batch, seq) { // odin_rwkv_ws_create
+    const BT = batch * seq, C = c.d_model, F = ffnWidth(c), V = c.vocab_size;
+    return 2 * BT * C + 2 * BT + c.n_layer * BT * (10 * C + F + 4) + BT * C + 2 * BT + BT * V + 2 * BT
+      + BT * (4 * C + F) + BT * (10 * C + F + V) + 3 * seq * C;
+  },
+  generationFloats(c, B) { // odin_rwkv_state_create: the state proper (L x 5 x C per sequence) + step scratch
+    const C = c.d_model, F = ffnWidth(c);
+    return c.n_layer * 5 * B * C + B * (12 * C + 2 * F + c.vocab_size) + 2 * B;
+  },
+  init(m, name, view, rng) { // odin.rwkv.RWKV.init_weights (RWKV-4 initialisation)
+    const L = m.config.n_layer, C = m.config.d_model;
+    const base = name.split('.').pop();
+    const layer = name.startsWith('h.') ? Number(name.split('.')[1]) : 0;
+    const r01 = L > 1 ? layer / (L - 1) : 0, q = 1 - layer / L;
+    const perChannel = (f) => { for (let c = 0; c < view.length; c++) view[c] = f(c); };
+    const ramp = (c) => c / C;
+    if (base.endsWith('_b')) view.fill(0);
+    else if (base.startsWith('ln') && base.endsWith('_w')) view.fill(1);
+    else if (base === 'emb') for (let i = 0; i < view.length; i++) view[i] = (2 * rng.uniform() - 1) * 1e-4;
+    else if (base === 'att_time_decay') perChannel((c) => -5 + 8 * (c / Math.max(C - 1, 1)) ** (0.7 + 1.3 * r01));
+    else if (base === 'att_time_first') perChannel((c) => Math.log(0.3) + 0.5 * (((c + 1) % 3) - 1));
+    else if (base === 'att_time_mix_k' || base === 'ffn_time_mix_k' || base === 'ffn_time_mix_r') perChannel((c) => ramp(c) ** q);
+    else if (base === 'att_time_mix_v') perChannel((c) => ramp(c) ** q + 0.3 * r01);
+    else if (base === 'att_time_mix_r') perChannel((c) => ramp(c) ** (0.5 * q));
+    else {
+      const std = base === 'att_output_w' || base === 'ffn_value_w' ? 0.02 / Math.sqrt(2 * L) : 0.02;
+      for (let i = 0; i < view.length; i++) view[i] = rng.normal() * std;
+    }
+  },
+  describe: (c) => `RWKV-4 · ${c.n_layer} layers · d_model ${c.d_model} · channel-mix ${ffnWidth(c)} · `
+    + `training context ${c.context}, no limit when generating`,
+};
+
+export const ARCHS = { gpt: GPT, rwkv: RWKV };
+
+function ffnWidth(c) { return c.d_ffn || 4 * c.d_model; }
+
+function archOf(cfg) {
+  const name = cfg.arch ?? 'gpt';
+  const arch = ARCHS[name];
+  if (!arch) throw new OdinError(`model.json: arch ${JSON.stringify(name)} is not one this runtime runs (${Object.keys(ARCHS).join(', ')})`, 2);
+  return arch;
+}
+
 /* ------------------------------------------------------------------ the model */
 
 function yieldToEventLoop() {
@@ -552,46 +683,63 @@ export class OdinModel {
     this.odin = odin;
     this.manifest = manifest;
     this.config = cfg;
+    this.impl = archOf(cfg); // the architecture's entry of ARCHS
+    this.arch = this.impl.name;
     this.tokenizer = makeTokenizer(manifest.tokenizer);
     this.special = manifest.special ?? { pad: this.tokenizer.padId, bos: this.tokenizer.bosId, end: this.tokenizer.endId };
     this.abacus = cfg.abacus ? { n: cfg.abacus, ...manifest.abacus } : null;
     this.V = cfg.vocab_size;
-    this.context = cfg.context;
+    this.context = cfg.context;             // GPT: the position limit; RWKV: the training length
+    this.maxLength = this.impl.maxLength(cfg); // prompt + generated tokens (Infinity for RWKV)
     this.step = 0; // optimizer steps taken in this page
-    // memory sized from the model, once: 4 parameter blocks, a KV cache, a training workspace
-    this.plannedBytes = estimateMemory({ ...cfg, n_params: manifest.n_params }, { batch: trainBatch, seq: cfg.context, cacheBatch: 1 });
-    odin.reserve(this.plannedBytes + 2 * MiB);
     const x = odin.x;
+    const missing = Object.values(this.impl.fn).filter((name) => typeof x[name] !== 'function');
+    if (missing.length) throw new OdinError(`this wasm module cannot run ${this.impl.label} models (no ${missing.join(', ')}): rebuild it`, 5);
+    // memory sized from the model, once: 4 parameter blocks, the generation state, and a
+    // training workspace for trainBatch of the export's examples (not for the whole context:
+    // for a long-context model that could be gigabytes the page never uses; a longer batch
+    // grows the memory when it comes)
+    this.trainSeq = this._exampleLength(manifest.examples ?? []);
+    this.plannedBytes = estimateMemory({ ...cfg, n_params: manifest.n_params },
+      { batch: this.trainSeq ? trainBatch : 0, seq: this.trainSeq, cacheBatch: 1 });
+    odin.reserve(this.plannedBytes + 2 * MiB);
     this.scratch = odin.malloc(64); // out-parameters
-    const st = cfg.abacus
-      ? x.odin_gpt_create_ex(this.scratch, cfg.vocab_size, cfg.context, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.ln_eps ?? 1e-5, cfg.abacus)
-      : x.odin_gpt_create(this.scratch, cfg.vocab_size, cfg.context, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.ln_eps ?? 1e-5);
-    odin.check(st, 'odin_gpt_create');
+    odin.check(this.impl.create(x, this.scratch, cfg), `${this.impl.name} create`);
     this.h = odin.u32(this.scratch, 1)[0];
-    if ((cfg.positions ?? 'learned') !== 'learned') {
-      if (!x.odin_gpt_set_learned_positions) throw new OdinError('this wasm module has no odin_gpt_set_learned_positions', 5);
-      odin.check(x.odin_gpt_set_learned_positions(this.h, 0), 'odin_gpt_set_learned_positions');
-    }
-    this.nParams = x.odin_gpt_num_params(this.h) >>> 0;
+    this.impl.setup(this);
+    this.nParams = this._c('numParams', this.h) >>> 0;
     if (this.nParams !== manifest.n_params) throw new OdinError(`model.json has ${manifest.n_params} parameters, the wasm model ${this.nParams}`, 1);
     const src = weights instanceof Float32Array ? weights : new Float32Array(weights.buffer ?? weights, weights.byteOffset ?? 0, this.nParams);
     if (src.length < this.nParams) throw new OdinError(`weights hold ${src.length} floats, the model needs ${this.nParams}`, 1);
     this.params().set(src.subarray(0, this.nParams));
     this.trainedWeights = src.subarray(0, this.nParams); // for restoreWeights() (shares the download)
-    // generation buffers (one sequence) and the sampler's xorshift64* state
-    this.cache = 0;
+    // generation: the state of one sequence (KV cache or recurrent state, made on first use)
+    // and genBuf = token, position, Abacus id (+0, +4, +8), the sampler's xorshift64* state
+    // (+16), the sampled token (+24), logits (+32)
+    this.gen = 0;
     this.genBuf = odin.malloc(32 + 4 * this.V);
     this.ws = 0; this.wsShape = [0, 0];
   }
 
-  params() { return this.odin.f32(this.odin.x.odin_gpt_params(this.h) >>> 0, this.nParams); }
-  grads() { return this.odin.f32(this.odin.x.odin_gpt_grads(this.h) >>> 0, this.nParams); }
+  /** Positions a batch of these examples needs (makeBatch's T), at most the context; 0 without examples. */
+  _exampleLength(examples) {
+    let T = 0;
+    try {
+      for (const e of examples) T = Math.max(T, 1 + this.tokenizer.encode(e.prompt).length + this.tokenizer.encode(e.answer).length);
+    } catch { T = this.context; } // not encodable: makeBatch will say so; plan for the context
+    return Math.min(T, this.context);
+  }
+
+  /** call the architecture's C function for a shared operation (see ARCHS) */
+  _c(op, ...args) { return this.odin.x[this.impl.fn[op]](...args); }
+
+  params() { return this.odin.f32(this._c('params', this.h) >>> 0, this.nParams); }
+  grads() { return this.odin.f32(this._c('grads', this.h) >>> 0, this.nParams); }
 
   /** Zero the AdamW moments and the step count (the next trainStep is step 1). */
   resetOptimizer() {
-    const x = this.odin.x;
-    this.odin.f32(x.odin_gpt_adam_m(this.h) >>> 0, this.nParams).fill(0);
-    this.odin.f32(x.odin_gpt_adam_v(this.h) >>> 0, this.nParams).fill(0);
+    this.odin.f32(this._c('adamM', this.h) >>> 0, this.nParams).fill(0);
+    this.odin.f32(this._c('adamV', this.h) >>> 0, this.nParams).fill(0);
     this.step = 0;
   }
 
@@ -601,38 +749,49 @@ export class OdinModel {
     this.resetOptimizer();
   }
 
-  /** Fresh random weights, initialised as odin.model.GPT.init_weights does (N(0, 0.02)
-   * matrices and embeddings, residual projections / sqrt(2 L), LayerNorm weights 1, biases 0;
-   * not the same random numbers), and a fresh optimizer: training from scratch in the page. */
+  /** Fresh random weights, initialised as the native model's init_weights does (GPT-2's
+   * scheme for GPT; RWKV-4's per-layer decay / bonus / token-shift curves for RWKV; the same
+   * formulas, not the same random numbers), and a fresh optimizer: training from scratch. */
   randomizeWeights(seed = 1) {
-    const rand = makeRng(seed), p = this.params();
-    const normal = () => { // Box-Muller
-      const u = 1 - rand(), v = rand();
-      return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+    const uniform = makeRng(seed);
+    const rng = {
+      uniform,
+      normal: () => { const u = 1 - uniform(), v = uniform(); return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v); },
     };
-    const residStd = 0.02 / Math.sqrt(2 * this.config.n_layer);
+    const p = this.params();
     for (const t of this.manifest.tensors) {
-      const base = t.name.split('.').pop(), n = t.shape.reduce((a, b) => a * b, 1);
-      const view = p.subarray(t.offset, t.offset + n);
-      if (base.endsWith('_b')) view.fill(0);
-      else if (base === 'ln1_w' || base === 'ln2_w' || base === 'lnf_w') view.fill(1);
-      else {
-        const std = base === 'attproj_w' || base === 'fcproj_w' ? residStd : 0.02;
-        for (let i = 0; i < n; i++) view[i] = normal() * std;
-      }
+      const n = t.shape.reduce((a, b) => a * b, 1);
+      this.impl.init(this, t.name, p.subarray(t.offset, t.offset + n), rng);
     }
     this.resetOptimizer();
   }
   memoryBytes() { return this.odin.memoryBytes(); }
 
+  /** One line about the model for a page: architecture and shape. */
+  describe() { return this.impl.describe(this.config); }
+
+  /** Bytes of generation state for one sequence: the recurrent state for RWKV (the same at
+   * any length), the KV cache of the whole context for GPT. */
+  generationStateBytes() {
+    return this.impl.stateBytes(this);
+  }
+
   free() {
     const { odin } = this;
-    if (this.ws) odin.x.odin_gpt_ws_free(this.ws);
-    if (this.cache) odin.x.odin_gpt_cache_free(this.cache);
-    if (this.h) odin.x.odin_gpt_free(this.h);
+    if (this.ws) this._c('wsFree', this.ws);
+    if (this.gen) this._c('genFree', this.gen);
+    if (this.h) this._c('free', this.h);
     odin.free(this.genBuf);
     odin.free(this.scratch);
-    this.h = this.ws = this.cache = 0;
+    this.h = this.ws = this.gen = this.genBuf = this.scratch = 0;
+  }
+
+  _generationState() {
+    if (!this.gen) {
+      this.odin.check(this._c('genCreate', this.scratch, this.h, 1), this.impl.fn.genCreate);
+      this.gen = this.odin.u32(this.scratch, 1)[0];
+    }
+    return this.gen;
   }
 
   /** [<bos>] + encode(text): how the model saw prompts in training */
@@ -656,25 +815,17 @@ export class OdinModel {
     return ids;
   }
 
+  /** feed one token to the generation state; returns the address of the next-token logits */
   _decode(token, pos, abacusId) {
-    const { odin } = this, x = odin.x, b = this.genBuf;
-    odin.i32(b, 2).set([token, pos]);
-    const logits = b + 32;
-    let st;
-    if (this.abacus) {
-      odin.i32(b + 8, 1)[0] = abacusId;
-      st = x.odin_gpt_decode_ex(this.h, this.cache, b, b + 4, b + 8, 1, logits);
-    } else {
-      st = x.odin_gpt_decode(this.h, this.cache, b, b + 4, 1, logits);
-    }
-    odin.check(st, 'odin_gpt_decode');
-    return logits;
+    this.odin.check(this.impl.decode(this, token, pos, abacusId), `${this.impl.name} decode`);
+    return this.genBuf + 32;
   }
 
   /**
    * Stream generated tokens: an async iterator of {token, text, index, tokensPerSecond}.
    * prompt: text (encoded as [<bos>] + prompt) or an array of token ids.
-   * options: maxTokens (default: to the end of the context), temperature (0 = greedy),
+   * options: maxTokens (default: the model's context; GPT stops at the end of its context,
+   *   RWKV has no length limit: its state is the same size at any length), temperature (0 = greedy),
    *   topK (0 = off), topP (1 = off), seed (sampler seed, as odin.model.Sampler), stop (token
    *   ids that end generation; default [<end>]; the stop token is yielded with text ''),
    *   stopStrings (texts that end generation), signal (an AbortSignal).
@@ -687,12 +838,10 @@ export class OdinModel {
     const stop = new Set(options.stop ?? [this.special.end]);
     const ids = Array.isArray(prompt) || ArrayBuffer.isView(prompt) ? Array.from(prompt) : this.encodePrompt(prompt);
     if (!ids.length) throw new OdinError('the prompt must hold at least one token', 2);
-    if (ids.length > this.context) throw new OdinError(`the prompt is ${ids.length} tokens, the context is ${this.context}`, 1);
-    const maxTokens = Math.min(options.maxTokens ?? this.context, this.context - ids.length + 1);
-    if (!this.cache) {
-      odin.check(x.odin_gpt_cache_create(this.scratch, this.h, 1), 'odin_gpt_cache_create');
-      this.cache = odin.u32(this.scratch, 1)[0];
-    }
+    if (ids.length > this.maxLength) throw new OdinError(`the prompt is ${ids.length} tokens, the context is ${this.context}`, 1);
+    const maxTokens = Math.min(options.maxTokens ?? this.context, this.maxLength - ids.length + 1);
+    this._generationState();
+    this.impl.resetGeneration(this);
     const rng = this.genBuf + 16, out = this.genBuf + 24;
     const s64 = BigInt(Math.trunc(Number(seed) || 0)); // seeded as odin.model.Sampler: seed * golden + 1 (mod 2^64)
     odin.dv().setBigUint64(rng, BigInt.asUintN(64, s64 * 0x9E3779B97F4A7C15n + 1n), true);
@@ -725,7 +874,7 @@ export class OdinModel {
       }
       this.lastStats = stats();
       yield { token, text: piece, index: i, tokensPerSecond: this.lastStats.tokensPerSecond };
-      if (isStop || pos >= this.context) break;
+      if (isStop || pos >= this.maxLength) break;
       if (stopStrings.some((s) => s && text.endsWith(s))) break;
       let aid = 0;
       if (this.abacus) { // generated digits count 1, 2, 3, ... along a run, as the C decoder does
@@ -766,7 +915,8 @@ export class OdinModel {
   /**
    * A batch from {prompt, answer} examples, laid out as odin/data/batching.py does:
    * tokens [B, T+1] = <bos> prompt answer <end> <pad>..., mask [B, T] = 1 on answer and
-   * <end> targets. T is the longest example's length - 1 (at most the context).
+   * <end> targets. T is the longest example's length - 1 (at most the context for GPT;
+   * RWKV has no position table: any length, the workspace grows to it).
    */
   makeBatch(examples) {
     const tk = this.tokenizer, seqs = [], promptLens = [];
@@ -776,7 +926,7 @@ export class OdinModel {
       promptLens.push(1 + p.length);
     }
     const T = Math.max(...seqs.map((s) => s.length)) - 1;
-    if (T > this.context) throw new OdinError(`an example needs ${T} positions, the context is ${this.context}`, 1);
+    if (T > this.maxLength) throw new OdinError(`an example needs ${T} positions, the context is ${this.context}`, 1);
     const B = seqs.length;
     const tokens = new Int32Array(B * (T + 1)).fill(this.special.pad);
     const mask = new Uint8Array(B * T);
@@ -807,12 +957,12 @@ export class OdinModel {
       batch = this.makeBatch(pick);
     }
     const { tokens, mask, B, T } = batch;
-    const { odin } = this, x = odin.x;
+    const { odin } = this;
     const t0 = now();
     if (!this.ws || B > this.wsShape[0] || T > this.wsShape[1]) {
-      if (this.ws) { x.odin_gpt_ws_free(this.ws); this.ws = 0; }
+      if (this.ws) { this._c('wsFree', this.ws); this.ws = 0; }
       const B2 = Math.max(B, this.wsShape[0]), T2 = Math.max(T, this.wsShape[1]);
-      odin.check(x.odin_gpt_ws_create(this.scratch, this.h, B2, T2), 'odin_gpt_ws_create');
+      odin.check(this._c('wsCreate', this.scratch, this.h, B2, T2), this.impl.fn.wsCreate);
       this.ws = odin.u32(this.scratch, 1)[0];
       this.wsShape = [B2, T2];
     }
@@ -826,13 +976,12 @@ export class OdinModel {
       ids = new Int32Array(B * T);
       for (let b = 0; b < B; b++) ids.set(this.abacusIds(inp.subarray(b * T, (b + 1) * T)), b * T);
     }
-    const ptrs = [odin.put(inp), ids ? odin.put(ids) : 0, odin.put(tgt), odin.put(mask)];
+    const ptrs = { tokens: odin.put(inp), ids: ids ? odin.put(ids) : 0, targets: odin.put(tgt), mask: odin.put(mask) };
     try {
-      const st = x.odin_wasm_gpt_train_step(this.h, this.ws, ptrs[0], ptrs[1], ptrs[2], ptrs[3], B, T, lr, beta1, beta2,
-        eps, weightDecay, gradClip, this.step + 1, this.scratch + 8, this.scratch + 12);
-      odin.check(st, 'trainStep');
+      const hyper = [lr, beta1, beta2, eps, weightDecay, gradClip, this.step + 1];
+      odin.check(this.impl.trainStep(this, this.ws, ptrs, B, T, hyper, this.scratch + 8), 'trainStep');
     } finally {
-      for (const p of ptrs) odin.free(p);
+      for (const p of Object.values(ptrs)) odin.free(p);
     }
     this.step += 1;
     const res = odin.f32(this.scratch + 8, 2);

@@ -2,11 +2,11 @@
  * never by the native build: odin/_build_ffi.py skips this file, and it is empty off wasm).
  *
  * The module exports every function of odin.h except the kissing-spheres trainer
- * (spheres.c needs threads; a page trains single-threaded through odin_gpt_*), with the
+ * (spheres.c needs threads; a page trains single-threaded through odin_gpt_* / odin_rwkv_*), with the
  * same C signatures: tools/build_wasm.py reads the names from odin.h and passes
  * --export=NAME for each, so the header stays the one list. This file adds what a host
  * without a C toolchain needs on top: an allocator for its buffers, the memory size, one
- * call for a whole training step, and what the module was built with.
+ * call for a whole training step (per architecture), and what the module was built with.
  *
  * Memory model: wasm32, one linear memory that grows as malloc needs it (up to 4 GiB);
  * pointers are byte offsets into it. A host must re-create its typed-array views after any
@@ -267,6 +267,27 @@ odin_status odin_wasm_gpt_train_step(odin_gpt *model, odin_gpt_ws *ws, const int
     if (s) return s;
     if ((s = odin_gpt_backward(model, ws, odin_gpt_grads(model), 1.0f))) return s;
     s = odin_gpt_adamw_step(model, lr, beta1, beta2, eps, weight_decay, grad_clip, t, &n);
+    if (grad_norm) *grad_norm = n;
+    return s;
+}
+
+/* The same step for an RWKV-4 model (odin_rwkv_*; no Abacus ids). The workspace keeps
+ * pointers to tokens/targets/mask between forward and backward: both happen inside this
+ * call, so the host may free its buffers as soon as it returns. */
+EXPORT("odin_wasm_rwkv_train_step")
+odin_status odin_wasm_rwkv_train_step(odin_rwkv *model, odin_rwkv_ws *ws, const int32_t *tokens,
+                                      const int32_t *targets, const uint8_t *mask, int B, int T,
+                                      float lr, float beta1, float beta2, float eps, float weight_decay,
+                                      float grad_clip, int t, float *loss, float *grad_norm) {
+    ODIN_REQUIRE_PTR(model, "model");
+    ODIN_REQUIRE_PTR(targets, "targets");
+    float l = 0.0f, n = 0.0f;
+    memset(odin_rwkv_grads(model), 0, odin_rwkv_num_params(model) * sizeof(float));
+    odin_status s = odin_rwkv_forward(model, ws, tokens, targets, mask, B, T, &l);
+    if (loss) *loss = l;
+    if (s) return s;
+    if ((s = odin_rwkv_backward(model, ws, odin_rwkv_grads(model), 1.0f))) return s;
+    s = odin_rwkv_adamw_step(model, lr, beta1, beta2, eps, weight_decay, grad_clip, t, &n);
     if (grad_norm) *grad_norm = n;
     return s;
 }

@@ -109,6 +109,11 @@ def exported_functions(header: Path = CSRC / "odin.h") -> list[str]:
     return seen
 
 
+def wasm_only_exports(source: Path = CSRC / "kernels" / "wasm_api.c") -> list[str]:
+    """Names wasm_api.c exports itself (its EXPORT("name") marks): malloc, free, odin_wasm_*."""
+    return list(dict.fromkeys(re.findall(r'EXPORT\("([A-Za-z0-9_]+)"\)', source.read_text())))
+
+
 @dataclass
 class Compiler:
     argv: list[str]          # e.g. [python, -m, ziglang, cc] or [clang]
@@ -235,8 +240,7 @@ def build(out_dir: Path = DEFAULT_OUT, variants: Sequence[str] = VARIANTS, *, cc
         "ldflags": LDFLAGS,
         "source_sha256": source_sha256(),
         "sources": [p.relative_to(CSRC).as_posix() for p in wasm_sources()],
-        "exports": exported_functions() + ["malloc", "free", "odin_wasm_memory_bytes", "odin_wasm_heap_in_use", "odin_wasm_reserve",
-                                           "odin_wasm_simd", "odin_wasm_gpt_train_step"],
+        "exports": exported_functions() + wasm_only_exports(),
         "artifacts": artifacts,
         "build_seconds": round(time.perf_counter() - start, 2),
     }

@@ -1,14 +1,18 @@
 """``odin export web CHECKPOINT OUT/``: a checkpoint as the two files the browser fetches.
 
 ``OUT/weights.bin``  every parameter as little-endian float32, in the parameter-block order
-                     of csrc/gpt.c (wte, wpe, h.0.ln1_w ... lnf_b[, wab]) — the bytes are
-                     copied straight into the wasm model's parameter block;
+                     of the model's C code (the blueprint's order): csrc/gpt.c for arch "gpt"
+                     (wte, wpe, h.0.ln1_w ... lnf_b[, wab]), csrc/rwkv.c for arch "rwkv"
+                     (emb, ln0_w, ln0_b, h.0.ln1_w ... h.L-1.ffn_value_w, ln_out_w, ln_out_b)
+                     — the bytes are copied straight into the wasm model's parameter block;
 ``OUT/model.json``   what the bytes mean and everything else the page needs:
 
     format, format_version     "odin-web", 1
     odin_version, created, source {checkpoint, step}
-    model                      the checkpoint's [model] config (vocab_size, context, n_layer,
-                               n_head, d_model, ln_eps, positions, abacus, ...)
+    model                      the checkpoint's [model] config (arch, vocab_size, context,
+                               n_layer, n_head, d_model, d_ffn, ln_eps, positions, abacus, ...);
+                               arch is always present and d_ffn is the actual MLP / channel-mix
+                               width (the config's 0 = "4 x d_model" resolved)
     n_params, tensors          [{name, offset, shape}] offsets in floats
     weights                    {file, dtype "float32", byte_order "little", bytes, sha256}
     tokenizer                  the checkpoint's tokenizer.json, embedded (char or HF BPE)
@@ -41,6 +45,7 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "weights.bin"
 ARITH_OPS = {"add", "sub", "mul", "div"}
+WEB_ARCHS = ("gpt", "rwkv")  # what web/odin.js can run (its ARCHS table)
 
 
 class ExportError(ValueError):
@@ -96,8 +101,10 @@ def export_web(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[st
         raise ExportError(f"cannot read checkpoint {checkpoint}: {error}") from None
     model_cfg = dict(ckpt.config["model"])
     arch = model_cfg.get("arch", "gpt")
-    if arch != "gpt":
-        raise ExportError(f"{checkpoint}: [model].arch = {arch!r}; the web runtime runs 'gpt' models only")
+    if arch not in WEB_ARCHS:
+        raise ExportError(f"{checkpoint}: [model].arch = {arch!r}; the web runtime runs {', '.join(map(repr, WEB_ARCHS))}")
+    model_cfg["arch"] = arch
+    model_cfg["d_ffn"] = int(blueprint.d_ff)
     block = pack_parameters(ckpt.params, blueprint)
     if not np.isfinite(block).all():
         raise ExportError(f"{checkpoint}: the weights contain NaN or Inf")

@@ -1,6 +1,6 @@
 """The ODIN WebAssembly module from Python, through the ``wasmtime`` package.
 
-Used by the tests (the wasm kernels and GPT against the native library) and by
+Used by the tests (the wasm kernels, GPT and RWKV against the native library) and by
 tools/bench_wasm.py; the browser uses web/odin.js instead. Needs ``pip install wasmtime``.
 
     rt = WasmOdin("simd128")                 # or "scalar", or a path to a .wasm
@@ -222,23 +222,25 @@ class WasmOdin:
         return bool(self.fn("odin_wasm_simd")())
 
 
-class WasmGPT:
-    """The GPT of csrc/gpt.c inside a wasm instance: the same calls as odin.model.GPT."""
+class _WasmModel:
+    """What the GPT and the RWKV handles share: the C functions of both are named
+    ``<prefix>_params``, ``<prefix>_ws_create``, ``<prefix>_forward`` ... with the same
+    signatures, so only creation, the training-step call and generation differ."""
 
-    def __init__(self, rt: WasmOdin, vocab_size: int, context: int, n_layer: int, n_head: int, d_model: int,
-                 ln_eps: float = 1e-5) -> None:
-        self.rt = rt
-        self.vocab_size, self.context = vocab_size, context
-        self._scratch = rt.malloc(64)  # out-parameters: handles, loss, norm
-        rt.check(rt.fn("odin_gpt_create")(self._scratch, vocab_size, context, n_layer, n_head, d_model,
-                                          float(ln_eps)), "gpt_create")
+    prefix = ""
+
+    def _init_handle(self, rt: WasmOdin, create_status: int, what: str) -> None:
+        rt.check(create_status, what)
         self.h = int(rt.view(self._scratch, 1, np.uint32)[0])
-        self.n_params = int(rt.fn("odin_gpt_num_params")(self.h))
+        self.n_params = int(rt.fn(f"{self.prefix}_num_params")(self.h))
         self._ws = 0
         self._ws_shape = (0, 0)
         self._inputs: list[int] = []
-        self._cache = 0
-        self._cache_b = 0
+        self._gen = 0    # KV cache (GPT) or recurrent state (RWKV)
+        self._gen_b = 0
+
+    def _free_gen(self) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         rt = self.rt
@@ -246,39 +248,40 @@ class WasmGPT:
             rt.free(p)
         self._inputs = []
         if self._ws:
-            rt.fn("odin_gpt_ws_free")(self._ws)
-        if self._cache:
-            rt.fn("odin_gpt_cache_free")(self._cache)
-        rt.fn("odin_gpt_free")(self.h)
+            rt.fn(f"{self.prefix}_ws_free")(self._ws)
+        if self._gen:
+            self._free_gen()
+        rt.fn(f"{self.prefix}_free")(self.h)
         rt.free(self._scratch)
-        self._ws = self._cache = self.h = 0
+        self._ws = self._gen = self.h = 0
 
-    def _block(self, fn: str) -> np.ndarray:
-        return self.rt.view(int(self.rt.fn(fn)(self.h)), self.n_params)
+    def _block(self, what: str) -> np.ndarray:
+        return self.rt.view(int(self.rt.fn(f"{self.prefix}_{what}")(self.h)), self.n_params)
 
     @property
     def params(self) -> np.ndarray:
-        return self._block("odin_gpt_params")
+        return self._block("params")
 
     @property
     def grads(self) -> np.ndarray:
-        return self._block("odin_gpt_grads")
+        return self._block("grads")
 
     @property
     def adam_m(self) -> np.ndarray:
-        return self._block("odin_gpt_adam_m")
+        return self._block("adam_m")
 
     @property
     def adam_v(self) -> np.ndarray:
-        return self._block("odin_gpt_adam_v")
+        return self._block("adam_v")
 
     def _workspace(self, B: int, T: int) -> int:
         if not self._ws or B > self._ws_shape[0] or T > self._ws_shape[1]:
             if self._ws:
-                self.rt.fn("odin_gpt_ws_free")(self._ws)
+                self.rt.fn(f"{self.prefix}_ws_free")(self._ws)
                 self._ws = 0
             B2, T2 = max(B, self._ws_shape[0]), max(T, self._ws_shape[1])
-            self.rt.check(self.rt.fn("odin_gpt_ws_create")(self._scratch, self.h, B2, T2), "gpt_ws_create")
+            self.rt.check(self.rt.fn(f"{self.prefix}_ws_create")(self._scratch, self.h, B2, T2),
+                          f"{self.prefix}_ws_create")
             self._ws = int(self.rt.view(self._scratch, 1, np.uint32)[0])
             self._ws_shape = (B2, T2)
         return self._ws
@@ -297,55 +300,101 @@ class WasmGPT:
         tp, gp, mp = self._set_inputs(tokens, None if targets is None else np.ascontiguousarray(targets, np.int32),
                                       None if mask is None else np.ascontiguousarray(mask, np.uint8))
         loss_p = self._scratch + 8
-        self.rt.check(self.rt.fn("odin_gpt_forward")(self.h, ws, tp, gp, mp, B, T, loss_p), "gpt_forward")
+        self.rt.check(self.rt.fn(f"{self.prefix}_forward")(self.h, ws, tp, gp, mp, B, T, loss_p),
+                      f"{self.prefix}_forward")
         self._bt = (B, T)
         return float(self.rt.view(loss_p, 1)[0]) if targets is not None else None
 
     def logits(self) -> np.ndarray:
         B, T = self._bt
-        p = int(self.rt.fn("odin_gpt_ws_logits")(self._ws))
+        p = int(self.rt.fn(f"{self.prefix}_ws_logits")(self._ws))
         return self.rt.get(p, B * T * self.vocab_size).reshape(B, T, self.vocab_size)
 
     def zero_grad(self) -> None:
         self.grads[...] = 0.0
 
     def backward(self, dloss: float = 1.0) -> None:
-        g = int(self.rt.fn("odin_gpt_grads")(self.h))
-        self.rt.check(self.rt.fn("odin_gpt_backward")(self.h, self._ws, g, float(dloss)), "gpt_backward")
+        g = int(self.rt.fn(f"{self.prefix}_grads")(self.h))
+        self.rt.check(self.rt.fn(f"{self.prefix}_backward")(self.h, self._ws, g, float(dloss)),
+                      f"{self.prefix}_backward")
 
     def adamw_step(self, *, lr: float, step: int, beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
                    weight_decay: float = 0.0, grad_clip: float = 1.0) -> float:
         norm_p = self._scratch + 12
-        self.rt.check(self.rt.fn("odin_gpt_adamw_step")(self.h, float(lr), float(beta1), float(beta2), float(eps),
-                                                        float(weight_decay), float(grad_clip), int(step), norm_p),
-                      "gpt_adamw_step")
+        self.rt.check(self.rt.fn(f"{self.prefix}_adamw_step")(
+            self.h, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), float(grad_clip),
+            int(step), norm_p), f"{self.prefix}_adamw_step")
         return float(self.rt.view(norm_p, 1)[0])
+
+    def _train_call(self, ws: int, tp: int, gp: int, mp: int, B: int, T: int, hyper: tuple, loss_p: int,
+                    norm_p: int) -> int:
+        raise NotImplementedError
 
     def train_step(self, tokens: np.ndarray, targets: np.ndarray, mask: Optional[np.ndarray], *, lr: float,
                    step: int, beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
                    weight_decay: float = 0.0, grad_clip: float = 1.0) -> tuple[float, float]:
-        """odin_wasm_gpt_train_step: zero grads, forward, backward, clip + AdamW. (loss, norm)."""
+        """odin_wasm_<arch>_train_step: zero grads, forward, backward, clip + AdamW. (loss, norm)."""
         tokens = np.ascontiguousarray(tokens, np.int32)
         B, T = tokens.shape
         ws = self._workspace(B, T)
         tp, gp, mp = self._set_inputs(tokens, np.ascontiguousarray(targets, np.int32),
                                       None if mask is None else np.ascontiguousarray(mask, np.uint8))
         loss_p, norm_p = self._scratch + 8, self._scratch + 12
-        self.rt.check(self.rt.fn("odin_wasm_gpt_train_step")(
-            self.h, ws, tp, 0, gp, mp, B, T, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-            float(grad_clip), int(step), loss_p, norm_p), "wasm_gpt_train_step")
+        hyper = (float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), float(grad_clip), int(step))
+        self.rt.check(self._train_call(ws, tp, gp, mp, B, T, hyper, loss_p, norm_p), "wasm train step")
         self._bt = (B, T)
         return float(self.rt.view(loss_p, 1)[0]), float(self.rt.view(norm_p, 1)[0])
 
+    def _greedy_call(self, arr: np.ndarray, lens: np.ndarray, B: int, longest: int, n_new: int, end_id: int,
+                     out: np.ndarray, out_lens: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _max_new(self, longest: int, max_new: int) -> int:
+        return max_new
+
+    def generate_greedy(self, prompts: list[list[int]], max_new: int, end_id: int) -> list[list[int]]:
+        """<prefix>_generate_greedy over all prompts in one batch (as the native generate_greedy)."""
+        B = len(prompts)
+        longest = max(len(p) for p in prompts)
+        arr = np.zeros((B, longest), np.int32)
+        for i, p in enumerate(prompts):
+            arr[i, :len(p)] = p
+        lens = np.array([len(p) for p in prompts], np.int32)
+        n_new = self._max_new(longest, max_new)
+        out = np.zeros((B, n_new), np.int32)
+        out_lens = np.zeros(B, np.int32)
+        self._greedy_call(arr, lens, B, longest, n_new, end_id, out, out_lens)
+        return [out[i, :out_lens[i]].tolist() for i in range(B)]
+
+
+class WasmGPT(_WasmModel):
+    """The GPT of csrc/gpt.c inside a wasm instance: the same calls as odin.model.GPT."""
+
+    prefix = "odin_gpt"
+
+    def __init__(self, rt: WasmOdin, vocab_size: int, context: int, n_layer: int, n_head: int, d_model: int,
+                 ln_eps: float = 1e-5) -> None:
+        self.rt = rt
+        self.vocab_size, self.context = vocab_size, context
+        self._scratch = rt.malloc(64)  # out-parameters: handles, loss, norm
+        self._init_handle(rt, rt.fn("odin_gpt_create")(self._scratch, vocab_size, context, n_layer, n_head, d_model,
+                                                       float(ln_eps)), "gpt_create")
+
+    def _free_gen(self) -> None:
+        self.rt.fn("odin_gpt_cache_free")(self._gen)
+
+    def _train_call(self, ws, tp, gp, mp, B, T, hyper, loss_p, norm_p):
+        return self.rt.fn("odin_wasm_gpt_train_step")(self.h, ws, tp, 0, gp, mp, B, T, *hyper, loss_p, norm_p)
+
     def _cache_for(self, B: int) -> int:
-        if not self._cache or self._cache_b < B:
-            if self._cache:
-                self.rt.fn("odin_gpt_cache_free")(self._cache)
-                self._cache = 0
+        if not self._gen or self._gen_b < B:
+            if self._gen:
+                self._free_gen()
+                self._gen = 0
             self.rt.check(self.rt.fn("odin_gpt_cache_create")(self._scratch, self.h, B), "gpt_cache_create")
-            self._cache = int(self.rt.view(self._scratch, 1, np.uint32)[0])
-            self._cache_b = B
-        return self._cache
+            self._gen = int(self.rt.view(self._scratch, 1, np.uint32)[0])
+            self._gen_b = B
+        return self._gen
 
     def decode(self, tokens: Sequence[int], positions: Sequence[int]) -> np.ndarray:
         """One KV-cache step for B sequences; returns logits [B, V]."""
@@ -361,20 +410,68 @@ class WasmGPT:
             for p in (tp, pp, lp):
                 self.rt.free(p)
 
-    def generate_greedy(self, prompts: list[list[int]], max_new: int, end_id: int) -> list[list[int]]:
-        """odin_gpt_generate_greedy over all prompts in one batch (as GPT.generate_greedy)."""
-        B = len(prompts)
-        longest = max(len(p) for p in prompts)
-        arr = np.zeros((B, longest), np.int32)
-        for i, p in enumerate(prompts):
-            arr[i, :len(p)] = p
-        lens = np.array([len(p) for p in prompts], np.int32)
-        n_new = max(1, min(max_new, self.context - longest + 1))
-        out = np.zeros((B, n_new), np.int32)
-        out_lens = np.zeros(B, np.int32)
-        cache = self._cache_for(B)
-        self.rt.run("odin_gpt_generate_greedy", self.h, cache, arr, lens, B, longest, n_new, end_id, out, out_lens)
-        return [out[i, :out_lens[i]].tolist() for i in range(B)]
+    def _max_new(self, longest: int, max_new: int) -> int:
+        return max(1, min(max_new, self.context - longest + 1))
+
+    def _greedy_call(self, arr, lens, B, longest, n_new, end_id, out, out_lens):
+        self.rt.run("odin_gpt_generate_greedy", self.h, self._cache_for(B), arr, lens, B, longest, n_new, end_id,
+                    out, out_lens)
+
+
+class WasmRWKV(_WasmModel):
+    """The RWKV-4 of csrc/rwkv.c inside a wasm instance: the same calls as odin.rwkv.RWKV;
+    generation through the recurrent state (no length limit)."""
+
+    prefix = "odin_rwkv"
+
+    def __init__(self, rt: WasmOdin, vocab_size: int, n_layer: int, d_model: int, d_ffn: int = 0,
+                 ln_eps: float = 1e-5, context: int = 0) -> None:
+        self.rt = rt
+        self.vocab_size, self.context = vocab_size, context
+        self.d_ffn = d_ffn or 4 * d_model
+        self._scratch = rt.malloc(64)
+        self._init_handle(rt, rt.fn("odin_rwkv_create")(self._scratch, vocab_size, n_layer, d_model, self.d_ffn,
+                                                        float(ln_eps)), "rwkv_create")
+
+    def _free_gen(self) -> None:
+        self.rt.fn("odin_rwkv_state_free")(self._gen)
+
+    def _train_call(self, ws, tp, gp, mp, B, T, hyper, loss_p, norm_p):
+        return self.rt.fn("odin_wasm_rwkv_train_step")(self.h, ws, tp, gp, mp, B, T, *hyper, loss_p, norm_p)
+
+    def state(self, B: int) -> int:
+        """The recurrent state of (at least) B sequences, created on first use."""
+        if not self._gen or self._gen_b < B:
+            if self._gen:
+                self._free_gen()
+                self._gen = 0
+            self.rt.check(self.rt.fn("odin_rwkv_state_create")(self._scratch, self.h, B), "rwkv_state_create")
+            self._gen = int(self.rt.view(self._scratch, 1, np.uint32)[0])
+            self._gen_b = B
+        return self._gen
+
+    def state_bytes(self) -> int:
+        return int(self.rt.fn("odin_rwkv_state_bytes")(self.state(1)))
+
+    def reset(self, b: int = -1) -> None:
+        self.rt.check(self.rt.fn("odin_rwkv_state_reset")(self.state(1), int(b)), "rwkv_state_reset")
+
+    def decode(self, tokens: Sequence[int]) -> np.ndarray:
+        """Feed one token per sequence and advance the state; returns logits [B, V]."""
+        B = len(tokens)
+        state = self.state(B)
+        tp = self.rt.put(np.asarray(tokens, np.int32))
+        lp = self.rt.malloc(4 * B * self.vocab_size)
+        try:
+            self.rt.check(self.rt.fn("odin_rwkv_decode")(self.h, state, tp, B, lp), "rwkv_decode")
+            return self.rt.get(lp, B * self.vocab_size).reshape(B, self.vocab_size)
+        finally:
+            self.rt.free(tp)
+            self.rt.free(lp)
+
+    def _greedy_call(self, arr, lens, B, longest, n_new, end_id, out, out_lens):
+        self.rt.run("odin_rwkv_generate_greedy", self.h, self.state(B), arr, lens, B, longest, n_new, end_id,
+                    out, out_lens)
 
 
 def model_memory_bytes(n_params: int, *, vocab_size: int, context: int, n_layer: int, n_head: int, d_model: int,

@@ -4,7 +4,7 @@ import { readFile } from 'node:fs/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const spec = JSON.parse(await readFile(process.argv[2], 'utf8'));
-const { loadModel, loadOdin, makeTokenizer } = await import(pathToFileURL(spec.runtime).href);
+const { loadModel, loadOdin, makeTokenizer, makeRng, estimateMemory, ARCHS } = await import(pathToFileURL(spec.runtime).href);
 
 // fetch for file:// URLs (node's fetch only speaks http)
 async function fileFetch(url) {
@@ -29,6 +29,9 @@ if (spec.model_dir) {
     odin, fetch: fileFetch, onProgress: (p) => progress.push(p.phase),
   });
   out.phases = [...new Set(progress)];
+  out.arch = model.arch;
+  out.describe = model.describe();
+  out.max_length = model.maxLength === Infinity ? null : model.maxLength;
   out.n_params = model.nParams;
   out.from_cache = model.loadInfo.fromCache;
   out.greedy = [];
@@ -50,8 +53,38 @@ if (spec.model_dir) {
       out.train.push({ loss: r.loss, grad_norm: r.gradNorm, step: r.step });
     }
   }
+  if (spec.randomize) { // fresh weights (the runtime's own init), then learn from them
+    const r = spec.randomize;
+    model.randomizeWeights(r.seed);
+    const p = model.params();
+    out.random_params = Buffer.from(p.buffer, p.byteOffset, p.byteLength).toString('base64');
+    const rng = makeRng(7);
+    out.random_losses = [];
+    for (let i = 0; i < r.steps; i++) out.random_losses.push(model.trainStep(spec.train_examples, { batchSize: r.batch_size, lr: r.lr, rng }).loss);
+  }
+  if (spec.size_checks) { // heap taken by one workspace / generation state vs the ARCHS formulas
+    const x = odin.x, heap = () => x.odin_wasm_heap_in_use(), arch = ARCHS[model.arch];
+    out.sizes = [];
+    for (const [B, T] of spec.size_checks) {
+      for (const [what, create, free, floats] of [['ws', 'wsCreate', 'wsFree', arch.workspaceFloats(model.config, B, T)],
+        ['gen', 'genCreate', 'genFree', arch.generationFloats(model.config, B)]]) {
+        const h0 = heap();
+        odin.check(what === 'ws' ? model._c(create, model.scratch, model.h, B, T) : model._c(create, model.scratch, model.h, B), create);
+        const handle = odin.u32(model.scratch, 1)[0];
+        out.sizes.push({ what, B, T, heap: heap() - h0, formula: floats * 4 });
+        model._c(free, handle);
+      }
+    }
+  }
+  out.state_bytes = model.generationStateBytes();
   out.memory_bytes = model.memoryBytes();
   out.planned_bytes = model.plannedBytes;
+  out.heap_in_use = odin.x.odin_wasm_heap_in_use();
+  // the estimate for what was actually made: the workspace's shape, one generation state
+  out.estimate_used = estimateMemory({ ...model.config, n_params: model.nParams },
+    { batch: model.wsShape[0], seq: model.wsShape[1], cacheBatch: model.gen ? 1 : 0 });
+  model.free();
+  out.heap_after_free = odin.x.odin_wasm_heap_in_use();
 }
 if (spec.tokenizer_cases) {
   out.tokenize = spec.tokenizer_cases.map((c) => {
