@@ -31,7 +31,7 @@ from odin_dashboard.viewmodel.forms import (
 )
 from odin_dashboard.viewmodel.formatting import compact_count, fmt_duration
 from odin_dashboard.viewmodel.history import DecimatingHistory
-from odin_dashboard.viewmodel.pipeline import NO_PIPELINE, read_pipeline_state
+from odin_dashboard.viewmodel.pipeline import NO_PIPELINE, TrainingSummary, read_pipeline_state
 from odin_dashboard.viewmodel.ring import STATE_COLOURS, LoadMeter, build_ring
 
 REPO = Path(__file__).resolve().parents[1]
@@ -269,6 +269,7 @@ def test_pipeline_panel_reads_stage_counts_progress_and_quarantine(tmp_path: Pat
     assert counts["crawl"] == {"done": 1, "failed": 1} and counts["tokenize"] == {"pending": 1, "done": 1}
     assert view.in_progress == ["b.html (preprocess)"]
     assert view.quarantine_total == 1 and view.quarantine[0].error == "not UTF-8 after 3 tries"
+    assert view.training is None  # a database without the pipeline's shards table
 
 
 def test_pipeline_panel_reports_a_broken_database_instead_of_raising(tmp_path: Path) -> None:
@@ -280,6 +281,29 @@ def test_pipeline_panel_reports_a_broken_database_instead_of_raising(tmp_path: P
     with sqlite3.connect(other / "pipeline.db") as db:
         db.execute("CREATE TABLE something(x)")
     assert "no such table: items" in read_pipeline_state(other).message
+
+
+def test_pipeline_panel_reads_what_odin_pipeline_writes(tmp_path: Path) -> None:
+    """The real pipeline.db schema (odin.pipeline.store): stage counts plus the training line."""
+    from odin.pipeline.store import Store
+
+    store = Store(tmp_path / "pipeline.db")
+    store.insert_item("a", stage="train", status="done", name="a.txt")
+    store.insert_item("b", stage="preprocess", status="running", name="b.md")
+    store.insert_item("c", stage="crawl", status="quarantined", name="http://x/y", error="HTTP 404 Not Found")
+    assert read_pipeline_state(tmp_path).training == TrainingSummary(0, 0, 0, 0, None, None)
+    with store.tx() as db:
+        for seq, (status, loss) in enumerate([("trained", 6.5), ("trained", 5.25), ("pending", None)], 1):
+            db.execute("INSERT INTO shards(id, seq, tokens, val_tokens, steps, status, step_end, val_loss) "
+                       "VALUES(?, ?, 1000, 100, 40, ?, ?, ?)", (f"s{seq}", seq, status, 40 * seq, loss))
+    view = read_pipeline_state(tmp_path)
+    assert view.running and view.in_progress == ["b.md (preprocess)"] and view.quarantine_total == 1
+    assert view.training == TrainingSummary(2, 3, 80, 2000, 6.5, 5.25)
+    assert view.training.line() == "training: 2/3 shards, step 80, 2,000 tokens, val loss 5.250 (first shard 6.500)"
+    assert read_pipeline_state(tmp_path / "elsewhere") == NO_PIPELINE
+    # the data field pointing at a pipeline folder: explained, and no offer to build a dataset there
+    status = dataset_status(tmp_path)
+    assert not status.ready and not status.can_build and "odin-pipeline folder" in status.message
 
 
 # ---------------------------------------------------------------------- session

@@ -8,7 +8,7 @@ from typing import Any
 import dearpygui.dearpygui as dpg
 
 from odin_dashboard.gui.theme import HEADING, MUTED, TRAIN_LOSS_COLOUR, VAL_LOSS_COLOUR, line_theme, sphere_line_themes
-from odin_dashboard.viewmodel.forms import MAX_THREADS, PIPELINE_SHARDS_TOOLTIP, TrainForm, preset_names
+from odin_dashboard.viewmodel.forms import MAX_THREADS, TrainForm, preset_names
 
 LEFT_WIDTH = 330
 MIDDLE_WIDTH = 430
@@ -22,8 +22,7 @@ class T:
 
     PRIMARY = "primary"
     PRESET, MODEL_SUMMARY = "preset", "model_summary"
-    DATA_KIND, PIPELINE_SHARDS, DATA_DIR, DATA_STATUS, BUILD_DATA = (
-        "data_kind", "pipeline_shards", "data_dir", "data_status", "build_data")
+    DATA_DIR, DATA_STATUS, BUILD_DATA = "data_dir", "data_status", "build_data"
     RUN_DIR, THREADS, LR, BATCH, STEPS, EVAL_EVERY = "run_dir", "threads", "lr", "batch", "steps", "eval_every"
     START, PAUSE, RESUME, STOP, STATUS = "start", "pause", "resume", "stop", "status"
     CKPT_PATH, SAVE, LOAD, CONTINUE, SCREENSHOT = "ckpt_path", "save", "load", "continue", "screenshot"
@@ -63,11 +62,6 @@ def _controls(actions: Any, form: TrainForm) -> None:
     dpg.add_combo(preset_names(), default_value=form.preset, tag=T.PRESET, width=-1, callback=actions.on_preset)
     dpg.add_text("", tag=T.MODEL_SUMMARY, wrap=LEFT_WIDTH - 24, color=MUTED)
     _heading("Data")
-    with dpg.group(horizontal=True):
-        dpg.add_radio_button(["reasoning set"], default_value="reasoning set", tag=T.DATA_KIND)
-        dpg.add_checkbox(label="pipeline shards", tag=T.PIPELINE_SHARDS, enabled=False)
-        with dpg.tooltip(T.PIPELINE_SHARDS):
-            dpg.add_text(PIPELINE_SHARDS_TOOLTIP, wrap=300)
     dpg.add_input_text(default_value=form.data_dir, tag=T.DATA_DIR, width=-1, callback=actions.on_form_changed,
                        hint="dataset folder")
     dpg.add_text("", tag=T.DATA_STATUS, wrap=LEFT_WIDTH - 24, color=MUTED)

@@ -103,7 +103,7 @@ class Painter:
                 dpg.add_text(stage.stage)
                 for status in STATUSES:
                     dpg.add_text(str(stage.counts.get(status, 0)))
-        lines = []
+        lines = [view.training.line()] if view.training is not None else []
         if view.in_progress:
             lines.append("in progress: " + ", ".join(view.in_progress[:3])
                          + (f" (+{len(view.in_progress) - 3})" if len(view.in_progress) > 3 else ""))

@@ -18,8 +18,6 @@ DEFAULT_PRESET = "arith-3digit"
 DEFAULT_DATA_DIR = "data/arith-3digit"
 DEFAULT_RUN_DIR = "runs/dashboard"
 MAX_THREADS = 64  # the C trainer's limit
-PIPELINE_SHARDS_TOOLTIP = ("Training on a pipeline's token shards arrives with the pipeline "
-                           "(odin-pipeline); for now pick a generated reasoning set.")
 
 
 @dataclass
@@ -108,6 +106,11 @@ def dataset_status(path: str | Path) -> DatasetStatus:
         return DatasetStatus(False, True, f"{folder} does not exist - build a dataset there?")
     if not folder.is_dir():
         return DatasetStatus(False, False, f"{folder} is a file, not a folder")
+    if not manifest_path.is_file() and (folder / "pipeline.db").is_file():
+        # a folder odin-pipeline trains on: its state shows under Pipeline; it is not a place
+        # to build a reasoning set (and the pipeline trains its own model there)
+        return DatasetStatus(False, False, f"{folder} is an odin-pipeline folder: its progress is shown under "
+                                           f"Pipeline; to train here, choose a reasoning set")
     if not manifest_path.is_file():
         return DatasetStatus(False, True, f"no dataset in {folder} (no dataset.json) - build one?")
     try:

@@ -1,0 +1,104 @@
+"""`odin-pipeline`: run a watched-folder pipeline, or show its state.
+
+    odin-pipeline run FOLDER [--config pipeline.toml] [--once] [--quiet]
+    odin-pipeline status FOLDER [--json]
+    odin-pipeline check-config [PATH]
+
+Exit status: 0 done (or stopped by Ctrl-C / SIGTERM), 1 the pipeline stopped on an error,
+2 a usage or configuration error (the message names the key).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+from odin.pipeline.config import PipelineConfigError, load_pipeline_config
+
+DEFAULT_CONFIG = "pipeline.toml"
+
+
+def _config_path(arg: Optional[str], folder: Optional[Path]) -> Optional[Path]:
+    """--config, else FOLDER/pipeline.toml, else ./pipeline.toml, else the built-in defaults."""
+    if arg:
+        return Path(arg)
+    for candidate in ([folder / DEFAULT_CONFIG] if folder else []) + [Path(DEFAULT_CONFIG)]:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="odin-pipeline",
+        description="Watch a folder and keep training a model on what is dropped into FOLDER/inbox/: "
+                    "crawl -> preprocess -> tokenize -> train (docs/pipeline.md).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline on FOLDER (creates it and FOLDER/inbox/)")
+    run.add_argument("folder", type=Path)
+    run.add_argument("--config", help="pipeline.toml to use (default: FOLDER/pipeline.toml, then ./pipeline.toml, "
+                                      "then built-in defaults)")
+    run.add_argument("--once", "--exit-when-idle", dest="once", action="store_true",
+                     help="process what is there (and what arrives meanwhile), then exit when idle")
+    run.add_argument("--quiet", action="store_true", help="only errors and the status line, no per-item lines")
+    status = sub.add_parser("status", help="show the state of the pipeline in FOLDER (works while it runs)")
+    status.add_argument("folder", type=Path)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    check = sub.add_parser("check-config", help="validate a pipeline.toml and print the settings in effect")
+    check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "status":
+        from odin.pipeline.status import collect_status, dumps, format_status
+
+        try:
+            info = collect_status(args.folder)
+        except FileNotFoundError as error:
+            print(f"odin-pipeline: {error}", file=sys.stderr)
+            return 2
+        except Exception as error:  # sqlite3 errors: corrupt or foreign file
+            print(f"odin-pipeline: cannot read {args.folder}/pipeline.db: {error}", file=sys.stderr)
+            return 1
+        try:
+            print(dumps(info) if args.json else format_status(info))
+        except BrokenPipeError:  # `odin-pipeline status X | head`
+            sys.stderr.close()
+        return 0
+    if args.command == "check-config":
+        try:
+            config = load_pipeline_config(args.config)
+        except PipelineConfigError as error:
+            print(f"odin-pipeline: {error}", file=sys.stderr)
+            return 2
+        _print_config(config)
+        return 0
+    try:
+        config = load_pipeline_config(_config_path(args.config, args.folder))
+    except PipelineConfigError as error:
+        print(f"odin-pipeline: {error}", file=sys.stderr)
+        return 2
+    from odin.pipeline.runner import Runner  # imports the native library: after the cheap checks
+
+    return Runner(args.folder, config, once=args.once, quiet=args.quiet).run()
+
+
+def _print_config(config) -> None:
+    from dataclasses import fields
+
+    print(f"# {config.source}: valid")
+    for section in ("folders", "watch", "retry", "crawl", "preprocess", "tokenizer", "train"):
+        value = getattr(config, section)
+        print(f"[{section}]")
+        for f in fields(value):
+            print(f"{f.name} = {getattr(value, f.name)!r}")
+    print("[model]")
+    for key, value in config.model.items():
+        print(f"{key} = {value!r}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
