@@ -222,3 +222,20 @@ def test_blueprint_memory_estimate_is_the_workspace_the_c_model_allocates():
         finally:
             lib.odin_rwkv_ws_free(out[0])
         assert Blueprint(config.model).memory_estimate(batch, seq).activations == allocated
+
+
+def test_pipeline_trains_an_rwkv_model_from_its_model_setting(tmp_path):
+    """pipeline.toml's [model] preset may name an RWKV preset: shards train it, checkpoints hold it."""
+    from pipeline_helpers import checkpoint_state, config_text, run_once, write_docs
+
+    folder, config = tmp_path / "pipe", tmp_path / "pipeline.toml"
+    config.write_text(config_text(model={"preset": "rwkv-tiny", "n_layer": 1, "d_model": 32, "n_head": 1,
+                                         "context": 32}), encoding="utf-8")
+    write_docs(folder / "inbox", 10)
+    proc = run_once(folder, config)
+    assert proc.returncode == 0, proc.stderr
+    step, state = checkpoint_state(folder)
+    assert step > 0
+    loaded = load_model_checkpoint(folder / "checkpoints" / "latest")
+    assert isinstance(loaded.model, RWKV) and loaded.run_config.model.arch == "rwkv"
+    assert loaded.model.shape.vocab_size == loaded.tokenizer.vocab_size
