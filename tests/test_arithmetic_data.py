@@ -204,3 +204,28 @@ def test_cli_build(tmp_path, capsys):
     assert "would be empty" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["data", "build", "--out", "x", "--ops", "add,pow"])
+
+
+def test_prompt_spaces_space_only_training_prompts_deterministically(tmp_path):
+    import random as _random
+
+    from odin.data.arithmetic import spaced_prompt
+    from odin.data.dataset import build_dataset, load_split
+
+    rng = _random.Random(0)
+    seen = {spaced_prompt("123+45=", rng, 2) for _ in range(2000)}
+    assert all(p.replace(" ", "") == "123+45=" and p.endswith("=") for p in seen)
+    assert "123+45=" in seen and " 123  +  45  =" in seen and len(seen) == 81  # 3^4 layouts
+    with pytest.raises(ValueError, match="arithmetic prompt"):
+        spaced_prompt("x=3", rng, 2)
+    a = build_dataset(tmp_path / "a", seed=3, n_examples=300, ops=["add"], max_digits=3, prompt_spaces=3)
+    b = build_dataset(tmp_path / "b", seed=3, n_examples=300, ops=["add"], max_digits=3, prompt_spaces=3)
+    plain = build_dataset(tmp_path / "c", seed=3, n_examples=300, ops=["add"], max_digits=3)
+    assert a["splits"] == b["splits"] and a["settings"]["prompt_spaces"] == 3
+    train, plain_train = load_split(tmp_path / "a", "train"), load_split(tmp_path / "c", "train")
+    assert [e.prompt.replace(" ", "") for e in train] == [e.prompt for e in plain_train]
+    assert sum(" " in e.prompt for e in train) > 0.9 * len(train)  # 1 - (1/4)^4 of them have a space
+    for split in ("val", "test", "heldout"):
+        assert load_split(tmp_path / "a", split) == load_split(tmp_path / "c", split)
+    with pytest.raises(ValueError, match="prompt_spaces"):
+        build_dataset(tmp_path / "d", seed=3, n_examples=30, ops=["add"], max_digits=3, prompt_spaces=-1)

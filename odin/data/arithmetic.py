@@ -140,6 +140,25 @@ def make_example(op: str, left: int, right: int, *, reverse_answer: bool = False
     )
 
 
+def spaced_prompt(prompt: str, rng: random.Random, max_spaces: int) -> str:
+    """``prompt`` with 0..max_spaces spaces (drawn from ``rng``) before the first operand, on
+    each side of the operator and before ``=``; never inside a number.
+
+    Used on training prompts for length generalisation: with the token distances between
+    ``+`` and ``=`` no longer equal to an operand's length, a model cannot learn where an
+    answer ends from positions and has to use what the digits are (their Abacus places).
+    """
+    if max_spaces < 0:
+        raise ValueError(f"max_spaces must be >= 0, got {max_spaces}")
+    body = prompt[:-1] if prompt.endswith("=") else prompt
+    for symbol in OPERATION_SYMBOLS.values():
+        left, found, right = body.partition(symbol)
+        if found and left.isdigit() and right.isdigit():
+            gap = lambda: " " * rng.randint(0, max_spaces)  # noqa: E731
+            return f"{gap()}{left}{gap()}{symbol}{gap()}{right}{gap()}="
+    raise ValueError(f"not an arithmetic prompt of the form <a><op><b>=: {prompt!r}")
+
+
 def iter_all_problems(config: ArithmeticConfig) -> Iterator[tuple[str, int, int]]:
     """Every distinct (op, left, right) in a fixed order: ops as listed, then ascending operands."""
     left_low, _ = operand_range(config.min_digits)

@@ -91,6 +91,9 @@ def add_build_parser(data_subparsers: "argparse._SubParsersAction") -> argparse.
     )
     parser.add_argument("--n-heldout", type=int, default=None,
                         help="held-out examples, per task with --tasks (default: test size; 0 = none)")
+    parser.add_argument("--prompt-spaces", type=int, default=0, metavar="K",
+                        help="write training prompts with 0..K random spaces around the operands "
+                             "(length generalisation; val/test/held-out stay plain; default 0)")
     mixed = parser.add_argument_group("mixed-task datasets (with --tasks)")
     mixed.add_argument("--tasks", type=_parse_tasks, default=None, metavar="LIST",
                        help=f"comma list of {','.join(FAMILIES)}: build a mixed dataset with heldout_<task> splits")
@@ -163,6 +166,7 @@ def run_build(args: argparse.Namespace) -> int:
             reverse_answer=args.reverse,
             heldout_digits=args.heldout_digits,
             n_heldout=args.n_heldout,
+            prompt_spaces=args.prompt_spaces,
         )
     except (ValueError, OSError) as error:
         print(f"odin data build: error: {error}", file=sys.stderr)

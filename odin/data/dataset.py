@@ -29,6 +29,7 @@ from odin.data.arithmetic import (
     ArithmeticConfig,
     count_distinct_problems,
     sample_unique_examples,
+    spaced_prompt,
 )
 from odin.data.examples import Example
 from odin.fileio import write_text_atomic
@@ -114,13 +115,18 @@ def build_dataset(
     split: Sequence[float] = (0.8, 0.1, 0.1),
     heldout_digits: int | Sequence[int] | None = None,
     n_heldout: int | None = None,
+    prompt_spaces: int = 0,
 ) -> dict[str, Any]:
     """Write train/val/test (+ heldout) JSONL files and ``dataset.json``; return the manifest.
 
     ``n_heldout=None`` makes the held-out split as large as the requested test split;
     ``n_heldout=0`` writes no held-out split. ``heldout_digits=None`` means
-    ``max_digits+1 .. max_digits+2`` digits per operand.
+    ``max_digits+1 .. max_digits+2`` digits per operand. ``prompt_spaces > 0`` writes the
+    *training* prompts with 0..prompt_spaces random spaces around the operands
+    (:func:`~odin.data.arithmetic.spaced_prompt`); val, test and held-out keep the plain form.
     """
+    if isinstance(prompt_spaces, bool) or not isinstance(prompt_spaces, int) or not 0 <= prompt_spaces <= 8:
+        raise ValueError(f"prompt_spaces must be an integer in [0, 8], got {prompt_spaces!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 3:
@@ -150,6 +156,11 @@ def build_dataset(
     for name in MAIN_SPLITS:
         split_examples[name] = main_examples[start : start + counts[name]]
         start += counts[name]
+
+    if prompt_spaces:  # splits are cut from distinct problems first: spacing cannot leak one
+        space_rng = random.Random(f"{seed}/spaces")
+        split_examples["train"] = [dataclasses.replace(e, prompt=spaced_prompt(e.prompt, space_rng, prompt_spaces))
+                                   for e in split_examples["train"]]
 
     heldout_range: tuple[int, int] | None = None
     distinct_heldout: int | None = None
@@ -186,6 +197,7 @@ def build_dataset(
             **main_config.to_dict(),
             "heldout_digits": list(heldout_range) if heldout_range else None,
             "split": list(fractions),
+            **({"prompt_spaces": prompt_spaces} if prompt_spaces else {}),
         },
         "splits": split_entries,
     }
