@@ -17,7 +17,6 @@ static const char *k_names[T_KINDS] = {"wte", "wpe", "ln1_w", "ln1_b", "qkv_w", 
                                        "fcproj_b", "lnf_w", "lnf_b", "wab"};
 #define PER_LAYER 12 /* kinds T_LN1W .. T_FCPB */
 
-typedef struct { const char *name; int layer; size_t offset; int rows, cols; int decay; } tensor_view;
 
 struct odin_gpt {
     int V, maxT, L, NH, C;
@@ -26,7 +25,7 @@ struct odin_gpt {
     float eps;
     size_t n_params;
     int n_tensors;
-    tensor_view *tensors;
+    odin_tensor_view *tensors;
     float *params, *grads, *m, *v;
 };
 
@@ -36,12 +35,6 @@ static inline float *view(const odin_gpt *g, float *block, int kind, int l) {
                                                     : 2 + g->L * PER_LAYER + (kind - T_LNFW);
     /* T_WAB follows lnf_w, lnf_b, so the formula above already lands on it */
     return block + g->tensors[idx].offset;
-}
-
-static void *zalloc(size_t bytes) {
-    void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    if (p) memset(p, 0, bytes);
-    return p;
 }
 
 odin_status odin_gpt_create(odin_gpt **out, int vocab, int max_t, int n_layer, int n_head,
@@ -73,7 +66,7 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
     int idx = 0;
 #define ADD(kind, layer)                                                                          \
     do {                                                                                          \
-        g->tensors[idx++] = (tensor_view){k_names[kind], layer, off, rows[kind], cols[kind], cols[kind] > 1}; \
+        g->tensors[idx++] = (odin_tensor_view){k_names[kind], off, rows[kind], cols[kind], cols[kind] > 1}; \
         off += (size_t)rows[kind] * cols[kind];                                                   \
     } while (0)
     ADD(T_WTE, -1);
@@ -85,10 +78,10 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
     if (n_abacus > 0) ADD(T_WAB, -1);
 #undef ADD
     g->n_params = off;
-    g->params = zalloc(off * sizeof(float));
-    g->grads = zalloc(off * sizeof(float));
-    g->m = zalloc(off * sizeof(float));
-    g->v = zalloc(off * sizeof(float));
+    g->params = odin_zalloc(off * sizeof(float));
+    g->grads = odin_zalloc(off * sizeof(float));
+    g->m = odin_zalloc(off * sizeof(float));
+    g->v = odin_zalloc(off * sizeof(float));
     if (!g->params || !g->grads || !g->m || !g->v) {
         odin_gpt_free(g);
         return odin_fail(ODIN_NO_MEMORY, "cannot allocate %zu parameters (4 blocks of %.1f MiB)",
@@ -120,14 +113,7 @@ float *odin_gpt_adam_v(odin_gpt *g) { return g->v; }
 odin_status odin_gpt_tensor_info(const odin_gpt *g, int index, const char **name, size_t *offset,
                                  int *rows, int *cols) {
     ODIN_REQUIRE_PTR(g, "model");
-    if (index < 0 || index >= g->n_tensors)
-        return odin_fail(ODIN_BAD_ARG, "index must be in [0, %d), got %d", g->n_tensors, index);
-    const tensor_view *t = &g->tensors[index];
-    if (name) *name = t->name;
-    if (offset) *offset = t->offset;
-    if (rows) *rows = t->rows;
-    if (cols) *cols = t->cols;
-    return ODIN_OK;
+    return odin_tensor_info(g->tensors, g->n_tensors, index, name, offset, rows, cols);
 }
 
 /* ------------------------------------------------------------------ workspace */
@@ -167,7 +153,7 @@ odin_status odin_gpt_ws_create(odin_gpt_ws **out, const odin_gpt *g, int B, int 
     odin_gpt_ws *w = calloc(1, sizeof *w);
     if (!w) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the workspace");
     w->layers = calloc(L, sizeof *w->layers);
-    w->block = zalloc(total * sizeof(float));
+    w->block = odin_zalloc(total * sizeof(float));
     if (!w->layers || !w->block) {
         free(w->layers); free(w->block); free(w);
         return odin_fail(ODIN_NO_MEMORY, "cannot allocate %.1f MiB of activations for B=%d, T=%d",
@@ -220,15 +206,6 @@ static int mm_bwd(float *dinp, float *dW, float *dbias, const float *dout, const
     return 0;
 }
 
-static odin_status check_tokens(const int32_t *t, size_t n, int V, const char *name, const uint8_t *mask) {
-    for (size_t i = 0; i < n; i++) {
-        if (mask && !mask[i]) continue;
-        if (t[i] < 0 || t[i] >= V)
-            return odin_fail(ODIN_BAD_ARG, "%s[%zu] = %d is outside the vocabulary [0, %d)", name, i, (int)t[i], V);
-    }
-    return ODIN_OK;
-}
-
 odin_status odin_gpt_forward(odin_gpt *g, odin_gpt_ws *w, const int32_t *tokens, const int32_t *targets,
                              const uint8_t *mask, int B, int T, float *loss) {
     return odin_gpt_forward_ex(g, w, tokens, NULL, targets, mask, B, T, loss);
@@ -260,9 +237,9 @@ odin_status odin_gpt_forward_ex(odin_gpt *g, odin_gpt_ws *w, const int32_t *toke
     if (B > w->Bmax || T > w->Tmax)
         return odin_fail(ODIN_BAD_SHAPE, "batch B=%d, T=%d does not fit the workspace (B<=%d, T<=%d)", B, T, w->Bmax, w->Tmax);
     const size_t BT = (size_t)B * T;
-    odin_status s = check_tokens(tokens, BT, g->V, "tokens", NULL);
+    odin_status s = odin_check_tokens(tokens, BT, g->V, "tokens", NULL);
     if (s) return s;
-    if (targets && (s = check_tokens(targets, BT, g->V, "targets", mask))) return s;
+    if (targets && (s = odin_check_tokens(targets, BT, g->V, "targets", mask))) return s;
     if ((s = check_ids(g, ids, BT))) return s;
     /* the workspace was laid out for Tmax; a smaller T reuses it with a denser stride */
     w->B = B; w->T = T;
@@ -361,24 +338,8 @@ oom:
 odin_status odin_gpt_adamw_step(odin_gpt *g, float lr, float beta1, float beta2, float eps,
                                 float weight_decay, float grad_clip, int t, float *grad_norm) {
     ODIN_REQUIRE_PTR(g, "model");
-    if (t < 1) return odin_fail(ODIN_BAD_ARG, "t (the step number) must be >= 1 (got %d)", t);
-    if (!(beta1 >= 0.0f && beta1 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta1 must be in [0, 1) (got %g)", beta1);
-    if (!(beta2 >= 0.0f && beta2 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta2 must be in [0, 1) (got %g)", beta2);
-    if (!(eps > 0.0f)) return odin_fail(ODIN_BAD_ARG, "eps must be > 0 (got %g)", eps);
-    if (!(lr >= 0.0f) || !isfinite(lr)) return odin_fail(ODIN_BAD_ARG, "lr must be a finite number >= 0 (got %g)", lr);
-    const odin_kernel_table *k = odin_kern;
-    double norm = sqrt(k->sumsq(g->grads, g->n_params));
-    if (grad_norm) *grad_norm = (float)norm;
-    if (!isfinite(norm)) return odin_fail(ODIN_NAN_DETECTED, "gradient norm is not finite (NaN or Inf in the gradients)");
-    if (grad_clip > 0.0f && norm > grad_clip) k->scale(g->grads, g->n_params, (float)(grad_clip / norm));
-    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
-    for (int i = 0; i < g->n_tensors; i++) {
-        const tensor_view *tv = &g->tensors[i];
-        size_t n = (size_t)tv->rows * tv->cols;
-        k->adamw(g->params + tv->offset, g->grads + tv->offset, g->m + tv->offset, g->v + tv->offset, n,
-                 lr, beta1, beta2, eps, tv->decay ? weight_decay : 0.0f, bc1, bc2);
-    }
-    return ODIN_OK;
+    return odin_clip_adamw(g->tensors, g->n_tensors, g->params, g->grads, g->m, g->v, g->n_params, lr, beta1, beta2,
+                           eps, weight_decay, grad_clip, t, grad_norm);
 }
 
 /* ------------------------------------------------------------------ generation */
@@ -397,7 +358,7 @@ odin_status odin_gpt_cache_create(odin_gpt_cache **out, const odin_gpt *g, int B
     const size_t total = 2 * kv + B * C * 3 + B * 3 * C + B * 4 * C * 2 + (size_t)g->maxT + (size_t)B * g->V;
     odin_gpt_cache *c = calloc(1, sizeof *c);
     if (!c) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the KV cache");
-    c->block = zalloc(total * sizeof(float));
+    c->block = odin_zalloc(total * sizeof(float));
     if (!c->block) { free(c); return odin_fail(ODIN_NO_MEMORY, "cannot allocate %.1f MiB of KV cache", total * 4.0 / 1048576.0); }
     float *p = c->block;
     c->B = B;
@@ -593,9 +554,7 @@ odin_status odin_gpt_generate_greedy_ex(odin_gpt *g, odin_gpt_cache *c, const in
         for (int b = 0; b < B; b++) {
             int L = prompt_lens[b];
             if (done[b] || step < L - 1) continue;
-            const float *lg = c->logits + (size_t)b * V;
-            int best = 0;
-            for (int i = 1; i < V; i++) if (lg[i] > lg[best]) best = i;
+            const int best = odin_argmax(c->logits + (size_t)b * V, V);
             out[(size_t)b * max_new + out_lens[b]] = best;
             out_lens[b]++;
             if (best == end_id || out_lens[b] >= max_new) done[b] = 1;

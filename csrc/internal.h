@@ -18,4 +18,22 @@ odin_status odin_fail(odin_status code, const char *fmt, ...)
 #define ODIN_REQUIRE_POS(v, name)                                                  \
     do { if ((v) <= 0) return odin_fail(ODIN_BAD_SHAPE, "%s must be > 0 (got %lld)", name, (long long)(v)); } while (0)
 
+/* ---- shared by the models (model_common.c) ---- */
+/* One tensor of a model's parameter block: a named view; decay = 1 for matrices (weight
+ * decay applies), 0 for vectors (biases, LayerNorm, RWKV decays / bonuses / mixes). */
+typedef struct { const char *name; size_t offset; int rows, cols; int decay; } odin_tensor_view;
+
+/* 64-byte aligned, zeroed; NULL when out of memory. Free with free(). */
+void *odin_zalloc(size_t bytes);
+/* Every t[i] (where mask is NULL or mask[i] != 0) in [0, V), else an error naming name[i]. */
+odin_status odin_check_tokens(const int32_t *t, size_t n, int V, const char *name, const uint8_t *mask);
+odin_status odin_tensor_info(const odin_tensor_view *tensors, int n_tensors, int index, const char **name,
+                             size_t *offset, int *rows, int *cols);
+/* Clip the gradient block to grad_clip (<= 0: no clipping), then AdamW tensor by tensor,
+ * weight decay where the view says so. Non-finite norm: ODIN_NAN_DETECTED, nothing changes. */
+odin_status odin_clip_adamw(const odin_tensor_view *tensors, int n_tensors, float *params, float *grads,
+                            float *m, float *v, size_t n_params, float lr, float beta1, float beta2, float eps,
+                            float weight_decay, float grad_clip, int t, float *grad_norm);
+int odin_argmax(const float *x, int n);
+
 #endif

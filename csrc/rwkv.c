@@ -33,14 +33,13 @@ static const char *k_names[R_KINDS] = {
 #define FIRST_LAYER_KIND R_LN1W
 #define PER_LAYER (R_LNOW - R_LN1W) /* 18 */
 
-typedef struct { const char *name; size_t offset; int rows, cols; } tensor_view;
 
 struct odin_rwkv {
     int V, L, C, F;
     float eps;
     size_t n_params;
     int n_tensors;
-    tensor_view *tensors;
+    odin_tensor_view *tensors;
     float *params, *grads, *m, *v;
 };
 
@@ -50,12 +49,6 @@ static inline float *view(const odin_rwkv *r, float *block, int kind, int l) {
             : kind < R_LNOW ? FIRST_LAYER_KIND + l * PER_LAYER + (kind - FIRST_LAYER_KIND)
                             : FIRST_LAYER_KIND + r->L * PER_LAYER + (kind - R_LNOW);
     return block + r->tensors[idx].offset;
-}
-
-static void *zalloc(size_t bytes) {
-    void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    if (p) memset(p, 0, bytes);
-    return p;
 }
 
 odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_model, int d_ffn, float ln_eps) {
@@ -77,7 +70,7 @@ odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_mode
     int idx = 0;
 #define ADD(kind)                                                                    \
     do {                                                                             \
-        r->tensors[idx++] = (tensor_view){k_names[kind], off, rows[kind], cols[kind]}; \
+        r->tensors[idx++] = (odin_tensor_view){k_names[kind], off, rows[kind], cols[kind], cols[kind] > 1}; \
         off += (size_t)rows[kind] * cols[kind];                                      \
     } while (0)
     for (int kind = R_EMB; kind < FIRST_LAYER_KIND; kind++) ADD(kind);
@@ -87,10 +80,10 @@ odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_mode
     ADD(R_LNOB);
 #undef ADD
     r->n_params = off;
-    r->params = zalloc(off * sizeof(float));
-    r->grads = zalloc(off * sizeof(float));
-    r->m = zalloc(off * sizeof(float));
-    r->v = zalloc(off * sizeof(float));
+    r->params = odin_zalloc(off * sizeof(float));
+    r->grads = odin_zalloc(off * sizeof(float));
+    r->m = odin_zalloc(off * sizeof(float));
+    r->v = odin_zalloc(off * sizeof(float));
     if (!r->params || !r->grads || !r->m || !r->v) {
         odin_rwkv_free(r);
         return odin_fail(ODIN_NO_MEMORY, "cannot allocate %zu parameters (4 blocks of %.1f MiB)",
@@ -116,14 +109,7 @@ float *odin_rwkv_adam_v(odin_rwkv *r) { return r ? r->v : NULL; }
 odin_status odin_rwkv_tensor_info(const odin_rwkv *r, int index, const char **name, size_t *offset,
                                   int *rows, int *cols) {
     ODIN_REQUIRE_PTR(r, "model");
-    if (index < 0 || index >= r->n_tensors)
-        return odin_fail(ODIN_BAD_ARG, "index must be in [0, %d), got %d", r->n_tensors, index);
-    const tensor_view *t = &r->tensors[index];
-    if (name) *name = t->name;
-    if (offset) *offset = t->offset;
-    if (rows) *rows = t->rows;
-    if (cols) *cols = t->cols;
-    return ODIN_OK;
+    return odin_tensor_info(r->tensors, r->n_tensors, index, name, offset, rows, cols);
 }
 
 /* ------------------------------------------------------------------ workspace */
@@ -164,7 +150,7 @@ odin_status odin_rwkv_ws_create(odin_rwkv_ws **out, const odin_rwkv *r, int B, i
     odin_rwkv_ws *w = calloc(1, sizeof *w);
     if (!w) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the workspace");
     w->layers = calloc(L, sizeof *w->layers);
-    w->block = zalloc(total * sizeof(float));
+    w->block = odin_zalloc(total * sizeof(float));
     if (!w->layers || !w->block) {
         free(w->layers); free(w->block); free(w);
         return odin_fail(ODIN_NO_MEMORY, "cannot allocate %.1f MiB of activations for B=%d, T=%d",
@@ -211,15 +197,6 @@ static int mm_bwd(float *dinp, float *dW, const float *dout, const float *inp, c
     return odin_gemm(N, K, M, dout, 1, N, inp, K, 1, 1, dW, K);
 }
 
-static odin_status check_tokens(const int32_t *t, size_t n, int V, const char *name, const uint8_t *mask) {
-    for (size_t i = 0; i < n; i++) {
-        if (mask && !mask[i]) continue;
-        if (t[i] < 0 || t[i] >= V)
-            return odin_fail(ODIN_BAD_ARG, "%s[%zu] = %d is outside the vocabulary [0, %d)", name, i, (int)t[i], V);
-    }
-    return ODIN_OK;
-}
-
 odin_status odin_rwkv_forward(odin_rwkv *r, odin_rwkv_ws *w, const int32_t *tokens, const int32_t *targets,
                               const uint8_t *mask, int B, int T, float *loss) {
     ODIN_REQUIRE_PTR(r, "model"); ODIN_REQUIRE_PTR(w, "ws"); ODIN_REQUIRE_PTR(tokens, "tokens");
@@ -227,9 +204,9 @@ odin_status odin_rwkv_forward(odin_rwkv *r, odin_rwkv_ws *w, const int32_t *toke
     if (B > w->Bmax || T > w->Tmax)
         return odin_fail(ODIN_BAD_SHAPE, "batch B=%d, T=%d does not fit the workspace (B<=%d, T<=%d)", B, T, w->Bmax, w->Tmax);
     const size_t BT = (size_t)B * T;
-    odin_status s = check_tokens(tokens, BT, r->V, "tokens", NULL);
+    odin_status s = odin_check_tokens(tokens, BT, r->V, "tokens", NULL);
     if (s) return s;
-    if (targets && (s = check_tokens(targets, BT, r->V, "targets", mask))) return s;
+    if (targets && (s = odin_check_tokens(targets, BT, r->V, "targets", mask))) return s;
     /* the workspace was laid out for Tmax; a smaller batch reuses it with a denser stride */
     w->B = B; w->T = T;
     w->tokens = tokens; w->targets = targets; w->mask = mask; w->has_loss = 0;
@@ -359,28 +336,12 @@ oom:
     return odin_fail(ODIN_NO_MEMORY, "backward: cannot allocate the GEMM packing buffers");
 }
 
+/* weight decay on matrices only: not on LayerNorms, decays, bonuses or mix vectors */
 odin_status odin_rwkv_adamw_step(odin_rwkv *r, float lr, float beta1, float beta2, float eps,
                                  float weight_decay, float grad_clip, int t, float *grad_norm) {
     ODIN_REQUIRE_PTR(r, "model");
-    if (t < 1) return odin_fail(ODIN_BAD_ARG, "t (the step number) must be >= 1 (got %d)", t);
-    if (!(beta1 >= 0.0f && beta1 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta1 must be in [0, 1) (got %g)", beta1);
-    if (!(beta2 >= 0.0f && beta2 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta2 must be in [0, 1) (got %g)", beta2);
-    if (!(eps > 0.0f)) return odin_fail(ODIN_BAD_ARG, "eps must be > 0 (got %g)", eps);
-    if (!(lr >= 0.0f) || !isfinite(lr)) return odin_fail(ODIN_BAD_ARG, "lr must be a finite number >= 0 (got %g)", lr);
-    const odin_kernel_table *k = odin_kern;
-    double norm = sqrt(k->sumsq(r->grads, r->n_params));
-    if (grad_norm) *grad_norm = (float)norm;
-    if (!isfinite(norm)) return odin_fail(ODIN_NAN_DETECTED, "gradient norm is not finite (NaN or Inf in the gradients)");
-    if (grad_clip > 0.0f && norm > grad_clip) k->scale(r->grads, r->n_params, (float)(grad_clip / norm));
-    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
-    for (int i = 0; i < r->n_tensors; i++) {
-        const tensor_view *tv = &r->tensors[i];
-        size_t n = (size_t)tv->rows * tv->cols;
-        /* weight decay on matrices only: not on LayerNorms, decays, bonuses or mix vectors */
-        k->adamw(r->params + tv->offset, r->grads + tv->offset, r->m + tv->offset, r->v + tv->offset, n,
-                 lr, beta1, beta2, eps, tv->cols > 1 ? weight_decay : 0.0f, bc1, bc2);
-    }
-    return ODIN_OK;
+    return odin_clip_adamw(r->tensors, r->n_tensors, r->params, r->grads, r->m, r->v, r->n_params, lr, beta1, beta2,
+                           eps, weight_decay, grad_clip, t, grad_norm);
 }
 
 /* ------------------------------------------------------------------ recurrent form */
@@ -405,7 +366,7 @@ odin_status odin_rwkv_state_create(odin_rwkv_state **out, const odin_rwkv *r, in
     const size_t total = n_state + (size_t)B * (12 * C + 2 * F + (size_t)r->V) + 2 * (size_t)B;
     odin_rwkv_state *s = calloc(1, sizeof *s);
     if (!s) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the recurrent state");
-    s->block = zalloc(total * sizeof(float));
+    s->block = odin_zalloc(total * sizeof(float));
     if (!s->block) { free(s); return odin_fail(ODIN_NO_MEMORY, "cannot allocate %.1f MiB of recurrent state", total * 4.0 / 1048576.0); }
     s->B = B; s->L = r->L; s->C = r->C; s->F = r->F; s->V = r->V; s->state_floats = n_state;
     float *p = s->block;
@@ -454,7 +415,7 @@ odin_status odin_rwkv_decode(odin_rwkv *r, odin_rwkv_state *s, const int32_t *to
     if (s->L != r->L || s->C != r->C || s->F != r->F || s->V != r->V)
         return odin_fail(ODIN_BAD_ARG, "state was created for another model shape (n_layer %d, d_model %d, d_ffn %d, "
                          "vocab %d; the model has %d, %d, %d, %d)", s->L, s->C, s->F, s->V, r->L, r->C, r->F, r->V);
-    odin_status st = check_tokens(tokens, (size_t)B, r->V, "tokens", NULL);
+    odin_status st = odin_check_tokens(tokens, (size_t)B, r->V, "tokens", NULL);
     if (st) return st;
     const int C = r->C, F = r->F, V = r->V, Bn = s->B;
     const size_t BC = (size_t)B * C;
@@ -504,7 +465,7 @@ odin_status odin_rwkv_generate_greedy(odin_rwkv *r, odin_rwkv_state *s, const in
     for (int b = 0; b < B; b++) {
         if (prompt_lens[b] < 1 || prompt_lens[b] > max_prompt)
             return odin_fail(ODIN_BAD_ARG, "prompt_lens[%d] = %d must be in [1, %d]", b, (int)prompt_lens[b], max_prompt);
-        odin_status st = check_tokens(prompts + (size_t)b * max_prompt, (size_t)prompt_lens[b], r->V, "prompts", NULL);
+        odin_status st = odin_check_tokens(prompts + (size_t)b * max_prompt, (size_t)prompt_lens[b], r->V, "prompts", NULL);
         if (st) return st;
         if (prompt_lens[b] > longest) longest = prompt_lens[b];
     }
@@ -527,9 +488,7 @@ odin_status odin_rwkv_generate_greedy(odin_rwkv *r, odin_rwkv_state *s, const in
         if (st) return st;
         for (int b = 0; b < B; b++) {
             if (s->done[b] || step < prompt_lens[b] - 1) continue;
-            const float *lg = s->logits + (size_t)b * V;
-            int best = 0;
-            for (int i = 1; i < V; i++) if (lg[i] > lg[best]) best = i;
+            const int best = odin_argmax(s->logits + (size_t)b * V, V);
             out[(size_t)b * max_new + out_lens[b]] = best;
             out_lens[b]++;
             if (best == end_id || out_lens[b] >= max_new) s->done[b] = 1;

@@ -34,30 +34,35 @@ def _block_view(ptr, n: int) -> np.ndarray:
     return np.frombuffer(ffi.buffer(ptr, n * 4), dtype=np.float32)
 
 
-class GPT:
-    """A GPT model in native memory. Not thread-safe: one trainer drives it at a time."""
+class NativeModel:
+    """What the architectures share on the Python side: a handle on a C model whose API is
+    `<C_PREFIX>_create ... _free`, one parameter block with numpy views of every tensor
+    (parameters, gradients, AdamW moments: no copies), a workspace sized on demand,
+    backward, logits and the AdamW step. Not thread-safe: one trainer drives it at a time
+    (the spheres trainer gives each of its threads its own C workspace)."""
 
-    def __init__(self, shape: GPTShape) -> None:
-        self.shape = shape
-        handle = ffi.new("odin_gpt **")
-        if shape.n_abacus and (shape.digit_first < 0 or shape.sep_id < 0):
-            raise ValueError("a model with Abacus embeddings needs digit_first and sep_id (token ids of '0' and '=')")
-        check(lib.odin_gpt_create_ex(handle, shape.vocab_size, shape.context, shape.n_layer, shape.n_head,
-                                     shape.d_model, float(shape.ln_eps), shape.n_abacus), "GPT")
-        self._h = ffi.gc(handle[0], lib.odin_gpt_free)
-        check(lib.odin_gpt_set_learned_positions(self._h, int(shape.learned_positions)), "GPT")
-        self.n_params = int(lib.odin_gpt_num_params(self._h))
-        self.params = _block_view(lib.odin_gpt_params(self._h), self.n_params)
-        self.grads = _block_view(lib.odin_gpt_grads(self._h), self.n_params)
-        self.adam_m = _block_view(lib.odin_gpt_adam_m(self._h), self.n_params)
-        self.adam_v = _block_view(lib.odin_gpt_adam_v(self._h), self.n_params)
+    C_PREFIX = ""                           # "odin_gpt" or "odin_rwkv"
+    NAME = ""                               # for error messages
+    GLOBAL_TENSORS: tuple[str, ...] = ()    # tensor names outside the layers (no "h.<l>." prefix)
+
+    def _c(self, function: str):
+        return getattr(lib, f"{self.C_PREFIX}_{function}")
+
+    def _attach(self, handle) -> None:
+        """Own `handle` (freed with the object) and map its blocks and tensor table."""
+        self._h = ffi.gc(handle, self._c("free"))
+        self.n_params = int(self._c("num_params")(self._h))
+        self.params = _block_view(self._c("params")(self._h), self.n_params)
+        self.grads = _block_view(self._c("grads")(self._h), self.n_params)
+        self.adam_m = _block_view(self._c("adam_m")(self._h), self.n_params)
+        self.adam_v = _block_view(self._c("adam_v")(self._h), self.n_params)
         self.tensor_layout: list[tuple[str, int, tuple[int, ...]]] = []
         name_p, off_p, rows_p, cols_p = ffi.new("char **"), ffi.new("size_t *"), ffi.new("int *"), ffi.new("int *")
         layer_of: dict[str, int] = {}
-        for i in range(lib.odin_gpt_num_tensors(self._h)):
-            check(lib.odin_gpt_tensor_info(self._h, i, name_p, off_p, rows_p, cols_p), "GPT.tensor_info")
+        for i in range(self._c("num_tensors")(self._h)):
+            check(self._c("tensor_info")(self._h, i, name_p, off_p, rows_p, cols_p), f"{self.NAME}.tensor_info")
             base = ffi.string(name_p[0]).decode()
-            if base in ("wte", "wpe", "lnf_w", "lnf_b", "wab"):
+            if base in self.GLOBAL_TENSORS:
                 name = base
             else:
                 layer = layer_of.get(base, 0)
@@ -81,6 +86,75 @@ class GPT:
     def named_moments(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         return self._views(self.adam_m), self._views(self.adam_v)
 
+    def _reset_optimizer_state(self) -> None:
+        self.adam_m[...] = 0.0
+        self.adam_v[...] = 0.0
+        self.grads[...] = 0.0
+
+    # ------------------------------------------------------------ training
+    def _workspace(self, B: int, T: int):
+        if self._ws is None or B > self._ws_shape[0] or T > self._ws_shape[1]:
+            B2, T2 = max(B, self._ws_shape[0]), max(T, self._ws_shape[1])
+            out = ffi.new(f"{self.C_PREFIX}_ws **")
+            self._ws = None  # free the old one first: they can be large
+            check(self._c("ws_create")(out, self._h, B2, T2), f"{self.NAME}.workspace")
+            self._ws = ffi.gc(out[0], self._c("ws_free"))
+            self._ws_shape = (B2, T2)
+        return self._ws
+
+    def _targets_and_mask(self, targets: Optional[np.ndarray], mask: Optional[np.ndarray], B: int, T: int):
+        """(targets, mask, their C pointers) checked against [B, T]."""
+        tp = mp = ffi.NULL
+        if targets is not None:
+            targets = _i32_2d(targets, "targets", (B, T))
+            tp = ffi.cast("int32_t *", ffi.from_buffer(targets))
+        if mask is not None:
+            mask = np.ascontiguousarray(mask, dtype=np.uint8)
+            if mask.shape != (B, T):
+                raise ShapeError(f"mask must have shape {(B, T)}, got {mask.shape}")
+            mp = ffi.cast("uint8_t *", ffi.from_buffer(mask))
+        return targets, mask, tp, mp
+
+    def logits(self) -> np.ndarray:
+        """Logits [B,T,V] of the last forward (a copy)."""
+        B, T = self._last_bt
+        V = self.shape.vocab_size
+        return _block_view(self._c("ws_logits")(self._ws), B * T * V).reshape(B, T, V).copy()
+
+    def zero_grad(self) -> None:
+        self.grads[...] = 0.0
+
+    def backward(self, dloss: float = 1.0) -> None:
+        """Accumulate d(loss)/d(params) of the last forward into self.grads."""
+        if self._ws is None:
+            raise RuntimeError("backward() needs a forward() with targets first")
+        check(self._c("backward")(self._h, self._ws, self._c("grads")(self._h), float(dloss)),
+              f"{self.NAME}.backward")
+
+    def adamw_step(self, *, lr: float, step: int, beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
+                   weight_decay: float = 0.0, grad_clip: float = 1.0) -> float:
+        """Clip, then AdamW (weight decay on matrices only). Returns the gradient norm before clipping."""
+        norm = ffi.new("float *")
+        check(self._c("adamw_step")(self._h, float(lr), float(beta1), float(beta2), float(eps),
+                                    float(weight_decay), float(grad_clip), int(step), norm), f"{self.NAME}.adamw_step")
+        return float(norm[0])
+
+
+class GPT(NativeModel):
+    """A GPT model in native memory."""
+
+    C_PREFIX, NAME, GLOBAL_TENSORS = "odin_gpt", "GPT", ("wte", "wpe", "lnf_w", "lnf_b", "wab")
+
+    def __init__(self, shape: GPTShape) -> None:
+        self.shape = shape
+        handle = ffi.new("odin_gpt **")
+        if shape.n_abacus and (shape.digit_first < 0 or shape.sep_id < 0):
+            raise ValueError("a model with Abacus embeddings needs digit_first and sep_id (token ids of '0' and '=')")
+        check(lib.odin_gpt_create_ex(handle, shape.vocab_size, shape.context, shape.n_layer, shape.n_head,
+                                     shape.d_model, float(shape.ln_eps), shape.n_abacus), "GPT")
+        self._attach(handle[0])
+        check(lib.odin_gpt_set_learned_positions(self._h, int(shape.learned_positions)), "GPT")
+
     def init_weights(self, seed: int) -> None:
         """GPT-2 initialisation: N(0, 0.02) matrices and embeddings, residual projections
         scaled by 1/sqrt(2 L), LayerNorm weights 1, biases 0. Deterministic from the seed."""
@@ -97,20 +171,7 @@ class GPT:
                 arr[...] = rng.normal(0.0, std, size=arr.shape).astype(np.float32)
         if not self.shape.learned_positions:
             self.named_params()["wpe"][...] = 0.0
-        self.adam_m[...] = 0.0
-        self.adam_v[...] = 0.0
-        self.grads[...] = 0.0
-
-    # ------------------------------------------------------------ training
-    def _workspace(self, B: int, T: int):
-        if self._ws is None or B > self._ws_shape[0] or T > self._ws_shape[1]:
-            B2, T2 = max(B, self._ws_shape[0]), max(T, self._ws_shape[1])
-            out = ffi.new("odin_gpt_ws **")
-            self._ws = None  # free the old one first: they can be large
-            check(lib.odin_gpt_ws_create(out, self._h, B2, T2), "GPT.workspace")
-            self._ws = ffi.gc(out[0], lib.odin_gpt_ws_free)
-            self._ws_shape = (B2, T2)
-        return self._ws
+        self._reset_optimizer_state()
 
     def abacus_ids(self, tokens: np.ndarray, offsets: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """Abacus ids for token rows (None for a model without Abacus embeddings)."""
@@ -134,16 +195,7 @@ class GPT:
             ip = ffi.cast("int32_t *", ffi.from_buffer(ids))
         if T > self.shape.context:
             raise ShapeError(f"tokens has T={T} positions but the model's context is {self.shape.context}")
-        tp = ffi.NULL
-        mp = ffi.NULL
-        if targets is not None:
-            targets = _i32_2d(targets, "targets", (B, T))
-            tp = ffi.cast("int32_t *", ffi.from_buffer(targets))
-        if mask is not None:
-            mask = np.ascontiguousarray(mask, dtype=np.uint8)
-            if mask.shape != (B, T):
-                raise ShapeError(f"mask must have shape {(B, T)}, got {mask.shape}")
-            mp = ffi.cast("uint8_t *", ffi.from_buffer(mask))
+        targets, mask, tp, mp = self._targets_and_mask(targets, mask, B, T)
         ws = self._workspace(B, T)
         # keep the inputs alive until backward: the C workspace points at them
         self._last_inputs = (tokens, ids, targets, mask)
@@ -152,29 +204,6 @@ class GPT:
                                       loss), "GPT.forward")
         self._last_bt = (B, T)
         return float(loss[0]) if targets is not None else None
-
-    def logits(self) -> np.ndarray:
-        """Logits [B,T,V] of the last forward (a copy)."""
-        B, T = self._last_bt
-        V = self.shape.vocab_size
-        return _block_view(lib.odin_gpt_ws_logits(self._ws), B * T * V).reshape(B, T, V).copy()
-
-    def zero_grad(self) -> None:
-        self.grads[...] = 0.0
-
-    def backward(self, dloss: float = 1.0) -> None:
-        """Accumulate d(loss)/d(params) of the last forward into self.grads."""
-        if self._ws is None:
-            raise RuntimeError("backward() needs a forward() with targets first")
-        check(lib.odin_gpt_backward(self._h, self._ws, lib.odin_gpt_grads(self._h), float(dloss)), "GPT.backward")
-
-    def adamw_step(self, *, lr: float, step: int, beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
-                   weight_decay: float = 0.0, grad_clip: float = 1.0) -> float:
-        """Clip, then AdamW. Returns the gradient norm before clipping."""
-        norm = ffi.new("float *")
-        check(lib.odin_gpt_adamw_step(self._h, float(lr), float(beta1), float(beta2), float(eps),
-                                      float(weight_decay), float(grad_clip), int(step), norm), "GPT.adamw_step")
-        return float(norm[0])
 
     # ------------------------------------------------------------ generation
     def new_cache(self, batch: int = 1) -> "KVCache":

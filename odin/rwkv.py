@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from odin.model import _block_view, _i32_2d
+from odin.model import NativeModel, _i32_2d
 from odin.native import ArgumentError, ShapeError, check, ffi, lib
 
 _GLOBAL_TENSORS = ("emb", "ln0_w", "ln0_b", "ln_out_w", "ln_out_b")
@@ -52,50 +52,17 @@ class RWKVShape:
         return False
 
 
-class RWKV:
-    """An RWKV-4 model in native memory. Not thread-safe: one trainer drives it at a time
-    (the spheres trainer gives each thread its own C workspace on the same parameters)."""
+class RWKV(NativeModel):
+    """An RWKV-4 model in native memory (the shared machinery is odin.model.NativeModel)."""
+
+    C_PREFIX, NAME, GLOBAL_TENSORS = "odin_rwkv", "RWKV", _GLOBAL_TENSORS
 
     def __init__(self, shape: RWKVShape) -> None:
         self.shape = shape
         handle = ffi.new("odin_rwkv **")
         check(lib.odin_rwkv_create(handle, shape.vocab_size, shape.n_layer, shape.d_model, shape.d_ffn,
                                    float(shape.ln_eps)), "RWKV")
-        self._h = ffi.gc(handle[0], lib.odin_rwkv_free)
-        self.n_params = int(lib.odin_rwkv_num_params(self._h))
-        self.params = _block_view(lib.odin_rwkv_params(self._h), self.n_params)
-        self.grads = _block_view(lib.odin_rwkv_grads(self._h), self.n_params)
-        self.adam_m = _block_view(lib.odin_rwkv_adam_m(self._h), self.n_params)
-        self.adam_v = _block_view(lib.odin_rwkv_adam_v(self._h), self.n_params)
-        self.tensor_layout: list[tuple[str, int, tuple[int, ...]]] = []
-        name_p, off_p, rows_p, cols_p = ffi.new("char **"), ffi.new("size_t *"), ffi.new("int *"), ffi.new("int *")
-        layer_of: dict[str, int] = {}
-        for i in range(lib.odin_rwkv_num_tensors(self._h)):
-            check(lib.odin_rwkv_tensor_info(self._h, i, name_p, off_p, rows_p, cols_p), "RWKV.tensor_info")
-            base = ffi.string(name_p[0]).decode()
-            if base in _GLOBAL_TENSORS:
-                name = base
-            else:
-                layer = layer_of.get(base, 0)
-                layer_of[base] = layer + 1
-                name = f"h.{layer}.{base}"
-            shp = (rows_p[0],) if cols_p[0] == 1 else (rows_p[0], cols_p[0])
-            self.tensor_layout.append((name, int(off_p[0]), shp))
-        self._ws = None
-        self._ws_shape = (0, 0)
-
-    # ------------------------------------------------------------ tensor views
-    def _views(self, block: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: block[off:off + math.prod(shp)].reshape(shp) for name, off, shp in self.tensor_layout}
-
-    def named_params(self) -> dict[str, np.ndarray]:
-        return self._views(self.params)
-
-    def named_grads(self) -> dict[str, np.ndarray]:
-        return self._views(self.grads)
-
-    def named_moments(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        return self._views(self.adam_m), self._views(self.adam_v)
+        self._attach(handle[0])
 
     def init_weights(self, seed: int) -> None:
         """RWKV-4 initialisation, deterministic from the seed. Per layer l of L, with
@@ -140,21 +107,9 @@ class RWKV:
                 std = resid_std if base in ("att_output_w", "ffn_value_w") else 0.02
                 value = rng.normal(0.0, std, size=arr.shape)
             arr[...] = np.asarray(value, np.float32)
-        self.adam_m[...] = 0.0
-        self.adam_v[...] = 0.0
-        self.grads[...] = 0.0
+        self._reset_optimizer_state()
 
     # ------------------------------------------------------------ training
-    def _workspace(self, B: int, T: int):
-        if self._ws is None or B > self._ws_shape[0] or T > self._ws_shape[1]:
-            B2, T2 = max(B, self._ws_shape[0]), max(T, self._ws_shape[1])
-            out = ffi.new("odin_rwkv_ws **")
-            self._ws = None  # free the old one first: they can be large
-            check(lib.odin_rwkv_ws_create(out, self._h, B2, T2), "RWKV.workspace")
-            self._ws = ffi.gc(out[0], lib.odin_rwkv_ws_free)
-            self._ws_shape = (B2, T2)
-        return self._ws
-
     def abacus_ids(self, tokens: np.ndarray, offsets: Optional[np.ndarray] = None) -> None:
         """RWKV has no Abacus embeddings."""
         return None
@@ -168,15 +123,7 @@ class RWKV:
             raise ArgumentError("ids: RWKV has no Abacus embeddings (pass ids=None)")
         tokens = _i32_2d(tokens, "tokens")
         B, T = tokens.shape
-        tp = mp = ffi.NULL
-        if targets is not None:
-            targets = _i32_2d(targets, "targets", (B, T))
-            tp = ffi.cast("int32_t *", ffi.from_buffer(targets))
-        if mask is not None:
-            mask = np.ascontiguousarray(mask, dtype=np.uint8)
-            if mask.shape != (B, T):
-                raise ShapeError(f"mask must have shape {(B, T)}, got {mask.shape}")
-            mp = ffi.cast("uint8_t *", ffi.from_buffer(mask))
+        targets, mask, tp, mp = self._targets_and_mask(targets, mask, B, T)
         ws = self._workspace(B, T)
         self._last_inputs = (tokens, targets, mask)  # the C workspace points at them until backward
         loss = ffi.new("float *")
@@ -184,30 +131,6 @@ class RWKV:
               "RWKV.forward")
         self._last_bt = (B, T)
         return float(loss[0]) if targets is not None else None
-
-    def logits(self) -> np.ndarray:
-        """Logits [B,T,V] of the last forward (a copy)."""
-        B, T = self._last_bt
-        V = self.shape.vocab_size
-        return _block_view(lib.odin_rwkv_ws_logits(self._ws), B * T * V).reshape(B, T, V).copy()
-
-    def zero_grad(self) -> None:
-        self.grads[...] = 0.0
-
-    def backward(self, dloss: float = 1.0) -> None:
-        """Accumulate d(loss)/d(params) of the last forward into self.grads."""
-        if self._ws is None:
-            raise RuntimeError("backward() needs a forward() with targets first")
-        check(lib.odin_rwkv_backward(self._h, self._ws, lib.odin_rwkv_grads(self._h), float(dloss)),
-              "RWKV.backward")
-
-    def adamw_step(self, *, lr: float, step: int, beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
-                   weight_decay: float = 0.0, grad_clip: float = 1.0) -> float:
-        """Clip, then AdamW (weight decay on matrices only). Returns the gradient norm before clipping."""
-        norm = ffi.new("float *")
-        check(lib.odin_rwkv_adamw_step(self._h, float(lr), float(beta1), float(beta2), float(eps),
-                                       float(weight_decay), float(grad_clip), int(step), norm), "RWKV.adamw_step")
-        return float(norm[0])
 
     # ------------------------------------------------------------ generation
     def new_cache(self, batch: int = 1) -> "RWKVState":

@@ -159,23 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(out)
     print(text)
     if args.out:
-        _replace_section_named(Path(args.out), text)
+        _replace_section(Path(args.out), "rwkv", text, tool="bench_rwkv.py", heading="RWKV vs GPT")
     return 0
-
-
-def _replace_section_named(path: Path, body: str) -> None:
-    """Like bench_train's section replacement, under this tool's own markers."""
-    start, end = "<!-- BEGIN rwkv (tools/bench_rwkv.py) -->", "<!-- END rwkv -->"
-    text = path.read_text() if path.exists() else ""
-    block = f"{start}\n{body}\n{end}"
-    if start in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## RWKV vs GPT\n\n" + block + "\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -284,14 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _replace_section(path: Path, name: str, body: str) -> None:
-    start, end = f"<!-- BEGIN {name} (tools/bench_train.py) -->", f"<!-- END {name} -->"
+def _replace_section(path: Path, name: str, body: str, tool: str = "bench_train.py",
+                     heading: str = "End to end") -> None:
+    """Replace the block between this tool's BEGIN/END markers in `path` (or append it under
+    `heading`), atomically."""
+    start, end = f"<!-- BEGIN {name} (tools/{tool}) -->", f"<!-- END {name} -->"
     block = f"{start}\n{body}\n{end}"
     text = path.read_text() if path.exists() else ""
     if start in text:
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
-        text = text.rstrip() + "\n\n## End to end\n\n" + block + "\n"
+        text = text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -1,0 +1,62 @@
+/* model_common.c — what the GPT and RWKV models share: the tensor table of a parameter
+ * block, the clip + AdamW step over it, token checks, aligned zeroed allocation and argmax.
+ * Each model keeps only what is its own (layout, forward, backward, generation). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+
+void *odin_zalloc(size_t bytes) {
+    void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+odin_status odin_check_tokens(const int32_t *t, size_t n, int V, const char *name, const uint8_t *mask) {
+    for (size_t i = 0; i < n; i++) {
+        if (mask && !mask[i]) continue;
+        if (t[i] < 0 || t[i] >= V)
+            return odin_fail(ODIN_BAD_ARG, "%s[%zu] = %d is outside the vocabulary [0, %d)", name, i, (int)t[i], V);
+    }
+    return ODIN_OK;
+}
+
+odin_status odin_tensor_info(const odin_tensor_view *tensors, int n_tensors, int index, const char **name,
+                             size_t *offset, int *rows, int *cols) {
+    if (index < 0 || index >= n_tensors)
+        return odin_fail(ODIN_BAD_ARG, "index must be in [0, %d), got %d", n_tensors, index);
+    const odin_tensor_view *t = &tensors[index];
+    if (name) *name = t->name;
+    if (offset) *offset = t->offset;
+    if (rows) *rows = t->rows;
+    if (cols) *cols = t->cols;
+    return ODIN_OK;
+}
+
+odin_status odin_clip_adamw(const odin_tensor_view *tensors, int n_tensors, float *params, float *grads,
+                            float *m, float *v, size_t n_params, float lr, float beta1, float beta2, float eps,
+                            float weight_decay, float grad_clip, int t, float *grad_norm) {
+    if (t < 1) return odin_fail(ODIN_BAD_ARG, "t (the step number) must be >= 1 (got %d)", t);
+    if (!(beta1 >= 0.0f && beta1 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta1 must be in [0, 1) (got %g)", beta1);
+    if (!(beta2 >= 0.0f && beta2 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta2 must be in [0, 1) (got %g)", beta2);
+    if (!(eps > 0.0f)) return odin_fail(ODIN_BAD_ARG, "eps must be > 0 (got %g)", eps);
+    if (!(lr >= 0.0f) || !isfinite(lr)) return odin_fail(ODIN_BAD_ARG, "lr must be a finite number >= 0 (got %g)", lr);
+    const odin_kernel_table *k = odin_kern;
+    double norm = sqrt(k->sumsq(grads, n_params));
+    if (grad_norm) *grad_norm = (float)norm;
+    if (!isfinite(norm)) return odin_fail(ODIN_NAN_DETECTED, "gradient norm is not finite (NaN or Inf in the gradients)");
+    if (grad_clip > 0.0f && norm > grad_clip) k->scale(grads, n_params, (float)(grad_clip / norm));
+    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
+    for (int i = 0; i < n_tensors; i++) {
+        const odin_tensor_view *tv = &tensors[i];
+        k->adamw(params + tv->offset, grads + tv->offset, m + tv->offset, v + tv->offset,
+                 (size_t)tv->rows * tv->cols, lr, beta1, beta2, eps, tv->decay ? weight_decay : 0.0f, bc1, bc2);
+    }
+    return ODIN_OK;
+}
+
+int odin_argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
