@@ -87,6 +87,13 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def db_count(folder: Path, sql: str, params: tuple = ()) -> int:
+    """The single number a COUNT query returns; 0 while the database or its tables do not
+    exist yet (a pipeline that has just started)."""
+    rows = db_rows(folder, sql, params)
+    return int(rows[0][0]) if rows else 0
+
+
 def db_rows(folder: Path, sql: str, params: tuple = ()) -> list[tuple]:
     path = folder / "pipeline.db"
     if not path.exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline_helpers import assert_exactly_once, config_text, db_rows, make_text, wait_for
+from pipeline_helpers import assert_exactly_once, config_text, db_count, db_rows, make_text, wait_for
 from test_pipeline_e2e import start_runner
 
 N_FILES = 500
@@ -23,8 +23,8 @@ def test_burst_of_500_small_files(tmp_path: Path) -> None:
             data = make_text(10_000 + i, sentences=5).encode("utf-8")  # 150-600 characters
             (inbox / f"note{i:03d}.txt").write_bytes(data)
             inputs[f"note{i:03d}.txt"] = data
-        settled = lambda: db_rows(folder, "SELECT COUNT(*) FROM items WHERE status = 'quarantined' OR "  # noqa: E731
-                                          "(stage = 'train' AND status = 'done')")[0][0]
+        settled = lambda: db_count(folder, "SELECT COUNT(*) FROM items WHERE status = 'quarantined' OR "  # noqa: E731
+                                          "(stage = 'train' AND status = 'done')")
         wait_for(lambda: settled() == N_FILES and not db_rows(folder, "SELECT 1 FROM shards WHERE status != 'trained'"),
                  240, f"{N_FILES} files to be trained")
         seconds = time.monotonic() - started

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from pipeline_helpers import (
+    db_count,
     LocalWeb, assert_exactly_once, checkpoint_state, closed_port, config_text, db_rows, html_page, make_text,
     wait_for, write_docs,
 )
@@ -56,7 +57,7 @@ def test_files_and_urls_dropped_while_running_are_trained(tmp_path: Path) -> Non
                 "ftp://example.com/file.txt", web.url("/page.html#again")]
         (inbox / "web.urls").write_text("\n".join(urls) + "\n", encoding="utf-8")
 
-        trained = lambda: db_rows(folder, "SELECT COUNT(*) FROM shards WHERE status = 'trained'")[0][0]  # noqa: E731
+        trained = lambda: db_count(folder, "SELECT COUNT(*) FROM shards WHERE status = 'trained'")  # noqa: E731
         wait_for(lambda: trained() >= 1, 120, "a trained shard")
         step_before, _ = wait_for(lambda: (folder / "checkpoints/latest").is_dir() and checkpoint_state(folder),
                                   30, "the first checkpoint")
@@ -74,15 +75,15 @@ def test_files_and_urls_dropped_while_running_are_trained(tmp_path: Path) -> Non
         more = write_docs(batch / "sub", 6, start=100)
         inputs.update({f"batch/sub/{p.name}": p.read_bytes() for p in more})
         batch.rename(inbox / "batch")
-        keys = lambda: db_rows(folder, "SELECT COUNT(*) FROM items WHERE name LIKE 'batch/%' "  # noqa: E731
-                                       "AND stage = 'train' AND status = 'done'")[0][0]
+        keys = lambda: db_count(folder, "SELECT COUNT(*) FROM items WHERE name LIKE 'batch/%' "  # noqa: E731
+                                       "AND stage = 'train' AND status = 'done'")
         wait_for(lambda: keys() == 6, 120, "the dropped folder to be trained")
         wait_for(lambda: checkpoint_state(folder)[0] > step_before, 60, "the checkpoint step to advance")
         reasons = lambda: dict(db_rows(folder, "SELECT name, reason FROM items WHERE kind = 'url' "  # noqa: E731
                                                "AND status = 'quarantined'"))
         wait_for(lambda: len(reasons()) == 7, 60, "the failing URLs in quarantine")
-        wait_for(lambda: db_rows(folder, "SELECT COUNT(*) FROM items WHERE stage IN ('crawl', 'preprocess', "
-                                         "'tokenize') AND status != 'quarantined' AND kind != 'urls'")[0][0] == 0
+        wait_for(lambda: db_count(folder, "SELECT COUNT(*) FROM items WHERE stage IN ('crawl', 'preprocess', "
+                                         "'tokenize') AND status != 'quarantined' AND kind != 'urls'") == 0
                  and not db_rows(folder, "SELECT 1 FROM shards WHERE status != 'trained'"), 120, "idle")
     finally:
         runner.request_stop("test")
