@@ -78,14 +78,10 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
     if (n_abacus > 0) ADD(T_WAB, -1);
 #undef ADD
     g->n_params = off;
-    g->params = odin_zalloc(off * sizeof(float));
-    g->grads = odin_zalloc(off * sizeof(float));
-    g->m = odin_zalloc(off * sizeof(float));
-    g->v = odin_zalloc(off * sizeof(float));
-    if (!g->params || !g->grads || !g->m || !g->v) {
+    odin_status st = odin_alloc_param_blocks(off, &g->params, &g->grads, &g->m, &g->v);
+    if (st) {
         odin_gpt_free(g);
-        return odin_fail(ODIN_NO_MEMORY, "cannot allocate %zu parameters (4 blocks of %.1f MiB)",
-                         off, off * 4.0 / 1048576.0);
+        return st;
     }
     *out = g;
     return ODIN_OK;

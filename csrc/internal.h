@@ -25,6 +25,9 @@ typedef struct { const char *name; size_t offset; int rows, cols; int decay; } o
 
 /* 64-byte aligned, zeroed; NULL when out of memory. Free with free(). */
 void *odin_zalloc(size_t bytes);
+/* The parameter, gradient and two AdamW moment blocks of n floats, zeroed; on failure none
+ * is kept (all four NULL) and the error says how much was asked for. */
+odin_status odin_alloc_param_blocks(size_t n, float **params, float **grads, float **m, float **v);
 /* Every t[i] (where mask is NULL or mask[i] != 0) in [0, V), else an error naming name[i]. */
 odin_status odin_check_tokens(const int32_t *t, size_t n, int V, const char *name, const uint8_t *mask);
 odin_status odin_tensor_info(const odin_tensor_view *tensors, int n_tensors, int index, const char **name,

@@ -12,6 +12,17 @@ void *odin_zalloc(size_t bytes) {
     return p;
 }
 
+odin_status odin_alloc_param_blocks(size_t n, float **params, float **grads, float **m, float **v) {
+    *params = odin_zalloc(n * sizeof(float));
+    *grads = odin_zalloc(n * sizeof(float));
+    *m = odin_zalloc(n * sizeof(float));
+    *v = odin_zalloc(n * sizeof(float));
+    if (*params && *grads && *m && *v) return ODIN_OK;
+    free(*params); free(*grads); free(*m); free(*v);
+    *params = *grads = *m = *v = NULL;
+    return odin_fail(ODIN_NO_MEMORY, "cannot allocate %zu parameters (4 blocks of %.1f MiB)", n, n * 4.0 / 1048576.0);
+}
+
 odin_status odin_check_tokens(const int32_t *t, size_t n, int V, const char *name, const uint8_t *mask) {
     for (size_t i = 0; i < n; i++) {
         if (mask && !mask[i]) continue;

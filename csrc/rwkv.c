@@ -80,14 +80,10 @@ odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_mode
     ADD(R_LNOB);
 #undef ADD
     r->n_params = off;
-    r->params = odin_zalloc(off * sizeof(float));
-    r->grads = odin_zalloc(off * sizeof(float));
-    r->m = odin_zalloc(off * sizeof(float));
-    r->v = odin_zalloc(off * sizeof(float));
-    if (!r->params || !r->grads || !r->m || !r->v) {
+    odin_status st = odin_alloc_param_blocks(off, &r->params, &r->grads, &r->m, &r->v);
+    if (st) {
         odin_rwkv_free(r);
-        return odin_fail(ODIN_NO_MEMORY, "cannot allocate %zu parameters (4 blocks of %.1f MiB)",
-                         off, off * 4.0 / 1048576.0);
+        return st;
     }
     *out = r;
     return ODIN_OK;
