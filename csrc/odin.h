@@ -359,6 +359,9 @@ odin_status odin_spheres_run(odin_spheres *sp, const int32_t *inputs, const int3
 /* ids[n_steps, batch, T]: Abacus ids for models that have them (else NULL). */
 odin_status odin_spheres_run_ex(odin_spheres *sp, const int32_t *inputs, const int32_t *ids,
                                 const int32_t *targets, const uint8_t *mask, int n_steps, int *steps_done);
+/* Sequence length T of the next runs' batches, 1..T given at creation: shorter batches cost
+ * less (length-bucketed training). Between runs only (ODIN_STATE during one). */
+odin_status odin_spheres_set_seq_len(odin_spheres *sp, int T);
 /* Control, callable from any thread at any moment; effective at the next step boundary.
  * A stop request made while no run is in progress ends the next run before its first step. */
 odin_status odin_spheres_set_threads(odin_spheres *sp, int threads);

@@ -75,7 +75,7 @@ typedef struct worker {
 struct odin_spheres {
     void *model;
     const model_ops *ops;
-    int B, T, slot_rows[NS], slot_first[NS];
+    int B, T, T_max, slot_rows[NS], slot_first[NS]; /* T: this run's length, <= T_max (workspaces) */
     size_t n_params;
     float *slot_grads;           /* [NS, n_params] */
     chunk_t *chunks;
@@ -253,7 +253,7 @@ static odin_status apply_threads(odin_spheres *sp) {
         w->sp = sp;
         w->id = sp->n_spawned;
         int rows_max = (sp->B + NS - 1) / NS;
-        odin_status st = sp->ops->ws_create(&w->ws, sp->model, rows_max, sp->T);
+        odin_status st = sp->ops->ws_create(&w->ws, sp->model, rows_max, sp->T_max);
         if (st) return st;
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
             sp->ops->ws_free(w->ws);
@@ -328,7 +328,7 @@ static odin_status spheres_create(odin_spheres **out, void *model, const model_o
     sp->model = model;
     sp->ops = ops;
     sp->B = batch;
-    sp->T = T;
+    sp->T = sp->T_max = T;
     sp->n_params = ops->num_params(model);
     for (int s = 0, first = 0; s < NS; s++) {
         sp->slot_rows[s] = batch / NS + (s < batch % NS);
@@ -552,6 +552,17 @@ odin_status odin_spheres_run_ex(odin_spheres *sp, const int32_t *inputs, const i
     set_root(sp, ODIN_SPHERE_IDLE);
     atomic_store(&sp->running, 0);
     return st;
+}
+
+odin_status odin_spheres_set_seq_len(odin_spheres *sp, int T) {
+    ODIN_REQUIRE_PTR(sp, "trainer");
+    if (T < 1 || T > sp->T_max)
+        return odin_fail(ODIN_BAD_SHAPE, "T must be in [1, %d] (the length the trainer was created for), got %d",
+                         sp->T_max, T);
+    if (atomic_load(&sp->running))
+        return odin_fail(ODIN_STATE, "the sequence length cannot change while a run is in progress");
+    sp->T = T;
+    return ODIN_OK;
 }
 
 odin_status odin_spheres_set_threads(odin_spheres *sp, int threads) {

@@ -199,6 +199,7 @@ TRAIN_RULES: dict[str, _Rule] = {
     "seed": _Rule(int, 0, (1 << 63) - 1),
     "threads": _Rule(int, 0, 4096),  # 0: automatic, min(12, cores)
     "loss_on": _Rule(str, choices=("answer", "all")),
+    "length_buckets": _Rule(int, 0, 4096),
 }
 
 
@@ -255,6 +256,10 @@ class TrainConfig:
     seed: int = 1337
     threads: int = 0
     loss_on: str = "answer"
+    # length buckets: batches per length-sorted pool (0 = off); each batch is then padded to
+    # its own longest example only (odin.data.batching.BatchSampler). For sets of very
+    # different lengths (programs); not used with Abacus position shifts (full context).
+    length_buckets: int = 0
 
     def __post_init__(self) -> None:
         _validate_fields(self, "train", TRAIN_RULES)

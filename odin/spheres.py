@@ -80,6 +80,7 @@ class SpheresTrainer:
         check(create(out, model._h, batch, seq_len, default_threads() if threads is None else threads), "SpheresTrainer")
         self._h = ffi.gc(out[0], lib.odin_spheres_free)
         self._snap = ffi.new("odin_spheres_snapshot *")
+        self._run_len = seq_len
 
     def configure(self, *, lr: float, min_lr: float, warmup_steps: int, total_steps: int,
                   beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
@@ -92,8 +93,8 @@ class SpheresTrainer:
 
     def run(self, tokens: np.ndarray, loss_mask: Optional[np.ndarray] = None,
             ids: Optional[np.ndarray] = None) -> int:
-        """Train on `tokens[K, batch, seq_len + 1]` (inputs and shifted targets in one array)
-        and `loss_mask[K, batch, seq_len]` (and Abacus `ids[K, batch, seq_len]` of the
+        """Train on `tokens[K, batch, T + 1]`, T <= seq_len (inputs and shifted targets in one array)
+        and `loss_mask[K, batch, T]` (and Abacus `ids[K, batch, T]` of the
         inputs for Abacus models). Returns the number of steps done (< K after a stop or
         checkpoint request)."""
         tokens = np.asarray(tokens)
@@ -101,8 +102,12 @@ class SpheresTrainer:
             tokens = tokens[None]
             loss_mask = None if loss_mask is None else np.asarray(loss_mask)[None]
         K, B, T1 = tokens.shape
-        if (B, T1 - 1) != (self.batch, self.seq_len):
-            raise ShapeError(f"tokens must have shape (K, {self.batch}, {self.seq_len + 1}), got {tokens.shape}")
+        if B != self.batch or not 1 <= T1 - 1 <= self.seq_len:
+            raise ShapeError(f"tokens must have shape (K, {self.batch}, T + 1) with T <= {self.seq_len}, "
+                             f"got {tokens.shape}")
+        if T1 - 1 != self._run_len:  # a shorter batch (length buckets) computes only its own length
+            check(lib.odin_spheres_set_seq_len(self._h, T1 - 1), "train step")
+            self._run_len = T1 - 1
         inputs = np.ascontiguousarray(tokens[:, :, :-1], dtype=np.int32)
         targets = np.ascontiguousarray(tokens[:, :, 1:], dtype=np.int32)
         mp = ffi.NULL

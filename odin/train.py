@@ -146,6 +146,17 @@ def shift_right(tokens: np.ndarray, mask: np.ndarray, pad_id: int, rng: np.rando
             mask[b] = np.roll(mask[b], s)
 
 
+def _equal_length_runs(batches: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[int, list]]:
+    """(index of the first, batches) for each run of consecutive batches of the same length."""
+    runs: list[tuple[int, list]] = []
+    for i, batch in enumerate(batches):
+        if runs and runs[-1][1][0][0].shape == batch[0].shape:
+            runs[-1][1].append(batch)
+        else:
+            runs.append((i, [batch]))
+    return runs
+
+
 def _seq_len(*encoded_sets: Any) -> int:
     return max(max_sequence_length(e) for e in encoded_sets if len(e))
 
@@ -186,7 +197,9 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoint"
     metrics_path = out_dir / "metrics.jsonl"
-    sampler = BatchSampler(train_set, cfg_t.batch_size, T, seed=cfg_t.seed, loss_on=cfg_t.loss_on)
+    # length buckets would shorten the full-context rows the position shifts need
+    sampler = BatchSampler(train_set, cfg_t.batch_size, T, seed=cfg_t.seed, loss_on=cfg_t.loss_on,
+                           bucket_pool=0 if shift_positions else cfg_t.length_buckets)
     step = 0
     if resume:
         loaded = load_model_checkpoint(ckpt_dir, with_optimizer=True)
@@ -244,6 +257,7 @@ def train(
                      f"{len(train_set):,} examples, batch {cfg_t.batch_size} x T={T}, {n_threads} threads, "
                      f"{N_SPHERES} spheres\n")
     last_loss = float("nan")
+    tokens_done = 0  # input positions trained on (batches padded to their length)
     sigint = _SigintStops(trainer)
     while step < cfg_t.steps:
         # stop at the next eval / checkpoint boundary so they happen at exact step numbers
@@ -253,20 +267,27 @@ def train(
                 k = min(k, every - step % every)
         before = sampler.state_dict()
         batches = [sampler.next_batch() for _ in range(k)]
-        tokens = np.stack([b[0] for b in batches])
-        mask = np.stack([b[1] for b in batches])
-        if shift_positions:
-            for i in range(k):
-                shift_right(tokens[i], mask[i], tokenizer.pad_id, np.random.default_rng([cfg_t.seed, step + i, 1]))
-        ids = None
-        if cfg_m.abacus:  # one random place offset per sequence, from (seed, step): resumable
-            ids = np.stack([model.abacus_ids(tokens[i, :, :-1], training_offsets(
-                np.random.default_rng([cfg_t.seed, step + i]), cfg_t.batch_size, abacus_max_offset))
-                for i in range(k)])
-        try:
-            done = trainer.run(tokens, mask, ids)
-        except OdinError as exc:  # NaN/Inf or out of memory in a sphere: nothing was written
-            raise type(exc)(f"{exc}; training stopped, {last_kept()}") from None
+        done = 0
+        for first, group in _equal_length_runs(batches):  # one C call per run of equal-length batches
+            tokens = np.stack([b[0] for b in group])
+            mask = np.stack([b[1] for b in group])
+            if shift_positions:
+                for i in range(len(group)):
+                    shift_right(tokens[i], mask[i], tokenizer.pad_id,
+                                np.random.default_rng([cfg_t.seed, step + first + i, 1]))
+            ids = None
+            if cfg_m.abacus:  # one random place offset per sequence, from (seed, step): resumable
+                ids = np.stack([model.abacus_ids(tokens[i, :, :-1], training_offsets(
+                    np.random.default_rng([cfg_t.seed, step + first + i]), cfg_t.batch_size, abacus_max_offset))
+                    for i in range(len(group))])
+            try:
+                ran = trainer.run(tokens, mask, ids)
+            except OdinError as exc:  # NaN/Inf or out of memory in a sphere: nothing was written
+                raise type(exc)(f"{exc}; training stopped, {last_kept()}") from None
+            done += ran
+            tokens_done += ran * cfg_t.batch_size * (tokens.shape[2] - 1)
+            if ran < len(group):  # stopped or a checkpoint was requested
+                break
         if done < k:  # stopped or checkpoint requested mid-chunk: un-consume the unused batches
             sampler.load_state_dict(before)
             for _ in range(done):
@@ -294,7 +315,7 @@ def train(
     if sigint.fired:
         raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved in {path} (continue with --resume)")
     seconds = time.perf_counter() - started
-    tps = (step - start_step) * cfg_t.batch_size * T / max(seconds, 1e-9)
+    tps = tokens_done / max(seconds, 1e-9)
     result = TrainResult(out_dir, path, step, last_loss, seconds, tps)
     if final_eval_splits is None:
         final_eval_splits = ("test", *heldout_splits(manifest))

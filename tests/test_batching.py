@@ -129,3 +129,54 @@ def test_make_prompt_batch():
     prompts = ["1+2=", "33*4="]
     batch = make_prompt_batch(prompts, TOKENIZER)
     assert batch == [[TOKENIZER.bos_id, *TOKENIZER.encode(prompt)] for prompt in prompts]
+
+
+def _mixed_lengths(n: int = 83) -> list[Example]:
+    """Examples from 1 to ~40 tokens: where length buckets matter."""
+    return [Example(prompt=f"{'7' * (1 + i % 29)}+{i}=", answer=str(i) * (1 + i % 4), task="add", difficulty=1)
+            for i in range(n)]
+
+
+def test_bucketed_pools_hold_the_plain_stream_with_batches_of_similar_length():
+    encoded = encode_examples(_mixed_lengths(), CharTokenizer())
+    context = max_sequence_length(encoded)
+    plain = BatchSampler(encoded, 8, context, seed=4)
+    bucketed = BatchSampler(encoded, 8, context, seed=4, bucket_pool=5)
+    pools = [[plain.next_indices() for _ in range(5)] for _ in range(3)]
+    bucketed_T, plain_T = 0, 0
+    for pool in pools:
+        got = [bucketed.next_batch() for _ in range(5)]
+        # the same examples as the plain stream's next 5 batches, regrouped by length
+        rows = sorted(tuple(row[row != encoded.pad_id]) for tokens, _ in got for row in tokens)
+        expected = sorted(tuple(encoded.sequence(int(i))) for batch in pool for i in batch)
+        assert rows == expected
+        for tokens, mask in got:
+            lengths = (tokens != encoded.pad_id).sum(axis=1)
+            assert tokens.shape[1] == lengths.max() and mask.shape == (8, tokens.shape[1] - 1)
+            bucketed_T += tokens.shape[1] - 1
+        plain_T += 5 * context
+    assert bucketed_T < 0.8 * plain_T
+    assert bucketed.state_dict()["pool_index"] == 0 and bucketed.state_dict()["bucket_pool"] == 5
+
+
+def test_bucketed_sampler_resumes_exactly_mid_pool_and_refuses_other_batching():
+    encoded = encode_examples(_mixed_lengths(), CharTokenizer())
+    context = max_sequence_length(encoded)
+    straight = BatchSampler(encoded, 8, context, seed=9, bucket_pool=4)
+    reference = [straight.next_batch() for _ in range(23)]
+    first = BatchSampler(encoded, 8, context, seed=9, bucket_pool=4)
+    for _ in range(14):  # 3 pools and 2 batches of the fourth
+        first.next_batch()
+    state = first.state_dict()
+    assert state["pool_index"] == 2
+    resumed = BatchSampler(encoded, 8, context, seed=9, bucket_pool=4)
+    resumed.load_state_dict(state)
+    for want in reference[14:]:
+        got = resumed.next_batch()
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    with pytest.raises(ValueError, match="bucket_pool"):
+        BatchSampler(encoded, 8, context, seed=9).load_state_dict(state)
+    with pytest.raises(ValueError, match="batch size"):
+        BatchSampler(encoded, 4, context, seed=9, bucket_pool=4).load_state_dict(state)
+    with pytest.raises(ValueError, match="bucket_pool must be"):
+        BatchSampler(encoded, 8, context, seed=9, bucket_pool=-1)

@@ -154,3 +154,27 @@ def test_bad_arguments():
         tr.run(np.zeros((1, B, T + 1), np.int32), np.zeros((1, B, T), np.uint8))
     with pytest.raises(native.ArgumentError, match="lr_min"):
         tr.configure(lr=1e-3, min_lr=1e-2, warmup_steps=0, total_steps=10)
+
+
+def test_shorter_batches_train_like_the_model_on_their_own_length():
+    """Length buckets: a trainer made for T takes batches of any T' <= T, computes exactly
+    the T'-token step (equal to the model's own forward/backward on it), and refuses T' > T."""
+    tokens, mask = _data(2, seed=5)
+    model, tr = _trainer(2)
+    reference = GPT(SHAPE)
+    reference.params[...] = model.params
+    tr.configure(lr=1e-3, min_lr=1e-3, warmup_steps=0, total_steps=0, grad_clip=0.0)
+    short = 7
+    tr.run(tokens[:1, :, :short + 1], mask[:1, :, :short])
+    reference.zero_grad()
+    loss = reference.forward(tokens[0, :, :short], tokens[0, :, 1:short + 1], mask[0, :, :short])
+    reference.backward()
+    np.testing.assert_allclose(model.grads, reference.grads, rtol=1e-4, atol=1e-7)
+    assert tr.snapshot().loss == pytest.approx(loss, rel=1e-5)
+    assert tr.run(tokens[1:], mask[1:]) == 1  # back to the full length
+    with pytest.raises(native.ShapeError, match=r"T <= 12"):
+        tr.run(np.zeros((1, B, T + 2), np.int32))
+    from odin.native import check, lib
+
+    with pytest.raises(native.ShapeError, match=r"T must be in \[1, 12\]"):
+        check(lib.odin_spheres_set_seq_len(tr._h, 0), "set_seq_len")

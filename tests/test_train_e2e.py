@@ -139,3 +139,33 @@ def test_final_eval_skips_a_split_longer_than_the_context(tmp_path):
     assert "test" in result.evals and "heldout" not in result.evals
     assert "needs context >= " in result.skipped["heldout"]
     assert load_model_checkpoint(result.checkpoint).step == 3
+
+
+def test_length_bucketed_training_resumes_exactly_and_trains_fewer_padded_tokens(tmp_path):
+    data = tmp_path / "data"
+    build_dataset(data, seed=3, n_examples=400, ops=["add"], max_digits=3, reverse_answer=True, n_heldout=0)
+    base = {"model": {"n_layer": 1, "d_model": 32, "n_head": 2, "context": 16},
+            "train": {"batch_size": 16, "steps": 30, "lr": 3e-3, "warmup_steps": 5, "eval_every": 0,
+                      "checkpoint_every": 0, "seed": 3}}
+    bucketed = RunConfig.from_dict({**base, "train": {**base["train"], "length_buckets": 4}})
+    plain = RunConfig.from_dict(base)
+    straight = train(bucketed, data, tmp_path / "a", threads=2, progress=False, final_eval_splits=())
+    unbucketed = train(plain, data, tmp_path / "p", threads=2, progress=False, final_eval_splits=())
+    # the same examples, each batch padded only to its own longest one
+    assert straight.tokens_per_s * straight.seconds < 0.95 * unbucketed.tokens_per_s * unbucketed.seconds
+
+    def stop_midway(trainer):
+        def watch():
+            while trainer.snapshot().step < 11:
+                time.sleep(0.0005)
+            trainer.stop()
+        threading.Thread(target=watch, daemon=True).start()
+
+    first = train(bucketed, data, tmp_path / "b", threads=1, progress=False, final_eval_splits=(), on_trainer=stop_midway)
+    assert 11 <= first.steps < 30
+    resumed = train(bucketed, data, tmp_path / "b", resume=True, threads=2, progress=False, final_eval_splits=())
+    a = load_model_checkpoint(straight.checkpoint)
+    b = load_model_checkpoint(resumed.checkpoint)
+    assert a.step == b.step == 30
+    assert np.array_equal(a.model.params, b.model.params)
+    assert not np.array_equal(a.model.params, load_model_checkpoint(unbucketed.checkpoint).model.params)

@@ -125,6 +125,13 @@ class BatchSampler:
     is dropped (a set smaller than B simply repeats within a batch). The state is
     ``{"seed", "epoch", "position"}`` (plus sizes, checked on load): the next index to
     emit is ``permutation(epoch)[position]``.
+
+    Length buckets (``bucket_pool = P > 0``): the stream is read P batches at a time; each
+    pool of P x B examples is sorted by length and cut into P batches of similar lengths,
+    emitted in a shuffled order, each padded only to its own longest example (T + 1
+    columns, T <= context). Sets whose lengths vary a lot (programs: 20 to 150 tokens)
+    then cost what their tokens cost, not P x B x the longest. The state then points at
+    the pool's start and counts the batches already taken from it (``pool_index``).
     """
 
     def __init__(
@@ -134,7 +141,10 @@ class BatchSampler:
         context: int,
         seed: int,
         loss_on: str = "answer",
+        bucket_pool: int = 0,
     ) -> None:
+        if isinstance(bucket_pool, bool) or not isinstance(bucket_pool, int) or bucket_pool < 0:
+            raise ValueError(f"bucket_pool must be an integer >= 0 (batches per length-sorted pool), got {bucket_pool!r}")
         if len(encoded) == 0:
             raise ValueError("cannot sample batches from an empty example set")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -155,6 +165,9 @@ class BatchSampler:
         self.position = 0
         self._permutation_epoch = -1
         self._permutation = np.empty(0, dtype=np.int64)
+        self.bucket_pool = bucket_pool
+        self.pool_index = 0  # batches taken from the pool that starts at (epoch, position)
+        self._pool: list[np.ndarray] | None = None
 
     @property
     def batches_per_epoch(self) -> float:
@@ -183,7 +196,29 @@ class BatchSampler:
         return np.concatenate(chosen)
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        return make_batch(self.encoded, self.next_indices(), self.context, self.loss_on)
+        if not self.bucket_pool:
+            return make_batch(self.encoded, self.next_indices(), self.context, self.loss_on)
+        if self._pool is None:
+            self._pool = self._build_pool()
+        indices = self._pool[self.pool_index]
+        self.pool_index += 1
+        if self.pool_index == self.bucket_pool:  # pool used up: the stream pointer moves past it
+            self._pool, self.pool_index = None, 0
+            for _ in range(self.bucket_pool):
+                self.next_indices()
+        longest = int(self.encoded.lengths[indices].max()) - 1
+        return make_batch(self.encoded, indices, longest, self.loss_on)
+
+    def _build_pool(self) -> list[np.ndarray]:
+        """The pool at the stream pointer: its batches of similar lengths, in emission order.
+        Reads ahead without moving the pointer (the state stays at the pool's start)."""
+        epoch, position = self.epoch, self.position
+        flat = np.concatenate([self.next_indices() for _ in range(self.bucket_pool)])
+        self.epoch, self.position = epoch, position
+        by_length = flat[np.argsort(self.encoded.lengths[flat], kind="stable")]
+        batches = [by_length[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.bucket_pool)]
+        order = np.random.Generator(np.random.PCG64([self.seed, epoch, position, 1])).permutation(self.bucket_pool)
+        return [batches[i] for i in order]
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         while True:
@@ -196,6 +231,7 @@ class BatchSampler:
             "n_examples": len(self.encoded),
             "position": self.position,
             "seed": self.seed,
+            **({"bucket_pool": self.bucket_pool, "pool_index": self.pool_index} if self.bucket_pool else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -211,10 +247,21 @@ class BatchSampler:
             )
         if state["position"] >= n:
             raise ValueError(f"sampler state 'position' {state['position']} must be < {n}")
-        # batch_size may legitimately change on resume; the stream of indices is unaffected.
+        if state.get("bucket_pool", 0) != self.bucket_pool:
+            raise ValueError(f"sampler state was saved with bucket_pool = {state.get('bucket_pool', 0)}, this "
+                             f"sampler has {self.bucket_pool}; resume needs the same batching")
+        if self.bucket_pool and state.get("batch_size", self.batch_size) != self.batch_size:
+            raise ValueError(f"sampler state was saved with batch_size {state.get('batch_size')}, this sampler has "
+                             f"{self.batch_size}; length-bucketed pools need the same batch size to resume")
+        pool_index = state.get("pool_index", 0)
+        if isinstance(pool_index, bool) or not isinstance(pool_index, int) or not 0 <= pool_index < max(1, self.bucket_pool):
+            raise ValueError(f"sampler state 'pool_index' must be in [0, {max(1, self.bucket_pool)}), got {pool_index!r}")
+        # batch_size may legitimately change on resume without buckets; the stream of indices is unaffected.
         self.seed = state["seed"]
         self.epoch = state["epoch"]
         self.position = state["position"]
+        self.pool_index = pool_index
+        self._pool = None
         self._permutation_epoch = -1
 
 
