@@ -107,7 +107,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "code-exec": {
         "data": {"seed": 22, "n_examples": 60_000, "tasks": {"code": {"min_level": 1, "max_level": 3}}},
         "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 264},
-        "train": {"batch_size": 64, "steps": 2500, "lr": 2e-3, "warmup_steps": 200,
+        "train": {"batch_size": 64, "steps": 2500, "lr": 2e-3, "warmup_steps": 200, "length_buckets": 16,
                   "eval_every": 500, "eval_examples": 300, "checkpoint_every": 500},
     },
     # length generalisation: additions of at most 5 digits, scored on 8-digit ones; Abacus

@@ -229,3 +229,29 @@ def test_prompt_spaces_space_only_training_prompts_deterministically(tmp_path):
         assert load_split(tmp_path / "a", split) == load_split(tmp_path / "c", split)
     with pytest.raises(ValueError, match="prompt_spaces"):
         build_dataset(tmp_path / "d", seed=3, n_examples=30, ops=["add"], max_digits=3, prompt_spaces=-1)
+
+
+def test_answer_width_pads_every_split_in_the_high_places(tmp_path):
+    from odin.data.arithmetic import answer_to_display, pad_answer
+    from odin.data.dataset import build_dataset, load_split
+
+    assert pad_answer("975", 6, True) == "975000" and pad_answer("579", 6, False) == "000579"
+    assert answer_to_display("975000", True) == "579" and answer_to_display("000", True) == "0"
+    assert answer_to_display("-12", False) == "-12"
+    with pytest.raises(ValueError, match="more than answer_width"):
+        pad_answer("1234", 3, True)
+    with pytest.raises(ValueError, match="whole non-negative"):
+        pad_answer("-5", 4, False)
+    build_dataset(tmp_path / "w", seed=2, n_examples=200, ops=["add"], max_digits=3, reverse_answer=True,
+                  heldout_digits=[4, 4], answer_width=6)
+    build_dataset(tmp_path / "p", seed=2, n_examples=200, ops=["add"], max_digits=3, reverse_answer=True,
+                  heldout_digits=[4, 4])
+    for split in ("train", "val", "test", "heldout"):
+        padded, plain = load_split(tmp_path / "w", split), load_split(tmp_path / "p", split)
+        assert [e.prompt for e in padded] == [e.prompt for e in plain]
+        assert all(len(e.answer) == 6 and e.answer == p.answer.ljust(6, "0") for e, p in zip(padded, plain))
+    with pytest.raises(ValueError, match="more than answer_width"):  # 4-digit held-out sums need 5
+        build_dataset(tmp_path / "x", seed=2, n_examples=200, ops=["add"], max_digits=3, reverse_answer=True,
+                      heldout_digits=[4, 4], answer_width=3)
+    with pytest.raises(ValueError, match="whole non-negative"):
+        build_dataset(tmp_path / "y", seed=2, n_examples=200, ops=["sub"], max_digits=2, answer_width=4)

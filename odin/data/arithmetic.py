@@ -122,8 +122,21 @@ def reverse_answer_digits(answer: str) -> str:
 
 
 def answer_to_display(answer: str, is_reversed: bool) -> str:
-    """Turn an answer as stored/generated back into normal reading order."""
-    return reverse_answer_digits(answer) if is_reversed else answer
+    """Turn an answer as stored/generated back into normal reading order (without the
+    leading zeros of a fixed-width answer)."""
+    shown = reverse_answer_digits(answer) if is_reversed else answer
+    return shown.lstrip("0") or "0" if shown.isdigit() else shown
+
+
+def pad_answer(answer: str, width: int, is_reversed: bool) -> str:
+    """A non-negative whole-number answer written with exactly `width` digits: zeros in the
+    high places (at the end of a reversed answer, at the start of a plain one). With
+    every answer the same length, where an answer ends is no longer something to learn."""
+    if not answer.isdigit():
+        raise ValueError(f"answer_width needs whole non-negative answers, got {answer!r}")
+    if len(answer) > width:
+        raise ValueError(f"answer {answer!r} has {len(answer)} digits, more than answer_width = {width}")
+    return answer.ljust(width, "0") if is_reversed else answer.rjust(width, "0")
 
 
 def make_example(op: str, left: int, right: int, *, reverse_answer: bool = False) -> Example:

@@ -28,6 +28,7 @@ from odin.data.arithmetic import (
     MAX_SUPPORTED_DIGITS,
     ArithmeticConfig,
     count_distinct_problems,
+    pad_answer,
     sample_unique_examples,
     spaced_prompt,
 )
@@ -116,6 +117,7 @@ def build_dataset(
     heldout_digits: int | Sequence[int] | None = None,
     n_heldout: int | None = None,
     prompt_spaces: int = 0,
+    answer_width: int = 0,
 ) -> dict[str, Any]:
     """Write train/val/test (+ heldout) JSONL files and ``dataset.json``; return the manifest.
 
@@ -124,7 +126,11 @@ def build_dataset(
     ``max_digits+1 .. max_digits+2`` digits per operand. ``prompt_spaces > 0`` writes the
     *training* prompts with 0..prompt_spaces random spaces around the operands
     (:func:`~odin.data.arithmetic.spaced_prompt`); val, test and held-out keep the plain form.
+    ``answer_width > 0`` writes every answer of every split with exactly that many digits
+    (:func:`~odin.data.arithmetic.pad_answer`; whole non-negative answers only).
     """
+    if isinstance(answer_width, bool) or not isinstance(answer_width, int) or not 0 <= answer_width <= 64:
+        raise ValueError(f"answer_width must be an integer in [0, 64], got {answer_width!r}")
     if isinstance(prompt_spaces, bool) or not isinstance(prompt_spaces, int) or not 0 <= prompt_spaces <= 8:
         raise ValueError(f"prompt_spaces must be an integer in [0, 8], got {prompt_spaces!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -182,6 +188,10 @@ def build_dataset(
                 f"problems exist; using all of them"
             )
 
+    if answer_width:
+        split_examples = {name: [dataclasses.replace(e, answer=pad_answer(e.answer, answer_width, reverse_answer))
+                                 for e in examples] for name, examples in split_examples.items()}
+
     out_path = Path(out_dir)
     split_entries = _write_splits(out_path, split_examples)
 
@@ -198,6 +208,7 @@ def build_dataset(
             "heldout_digits": list(heldout_range) if heldout_range else None,
             "split": list(fractions),
             **({"prompt_spaces": prompt_spaces} if prompt_spaces else {}),
+            **({"answer_width": answer_width} if answer_width else {}),
         },
         "splits": split_entries,
     }
