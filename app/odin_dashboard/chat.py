@@ -88,15 +88,15 @@ class ChatWorker:
 
     def _generate(self, turn_id: int, prompt: str, chat_model: ChatModel) -> None:
         from odin.evaluate import decode_until_end
-        from odin.model import Sampler, stream_tokens
+        from odin.model import Sampler, position_limit, stream_tokens
 
         try:
             tokenizer = chat_model.tokenizer
             ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
-            context = chat_model.run_config.model.context
-            if len(ids) >= context:
-                raise ValueError(f"the prompt is {len(ids)} tokens with <bos>; the model's context is {context}")
             model = clone_model(chat_model)
+            context = position_limit(model)  # None: RWKV's recurrent state has no position limit
+            if context is not None and len(ids) >= context:
+                raise ValueError(f"the prompt is {len(ids)} tokens with <bos>; the model's context is {context}")
             generated: list[int] = []
             for token in stream_tokens(model, ids, self.max_new_tokens, Sampler(temperature=0.0),
                                        stop_ids=(tokenizer.end_id,)):
