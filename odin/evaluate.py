@@ -329,6 +329,9 @@ def classify_failure(example: Example, got: str, *, ended: bool = True,
     got = final_answer(got)
     if is_reversed:
         expected, got = display_answer(expected, True), display_answer(got, True)
+    if len(expected) > 1 and expected.startswith("0") and expected.isdigit() and got.isdigit():
+        # a fixed-width answer (dataset answer_width): compare the numbers, not the padding
+        expected, got = expected.lstrip("0") or "0", got.lstrip("0") or "0"
     task = example.task
     if task in ARITHMETIC_TASKS or (task not in ("linear", "system", "simplify", "code") and _INT.match(expected)):
         if task == "div":

@@ -382,3 +382,14 @@ def test_evaluate_checkpoint_finds_every_heldout_split_of_a_mixed_dataset(tmp_pa
         records = [json.loads(line) for line in (tmp_path / "errors" / f"{split}.errors.jsonl").read_text().splitlines()]
         assert [r["kind"] for r in records] == [e.kind for e in result.errors]
     assert "wrong answers by kind" in format_summary(results)
+
+
+def test_fixed_width_answers_are_classified_by_their_digits():
+    from odin.data.examples import Example
+    from odin.evaluate import classify_failure
+
+    example = Example(prompt="37572905+33911541=", answer="6444841700", task="add", difficulty=8)  # 71484446
+    assert classify_failure(example, "6434841700", is_reversed=True) == classify_failure(
+        Example(prompt=example.prompt, answer="64448417", task="add", difficulty=8), "64348417", is_reversed=True)
+    kind, positions = classify_failure(example, "6434841700", is_reversed=True)
+    assert kind == "off_by_one" and positions == (2,)  # the hundreds: 71484446 vs 71484346
