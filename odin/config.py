@@ -111,14 +111,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "eval_every": 500, "eval_examples": 300, "checkpoint_every": 500},
     },
     # length generalisation: additions of at most 5 digits, scored on 8-digit ones; Abacus
-    # digit-place embeddings with random place offsets, and sequences shifted at random so
-    # every absolute position is trained
+    # digit-place embeddings with random place offsets, sequences shifted at random so every
+    # absolute position is trained, and answers of a fixed 10 digits (zeros in the high
+    # places) so where an answer ends is not learned from the lengths seen in training
     "add-length": {
         "data": {"seed": 11, "n_examples": 100_000, "ops": ["add"], "max_digits": 5, "reverse_answer": True,
-                 "heldout_digits": [8, 8]},
+                 "heldout_digits": [8, 8], "answer_width": 10},
         "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 32, "abacus": 20},
-        "train": {"batch_size": 128, "steps": 4000, "lr": 2e-3, "warmup_steps": 200,
-                  "eval_every": 1000, "eval_examples": 500, "checkpoint_every": 1000},
+        "train": {"batch_size": 128, "steps": 16000, "lr": 2e-3, "warmup_steps": 200,
+                  "eval_every": 2000, "eval_examples": 500, "checkpoint_every": 2000},
     },
 }
 
