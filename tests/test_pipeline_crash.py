@@ -46,7 +46,9 @@ def mid_shard_checkpoint(folder: Path) -> bool:
 
 def test_sigkill_and_restart_process_every_input_exactly_once(tmp_path: Path) -> None:
     folder, config = tmp_path / "pipe", tmp_path / "pipeline.toml"
-    config.write_text(config_text(train={"steps_per_shard": 40, "checkpoint_every_steps": 10},
+    # 200 steps a shard: a step of this model takes ~1 ms on an idle machine, so the window
+    # between a mid-shard checkpoint and the end of its shard must be long enough to kill in
+    config.write_text(config_text(train={"steps_per_shard": 200, "checkpoint_every_steps": 10},
                                   model={"d_model": 64, "n_layer": 2, "n_head": 2}), encoding="utf-8")
     inbox = folder / "inbox"
     inputs = {p.name: p.read_bytes() for p in write_docs(inbox, 30)}
@@ -57,7 +59,7 @@ def test_sigkill_and_restart_process_every_input_exactly_once(tmp_path: Path) ->
     # 2. killed in the middle of a shard, after a mid-shard checkpoint was written
     run_until(folder, config, lambda: mid_shard_checkpoint(folder), "a mid-shard checkpoint", delay=0.05)
     step, state = checkpoint_state(folder)
-    assert state["current"] and 0 < state["current"]["done"] < 40
+    assert state["current"] and 0 < state["current"]["done"] < 200
     partial = state["current"]["shard"]
     # while it is down: new documents, a byte-identical copy of one it has, a folder
     inputs.update({p.name: p.read_bytes() for p in write_docs(inbox, 8, start=30)})
