@@ -64,18 +64,14 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
     const int cols[T_KINDS] = {C, C, 1, 1, C, 1, C, 1, 1, 1, C, 1, 4 * C, 1, 1, 1, C};
     size_t off = 0;
     int idx = 0;
-#define ADD(kind, layer)                                                                          \
-    do {                                                                                          \
-        g->tensors[idx++] = (odin_tensor_view){k_names[kind], off, rows[kind], cols[kind], cols[kind] > 1}; \
-        off += (size_t)rows[kind] * cols[kind];                                                   \
-    } while (0)
-    ADD(T_WTE, -1);
-    ADD(T_WPE, -1);
+#define ADD(kind) odin_tensor_append(g->tensors, &idx, &off, k_names[kind], rows[kind], cols[kind])
+    ADD(T_WTE);
+    ADD(T_WPE);
     for (int l = 0; l < n_layer; l++)
-        for (int kind = T_LN1W; kind < T_LNFW; kind++) ADD(kind, l);
-    ADD(T_LNFW, -1);
-    ADD(T_LNFB, -1);
-    if (n_abacus > 0) ADD(T_WAB, -1);
+        for (int kind = T_LN1W; kind < T_LNFW; kind++) ADD(kind);
+    ADD(T_LNFW);
+    ADD(T_LNFB);
+    if (n_abacus > 0) ADD(T_WAB);
 #undef ADD
     g->n_params = off;
     odin_status st = odin_alloc_param_blocks(off, &g->params, &g->grads, &g->m, &g->v);

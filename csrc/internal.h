@@ -23,6 +23,10 @@ odin_status odin_fail(odin_status code, const char *fmt, ...)
  * decay applies), 0 for vectors (biases, LayerNorm, RWKV decays / bonuses / mixes). */
 typedef struct { const char *name; size_t offset; int rows, cols; int decay; } odin_tensor_view;
 
+/* Append the next tensor of a parameter block (rows x cols floats at *offset, which then
+ * moves past it); matrices (cols > 1) get weight decay. */
+void odin_tensor_append(odin_tensor_view *tensors, int *count, size_t *offset, const char *name, int rows,
+                        int cols);
 /* 64-byte aligned, zeroed; NULL when out of memory. Free with free(). */
 void *odin_zalloc(size_t bytes);
 /* The parameter, gradient and two AdamW moment blocks of n floats, zeroed; on failure none

@@ -12,6 +12,12 @@ void *odin_zalloc(size_t bytes) {
     return p;
 }
 
+void odin_tensor_append(odin_tensor_view *tensors, int *count, size_t *offset, const char *name, int rows,
+                        int cols) {
+    tensors[(*count)++] = (odin_tensor_view){name, *offset, rows, cols, cols > 1};
+    *offset += (size_t)rows * cols;
+}
+
 odin_status odin_alloc_param_blocks(size_t n, float **params, float **grads, float **m, float **v) {
     *params = odin_zalloc(n * sizeof(float));
     *grads = odin_zalloc(n * sizeof(float));

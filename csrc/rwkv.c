@@ -68,11 +68,7 @@ odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_mode
     const int cols[R_KINDS] = {C, 1, 1, 1, 1, 1, 1, 1, 1, 1, C, C, C, C, 1, 1, 1, 1, C, C, F, 1, 1};
     size_t off = 0;
     int idx = 0;
-#define ADD(kind)                                                                    \
-    do {                                                                             \
-        r->tensors[idx++] = (odin_tensor_view){k_names[kind], off, rows[kind], cols[kind], cols[kind] > 1}; \
-        off += (size_t)rows[kind] * cols[kind];                                      \
-    } while (0)
+#define ADD(kind) odin_tensor_append(r->tensors, &idx, &off, k_names[kind], rows[kind], cols[kind])
     for (int kind = R_EMB; kind < FIRST_LAYER_KIND; kind++) ADD(kind);
     for (int l = 0; l < n_layer; l++)
         for (int kind = FIRST_LAYER_KIND; kind < R_LNOW; kind++) ADD(kind);

@@ -35,7 +35,7 @@ def test_rwkv_decode_cost_is_flat_in_the_context_while_gpt_grows():
 def test_rwkv_trains_about_as_fast_as_gpt_of_equal_size():
     models = bench.train_models(64)
     assert abs(models["RWKV"].n_params / models["GPT"].n_params - 1) < 0.05
-    tps = {name: bench.tokens_per_s(model, 32, 64, 1, steps=4) for name, model in models.items()}
+    tps = {name: bench.model_tokens_per_s(model, 32, 64, 1, steps=4) for name, model in models.items()}
     print(f"\nGPT {tps['GPT']:,.0f} tok/s, RWKV {tps['RWKV']:,.0f} tok/s, RWKV/GPT {tps['RWKV'] / tps['GPT']:.2f}x")
     assert tps["RWKV"] > 0.5 * tps["GPT"]
 

@@ -28,16 +28,14 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_train import _replace_section, machine, table  # noqa: E402
+from bench_train import _replace_section, machine, model_tokens_per_s, table  # noqa: E402
 from odin.model import GPT, GPTShape  # noqa: E402
 from odin.rwkv import RWKV, RWKVShape  # noqa: E402
-from odin.spheres import SpheresTrainer  # noqa: E402
 
 # equal parameter count: GPT layer 12 C^2 + 13 C; RWKV layer 5 C^2 + 2 F C + 11 C with F = 3.5 C
 C, L, V = 256, 4, 512
@@ -48,20 +46,6 @@ def train_models(context: int) -> dict[str, object]:
         "GPT": GPT(GPTShape(vocab_size=V, context=context, n_layer=L, n_head=8, d_model=C)),
         "RWKV": RWKV(RWKVShape(vocab_size=V, context=context, n_layer=L, d_model=C, d_ffn=7 * C // 2)),
     }
-
-
-def tokens_per_s(model, B: int, T: int, threads: int, steps: int, repeats: int = 3) -> float:
-    model.init_weights(0)
-    trainer = SpheresTrainer(model, B, T, threads=threads)
-    trainer.configure(lr=1e-4, min_lr=1e-5, warmup_steps=0, total_steps=0)
-    data = np.random.default_rng(0).integers(0, V, (steps, B, T + 1)).astype(np.int32)
-    trainer.run(data[: min(2, steps)])  # warm-up: pack buffers, page faults, thread start
-    best = 0.0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        trainer.run(data)
-        best = max(best, steps * B * T / (time.perf_counter() - started))
-    return best
 
 
 def decode_ms_after(model, contexts: list[int], n_timed: int = 16) -> dict[int, float]:
@@ -122,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for threads in sorted({1, min(2, cores)}):
             models = train_models(T)
-            tps = {name: tokens_per_s(m, B, T, threads, steps) for name, m in models.items()}
+            tps = {name: model_tokens_per_s(m, B, T, threads, steps) for name, m in models.items()}
             rows.append([str(threads), *(f"{models[n].n_params / 1e6:.2f}M" for n in models),
                          *(f"{tps[n]:,.0f}" for n in models), f"{tps['RWKV'] / tps['GPT']:.2f}x"])
         out += [f"### RWKV vs GPT training at equal size (L={L}, d={C}, V={V}, B={B}, T={T}; "

@@ -43,18 +43,22 @@ CONFIGS = {
 }
 
 
-def _batches(shape: GPTShape, B: int, T: int, k: int, seed: int = 0):
+def _batches(shape, B: int, T: int, k: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     return rng.integers(0, shape.vocab_size, (k, B, T + 1)).astype(np.int32)
 
 
 def odin_tokens_per_s(cfg: dict, threads: int, steps: int, repeats: int = 3) -> float:
-    shape, B, T = cfg["shape"], cfg["B"], cfg["T"]
-    model = GPT(shape)
+    return model_tokens_per_s(GPT(cfg["shape"]), cfg["B"], cfg["T"], threads, steps, repeats)
+
+
+def model_tokens_per_s(model, B: int, T: int, threads: int, steps: int, repeats: int = 3) -> float:
+    """Training tokens/s of any ODIN model (GPT, RWKV) on the spheres: best of `repeats` runs
+    of `steps` steps on random tokens, after a warm-up."""
     model.init_weights(0)
     tr = SpheresTrainer(model, B, T, threads=threads)
     tr.configure(lr=1e-4, min_lr=1e-5, warmup_steps=0, total_steps=0)
-    data = _batches(shape, B, T, steps)
+    data = _batches(model.shape, B, T, steps)
     tr.run(data[: min(3, steps)])  # warm-up: pack buffers, page faults, thread start
     best = 0.0
     for _ in range(repeats):
@@ -64,7 +68,6 @@ def odin_tokens_per_s(cfg: dict, threads: int, steps: int, repeats: int = 3) -> 
     return best
 
 
-# ------------------------------------------------------------------ PyTorch reference model
 def _torch_model(shape: GPTShape):
     import torch
     import torch.nn as nn
