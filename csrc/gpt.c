@@ -529,11 +529,14 @@ odin_status odin_gpt_generate_greedy_ex(odin_gpt *g, odin_gpt_cache *c, const in
                 int i = step - L < out_lens[b] ? step - L : out_lens[b] - 1;
                 tok[b] = out[(size_t)b * max_new + i];
                 if (prompt_ids) {
-                    /* generated digits count 1, 2, 3, ... along a run (least significant first) */
-                    int is_digit = tok[b] >= digit_first && tok[b] < digit_first + 10;
-                    int prev_is_digit = i > 0 && out[(size_t)b * max_new + i - 1] >= digit_first &&
-                                        out[(size_t)b * max_new + i - 1] < digit_first + 10;
-                    int id = !is_digit ? 0 : (prev_is_digit && step > L ? ids[b] + 1 : 1);
+                    /* generated digits count up along a run (least significant first): from 1,
+                     * or, for the first token after the prompt, from the last prompt token's id
+                     * + 1 (0 + 1 normally; 1 + 1 when the separator carries place 1 because each
+                     * answer token carries the place it predicts, odin/abacus.py) */
+                    const int32_t prev = i > 0 ? out[(size_t)b * max_new + i - 1] : prompts[(size_t)b * max_prompt + L - 1];
+                    const int is_digit = tok[b] >= digit_first && tok[b] < digit_first + 10;
+                    const int prev_is_digit = prev >= digit_first && prev < digit_first + 10;
+                    int id = !is_digit ? 0 : i > 0 ? (prev_is_digit ? ids[b] + 1 : 1) : (prev_is_digit ? 1 : ids[b] + 1);
                     ids[b] = id < g->n_abacus ? id : g->n_abacus - 1;
                 }
             }

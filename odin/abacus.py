@@ -12,7 +12,15 @@ So a digit's id is its significance, counted from 1:
     which is also what the C decoder does for generated digits;
   * every other token has id 0.
 
-During training every digit id of a sequence is shifted by one random offset in
+With ``next_place=True`` (``[model].abacus_answer = "next"``) every answer token carries the
+place of the digit it *predicts* instead of its own: the separator gets id 1 and the answer
+digit run right after it counts from 2 (``123+45=861`` -> separator 1, answer 2 3 4). The
+token that predicts a place then carries the same id as the operand digits it must add, so
+finding them is matching equal ids rather than learning "id + 1" for every place: the
+position coupling of Cho et al. (2024). Digit runs after any other answer token still count
+from 1, as the C decoder continues them.
+
+During training every non-zero id of a sequence is shifted by one random offset in
 [0, max_offset], so the embeddings of high places get trained on short numbers too; at
 inference the offset is 0. Without that, an 8-digit answer would use ids never seen.
 """
@@ -24,7 +32,7 @@ import numpy as np
 
 
 def abacus_ids(tokens: np.ndarray, digit_first: int, sep_id: int, n_abacus: int,
-               offsets: Optional[np.ndarray] = None) -> np.ndarray:
+               offsets: Optional[np.ndarray] = None, next_place: bool = False) -> np.ndarray:
     """ids[B, T] (int32) for token ids[B, T]; offsets[B] shift the digit ids (default 0)."""
     tokens = np.asarray(tokens)
     squeeze = tokens.ndim == 1
@@ -40,11 +48,15 @@ def abacus_ids(tokens: np.ndarray, digit_first: int, sep_id: int, n_abacus: int,
         padded = np.concatenate(([False], d, [False]))
         starts = np.flatnonzero(~padded[:-1] & padded[1:])
         ends = np.flatnonzero(padded[:-1] & ~padded[1:])
+        coupled = next_place and split < T
+        if coupled:
+            ids[b, split] = 1
         for s, e in zip(starts, ends):
             idx = np.arange(s, e)
-            ids[b, s:e] = (e - idx) if s < split else (idx - s + 1)
+            first = 2 if coupled and s == split + 1 else 1
+            ids[b, s:e] = (e - idx) if s < split else (idx - s + first)
     if offsets is not None:
-        ids = np.where(is_digit, ids + np.asarray(offsets, np.int32)[:, None], 0)
+        ids = np.where(ids > 0, ids + np.asarray(offsets, np.int32)[:, None], 0)
     if ids.max(initial=0) >= n_abacus:
         raise ValueError(f"a number has more places ({int(ids.max())}) than the model's Abacus table "
                          f"(n_abacus = {n_abacus}); raise [model].abacus or shorten the numbers")

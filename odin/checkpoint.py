@@ -106,6 +106,7 @@ def model_from_config(run_config: RunConfig | ModelConfig) -> "Model":
         vocab_size=config.vocab_size, context=config.context, n_layer=config.n_layer,
         n_head=config.n_head, d_model=config.d_model, ln_eps=config.ln_eps,
         n_abacus=config.abacus, digit_first=digit_first, sep_id=sep_id,
+        abacus_next=config.abacus_answer == "next",
         learned_positions=config.positions == "learned",
     ))
 

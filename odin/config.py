@@ -179,6 +179,7 @@ MODEL_RULES: dict[str, _Rule] = {
     "init_seed": _Rule(int, 0, (1 << 63) - 1),
     "ln_eps": _Rule(float, 0.0, 1.0, low_open=True),
     "abacus": _Rule(int, 0, 4096),
+    "abacus_answer": _Rule(str, choices=("place", "next")),
     "positions": _Rule(str, choices=("learned", "none")),
     "d_ffn": _Rule(int, 0, 1 << 20),
 }
@@ -223,6 +224,9 @@ class ModelConfig:
     # Abacus digit-position embeddings (odin/abacus.py): number of digit places the table
     # covers, training offsets included; 0 = off. For length generalisation on arithmetic.
     abacus: int = 0
+    # which place an answer token's Abacus id names: "place", its own; "next", the place of the
+    # digit it predicts (position coupling; odin/abacus.py). Only with abacus > 0.
+    abacus_answer: str = "place"
     # "learned": absolute position embeddings (wpe); "none": wpe held at zero (NoPE)
     positions: str = "learned"
     # width of the feed-forward (RWKV channel-mix) layer; 0 = 4 x d_model (GPT: always 4 x d_model)
@@ -230,6 +234,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _validate_fields(self, "model", MODEL_RULES)
+        if self.abacus_answer != "place" and not self.abacus:
+            raise ConfigError(f"[model].abacus_answer = {self.abacus_answer!r} needs Abacus embeddings; "
+                              "set [model].abacus > 0 or drop abacus_answer")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -25,6 +25,8 @@ class GPTShape:
     n_abacus: int = 0
     digit_first: int = -1
     sep_id: int = -1
+    # True: answer tokens carry the place they predict (odin/abacus.py, next_place)
+    abacus_next: bool = False
     # False: no learned absolute positions (wpe held at zero), e.g. with Abacus for length
     # generalisation, where positions beyond the training lengths would be untrained
     learned_positions: bool = True
@@ -179,7 +181,8 @@ class GPT(NativeModel):
             return None
         from odin.abacus import abacus_ids
 
-        return abacus_ids(tokens, self.shape.digit_first, self.shape.sep_id, self.shape.n_abacus, offsets)
+        return abacus_ids(tokens, self.shape.digit_first, self.shape.sep_id, self.shape.n_abacus, offsets,
+                          next_place=self.shape.abacus_next)
 
     def forward(self, tokens: np.ndarray, targets: Optional[np.ndarray] = None,
                 mask: Optional[np.ndarray] = None, ids: Optional[np.ndarray] = None) -> Optional[float]:
@@ -305,17 +308,24 @@ def stream_tokens(model: Any, prompt: list[int], max_new: int, sampler: Sampler,
     for pos, tok in enumerate(prompt):
         logits = cache.step([tok], [pos], None if prompt_ids is None else [int(prompt_ids[pos])])
     pos = len(prompt)
-    shape, last_id, prev_digit = model.shape, 0, False
+    shape = model.shape
+    last_id = 0 if prompt_ids is None else int(prompt_ids[-1])
+    prev_digit, first = False, True
     for _ in range(max_new):
         nxt = sampler(logits[0])
         yield nxt
         if nxt in stop_ids or (limit is not None and pos >= limit):
             return
         ids = None
-        if shape.n_abacus:  # generated digits count 1, 2, 3, ... along a run, as in the C decoder
+        if shape.n_abacus:  # as the C decoder: digits count up along a run, the first from the prompt's last id
             is_digit = shape.digit_first <= nxt < shape.digit_first + 10
-            last_id = min(last_id + 1 if prev_digit else 1, shape.n_abacus - 1) if is_digit else 0
-            prev_digit = is_digit
+            if first:
+                prompt_digit = shape.digit_first <= prompt[-1] < shape.digit_first + 10
+                start = 1 if prompt_digit else last_id + 1
+            else:
+                start = last_id + 1 if prev_digit else 1
+            last_id = min(start, shape.n_abacus - 1) if is_digit else 0
+            prev_digit, first = is_digit, False
             ids = [last_id]
         logits = cache.step([nxt], [pos], ids)
         pos += 1

@@ -133,3 +133,42 @@ def test_shift_right_moves_sequences_and_masks_together():
         assert m[0, s + 1:s + 3].tolist() == [1, 1] and m[0].sum() == 2  # same targets still masked
         assert t[1].tolist() == tokens[1].tolist()  # a full row has no room to move
     assert shifts == {0, 1, 2, 3}
+
+
+def test_next_place_ids_couple_the_predicting_token_with_its_operand_digits():
+    ids = abacus_ids(np.array([TOK.encode("123+45=861")]), D0, SEP, 32, np.array([0]), next_place=True)[0]
+    assert ids.tolist() == [3, 2, 1, 0, 2, 1, 1, 2, 3, 4]  # "=" predicts place 1, "8" place 2, ...
+    shifted = abacus_ids(np.array([TOK.encode("12+3=51")]), D0, SEP, 32, np.array([4]), next_place=True)[0]
+    assert shifted.tolist() == [6, 5, 0, 5, 5, 6, 7]  # the separator shifts with the digits
+    with pytest.raises(ValueError, match="needs Abacus"):
+        ModelConfig(abacus_answer="next")
+
+
+def _digit_biased(shape: GPTShape) -> GPT:
+    """A model whose next token is read off the Abacus id it is fed (id k -> digit (3k+1) % 10),
+    so generation walks digit runs in which a wrong id changes the very next token."""
+    m = GPT(shape)
+    m.init_weights(5)
+    params = m.named_params()
+    for k in range(shape.n_abacus):
+        params["wab"][k] = 20 * params["wte"][D0 + (3 * k + 1) % 10]
+    return m
+
+
+@pytest.mark.parametrize("next_place", [False, True])
+def test_generation_feeds_the_training_ids_in_both_id_schemes(next_place):
+    from dataclasses import replace
+
+    m = _digit_biased(replace(SHAPE, abacus_next=next_place))
+    prompts = [[TOK.bos_id] + TOK.encode(p) for p in ("123+45=", "7+8=", "9999+1=")]
+    for prompt in prompts:
+        streamed = list(stream_tokens(m, prompt, 10, Sampler(temperature=0.0), stop_ids=(TOK.end_id,)))
+        assert sum(D0 <= t < D0 + 10 for t in streamed) >= 4, "the test needs a digit run"
+        batched = m.generate_greedy(prompts, max_new=10, end_id=TOK.end_id)[prompts.index(prompt)]
+        assert streamed == batched
+        m.forward(np.array([prompt + streamed[:-1]], np.int32))  # ids from abacus_ids, offset 0
+        full = m.logits()[0]
+        predicted = [int(full[i].argmax()) for i in range(len(prompt) - 1, len(prompt) + len(streamed) - 1)]
+        assert predicted == streamed
+    other = _digit_biased(replace(SHAPE, abacus_next=not next_place))  # same weights, other ids
+    assert m.generate_greedy(prompts, 10, TOK.end_id) != other.generate_greedy(prompts, 10, TOK.end_id)

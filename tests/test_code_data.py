@@ -16,6 +16,7 @@ from odin.data.code import (
     run_programs,
     sample_unique_examples,
 )
+from odin.data.scratchpad import final_answer
 from odin.tokenizers import CharTokenizer
 
 VOCAB = set(CharTokenizer().vocab)
@@ -118,3 +119,54 @@ def test_bad_config():
         CodeConfig(timeout=-1)
     with pytest.raises(ValueError, match="not a code prompt"):
         program_of("print(1)")
+
+
+# An independent tracer (plain exec, snapshots of the globals at every line event of the
+# module frame) to re-check the traces the sandbox recorded.
+_RETRACE = r"""
+import contextlib, io, json, sys
+results = []
+for program in json.load(sys.stdin):
+    env, steps, seen = {"__name__": "__main__"}, [], {}
+    def snapshot():
+        for name, value in list(env.items()):
+            if isinstance(value, (int, str)) and not isinstance(value, bool) and not name.startswith("__"):
+                if name not in seen or (type(seen[name]), seen[name]) != (type(value), value):
+                    seen[name] = value
+                    steps.append("%s=%s" % (name, value))
+    def on_line(frame, event, arg):
+        if event in ("line", "return"):
+            snapshot()
+        return on_line
+    buffer = io.StringIO()
+    sys.settrace(lambda frame, event, arg: on_line if frame.f_code.co_name == "<module>" else None)
+    with contextlib.redirect_stdout(buffer):
+        exec(compile(program, "<p>", "exec"), env)
+    sys.settrace(None)
+    results.append(";".join(steps) + "#" + buffer.getvalue().rstrip("\n"))
+json.dump(results, sys.stdout)
+"""
+
+
+def test_execution_trace_answers_are_rechecked_by_an_independent_tracer():
+    config = CodeConfig(min_level=1, max_level=5, scratchpad=True, max_trace_chars=400)
+    built = sample_unique_examples(config, 400, seed=7)
+    assert len(built.examples) == 400
+    done = subprocess.run([sys.executable, "-c", _RETRACE], input=json.dumps([program_of(e.prompt) for e in built.examples]),
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert [e.answer for e in built.examples] == json.loads(done.stdout)
+    plain = {e.prompt: e.answer for e in sample_unique_examples(CodeConfig(min_level=1, max_level=5), 400, seed=7).examples}
+    assert all(final_answer(e.answer) == plain[e.prompt] for e in built.examples if e.prompt in plain)
+    assert sum(e.prompt in plain for e in built.examples) > 300  # the same programs, mostly
+    for e in built.examples:
+        assert set(e.answer) <= VOCAB
+
+
+def test_trace_answers_by_hand_and_the_length_cap():
+    program = "n=0-16\nd=n*6\nfor i in range(2):\n d+=i*5\nprint(d)"
+    items = [(make_prompt(program), 3)]
+    assert run_programs(items, CodeConfig(scratchpad=True))[0].answer == "n=-16;d=-96;i=0;i=1;d=-91#-91"
+    assert run_programs(items, CodeConfig(scratchpad=True, max_trace_chars=28)) == ["long_trace"]
+    assert run_programs(items, CodeConfig())[0].answer == "-91"
+    with pytest.raises(ValueError, match="scratchpad"):
+        CodeConfig(scratchpad="yes")

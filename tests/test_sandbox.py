@@ -119,3 +119,22 @@ def test_bad_arguments_are_rejected():
         sandbox.run("print(1)", isolation="thread")
     with pytest.raises(ValueError, match="program 1"):
         sandbox.run_many(["print(1)", 3])
+
+
+@pytest.mark.parametrize("isolation", MODES)
+def test_trace_records_each_change_of_a_top_level_variable(isolation):
+    program = "def h(x):\n y=x*2\n return y\nn=0-16\nd=n*6\nfor i in range(2):\n d+=i*5\ns='ab'[::-1]\nm=h(4)\nprint(d)"
+    result = sandbox.run(program, trace=True, isolation=isolation)
+    assert result.ok and result.stdout == "-91\n"
+    # d+=0*5 changes nothing, so it leaves no step; h's local y is not a top-level variable
+    assert result.trace == (("n", "-16"), ("d", "-96"), ("i", "0"), ("i", "1"), ("d", "-91"), ("s", "ba"),
+                            ("m", "8"))
+    assert sandbox.run(program, isolation=isolation).trace == ()  # only when asked for
+
+
+@pytest.mark.parametrize("isolation", MODES)
+def test_a_runaway_trace_ends_as_output_limit_not_in_memory(isolation):
+    started = time.monotonic()
+    result = sandbox.run("n=0\nwhile True:\n n+=1", trace=True, max_output=2000, isolation=isolation)
+    assert result.status == "output_limit" and "trace" in result.error and result.trace == ()
+    assert time.monotonic() - started < 3.0  # stopped by the trace size, long before the 2 s timeout backstop

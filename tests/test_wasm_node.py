@@ -159,7 +159,8 @@ def test_export_errors(tmp_path):
         export_web(tmp_path / "missing", tmp_path / "out")
 
 
-def test_abacus_and_no_positions_model(tmp_path, tmp_path_factory):
+@pytest.mark.parametrize("abacus_answer", ["place", "next"])
+def test_abacus_and_no_positions_model(abacus_answer, tmp_path, tmp_path_factory):
     """A model with Abacus digit embeddings and no absolute positions: the runtime computes
     the Abacus ids (prompt and generated digits) as odin/abacus.py and the C decoder do."""
     from odin.checkpoint import model_from_config, save_model_checkpoint
@@ -171,7 +172,8 @@ def test_abacus_and_no_positions_model(tmp_path, tmp_path_factory):
 
     wasm = wasm_path("simd128", tmp_path_factory, need_wasmtime=False)
     tok = CharTokenizer()
-    config = RunConfig(model=ModelConfig(n_layer=2, d_model=48, n_head=4, context=20, abacus=8, positions="none"),
+    config = RunConfig(model=ModelConfig(n_layer=2, d_model=48, n_head=4, context=20, abacus=8, positions="none",
+                                         abacus_answer=abacus_answer),
                        train=TrainConfig(lr=3e-3, weight_decay=0.0))
     model = model_from_config(config)
     model.init_weights(3)
@@ -186,7 +188,7 @@ def test_abacus_and_no_positions_model(tmp_path, tmp_path_factory):
         model.adamw_step(lr=3e-3, step=step)
     save_model_checkpoint(tmp_path / "ckpt", model, tok, config, step=150, trainer_state={})
     manifest = export_web(tmp_path / "ckpt", tmp_path / "web", examples=0)
-    assert manifest["abacus"] == {"digit_first": 3, "sep_id": tok.encode("=")[0]}
+    assert manifest["abacus"] == {"digit_first": 3, "sep_id": tok.encode("=")[0], "next": abacus_answer == "next"}
     prompts = [e.prompt for e in examples[:10]] + ["1234+9=", "7+8="]
     train_examples = [{"prompt": e.prompt, "answer": e.answer} for e in examples[10:14]]
     spec = {"runtime": str(ROOT / "web" / "odin.js"), "wasm_dir": str(wasm.parent), "variant": "simd128",

@@ -798,17 +798,21 @@ export class OdinModel {
   encodePrompt(text) { return [this.special.bos, ...this.tokenizer.encode(text)]; }
 
   /** Abacus ids of a token row (odin/abacus.py: digit runs counted from the right before the
-   * first separator, from the left after it; 0 elsewhere). */
+   * first separator, from the left after it; 0 elsewhere; with abacus.next the separator
+   * carries 1 and the answer run right after it counts from 2). */
   abacusIds(tokens) {
     const { digit_first: d0, sep_id: sep, n } = this.abacus;
     const T = tokens.length, ids = new Int32Array(T);
     let split = tokens.indexOf(sep);
     if (split < 0) split = T;
+    const coupled = !!this.abacus.next && split < T;
+    if (coupled) ids[split] = 1;
     for (let s = 0; s < T;) {
       if (!(tokens[s] >= d0 && tokens[s] < d0 + 10)) { s++; continue; }
       let e = s;
       while (e < T && tokens[e] >= d0 && tokens[e] < d0 + 10) e++;
-      for (let i = s; i < e; i++) ids[i] = s < split ? e - i : i - s + 1;
+      const first = coupled && s === split + 1 ? 2 : 1;
+      for (let i = s; i < e; i++) ids[i] = s < split ? e - i : i - s + first;
       s = e;
     }
     for (const v of ids) if (v >= n) throw new OdinError(`a number has more places (${v}) than the model's Abacus table (${n})`, 2);
@@ -850,7 +854,8 @@ export class OdinModel {
     let logits = 0;
     for (let p = 0; p < ids.length; p++) logits = this._decode(ids[p], p, promptIds ? promptIds[p] : 0);
     const t1 = now();
-    let lastYield = t1, pos = ids.length, text = '', emitted = 0, lastId = 0, prevDigit = false;
+    let lastYield = t1, pos = ids.length, text = '', emitted = 0, prevDigit = false;
+    let lastId = promptIds ? promptIds[ids.length - 1] : 0;
     const generated = [];
     const stats = () => {
       const s = (now() - t1) / 1000;
@@ -877,9 +882,12 @@ export class OdinModel {
       if (isStop || pos >= this.maxLength) break;
       if (stopStrings.some((s) => s && text.endsWith(s))) break;
       let aid = 0;
-      if (this.abacus) { // generated digits count 1, 2, 3, ... along a run, as the C decoder does
-        const isDigit = token >= this.abacus.digit_first && token < this.abacus.digit_first + 10;
-        lastId = isDigit ? Math.min(prevDigit ? lastId + 1 : 1, this.abacus.n - 1) : 0;
+      if (this.abacus) { // as the C decoder: digits count up along a run, the first from the prompt's last id
+        const d0 = this.abacus.digit_first;
+        const isDigit = token >= d0 && token < d0 + 10;
+        const last = ids[ids.length - 1], promptDigit = last >= d0 && last < d0 + 10;
+        const start = i === 0 ? (promptDigit ? 1 : lastId + 1) : (prevDigit ? lastId + 1 : 1);
+        lastId = isDigit ? Math.min(start, this.abacus.n - 1) : 0;
         prevDigit = isDigit;
         aid = lastId;
       }

@@ -111,7 +111,8 @@ def add_build_parser(data_subparsers: "argparse._SubParsersAction") -> argparse.
     mixed.add_argument("--heldout-levels", type=_parse_level_range, default=None, metavar="N|MIN-MAX",
                        help="levels of the algebra and code held-out splits (default max+1 to max+2, at most 5)")
     mixed.add_argument("--scratchpad", action="store_true",
-                       help="step-by-step answers for add, mul and algebra (final result after '#')")
+                       help="step-by-step answers for add, mul and algebra, execution traces for code "
+                            "(final result after '#')")
     mixed.add_argument("--reverse-algebra", action="store_true", help="write algebra answer digits reversed too")
     mixed.add_argument("--timeout", type=float, default=2.0, help="seconds per program in the sandbox (default 2)")
     mixed.add_argument("--jobs", type=int, default=1, help="sandbox worker processes (default 1)")

@@ -18,6 +18,13 @@ Format
 * answer: what the program printed, without the final newline (``10``). Exactly one
   ``print`` at the end, so the answer is a single line; ``print(s,a)`` prints ``"abc 5"``.
 * task ``code``; difficulty = the level of the grammar below.
+* with ``scratchpad=True`` the answer is the program's **execution trace**, then the
+  scratchpad mark, then the output: each change of a top-level int or str variable, in the
+  order the run made it, as ``name=value`` (``s=sn;b=176;i=0;s=sn0;i=1;s=sn01;b=160#164``).
+  The trace is recorded by the same sandboxed run that produces the output (a tracer on
+  the program's module frame, :func:`odin.data.sandbox.run_many` with ``trace=True``), so
+  every step is what Python computed; evaluation compares only the output after ``#``.
+  Answers longer than ``max_trace_chars`` are discarded as ``long_trace``.
 
 Grammar by level (each level adds to the previous one)
 ------------------------------------------------------
@@ -44,7 +51,7 @@ from typing import Callable
 
 from odin.data import sandbox
 from odin.data.examples import Example
-from odin.data.scratchpad import SCRATCH_MARK
+from odin.data.scratchpad import SCRATCH_MARK, STEP_SEPARATOR, join_steps
 
 OUTPUT_MARKER = "#out:"
 MIN_LEVEL, MAX_LEVEL = 1, 5
@@ -57,7 +64,7 @@ _FUNC_NAMES = "fgh"
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _ASSIGNMENT = re.compile(r"^ *([a-z])(?:=|\+=|-=)")  # not "n//=10" of a digit-sum loop
 DISCARD_REASONS: tuple[str, ...] = ("error", "timeout", "memory", "output_limit", "killed", "sandbox_error",
-                                    "bad_output")
+                                    "bad_output", "long_trace")
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,8 @@ class CodeConfig:
     max_prompt_chars: int = 256
     timeout: float = sandbox.DEFAULT_TIMEOUT
     memory_mb: int = sandbox.DEFAULT_MEMORY_MB
+    scratchpad: bool = False  # answers = execution trace + "#" + output
+    max_trace_chars: int = 160  # longest scratchpad answer kept (trace, mark and output)
 
     def __post_init__(self) -> None:
         for name in ("min_level", "max_level"):
@@ -76,16 +85,21 @@ class CodeConfig:
                 raise ValueError(f"code {name} must be an integer in [{MIN_LEVEL}, {MAX_LEVEL}], got {value!r}")
         if self.min_level > self.max_level:
             raise ValueError(f"code min_level ({self.min_level}) must be <= max_level ({self.max_level})")
-        for name in ("max_answer_chars", "max_prompt_chars"):
+        if not isinstance(self.scratchpad, bool):
+            raise ValueError(f"code scratchpad must be true or false, got {self.scratchpad!r}")
+        for name in ("max_answer_chars", "max_prompt_chars", "max_trace_chars"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"code {name} must be a positive integer, got {value!r}")
         sandbox._validate(self.timeout, self.memory_mb, 1, 1, 1, "exec")
 
     def to_dict(self) -> dict:
-        return {"max_answer_chars": self.max_answer_chars, "max_level": self.max_level,
-                "max_prompt_chars": self.max_prompt_chars,
-                "memory_mb": self.memory_mb, "min_level": self.min_level, "timeout": self.timeout}
+        out = {"max_answer_chars": self.max_answer_chars, "max_level": self.max_level,
+               "max_prompt_chars": self.max_prompt_chars,
+               "memory_mb": self.memory_mb, "min_level": self.min_level, "timeout": self.timeout}
+        if self.scratchpad:  # absent otherwise, so plain datasets keep their manifests
+            out.update(scratchpad=True, max_trace_chars=self.max_trace_chars)
+        return out
 
 
 class _Program:
@@ -394,6 +408,18 @@ def _answer_from_stdout(stdout: str, config: CodeConfig, vocabulary: frozenset[s
     return text
 
 
+def _trace_answer(trace: tuple[tuple[str, str], ...], output: str, config: CodeConfig,
+                  vocabulary: frozenset[str]) -> str | None:
+    """``name=value;...#output``, or None when a value cannot be written in the format (or
+    the answer is too long)."""
+    steps = [f"{name}={value}" for name, value in trace]
+    if any(STEP_SEPARATOR in step or SCRATCH_MARK in step or any(c not in vocabulary for c in step)
+           for step in steps):
+        return None
+    answer = join_steps(steps, output)
+    return answer if len(answer) <= config.max_trace_chars else None
+
+
 def _vocabulary() -> frozenset[str]:
     from odin.tokenizers import CharTokenizer
 
@@ -411,14 +437,23 @@ def run_programs(
     as its answer, or the reason it was discarded (one of :data:`DISCARD_REASONS`)."""
     vocabulary = _vocabulary()
     results = sandbox.run_many([program_of(prompt) for prompt, _ in items], timeout=config.timeout,
-                               memory_mb=config.memory_mb, jobs=jobs, on_progress=on_progress)
+                               memory_mb=config.memory_mb, jobs=jobs, on_progress=on_progress,
+                               trace=config.scratchpad)
     outcomes: list[Example | str] = []
     for (prompt, level), result in zip(items, results):
         if not result.ok:
             outcomes.append(result.status)
             continue
         answer = _answer_from_stdout(result.stdout, config, vocabulary)
-        outcomes.append("bad_output" if answer is None else Example(prompt, answer, TASK, level))
+        if answer is None:
+            outcomes.append("bad_output")
+            continue
+        if config.scratchpad:
+            answer = _trace_answer(result.trace, answer, config, vocabulary)
+            if answer is None:
+                outcomes.append("long_trace")
+                continue
+        outcomes.append(Example(prompt, answer, TASK, level))
     return outcomes
 
 

@@ -333,7 +333,7 @@ _FAMILY_SETTINGS: dict[str, tuple[str, ...]] = {
     "arith": ("ops", "min_digits", "max_digits", "heldout_digits", "reverse_answer", "scratchpad"),
     "algebra": ("kinds", "min_level", "max_level", "heldout_levels", "reverse_answer", "scratchpad"),
     "code": ("min_level", "max_level", "heldout_levels", "max_answer_chars", "max_prompt_chars", "timeout",
-             "memory_mb"),
+             "memory_mb", "scratchpad", "max_trace_chars"),
 }
 
 
@@ -431,7 +431,7 @@ def _family_settings(family: str, settings: Mapping[str, Any] | None, reverse_an
         raise ValueError(f"unknown {family} setting {unknown[0]!r}; expected some of {list(_FAMILY_SETTINGS[family])}")
     if family in ("arith", "algebra"):
         settings.setdefault("reverse_answer", reverse_answer if family == "arith" else False)
-        settings.setdefault("scratchpad", scratchpad)
+    settings.setdefault("scratchpad", scratchpad)  # code: an execution trace (odin.data.code)
     return settings
 
 
@@ -539,7 +539,8 @@ def _build_code(settings: dict[str, Any], n: int, n_heldout: int, seed: int, bar
 
     build = _FamilyBuild("code")
     config = code.CodeConfig(**{key: settings[key] for key in ("min_level", "max_level", "max_answer_chars",
-                                                               "max_prompt_chars", "timeout", "memory_mb")
+                                                               "max_prompt_chars", "timeout", "memory_mb",
+                                                               "scratchpad", "max_trace_chars")
                                 if key in settings})
     main = code.sample_unique_examples(config, n, f"{seed}/main", jobs=jobs, on_progress=bar.update)
     bar.finish()
@@ -584,7 +585,8 @@ def build_mixed_dataset(
     ``n_heldout`` examples per family go to ``heldout_<family>`` (default: that family's
     test count; 0: none), drawn from harder settings. ``reverse_answer`` and ``scratchpad``
     are the defaults for arithmetic (algebra's ``reverse_answer`` must be set in its own
-    settings; ``scratchpad`` applies to both). ``jobs`` sandbox workers run the code
+    settings; ``scratchpad`` applies to every family: worked steps for arithmetic and algebra,
+    the execution trace for code). ``jobs`` sandbox workers run the code
     programs; ``progress`` (True = stderr, or a stream) draws progress bars.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):

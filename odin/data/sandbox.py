@@ -84,6 +84,9 @@ class RunResult:
     stdout: str = ""  # exactly what the program printed (only for status "ok")
     error: str = ""  # "Type: message" for error/memory; a reason otherwise
     seconds: float = 0.0
+    # with trace=True: every change of a module-level int or str variable, in execution
+    # order, as (name, str(value)); only for status "ok"
+    trace: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -130,6 +133,7 @@ programs = json.loads(sys.stdin.buffer.read().decode("utf-8"))
 timeout = float(cfg["timeout"])
 max_output = int(cfg["max_output"])
 guards = bool(cfg["guards"])
+tracing = bool(cfg["trace"])
 fork_mode = cfg["isolation"] == "fork"
 out = sys.stdout
 out.write(json.dumps({"report": report}) + "\n")
@@ -144,7 +148,8 @@ BLOCKED_EVENTS = ("import", "open", "socket.", "subprocess.", "os.", "shutil.", 
 state = {"active": False}
 
 def _hook(event, args):
-    if state["active"] and event.startswith(BLOCKED_EVENTS):
+    # a tracer that raises is removed by the interpreter, which audits as sys.settrace
+    if state["active"] and event.startswith(BLOCKED_EVENTS) and not (tracing and event == "sys.settrace"):
         raise RuntimeError("sandbox: %s is not allowed" % event)
 
 if guards:
@@ -180,6 +185,33 @@ def _on_alarm(signum, frame):
 
 signal.signal(signal.SIGALRM, _on_alarm)
 
+def _tracer(env, steps):
+    """A sys.settrace function recording each change of a module-level int/str variable of
+    the program: checked before every line of the module body and when it returns, so a
+    change is seen right after the line that made it."""
+    last = {}
+    size = [0]
+    def record():
+        for name, value in env.items():
+            if type(value) not in (int, str) or name.startswith("__"):
+                continue
+            old = last.get(name, record)
+            if old is record or type(old) is not type(value) or old != value:
+                last[name] = value
+                text = str(value)
+                size[0] += len(name) + len(text) + 2
+                if size[0] > max_output:  # a runaway loop must not fill memory with its trace
+                    raise OutputLimit()
+                steps.append((name, text))
+    def local(frame, event, arg):
+        if event in ("line", "return"):
+            record()
+        return local
+    def start(frame, event, arg):
+        code = frame.f_code
+        return local if code.co_filename == "<program>" and code.co_name == "<module>" else None
+    return start
+
 def _describe(exc):
     try:
         return ("%s: %s" % (type(exc).__name__, exc))[:300]
@@ -187,7 +219,7 @@ def _describe(exc):
         return type(exc).__name__
 
 def _exec(code):
-    """Run one program here; return (status, stdout, error)."""
+    """Run one program here; return (status, stdout, error, trace)."""
     env = {"__name__": "__main__"}
     if guards:
         safe = dict(vars(builtins))
@@ -196,6 +228,7 @@ def _exec(code):
         safe["__import__"] = _deny_import
         env["__builtins__"] = safe
     capture = Capture()
+    steps = []
     status, error = "ok", ""
     used = resource.getrusage(resource.RUSAGE_SELF)
     soft = int(-(-(used.ru_utime + used.ru_stime + timeout) // 1)) + 1
@@ -205,6 +238,8 @@ def _exec(code):
         compiled = compile(code, "<program>", "exec")
         sys.stdout = capture
         sys.stderr = Capture()
+        if tracing:  # before the audit hook turns on: it refuses sys.* events
+            sys.settrace(_tracer(env, steps))
         state["active"] = True
         signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
@@ -212,10 +247,11 @@ def _exec(code):
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             state["active"] = False
+            sys.settrace(None)
     except Timeout:
         status, error = "timeout", "no result within %gs" % timeout
     except OutputLimit:
-        status = "output_limit"
+        status, error = "output_limit", "a trace of more than %d bytes" % max_output
     except MemoryError:
         status, error = "memory", "MemoryError"
     except BaseException as exc:
@@ -227,7 +263,7 @@ def _exec(code):
         status, error = "output_limit", "more than %d bytes of output" % max_output
     text = "".join(capture.parts) if status == "ok" else ""
     env.clear()
-    return status, text, error
+    return status, text, error, (steps if status == "ok" else [])
 
 def _fork(code):
     """Run one program in a forked child; return (status, stdout, error)."""
@@ -238,8 +274,7 @@ def _fork(code):
         try:
             os.close(r)
             os.dup2(devnull, 0)
-            status, text, error = _exec(code)
-            os.write(w, json.dumps([status, text, error]).encode("utf-8"))
+            os.write(w, json.dumps(list(_exec(code))).encode("utf-8"))
         finally:
             os._exit(0)
     os.close(w)
@@ -266,30 +301,32 @@ def _fork(code):
     _, wstatus = os.waitpid(pid, 0)
     os.close(r)
     if killed_late:
-        return "timeout", "", "no result within %gs" % timeout
+        return "timeout", "", "no result within %gs" % timeout, []
     try:
-        status, text, error = json.loads(b"".join(chunks).decode("utf-8"))
-        return status, text, error
+        status, text, error, steps = json.loads(b"".join(chunks).decode("utf-8"))
+        return status, text, error, steps
     except ValueError:
         if os.WIFSIGNALED(wstatus):
             sig = os.WTERMSIG(wstatus)
             if sig == signal.SIGXCPU:
-                return "timeout", "", "CPU time limit (SIGXCPU)"
-            return "killed", "", "killed by %s" % signal.Signals(sig).name
-        return "sandbox_error", "", "child exited with status %d and no result" % os.WEXITSTATUS(wstatus)
+                return "timeout", "", "CPU time limit (SIGXCPU)", []
+            return "killed", "", "killed by %s" % signal.Signals(sig).name, []
+        return "sandbox_error", "", "child exited with status %d and no result" % os.WEXITSTATUS(wstatus), []
 
 for index, code in enumerate(programs):
     started = time.monotonic()
-    status, text, error = (_fork if fork_mode else _exec)(code)
-    out.write(json.dumps({"i": index, "s": status, "o": text, "e": error,
+    status, text, error, steps = (_fork if fork_mode else _exec)(code)
+    out.write(json.dumps({"i": index, "s": status, "o": text, "e": error, "tr": steps,
                           "t": round(time.monotonic() - started, 6)}) + "\n")
     out.flush()
 '''
 
 
-def _config_json(timeout: float, memory_mb: int, max_output: int, guards: bool, isolation: str) -> str:
+def _config_json(timeout: float, memory_mb: int, max_output: int, guards: bool, isolation: str,
+                 trace: bool = False) -> str:
     return json.dumps({"timeout": float(timeout), "memory_bytes": int(memory_mb) * 1024 * 1024,
-                       "max_output": int(max_output), "guards": bool(guards), "isolation": isolation})
+                       "max_output": int(max_output), "guards": bool(guards), "isolation": isolation,
+                       "trace": bool(trace)})
 
 
 def _validate(timeout: float, memory_mb: int, max_output: int, jobs: int, batch_size: int, isolation: str) -> None:
@@ -364,7 +401,8 @@ class _Worker:
                     self.report = record["report"]
                     continue
                 index = self.start + int(record["i"])
-                result = RunResult(str(record["s"]), str(record["o"]), str(record["e"]), float(record["t"]))
+                result = RunResult(str(record["s"]), str(record["o"]), str(record["e"]), float(record["t"]),
+                                   tuple((str(name), str(value)) for name, value in record["tr"]))
                 if index != self.next or result.status not in STATUSES:
                     raise ValueError("out of order")
             except (ValueError, KeyError, TypeError):
@@ -401,6 +439,7 @@ def run_many(
     batch_size: int = DEFAULT_BATCH_SIZE,
     isolation: str = "exec",
     guards: bool = True,
+    trace: bool = False,
     on_progress: Callable[[int], None] | None = None,
 ) -> list[RunResult]:
     """Run every program in the sandbox; one :class:`RunResult` per program, in input order.
@@ -408,13 +447,15 @@ def run_many(
     ``jobs`` workers run at once, each on up to ``batch_size`` programs; ``on_progress(k)``
     is called with the number of programs finished so far. ``guards=False`` turns off only
     the Python-level guards (layer 4), to check that the OS layers hold on their own.
+    ``trace=True`` also records each result's :attr:`RunResult.trace` (its size counts
+    against ``max_output``, so a runaway loop ends as ``output_limit``).
     """
     _validate(timeout, memory_mb, max_output, jobs, batch_size, isolation)
     programs = list(programs)
     for index, program in enumerate(programs):
         if not isinstance(program, str):
             raise ValueError(f"program {index} must be a string, got {type(program).__name__}")
-    config = _config_json(timeout, memory_mb, max_output, guards, isolation)
+    config = _config_json(timeout, memory_mb, max_output, guards, isolation, trace)
     results: list[RunResult | None] = [None] * len(programs)
     pending = [(start, min(start + batch_size, len(programs))) for start in range(0, len(programs), batch_size)]
     pending.reverse()
@@ -455,10 +496,11 @@ def run_many(
 
 
 def run(code: str, *, timeout: float = DEFAULT_TIMEOUT, memory_mb: int = DEFAULT_MEMORY_MB,
-        max_output: int = DEFAULT_MAX_OUTPUT, isolation: str = "exec", guards: bool = True) -> RunResult:
+        max_output: int = DEFAULT_MAX_OUTPUT, isolation: str = "exec", guards: bool = True,
+        trace: bool = False) -> RunResult:
     """Run one program in the sandbox (in a worker of its own); see :func:`run_many`."""
     return run_many([code], timeout=timeout, memory_mb=memory_mb, max_output=max_output,
-                    isolation=isolation, guards=guards)[0]
+                    isolation=isolation, guards=guards, trace=trace)[0]
 
 
 _REPORT: dict | None = None

@@ -17,7 +17,8 @@
     weights                    {file, dtype "float32", byte_order "little", bytes, sha256}
     tokenizer                  the checkpoint's tokenizer.json, embedded (char or HF BPE)
     special                    {pad, bos, end} token ids
-    abacus                     {digit_first, sep_id} token ids when model.abacus > 0, else null
+    abacus                     {digit_first, sep_id, next} when model.abacus > 0, else null (next:
+                               answer tokens carry the place they predict, odin/abacus.py)
     train                      optimiser settings of the run (defaults for in-page training)
     task                       {kind: "arithmetic", ops, min_digits, max_digits, reverse_answer}
                                when the run trained on an arithmetic dataset, else null
@@ -113,7 +114,8 @@ def export_web(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[st
     if int(model_cfg.get("abacus", 0) or 0):
         if not isinstance(tokenizer, CharTokenizer):
             raise ExportError(f"{checkpoint}: Abacus embeddings need the char tokenizer")
-        abacus = {"digit_first": tokenizer.encode("0")[0], "sep_id": tokenizer.encode("=")[0]}
+        abacus = {"digit_first": tokenizer.encode("0")[0], "sep_id": tokenizer.encode("=")[0],
+                  "next": model_cfg.get("abacus_answer", "place") == "next"}
 
     optimizer = ckpt.optimizer
     trainer_state = dict(optimizer.state) if optimizer is not None else {}
