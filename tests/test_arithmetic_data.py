@@ -231,6 +231,34 @@ def test_prompt_spaces_space_only_training_prompts_deterministically(tmp_path):
         build_dataset(tmp_path / "d", seed=3, n_examples=30, ops=["add"], max_digits=3, prompt_spaces=-1)
 
 
+def test_prompt_zeros_pad_only_training_operands_to_random_widths(tmp_path):
+    import random as _random
+
+    from odin.data.arithmetic import zero_padded_prompt
+    from odin.data.dataset import build_dataset, load_split
+
+    rng = _random.Random(0)
+    seen = {zero_padded_prompt("123+45=", rng, 5) for _ in range(2000)}
+    assert seen == {f"{a}+{b}=" for a in ("123", "0123", "00123") for b in ("45", "045", "0045", "00045")}
+    with pytest.raises(ValueError, match="arithmetic prompt"):
+        zero_padded_prompt("x=3", rng, 5)
+    a = build_dataset(tmp_path / "a", seed=3, n_examples=300, ops=["add"], max_digits=3, prompt_zeros=6)
+    b = build_dataset(tmp_path / "b", seed=3, n_examples=300, ops=["add"], max_digits=3, prompt_zeros=6)
+    plain = build_dataset(tmp_path / "c", seed=3, n_examples=300, ops=["add"], max_digits=3)
+    assert a["splits"] == b["splits"] and a["settings"]["prompt_zeros"] == 6
+    train, plain_train = load_split(tmp_path / "a", "train"), load_split(tmp_path / "c", "train")
+    assert [e.answer for e in train] == [e.answer for e in plain_train]
+    for padded, original in zip(train, plain_train):  # same numbers, at most 6 places written
+        left, right = padded.prompt[:-1].split("+")
+        assert f"{int(left)}+{int(right)}=" == original.prompt and max(len(left), len(right)) <= 6
+    assert sum(e.prompt.startswith("0") for e in train) > 0.5 * len(train)
+    for split in ("val", "test", "heldout"):
+        assert load_split(tmp_path / "a", split) == load_split(tmp_path / "c", split)
+    for bad in (3, -1, 19):  # not wider than max_digits, negative, past the supported digits
+        with pytest.raises(ValueError, match="prompt_zeros"):
+            build_dataset(tmp_path / "d", seed=3, n_examples=30, ops=["add"], max_digits=3, prompt_zeros=bad)
+
+
 def test_answer_width_pads_every_split_in_the_high_places(tmp_path):
     from odin.data.arithmetic import answer_to_display, pad_answer
     from odin.data.dataset import build_dataset, load_split

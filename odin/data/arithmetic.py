@@ -172,6 +172,25 @@ def spaced_prompt(prompt: str, rng: random.Random, max_spaces: int) -> str:
     raise ValueError(f"not an arithmetic prompt of the form <a><op><b>=: {prompt!r}")
 
 
+def zero_padded_prompt(prompt: str, rng: random.Random, width: int) -> str:
+    """``prompt`` with each operand written with leading zeros to a width drawn from ``rng``
+    uniformly in [its length, ``width``] (``12+345=`` -> ``0012+345=`` or ``12+00345=`` ...).
+
+    Used on training prompts for length generalisation with Abacus places: short operands
+    alone never put a low place and a high place (say 2 and 7) into one sequence, so nothing
+    teaches attention to tell them apart, and an 8-digit test number confuses them. Leading
+    zeros fill the high places with digits whose value must not be mistaken for a low
+    place's, without making any number longer than it is.
+    """
+    body = prompt[:-1] if prompt.endswith("=") else prompt
+    for symbol in OPERATION_SYMBOLS.values():
+        left, found, right = body.partition(symbol)
+        if found and left.isdigit() and right.isdigit():
+            pad = lambda digits: digits.zfill(rng.randint(len(digits), max(len(digits), width)))  # noqa: E731
+            return f"{pad(left)}{symbol}{pad(right)}="
+    raise ValueError(f"not an arithmetic prompt of the form <a><op><b>=: {prompt!r}")
+
+
 def iter_all_problems(config: ArithmeticConfig) -> Iterator[tuple[str, int, int]]:
     """Every distinct (op, left, right) in a fixed order: ops as listed, then ascending operands."""
     left_low, _ = operand_range(config.min_digits)

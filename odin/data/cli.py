@@ -94,6 +94,9 @@ def add_build_parser(data_subparsers: "argparse._SubParsersAction") -> argparse.
     parser.add_argument("--prompt-spaces", type=int, default=0, metavar="K",
                         help="write training prompts with 0..K random spaces around the operands "
                              "(length generalisation; val/test/held-out stay plain; default 0)")
+    parser.add_argument("--prompt-zeros", type=int, default=0, metavar="W",
+                        help="write each training operand with leading zeros to a random width up to W "
+                             "(length generalisation; val/test/held-out stay plain; default 0 = off)")
     parser.add_argument("--answer-width", type=int, default=0, metavar="W",
                         help="write every answer with exactly W digits, zeros in the high places "
                              "(whole non-negative answers; default 0 = as they are)")
@@ -171,6 +174,7 @@ def run_build(args: argparse.Namespace) -> int:
             heldout_digits=args.heldout_digits,
             n_heldout=args.n_heldout,
             prompt_spaces=args.prompt_spaces,
+            prompt_zeros=args.prompt_zeros,
             answer_width=args.answer_width,
         )
     except (ValueError, OSError) as error:

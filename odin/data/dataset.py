@@ -31,6 +31,7 @@ from odin.data.arithmetic import (
     pad_answer,
     sample_unique_examples,
     spaced_prompt,
+    zero_padded_prompt,
 )
 from odin.data.examples import Example
 from odin.fileio import write_text_atomic
@@ -117,6 +118,7 @@ def build_dataset(
     heldout_digits: int | Sequence[int] | None = None,
     n_heldout: int | None = None,
     prompt_spaces: int = 0,
+    prompt_zeros: int = 0,
     answer_width: int = 0,
 ) -> dict[str, Any]:
     """Write train/val/test (+ heldout) JSONL files and ``dataset.json``; return the manifest.
@@ -126,6 +128,8 @@ def build_dataset(
     ``max_digits+1 .. max_digits+2`` digits per operand. ``prompt_spaces > 0`` writes the
     *training* prompts with 0..prompt_spaces random spaces around the operands
     (:func:`~odin.data.arithmetic.spaced_prompt`); val, test and held-out keep the plain form.
+    ``prompt_zeros > max_digits`` likewise writes each *training* operand with leading zeros
+    to a random width up to ``prompt_zeros`` (:func:`~odin.data.arithmetic.zero_padded_prompt`).
     ``answer_width > 0`` writes every answer of every split with exactly that many digits
     (:func:`~odin.data.arithmetic.pad_answer`; whole non-negative answers only).
     """
@@ -133,6 +137,10 @@ def build_dataset(
         raise ValueError(f"answer_width must be an integer in [0, 64], got {answer_width!r}")
     if isinstance(prompt_spaces, bool) or not isinstance(prompt_spaces, int) or not 0 <= prompt_spaces <= 8:
         raise ValueError(f"prompt_spaces must be an integer in [0, 8], got {prompt_spaces!r}")
+    if isinstance(prompt_zeros, bool) or not isinstance(prompt_zeros, int) or not (
+            prompt_zeros == 0 or max_digits < prompt_zeros <= MAX_SUPPORTED_DIGITS):
+        raise ValueError(f"prompt_zeros must be 0 (off) or a width in [max_digits + 1 = {max_digits + 1}, "
+                         f"{MAX_SUPPORTED_DIGITS}], got {prompt_zeros!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 3:
@@ -166,6 +174,10 @@ def build_dataset(
     if prompt_spaces:  # splits are cut from distinct problems first: spacing cannot leak one
         space_rng = random.Random(f"{seed}/spaces")
         split_examples["train"] = [dataclasses.replace(e, prompt=spaced_prompt(e.prompt, space_rng, prompt_spaces))
+                                   for e in split_examples["train"]]
+    if prompt_zeros:
+        zero_rng = random.Random(f"{seed}/zeros")
+        split_examples["train"] = [dataclasses.replace(e, prompt=zero_padded_prompt(e.prompt, zero_rng, prompt_zeros))
                                    for e in split_examples["train"]]
 
     heldout_range: tuple[int, int] | None = None
@@ -208,6 +220,7 @@ def build_dataset(
             "heldout_digits": list(heldout_range) if heldout_range else None,
             "split": list(fractions),
             **({"prompt_spaces": prompt_spaces} if prompt_spaces else {}),
+            **({"prompt_zeros": prompt_zeros} if prompt_zeros else {}),
             **({"answer_width": answer_width} if answer_width else {}),
         },
         "splits": split_entries,
