@@ -1,6 +1,7 @@
 """odin.data.code: programs from a small grammar, answers from really running them."""
 import json
 import random
+import re
 import subprocess
 import sys
 
@@ -121,52 +122,58 @@ def test_bad_config():
         program_of("print(1)")
 
 
-# An independent tracer (plain exec, snapshots of the globals at every line event of the
-# module frame) to re-check the traces the sandbox recorded.
-_RETRACE = r"""
+# The traces are re-checked without the sandbox: the program runs under plain exec() in a
+# fresh interpreter, its output and final top-level variables must match the last values
+# the trace wrote, and every step whose right side is arithmetic on literals must compute
+# the value written after it.
+_ARITHMETIC_ON_LITERALS = re.compile(r"^[-+*/%()0-9]+$")
+_FINAL_STATE = r"""
 import contextlib, io, json, sys
 results = []
 for program in json.load(sys.stdin):
-    env, steps, seen = {"__name__": "__main__"}, [], {}
-    def snapshot():
-        for name, value in list(env.items()):
-            if isinstance(value, (int, str)) and not isinstance(value, bool) and not name.startswith("__"):
-                if name not in seen or (type(seen[name]), seen[name]) != (type(value), value):
-                    seen[name] = value
-                    steps.append("%s=%s" % (name, value))
-    def on_line(frame, event, arg):
-        if event in ("line", "return"):
-            snapshot()
-        return on_line
+    env = {"__name__": "__main__"}
     buffer = io.StringIO()
-    sys.settrace(lambda frame, event, arg: on_line if frame.f_code.co_name == "<module>" else None)
     with contextlib.redirect_stdout(buffer):
-        exec(compile(program, "<p>", "exec"), env)
-    sys.settrace(None)
-    results.append(";".join(steps) + "#" + buffer.getvalue().rstrip("\n"))
+        exec(program, env)
+    state = {k: str(v) for k, v in env.items() if type(v) in (int, str) and not k.startswith("__")}
+    results.append([state, buffer.getvalue().rstrip("\n")])
 json.dump(results, sys.stdout)
 """
 
 
-def test_execution_trace_answers_are_rechecked_by_an_independent_tracer():
-    config = CodeConfig(min_level=1, max_level=5, scratchpad=True, max_trace_chars=400)
+def test_execution_trace_answers_are_rechecked_by_running_and_replaying():
+    config = CodeConfig(min_level=1, max_level=5, scratchpad=True, max_trace_chars=600)
     built = sample_unique_examples(config, 400, seed=7)
     assert len(built.examples) == 400
-    done = subprocess.run([sys.executable, "-c", _RETRACE], input=json.dumps([program_of(e.prompt) for e in built.examples]),
+    done = subprocess.run([sys.executable, "-c", _FINAL_STATE],
+                          input=json.dumps([program_of(e.prompt) for e in built.examples]),
                           capture_output=True, text=True, timeout=120, check=True)
-    assert [e.answer for e in built.examples] == json.loads(done.stdout)
+    checked_steps = 0
+    for example, (state, output) in zip(built.examples, json.loads(done.stdout)):
+        steps, final = example.answer.rsplit("#", 1)
+        assert final == output
+        last = {}
+        for step in steps.split(";"):
+            name, rest = step.split("=", 1)
+            shown, _, value = rest.rpartition("=") if "=" in rest else ("", "", rest)
+            if _ARITHMETIC_ON_LITERALS.match(shown):
+                assert str(eval(shown)) == value, step  # a step on literals computes its value
+                checked_steps += 1
+            last[name] = value
+        assert last == {k: v for k, v in state.items() if k in last}, example
+        assert set(state) <= set(last), example  # every variable the program leaves was traced
+        assert set(example.answer) <= VOCAB
+    assert checked_steps > 400
     plain = {e.prompt: e.answer for e in sample_unique_examples(CodeConfig(min_level=1, max_level=5), 400, seed=7).examples}
-    assert all(final_answer(e.answer) == plain[e.prompt] for e in built.examples if e.prompt in plain)
     assert sum(e.prompt in plain for e in built.examples) > 300  # the same programs, mostly
-    for e in built.examples:
-        assert set(e.answer) <= VOCAB
 
 
 def test_trace_answers_by_hand_and_the_length_cap():
     program = "n=0-16\nd=n*6\nfor i in range(2):\n d+=i*5\nprint(d)"
     items = [(make_prompt(program), 3)]
-    assert run_programs(items, CodeConfig(scratchpad=True))[0].answer == "n=-16;d=-96;i=0;i=1;d=-91#-91"
-    assert run_programs(items, CodeConfig(scratchpad=True, max_trace_chars=28)) == ["long_trace"]
+    answer = "n=0-16=-16;d=-16*6=-96;i=0;d=-96+(0*5)=-96;i=1;d=-96+(1*5)=-91#-91"
+    assert run_programs(items, CodeConfig(scratchpad=True))[0].answer == answer
+    assert run_programs(items, CodeConfig(scratchpad=True, max_trace_chars=len(answer) - 1)) == ["long_trace"]
     assert run_programs(items, CodeConfig())[0].answer == "-91"
     with pytest.raises(ValueError, match="scratchpad"):
         CodeConfig(scratchpad="yes")

@@ -122,13 +122,15 @@ def test_bad_arguments_are_rejected():
 
 
 @pytest.mark.parametrize("isolation", MODES)
-def test_trace_records_each_change_of_a_top_level_variable(isolation):
-    program = "def h(x):\n y=x*2\n return y\nn=0-16\nd=n*6\nfor i in range(2):\n d+=i*5\ns='ab'[::-1]\nm=h(4)\nprint(d)"
+def test_trace_writes_each_assignment_with_its_values_and_result(isolation):
+    program = ("def h(x):\n y=x*2\n return y\nn=0-16\nd=n*6\nfor i in range(2):\n d+=i*5\n"
+               "s='nb'[::-1]\nm=h(n)\nk=m--3\nprint(d)")
     result = sandbox.run(program, trace=True, isolation=isolation)
     assert result.ok and result.stdout == "-91\n"
-    # d+=0*5 changes nothing, so it leaves no step; h's local y is not a top-level variable
-    assert result.trace == (("n", "-16"), ("d", "-96"), ("i", "0"), ("i", "1"), ("d", "-91"), ("s", "ba"),
-                            ("m", "8"))
+    # int variables get their values written in (never inside the string 'nb'); the loop
+    # variable is a plain change; h's local y is not a top-level variable
+    assert result.trace == ("n=0-16=-16", "d=-16*6=-96", "i=0", "d=-96+(0*5)=-96", "i=1", "d=-96+(1*5)=-91",
+                            "s='nb'[::-1]=bn", "m=h(-16)=-32", "k=-32--3=-29")
     assert sandbox.run(program, isolation=isolation).trace == ()  # only when asked for
 
 

@@ -19,12 +19,16 @@ Format
   ``print`` at the end, so the answer is a single line; ``print(s,a)`` prints ``"abc 5"``.
 * task ``code``; difficulty = the level of the grammar below.
 * with ``scratchpad=True`` the answer is the program's **execution trace**, then the
-  scratchpad mark, then the output: each change of a top-level int or str variable, in the
-  order the run made it, as ``name=value`` (``s=sn;b=176;i=0;s=sn0;i=1;s=sn01;b=160#164``).
-  The trace is recorded by the same sandboxed run that produces the output (a tracer on
-  the program's module frame, :func:`odin.data.sandbox.run_many` with ``trace=True``), so
-  every step is what Python computed; evaluation compares only the output after ``#``.
-  Answers longer than ``max_trace_chars`` are discarded as ``long_trace``.
+  scratchpad mark, then the output: one step per executed top-level assignment, its right
+  side with the int variables' current values written in, then the new value, and a
+  ``name=value`` step for a loop variable (``n=0-16\nd=n*6\nfor i in range(2):\n d+=i*5``
+  -> ``n=0-16=-16;d=-16*6=-96;i=0;d=-96+(0*5)=-96;i=1;d=-96+(1*5)=-91#-91``). So a step
+  first copies values (a lookup) and then does one small computation on literals, the
+  split that lets the multiplication and equation scratchpads work. The trace is
+  recorded by the same sandboxed run that produces the output (a tracer on the program's
+  module frame, :func:`odin.data.sandbox.run_many` with ``trace=True``), so every value is
+  what Python computed; evaluation compares only the output after ``#``. Answers longer
+  than ``max_trace_chars`` are discarded as ``long_trace``.
 
 Grammar by level (each level adds to the previous one)
 ------------------------------------------------------
@@ -76,7 +80,7 @@ class CodeConfig:
     timeout: float = sandbox.DEFAULT_TIMEOUT
     memory_mb: int = sandbox.DEFAULT_MEMORY_MB
     scratchpad: bool = False  # answers = execution trace + "#" + output
-    max_trace_chars: int = 160  # longest scratchpad answer kept (trace, mark and output)
+    max_trace_chars: int = 240  # longest scratchpad answer kept (trace, mark and output)
 
     def __post_init__(self) -> None:
         for name in ("min_level", "max_level"):
@@ -408,11 +412,10 @@ def _answer_from_stdout(stdout: str, config: CodeConfig, vocabulary: frozenset[s
     return text
 
 
-def _trace_answer(trace: tuple[tuple[str, str], ...], output: str, config: CodeConfig,
+def _trace_answer(steps: tuple[str, ...], output: str, config: CodeConfig,
                   vocabulary: frozenset[str]) -> str | None:
-    """``name=value;...#output``, or None when a value cannot be written in the format (or
+    """``step;step;...#output``, or None when a step cannot be written in the format (or
     the answer is too long)."""
-    steps = [f"{name}={value}" for name, value in trace]
     if any(STEP_SEPARATOR in step or SCRATCH_MARK in step or any(c not in vocabulary for c in step)
            for step in steps):
         return None

@@ -84,9 +84,10 @@ class RunResult:
     stdout: str = ""  # exactly what the program printed (only for status "ok")
     error: str = ""  # "Type: message" for error/memory; a reason otherwise
     seconds: float = 0.0
-    # with trace=True: every change of a module-level int or str variable, in execution
-    # order, as (name, str(value)); only for status "ok"
-    trace: tuple[tuple[str, str], ...] = ()
+    # with trace=True: the execution trace, one step per executed top-level assignment
+    # ("d=-96+(0*5)=-96") or other change of a top-level int/str variable ("i=1"), in order;
+    # only for status "ok"
+    trace: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -98,7 +99,7 @@ class RunResult:
 # then one line per program, in order. Everything it needs is imported before it drops
 # privileges (the interpreter's files may not be readable by nobody).
 WORKER_SOURCE = r'''
-import sys, os, io, json, resource, signal, select, time, builtins
+import sys, os, io, json, resource, signal, select, time, builtins, re, tokenize
 cfg = json.loads(sys.argv[1])
 report = {"network_namespace": False, "dropped_privileges": False}
 
@@ -185,28 +186,81 @@ def _on_alarm(signum, frame):
 
 signal.signal(signal.SIGALRM, _on_alarm)
 
-def _tracer(env, steps):
-    """A sys.settrace function recording each change of a module-level int/str variable of
-    the program: checked before every line of the module body and when it returns, so a
-    change is seen right after the line that made it."""
+ASSIGNMENT = re.compile(r"^\s*([A-Za-z_]\w*)(\+=|-=|\*=|//=|%=|=)(?!=)(.*)$")
+
+def _with_values(expr, env):
+    """expr with every int variable replaced by its current value (names only, never inside
+    a string literal or after a dot)."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(expr).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return expr
+    out, at, prev = [], 0, None
+    for tok in tokens:
+        if tok.type == tokenize.NAME and type(env.get(tok.string)) is int and prev != ".":
+            out.append(expr[at:tok.start[1]])
+            out.append(str(env[tok.string]))
+            at = tok.end[1]
+        if tok.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER):
+            prev = tok.string
+    out.append(expr[at:])
+    return "".join(out)
+
+def _tracer(env, steps, source):
+    """A sys.settrace function writing the program's execution trace into steps: one step
+    per executed top-level assignment, "name=<right side with the int variables' values
+    substituted>=<new value>" ("d=-96+(0*5)=-96"; just "name=value" when the right side is
+    the value), and "name=value" for any other change of a top-level int/str variable (a
+    loop variable). The module frame is checked before every line and when it returns."""
+    lines = source.split("\n")
     last = {}
     size = [0]
-    def record():
+    pending = [None]  # (name, right side with values) of the assignment that is running
+
+    def emit(text):
+        size[0] += len(text) + 1
+        if size[0] > max_output:  # a runaway loop must not fill memory with its trace
+            raise OutputLimit()
+        steps.append(text)
+
+    def flush():
+        changed = []
         for name, value in env.items():
             if type(value) not in (int, str) or name.startswith("__"):
                 continue
-            old = last.get(name, record)
-            if old is record or type(old) is not type(value) or old != value:
+            old = last.get(name, flush)
+            if old is flush or type(old) is not type(value) or old != value:
                 last[name] = value
+                changed.append(name)
+        if pending[0] is not None:
+            name, shown = pending[0]
+            pending[0] = None
+            value = env.get(name)
+            if type(value) in (int, str):
+                last[name] = value
+                if name in changed:
+                    changed.remove(name)
                 text = str(value)
-                size[0] += len(name) + len(text) + 2
-                if size[0] > max_output:  # a runaway loop must not fill memory with its trace
-                    raise OutputLimit()
-                steps.append((name, text))
+                emit("%s=%s" % (name, text) if shown == text else "%s=%s=%s" % (name, shown, text))
+        for name in changed:
+            emit("%s=%s" % (name, env[name]))
+
     def local(frame, event, arg):
         if event in ("line", "return"):
-            record()
+            flush()
+        if event == "line" and 0 < frame.f_lineno <= len(lines):
+            match = ASSIGNMENT.match(lines[frame.f_lineno - 1])
+            if match:
+                name, op, right = match.groups()
+                shown = _with_values(right, env)
+                if op != "=":
+                    if any(c in shown[1:] for c in "+-*/%"):
+                        shown = "(" + shown + ")"
+                    target = env.get(name)
+                    shown = (str(target) if type(target) is int else name) + op[:-1] + shown
+                pending[0] = (name, shown)
         return local
+
     def start(frame, event, arg):
         code = frame.f_code
         return local if code.co_filename == "<program>" and code.co_name == "<module>" else None
@@ -239,7 +293,7 @@ def _exec(code):
         sys.stdout = capture
         sys.stderr = Capture()
         if tracing:  # before the audit hook turns on: it refuses sys.* events
-            sys.settrace(_tracer(env, steps))
+            sys.settrace(_tracer(env, steps, code))
         state["active"] = True
         signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
@@ -402,7 +456,7 @@ class _Worker:
                     continue
                 index = self.start + int(record["i"])
                 result = RunResult(str(record["s"]), str(record["o"]), str(record["e"]), float(record["t"]),
-                                   tuple((str(name), str(value)) for name, value in record["tr"]))
+                                   tuple(str(step) for step in record["tr"]))
                 if index != self.next or result.status not in STATUSES:
                     raise ValueError("out of order")
             except (ValueError, KeyError, TypeError):
