@@ -158,6 +158,7 @@ class Generator:
         settings = (loaded.trainer_state.get("dataset") or {}).get("settings") or {}
         tasks = settings.get("reversed_tasks")
         self.reversed_tasks = tuple(tasks) if isinstance(tasks, list) else None
+        self.prompt_width = loaded.prompt_width
         self.sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
 
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -179,9 +180,11 @@ class Generator:
 
     def run(self, prompt: str, out: TextIO | None) -> Completion:
         """Generate; with ``out`` (and not reversed) the text is written there as it grows."""
+        from odin.data.arithmetic import padded_operands
         from odin.model import stream_tokens
 
-        prompt_ids = self.encode_prompt(prompt)
+        # a model trained with zero-padded operands is asked in that form ("12+5=" -> "0000000012+0000000005=")
+        prompt_ids = self.encode_prompt(padded_operands(prompt, self.prompt_width) if self.prompt_width else prompt)
         end_id = self.tokenizer.end_id
         stream = out if (out is not None and not self.reversed) else None
         ids: list[int] = []

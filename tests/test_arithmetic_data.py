@@ -234,7 +234,7 @@ def test_prompt_spaces_space_only_training_prompts_deterministically(tmp_path):
 def test_prompt_zeros_pad_only_training_operands_to_random_widths(tmp_path):
     import random as _random
 
-    from odin.data.arithmetic import zero_padded_prompt
+    from odin.data.arithmetic import padded_operands, zero_padded_prompt
     from odin.data.dataset import build_dataset, load_split
 
     rng = _random.Random(0)
@@ -252,11 +252,19 @@ def test_prompt_zeros_pad_only_training_operands_to_random_widths(tmp_path):
         left, right = padded.prompt[:-1].split("+")
         assert f"{int(left)}+{int(right)}=" == original.prompt and max(len(left), len(right)) <= 6
     assert sum(e.prompt.startswith("0") for e in train) > 0.5 * len(train)
-    for split in ("val", "test", "heldout"):
-        assert load_split(tmp_path / "a", split) == load_split(tmp_path / "c", split)
+    for split in ("val", "test", "heldout"):  # scored in one form: both operands at exactly 6 digits
+        padded, original = load_split(tmp_path / "a", split), load_split(tmp_path / "c", split)
+        assert [e.answer for e in padded] == [e.answer for e in original]
+        assert [e.prompt for e in padded] == [padded_operands(e.prompt, 6) for e in original]
+        assert all(len(e.prompt) == 6 + 1 + 6 + 1 for e in padded)
+    assert padded_operands("12+345=", 4) == "0012+0345=" and padded_operands("x=3", 4) == "x=3"
+    assert padded_operands("12345+6=", 4) == "12345+0006="  # never shortens a number
     for bad in (3, -1, 19):  # not wider than max_digits, negative, past the supported digits
         with pytest.raises(ValueError, match="prompt_zeros"):
             build_dataset(tmp_path / "d", seed=3, n_examples=30, ops=["add"], max_digits=3, prompt_zeros=bad)
+    with pytest.raises(ValueError, match="held-out"):  # held-out 8-digit numbers do not fit in 6 places
+        build_dataset(tmp_path / "e", seed=3, n_examples=30, ops=["add"], max_digits=3, prompt_zeros=6,
+                      heldout_digits=8)
 
 
 def test_answer_width_pads_every_split_in_the_high_places(tmp_path):

@@ -1,4 +1,5 @@
 """odin-infer: run as a subprocess (`python -m odin.infer_cli`) on saved tiny checkpoints."""
+import dataclasses
 import io
 import json
 import os
@@ -10,7 +11,7 @@ import pytest
 
 from odin.checkpoint import load_model_checkpoint, model_from_config, save_model_checkpoint
 from odin.config import ModelConfig, RunConfig, TrainConfig
-from odin.data.arithmetic import make_example
+from odin.data.arithmetic import make_example, padded_operands
 from odin.data.batching import BatchSampler, encode_examples
 from odin.evaluate import greedy_predictions
 from odin.infer_cli import Generator, _held_back
@@ -41,23 +42,40 @@ def untrained(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def reversed_ckpt(tmp_path_factory):
-    """1-digit addition with digit-reversed answers, memorised in ~250 steps."""
-    path = tmp_path_factory.mktemp("infer") / "reversed"
+def _memorised_addition(path, width: int = 0, trainer_state=None):
+    """1-digit addition with digit-reversed answers (operands written with zeros to `width`
+    digits when given), memorised in ~250 steps."""
     config = _config()
     model = model_from_config(config)
     model.init_weights(0)
     examples = [make_example("add", a, b, reverse_answer=True) for a in range(10) for b in range(10)]
-    sampler = BatchSampler(encode_examples(examples, TOKENIZER), 100, 7, seed=0)
+    if width:
+        examples = [dataclasses.replace(e, prompt=padded_operands(e.prompt, width)) for e in examples]
+    sampler = BatchSampler(encode_examples(examples, TOKENIZER), 100, 7 + 2 * width, seed=0)
     for step in range(1, 251):
         tokens, mask = sampler.next_batch()
         model.zero_grad()
         model.forward(tokens[:, :-1], tokens[:, 1:], mask)
         model.backward()
         model.adamw_step(lr=3e-3 * (1 - step / 251), step=step, weight_decay=0.0)
-    save_model_checkpoint(path, model, TOKENIZER, config, step=250, trainer_state={"reverse_answer": True})
+    save_model_checkpoint(path, model, TOKENIZER, config, step=250,
+                          trainer_state={"reverse_answer": True, **(trainer_state or {})})
     return path
+
+
+@pytest.fixture(scope="module")
+def reversed_ckpt(tmp_path_factory):
+    return _memorised_addition(tmp_path_factory.mktemp("infer") / "reversed")
+
+
+def test_a_model_trained_on_zero_padded_operands_is_asked_in_that_form(tmp_path):
+    path = _memorised_addition(tmp_path / "padded", width=3,
+                               trainer_state={"dataset": {"settings": {"prompt_zeros": 3}}})
+    assert load_model_checkpoint(path, with_optimizer=False).prompt_width == 3
+    answer = json.loads(infer("-m", path, "-p", "7+8=", "--json").stdout)
+    assert (answer["prompt"], answer["completion"]) == ("7+8=", "15")  # shown as typed, asked as 007+008=
+    assert infer("-m", path, "-p", "9+4=").stdout == "13\n"
+    assert infer("-m", path, "-p", "007+008=").stdout == "15\n"  # already padded: unchanged
 
 
 def test_json_output_respects_n(untrained):

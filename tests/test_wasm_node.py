@@ -57,7 +57,7 @@ def export_dir(tmp_path_factory):
     save_model_checkpoint(d / "ckpt", model, tok, config, step=300,
                           trainer_state={"dataset": {"settings": settings}, "reverse_answer": False})
     manifest = export_web(d / "ckpt", d / "web", examples=64, demo_prompts=4)
-    assert manifest["task"] == {"kind": "arithmetic", **settings}
+    assert manifest["task"] == {"kind": "arithmetic", **settings, "prompt_width": 0}
     assert len(manifest["examples"]) == 64 and len(manifest["demo_prompts"]) == 4
     return d / "web"
 
@@ -197,6 +197,16 @@ def test_abacus_and_no_positions_model(abacus_answer, tmp_path, tmp_path_factory
     got = run_node(spec, tmp_path)
     expected = model.generate_greedy([[tok.bos_id, *tok.encode(p)] for p in prompts], max_new=7, end_id=tok.end_id)
     assert got["greedy"] == expected
+    # a run on zero-padded operands (dataset prompt_zeros): the page asks in that form too
+    settings = {"ops": ["add"], "max_digits": 3, "reverse_answer": True, "prompt_zeros": 4}
+    save_model_checkpoint(tmp_path / "padded", model, tok, config, step=150,
+                          trainer_state={"dataset": {"settings": settings}})
+    assert export_web(tmp_path / "padded", tmp_path / "web-padded", examples=0)["task"]["prompt_width"] == 4
+    short = ["7+8=", "12+345=", "1234+9="]
+    padded = run_node({**spec, "model_dir": str(tmp_path / "web-padded"), "prompts": short, "train_examples": None},
+                      tmp_path)
+    assert padded["greedy"] == model.generate_greedy([[tok.bos_id, *tok.encode(p)] for p in
+                                                      ("0007+0008=", "0012+0345=", "1234+0009=")], 7, tok.end_id)
     tokens = np.array(got["batch"]["tokens"], np.int32).reshape(got["batch"]["B"], -1)
     mask = np.array(got["batch"]["mask"], np.uint8).reshape(got["batch"]["B"], -1)
     loss = model.forward(tokens[:, :-1], tokens[:, 1:], mask)  # Abacus ids with offset 0, as in the page

@@ -795,7 +795,14 @@ export class OdinModel {
   }
 
   /** [<bos>] + encode(text): how the model saw prompts in training */
-  encodePrompt(text) { return [this.special.bos, ...this.tokenizer.encode(text)]; }
+  encodePrompt(text) {
+    // a model trained with zero-padded operands (dataset prompt_zeros) is asked in that form,
+    // as odin.data.arithmetic.padded_operands writes it: "12+5=" -> "0012+0005=" for width 4
+    const width = this.manifest.task?.prompt_width ?? 0;
+    const m = width > 0 ? /^([0-9]+)([-+*/])([0-9]+)=$/.exec(text) : null;
+    if (m) text = `${m[1].padStart(width, '0')}${m[2]}${m[3].padStart(width, '0')}=`;
+    return [this.special.bos, ...this.tokenizer.encode(text)];
+  }
 
   /** Abacus ids of a token row (odin/abacus.py: digit runs counted from the right before the
    * first separator, from the left after it; 0 elsewhere; with abacus.next the separator

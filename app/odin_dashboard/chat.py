@@ -28,6 +28,7 @@ class ChatModel:
     tokenizer: Any
     reverse_answer: bool
     source: str  # "training run, step 1200" / "checkpoint runs/x/checkpoint (step 4000)"
+    prompt_width: int = 0  # dataset prompt_zeros: arithmetic operands are padded to it
 
 
 @dataclass
@@ -92,6 +93,10 @@ class ChatWorker:
 
         try:
             tokenizer = chat_model.tokenizer
+            if chat_model.prompt_width:
+                from odin.data.arithmetic import padded_operands
+
+                prompt = padded_operands(prompt, chat_model.prompt_width)
             ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
             model = clone_model(chat_model)
             context = position_limit(model)  # None: RWKV's recurrent state has no position limit

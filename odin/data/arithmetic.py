@@ -35,6 +35,7 @@ ALL_OPERATIONS: tuple[str, ...] = tuple(OPERATION_SYMBOLS)
 MAX_SUPPORTED_DIGITS = 18  # keeps every operand and product comfortably within 64-bit ints
 
 _DIGIT_RUN = re.compile(r"[0-9]+")
+_PADDABLE_PROMPT = re.compile(r"^([0-9]+)([-+*/])([0-9]+)=$")
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,18 @@ def zero_padded_prompt(prompt: str, rng: random.Random, width: int) -> str:
             pad = lambda digits: digits.zfill(rng.randint(len(digits), max(len(digits), width)))  # noqa: E731
             return f"{pad(left)}{symbol}{pad(right)}="
     raise ValueError(f"not an arithmetic prompt of the form <a><op><b>=: {prompt!r}")
+
+
+def padded_operands(prompt: str, width: int) -> str:
+    """An arithmetic prompt ``<a><op><b>=`` with both operands written with leading zeros to
+    ``width`` digits (``12+345=`` -> ``0012+0345=`` for width 4); any other text, or an
+    operand already longer, is left as it is. The form in which a model trained with
+    ``prompt_zeros`` is evaluated and asked (``odin-infer``, the dashboard chat)."""
+    match = _PADDABLE_PROMPT.match(prompt)
+    if not match:
+        return prompt
+    left, symbol, right = match.groups()
+    return f"{left.zfill(width)}{symbol}{right.zfill(width)}="
 
 
 def iter_all_problems(config: ArithmeticConfig) -> Iterator[tuple[str, int, int]]:

@@ -31,6 +31,7 @@ from odin.data.arithmetic import (
     pad_answer,
     sample_unique_examples,
     spaced_prompt,
+    padded_operands,
     zero_padded_prompt,
 )
 from odin.data.examples import Example
@@ -128,8 +129,10 @@ def build_dataset(
     ``max_digits+1 .. max_digits+2`` digits per operand. ``prompt_spaces > 0`` writes the
     *training* prompts with 0..prompt_spaces random spaces around the operands
     (:func:`~odin.data.arithmetic.spaced_prompt`); val, test and held-out keep the plain form.
-    ``prompt_zeros > max_digits`` likewise writes each *training* operand with leading zeros
-    to a random width up to ``prompt_zeros`` (:func:`~odin.data.arithmetic.zero_padded_prompt`).
+    ``prompt_zeros > max_digits`` writes each *training* operand with leading zeros to a
+    random width up to ``prompt_zeros`` (:func:`~odin.data.arithmetic.zero_padded_prompt`)
+    and every val/test/held-out operand with zeros to exactly ``prompt_zeros`` digits
+    (:func:`~odin.data.arithmetic.padded_operands`), the form the model is then asked in.
     ``answer_width > 0`` writes every answer of every split with exactly that many digits
     (:func:`~odin.data.arithmetic.pad_answer`; whole non-negative answers only).
     """
@@ -199,6 +202,14 @@ def build_dataset(
                 f"requested {n_heldout} held-out examples but only {distinct_heldout} distinct "
                 f"problems exist; using all of them"
             )
+
+    if prompt_zeros:  # everything the model is scored on: operands at exactly the full width
+        if heldout_range is not None and heldout_range[1] > prompt_zeros:
+            raise ValueError(f"prompt_zeros ({prompt_zeros}) must be at least the held-out operands' digits "
+                             f"({heldout_range[1]})")
+        split_examples = {name: examples if name == "train" else
+                          [dataclasses.replace(e, prompt=padded_operands(e.prompt, prompt_zeros)) for e in examples]
+                          for name, examples in split_examples.items()}
 
     if answer_width:
         split_examples = {name: [dataclasses.replace(e, answer=pad_answer(e.answer, answer_width, reverse_answer))

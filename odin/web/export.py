@@ -20,7 +20,8 @@
     abacus                     {digit_first, sep_id, next} when model.abacus > 0, else null (next:
                                answer tokens carry the place they predict, odin/abacus.py)
     train                      optimiser settings of the run (defaults for in-page training)
-    task                       {kind: "arithmetic", ops, min_digits, max_digits, reverse_answer}
+    task                       {kind: "arithmetic", ops, min_digits, max_digits, reverse_answer,
+                               prompt_width (operands are padded to it when asking; 0 = as typed)}
                                when the run trained on an arithmetic dataset, else null
     examples                   up to --examples {prompt, answer} pairs from the run's train
                                split (what "train N steps here" trains on)
@@ -59,8 +60,10 @@ def _task(settings: Any) -> Optional[dict]:
     ops = settings.get("ops")
     if not isinstance(ops, list) or not ops or not set(ops) <= ARITH_OPS or "max_digits" not in settings:
         return None
+    width = settings.get("prompt_zeros", 0)
     return {"kind": "arithmetic", "ops": list(ops), "min_digits": int(settings.get("min_digits", 1)),
-            "max_digits": int(settings["max_digits"]), "reverse_answer": bool(settings.get("reverse_answer", False))}
+            "max_digits": int(settings["max_digits"]), "reverse_answer": bool(settings.get("reverse_answer", False)),
+            "prompt_width": width if isinstance(width, int) and not isinstance(width, bool) and width > 0 else 0}
 
 
 def _examples(trainer_state: dict, task: Optional[dict], n: int, n_demo: int, seed: int,

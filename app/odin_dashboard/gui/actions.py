@@ -29,6 +29,7 @@ class Actions:
     loaded: Any
     form_dirty: bool
     reverse_answer: bool
+    prompt_width: int
     total_steps: int
     pending_save: Any
     model_source: str
@@ -111,7 +112,8 @@ class Actions:
                 self.post(str(error), "error")
                 return False
         self.vm.reset_run()
-        self.reverse_answer = dataset_status(form.data_dir).reverse_answer
+        status = dataset_status(form.data_dir)
+        self.reverse_answer, self.prompt_width = status.reverse_answer, status.prompt_width
         self.session.start(StartRequest(check.run_config, Path(form.data_dir), run_dir, form.threads,
                                         resume=form.resume))
         self.model_source = "session"
@@ -187,10 +189,11 @@ class Actions:
         if self.model_source == "session" and trainer is not None and self.session.request is not None:
             step = trainer.snapshot().step
             return ChatModel(trainer.model, self.session.request.run_config, CharTokenizer(),
-                             self.reverse_answer, f"training run, step {step:,}")
+                             self.reverse_answer, f"training run, step {step:,}", self.prompt_width)
         if self.loaded is not None:
             return ChatModel(self.loaded.model, self.loaded.run_config, self.loaded.tokenizer,
-                             self.loaded.reverse_answer, f"checkpoint step {self.loaded.step:,}")
+                             self.loaded.reverse_answer, f"checkpoint step {self.loaded.step:,}",
+                             self.loaded.prompt_width)
         return None
 
     def on_ask(self, *_: Any) -> None:

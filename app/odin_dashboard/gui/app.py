@@ -75,6 +75,7 @@ class DashboardApp(Actions):
         self.loaded: Any = None
         self.model_source = "none"
         self.reverse_answer = False
+        self.prompt_width = 0
         self.total_steps = options.form.steps
         self.tasks: dict[str, BackgroundTask] = {}
         self.screenshot_dir = Path(options.form.run_dir)

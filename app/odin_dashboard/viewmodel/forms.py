@@ -95,6 +95,7 @@ class DatasetStatus:
     message: str
     reverse_answer: bool = False
     examples: int = 0
+    prompt_width: int = 0  # the set's prompt_zeros: chat prompts get their operands padded to it
 
 
 def dataset_status(path: str | Path) -> DatasetStatus:
@@ -130,7 +131,9 @@ def dataset_status(path: str | Path) -> DatasetStatus:
         if isinstance(tasks, list):
             what += ": " + ", ".join(map(str, tasks))
     message = f"{train_count:,} training examples ({what}" + (", reversed answers)" if reverse else ")")
-    return DatasetStatus(True, False, message, reverse, train_count)
+    width = settings.get("prompt_zeros", 0)
+    width = width if isinstance(width, int) and not isinstance(width, bool) and width > 0 else 0
+    return DatasetStatus(True, False, message, reverse, train_count, width)
 
 
 @dataclass(frozen=True)
