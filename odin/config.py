@@ -103,21 +103,27 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"batch_size": 128, "steps": 5000, "lr": 2e-3, "warmup_steps": 200,
                   "eval_every": 1000, "eval_examples": 500, "checkpoint_every": 1000},
     },
-    # the printed output of short generated Python programs (levels 1-3)
+    # the printed output of short generated Python programs (levels 1-3), answers with the
+    # execution trace (each assignment with its values written in, then its result; the
+    # output after "#"), batches bucketed by length
     "code-exec": {
-        "data": {"seed": 22, "n_examples": 60_000, "tasks": {"code": {"min_level": 1, "max_level": 3}}},
-        "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 264},
-        "train": {"batch_size": 64, "steps": 2500, "lr": 2e-3, "warmup_steps": 200, "length_buckets": 16,
-                  "eval_every": 500, "eval_examples": 300, "checkpoint_every": 500},
+        "data": {"seed": 22, "n_examples": 60_000, "scratchpad": True,
+                 "tasks": {"code": {"min_level": 1, "max_level": 3}}},
+        "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 384},
+        "train": {"batch_size": 64, "steps": 8000, "lr": 2e-3, "warmup_steps": 200, "length_buckets": 16,
+                  "eval_every": 2000, "eval_examples": 300, "checkpoint_every": 2000},
     },
-    # length generalisation: additions of at most 5 digits, scored on 8-digit ones; Abacus
-    # digit-place embeddings with random place offsets, sequences shifted at random so every
-    # absolute position is trained, and answers of a fixed 10 digits (zeros in the high
-    # places) so where an answer ends is not learned from the lengths seen in training
+    # length generalisation: additions of at most 5 digits, scored on 8-digit ones. Abacus
+    # digit-place embeddings with random place offsets; training operands written with
+    # leading zeros to random widths up to 10 (so low and high places meet in one sequence
+    # and attention learns to tell them apart) and asked with both operands at 10 digits;
+    # answers of a fixed 10 digits (zeros in the high places) so where an answer ends is not
+    # learned from the lengths seen in training; sequences shifted at random so every
+    # absolute position is trained
     "add-length": {
         "data": {"seed": 11, "n_examples": 100_000, "ops": ["add"], "max_digits": 5, "reverse_answer": True,
-                 "heldout_digits": [8, 8], "answer_width": 10},
-        "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 32, "abacus": 20},
+                 "heldout_digits": [8, 8], "answer_width": 10, "prompt_zeros": 10},
+        "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 40, "abacus": 20},
         "train": {"batch_size": 128, "steps": 16000, "lr": 2e-3, "warmup_steps": 200,
                   "eval_every": 2000, "eval_examples": 500, "checkpoint_every": 2000},
     },
