@@ -206,6 +206,19 @@ def test_cli_build(tmp_path, capsys):
         parser.parse_args(["data", "build", "--out", "x", "--ops", "add,pow"])
 
 
+def _augmented_and_plain_train(tmp_path, **option):
+    """Build one small set twice with a prompt option (byte-identical, option recorded) and
+    once without it; return both training splits (the sets land in tmp_path/a and /c)."""
+    from odin.data.dataset import build_dataset, load_split
+
+    (name, value), = option.items()
+    a = build_dataset(tmp_path / "a", seed=3, n_examples=300, ops=["add"], max_digits=3, **option)
+    b = build_dataset(tmp_path / "b", seed=3, n_examples=300, ops=["add"], max_digits=3, **option)
+    build_dataset(tmp_path / "c", seed=3, n_examples=300, ops=["add"], max_digits=3)
+    assert a["splits"] == b["splits"] and a["settings"][name] == value
+    return load_split(tmp_path / "a", "train"), load_split(tmp_path / "c", "train")
+
+
 def test_prompt_spaces_space_only_training_prompts_deterministically(tmp_path):
     import random as _random
 
@@ -218,11 +231,7 @@ def test_prompt_spaces_space_only_training_prompts_deterministically(tmp_path):
     assert "123+45=" in seen and " 123  +  45  =" in seen and len(seen) == 81  # 3^4 layouts
     with pytest.raises(ValueError, match="arithmetic prompt"):
         spaced_prompt("x=3", rng, 2)
-    a = build_dataset(tmp_path / "a", seed=3, n_examples=300, ops=["add"], max_digits=3, prompt_spaces=3)
-    b = build_dataset(tmp_path / "b", seed=3, n_examples=300, ops=["add"], max_digits=3, prompt_spaces=3)
-    plain = build_dataset(tmp_path / "c", seed=3, n_examples=300, ops=["add"], max_digits=3)
-    assert a["splits"] == b["splits"] and a["settings"]["prompt_spaces"] == 3
-    train, plain_train = load_split(tmp_path / "a", "train"), load_split(tmp_path / "c", "train")
+    train, plain_train = _augmented_and_plain_train(tmp_path, prompt_spaces=3)
     assert [e.prompt.replace(" ", "") for e in train] == [e.prompt for e in plain_train]
     assert sum(" " in e.prompt for e in train) > 0.9 * len(train)  # 1 - (1/4)^4 of them have a space
     for split in ("val", "test", "heldout"):
@@ -242,11 +251,7 @@ def test_prompt_zeros_pad_only_training_operands_to_random_widths(tmp_path):
     assert seen == {f"{a}+{b}=" for a in ("123", "0123", "00123") for b in ("45", "045", "0045", "00045")}
     with pytest.raises(ValueError, match="arithmetic prompt"):
         zero_padded_prompt("x=3", rng, 5)
-    a = build_dataset(tmp_path / "a", seed=3, n_examples=300, ops=["add"], max_digits=3, prompt_zeros=6)
-    b = build_dataset(tmp_path / "b", seed=3, n_examples=300, ops=["add"], max_digits=3, prompt_zeros=6)
-    plain = build_dataset(tmp_path / "c", seed=3, n_examples=300, ops=["add"], max_digits=3)
-    assert a["splits"] == b["splits"] and a["settings"]["prompt_zeros"] == 6
-    train, plain_train = load_split(tmp_path / "a", "train"), load_split(tmp_path / "c", "train")
+    train, plain_train = _augmented_and_plain_train(tmp_path, prompt_zeros=6)
     assert [e.answer for e in train] == [e.answer for e in plain_train]
     for padded, original in zip(train, plain_train):  # same numbers, at most 6 places written
         left, right = padded.prompt[:-1].split("+")
