@@ -153,7 +153,11 @@ def test_execution_trace_answers_are_rechecked_by_running_and_replaying():
         steps, final = example.answer.rsplit("#", 1)
         assert final == output
         last = {}
-        for step in steps.split(";"):
+        *steps, printed = steps.split(";")
+        assert printed.startswith("print(") and printed.endswith(")")  # the last step: what is printed
+        if _ARITHMETIC_ON_LITERALS.match(printed[6:-1]):
+            assert str(eval(printed[6:-1])) == output
+        for step in steps:
             name, rest = step.split("=", 1)
             shown, _, value = rest.rpartition("=") if "=" in rest else ("", "", rest)
             if _ARITHMETIC_ON_LITERALS.match(shown):
@@ -171,7 +175,7 @@ def test_execution_trace_answers_are_rechecked_by_running_and_replaying():
 def test_trace_answers_by_hand_and_the_length_cap():
     program = "n=0-16\nd=n*6\nfor i in range(2):\n d+=i*5\nprint(d)"
     items = [(make_prompt(program), 3)]
-    answer = "n=0-16=-16;d=-16*6=-96;i=0;d=-96+(0*5)=-96;i=1;d=-96+(1*5)=-91#-91"
+    answer = "n=0-16=-16;d=-16*6=-96;i=0;d=-96+(0*5)=-96;i=1;d=-96+(1*5)=-91;print(-91)#-91"
     assert run_programs(items, CodeConfig(scratchpad=True))[0].answer == answer
     assert run_programs(items, CodeConfig(scratchpad=True, max_trace_chars=len(answer) - 1)) == ["long_trace"]
     assert run_programs(items, CodeConfig())[0].answer == "-91"

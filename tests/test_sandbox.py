@@ -128,9 +128,10 @@ def test_trace_writes_each_assignment_with_its_values_and_result(isolation):
     result = sandbox.run(program, trace=True, isolation=isolation)
     assert result.ok and result.stdout == "-91\n"
     # int variables get their values written in (never inside the string 'nb'); the loop
-    # variable is a plain change; h's local y is not a top-level variable
+    # variable is a plain change; h's local y is not a top-level variable; the print shows
+    # its argument's value
     assert result.trace == ("n=0-16=-16", "d=-16*6=-96", "i=0", "d=-96+(0*5)=-96", "i=1", "d=-96+(1*5)=-91",
-                            "s='nb'[::-1]=bn", "m=h(-16)=-32", "k=-32--3=-29")
+                            "s='nb'[::-1]=bn", "m=h(-16)=-32", "k=-32--3=-29", "print(-91)")
     assert sandbox.run(program, isolation=isolation).trace == ()  # only when asked for
 
 

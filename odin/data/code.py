@@ -21,8 +21,9 @@ Format
 * with ``scratchpad=True`` the answer is the program's **execution trace**, then the
   scratchpad mark, then the output: one step per executed top-level assignment, its right
   side with the int variables' current values written in, then the new value, and a
-  ``name=value`` step for a loop variable (``n=0-16\nd=n*6\nfor i in range(2):\n d+=i*5``
-  -> ``n=0-16=-16;d=-16*6=-96;i=0;d=-96+(0*5)=-96;i=1;d=-96+(1*5)=-91#-91``). So a step
+  ``name=value`` step for a loop variable, and last the ``print`` with its argument's
+  values written in (``n=0-16\nd=n*6\nfor i in range(2):\n d+=i*5\nprint(d)`` ->
+  ``n=0-16=-16;d=-16*6=-96;i=0;d=-96+(0*5)=-96;i=1;d=-96+(1*5)=-91;print(-91)#-91``). So a step
   first copies values (a lookup) and then does one small computation on literals, the
   split that lets the multiplication and equation scratchpads work. The trace is
   recorded by the same sandboxed run that produces the output (a tracer on the program's

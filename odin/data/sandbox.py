@@ -187,6 +187,7 @@ def _on_alarm(signum, frame):
 signal.signal(signal.SIGALRM, _on_alarm)
 
 ASSIGNMENT = re.compile(r"^\s*([A-Za-z_]\w*)(\+=|-=|\*=|//=|%=|=)(?!=)(.*)$")
+PRINT = re.compile(r"^print\((.*)\)$")
 
 def _with_values(expr, env):
     """expr with every int variable replaced by its current value (names only, never inside
@@ -211,7 +212,8 @@ def _tracer(env, steps, source):
     per executed top-level assignment, "name=<right side with the int variables' values
     substituted>=<new value>" ("d=-96+(0*5)=-96"; just "name=value" when the right side is
     the value), and "name=value" for any other change of a top-level int/str variable (a
-    loop variable). The module frame is checked before every line and when it returns."""
+    loop variable); a top-level print adds "print(<arguments with the values written in>)"
+    before it runs. The module frame is checked before every line and when it returns."""
     lines = source.split("\n")
     last = {}
     size = [0]
@@ -259,6 +261,10 @@ def _tracer(env, steps, source):
                     target = env.get(name)
                     shown = (str(target) if type(target) is int else name) + op[:-1] + shown
                 pending[0] = (name, shown)
+            else:
+                match = PRINT.match(lines[frame.f_lineno - 1])
+                if match:
+                    emit("print(%s)" % _with_values(match.group(1), env))
         return local
 
     def start(frame, event, arg):
