@@ -279,6 +279,10 @@ def test_answer_width_pads_every_split_in_the_high_places(tmp_path):
     assert pad_answer("975", 6, True) == "975000" and pad_answer("579", 6, False) == "000579"
     assert answer_to_display("975000", True) == "579" and answer_to_display("000", True) == "0"
     assert answer_to_display("-12", False) == "-12"
+    from odin.data.scratchpad import display_answer  # what odin-infer and `odin train` show
+
+    assert display_answer("7989200000", True) == "29897" and display_answer("s#7989200000", True) == "s#29897"
+    assert display_answer("-021", True) == "-120" and display_answer("0000", True) == "0"
     with pytest.raises(ValueError, match="more than answer_width"):
         pad_answer("1234", 3, True)
     with pytest.raises(ValueError, match="whole non-negative"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 
-from odin.data.arithmetic import reverse_answer_digits
+from odin.data.arithmetic import answer_to_display
 
 SCRATCH_MARK = "#"
 STEP_SEPARATOR = ";"
@@ -46,13 +46,14 @@ def final_answer(answer: str) -> str:
 
 
 def display_answer(answer: str, is_reversed: bool) -> str:
-    """Normal reading order: un-reverses the digit runs of the final result only."""
+    """Normal reading order: un-reverses the digit runs of the final result only (and drops
+    the high-place zeros of a fixed-width answer: ``0000029897`` -> ``29897``)."""
     if not is_reversed:
         return answer
     if SCRATCH_MARK in answer:
         steps, final = answer.rsplit(SCRATCH_MARK, 1)
-        return steps + SCRATCH_MARK + reverse_answer_digits(final)
-    return reverse_answer_digits(answer)
+        return steps + SCRATCH_MARK + answer_to_display(final, True)
+    return answer_to_display(answer, True)
 
 
 def addition_steps(left: int, right: int) -> list[str]:
