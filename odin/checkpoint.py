@@ -59,10 +59,10 @@ class LoadedModel:
     def prompt_width(self) -> int:
         """Digits arithmetic operands are padded to when asking this model (its dataset's
         ``prompt_zeros``; 0 = ask as typed). See odin.data.arithmetic.padded_operands."""
+        from odin.data.arithmetic import prompt_width_of
+
         dataset = self.trainer_state.get("dataset")
-        settings = dataset.get("settings") if isinstance(dataset, Mapping) else None
-        width = settings.get("prompt_zeros", 0) if isinstance(settings, Mapping) else 0
-        return width if isinstance(width, int) and not isinstance(width, bool) and width > 0 else 0
+        return prompt_width_of(dataset.get("settings") if isinstance(dataset, Mapping) else None)
 
 
 def checkpoint_reverse_answer(trainer_state: Mapping[str, Any]) -> bool:

@@ -35,7 +35,6 @@ ALL_OPERATIONS: tuple[str, ...] = tuple(OPERATION_SYMBOLS)
 MAX_SUPPORTED_DIGITS = 18  # keeps every operand and product comfortably within 64-bit ints
 
 _DIGIT_RUN = re.compile(r"[0-9]+")
-_PADDABLE_PROMPT = re.compile(r"^([0-9]+)([-+*/])([0-9]+)=$")
 
 
 @dataclass(frozen=True)
@@ -164,13 +163,26 @@ def spaced_prompt(prompt: str, rng: random.Random, max_spaces: int) -> str:
     """
     if max_spaces < 0:
         raise ValueError(f"max_spaces must be >= 0, got {max_spaces}")
+    left, symbol, right = _required_operands(prompt)
+    gap = lambda: " " * rng.randint(0, max_spaces)  # noqa: E731
+    return f"{gap()}{left}{gap()}{symbol}{gap()}{right}{gap()}="
+
+
+def _operands(prompt: str) -> tuple[str, str, str] | None:
+    """(left, operator, right) of ``<a><op><b>`` with an optional final ``=``, else None."""
     body = prompt[:-1] if prompt.endswith("=") else prompt
     for symbol in OPERATION_SYMBOLS.values():
         left, found, right = body.partition(symbol)
         if found and left.isdigit() and right.isdigit():
-            gap = lambda: " " * rng.randint(0, max_spaces)  # noqa: E731
-            return f"{gap()}{left}{gap()}{symbol}{gap()}{right}{gap()}="
-    raise ValueError(f"not an arithmetic prompt of the form <a><op><b>=: {prompt!r}")
+            return left, symbol, right
+    return None
+
+
+def _required_operands(prompt: str) -> tuple[str, str, str]:
+    parts = _operands(prompt)
+    if parts is None:
+        raise ValueError(f"not an arithmetic prompt of the form <a><op><b>=: {prompt!r}")
+    return parts
 
 
 def zero_padded_prompt(prompt: str, rng: random.Random, width: int) -> str:
@@ -183,13 +195,9 @@ def zero_padded_prompt(prompt: str, rng: random.Random, width: int) -> str:
     zeros fill the high places with digits whose value must not be mistaken for a low
     place's, without making any number longer than it is.
     """
-    body = prompt[:-1] if prompt.endswith("=") else prompt
-    for symbol in OPERATION_SYMBOLS.values():
-        left, found, right = body.partition(symbol)
-        if found and left.isdigit() and right.isdigit():
-            pad = lambda digits: digits.zfill(rng.randint(len(digits), max(len(digits), width)))  # noqa: E731
-            return f"{pad(left)}{symbol}{pad(right)}="
-    raise ValueError(f"not an arithmetic prompt of the form <a><op><b>=: {prompt!r}")
+    left, symbol, right = _required_operands(prompt)
+    pad = lambda digits: digits.zfill(rng.randint(len(digits), max(len(digits), width)))  # noqa: E731
+    return f"{pad(left)}{symbol}{pad(right)}="
 
 
 def padded_operands(prompt: str, width: int) -> str:
@@ -197,11 +205,18 @@ def padded_operands(prompt: str, width: int) -> str:
     ``width`` digits (``12+345=`` -> ``0012+0345=`` for width 4); any other text, or an
     operand already longer, is left as it is. The form in which a model trained with
     ``prompt_zeros`` is evaluated and asked (``odin-infer``, the dashboard chat)."""
-    match = _PADDABLE_PROMPT.match(prompt)
-    if not match:
+    parts = _operands(prompt) if prompt.endswith("=") else None
+    if parts is None:
         return prompt
-    left, symbol, right = match.groups()
+    left, symbol, right = parts
     return f"{left.zfill(width)}{symbol}{right.zfill(width)}="
+
+
+def prompt_width_of(settings: object) -> int:
+    """The operand width a dataset's settings ask prompts to be padded to (its
+    ``prompt_zeros``), 0 when there is none or the settings are not a mapping."""
+    width = settings.get("prompt_zeros", 0) if isinstance(settings, dict) else 0
+    return width if isinstance(width, int) and not isinstance(width, bool) and width > 0 else 0
 
 
 def iter_all_problems(config: ArithmeticConfig) -> Iterator[tuple[str, int, int]]:

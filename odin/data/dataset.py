@@ -174,13 +174,15 @@ def build_dataset(
         split_examples[name] = main_examples[start : start + counts[name]]
         start += counts[name]
 
-    if prompt_spaces:  # splits are cut from distinct problems first: spacing cannot leak one
-        space_rng = random.Random(f"{seed}/spaces")
-        split_examples["train"] = [dataclasses.replace(e, prompt=spaced_prompt(e.prompt, space_rng, prompt_spaces))
-                                   for e in split_examples["train"]]
+    # splits are cut from distinct problems first: padding or spacing cannot leak one. Zeros
+    # come first: spaced prompts are no longer of the form <a><op><b>=.
     if prompt_zeros:
         zero_rng = random.Random(f"{seed}/zeros")
         split_examples["train"] = [dataclasses.replace(e, prompt=zero_padded_prompt(e.prompt, zero_rng, prompt_zeros))
+                                   for e in split_examples["train"]]
+    if prompt_spaces:
+        space_rng = random.Random(f"{seed}/spaces")
+        split_examples["train"] = [dataclasses.replace(e, prompt=spaced_prompt(e.prompt, space_rng, prompt_spaces))
                                    for e in split_examples["train"]]
 
     heldout_range: tuple[int, int] | None = None

@@ -42,6 +42,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from odin.data.arithmetic import prompt_width_of
+
 FORMAT = "odin-web"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.json"
@@ -60,10 +62,9 @@ def _task(settings: Any) -> Optional[dict]:
     ops = settings.get("ops")
     if not isinstance(ops, list) or not ops or not set(ops) <= ARITH_OPS or "max_digits" not in settings:
         return None
-    width = settings.get("prompt_zeros", 0)
     return {"kind": "arithmetic", "ops": list(ops), "min_digits": int(settings.get("min_digits", 1)),
             "max_digits": int(settings["max_digits"]), "reverse_answer": bool(settings.get("reverse_answer", False)),
-            "prompt_width": width if isinstance(width, int) and not isinstance(width, bool) and width > 0 else 0}
+            "prompt_width": prompt_width_of(settings)}
 
 
 def _examples(trainer_state: dict, task: Optional[dict], n: int, n_demo: int, seed: int,

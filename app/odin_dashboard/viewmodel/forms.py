@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from odin.blueprint import Blueprint, format_bytes
+from odin.data.arithmetic import prompt_width_of
 from odin.config import PRESETS, ConfigError, RunConfig, preset_config, preset_data_spec
 from odin.spheres import N_SPHERES, default_threads
 from odin.tokenizers import CHAR_VOCAB_SIZE
@@ -131,9 +132,7 @@ def dataset_status(path: str | Path) -> DatasetStatus:
         if isinstance(tasks, list):
             what += ": " + ", ".join(map(str, tasks))
     message = f"{train_count:,} training examples ({what}" + (", reversed answers)" if reverse else ")")
-    width = settings.get("prompt_zeros", 0)
-    width = width if isinstance(width, int) and not isinstance(width, bool) and width > 0 else 0
-    return DatasetStatus(True, False, message, reverse, train_count, width)
+    return DatasetStatus(True, False, message, reverse, train_count, prompt_width_of(settings))
 
 
 @dataclass(frozen=True)
