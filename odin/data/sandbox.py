@@ -188,19 +188,33 @@ signal.signal(signal.SIGALRM, _on_alarm)
 
 ASSIGNMENT = re.compile(r"^\s*([A-Za-z_]\w*)(\+=|-=|\*=|//=|%=|=)(?!=)(.*)$")
 PRINT = re.compile(r"^print\((.*)\)$")
+RETURN = re.compile(r"^\s+return\s+(.*)$")
+CALL = re.compile(r"^[A-Za-z_]\w*\(")
 
-def _with_values(expr, env):
-    """expr with every int variable replaced by its current value (names only, never inside
-    a string literal or after a dot)."""
+def _one_call(expr):
+    """True when expr is a single call, name(...), and nothing around it."""
+    if not CALL.match(expr) or not expr.endswith(")"):
+        return False
+    depth = 0
+    for at, char in enumerate(expr):
+        depth += (char == "(") - (char == ")")
+        if depth == 0 and char == ")":
+            return at == len(expr) - 1
+    return False
+
+def _with_values(expr, env, strings=False):
+    """expr with every int variable (and with strings=True every str variable, as a literal)
+    replaced by its current value (names only, never inside a string literal or after a dot)."""
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(expr).readline))
     except (tokenize.TokenError, SyntaxError):
         return expr
     out, at, prev = [], 0, None
     for tok in tokens:
-        if tok.type == tokenize.NAME and type(env.get(tok.string)) is int and prev != ".":
+        kind = type(env.get(tok.string))
+        if tok.type == tokenize.NAME and (kind is int or (strings and kind is str)) and prev != ".":
             out.append(expr[at:tok.start[1]])
-            out.append(str(env[tok.string]))
+            out.append(str(env[tok.string]) if kind is int else repr(env[tok.string]))
             at = tok.end[1]
         if tok.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER):
             prev = tok.string
@@ -213,11 +227,15 @@ def _tracer(env, steps, source):
     substituted>=<new value>" ("d=-96+(0*5)=-96"; just "name=value" when the right side is
     the value), and "name=value" for any other change of a top-level int/str variable (a
     loop variable); a top-level print adds "print(<arguments with the values written in>)"
-    before it runs. The module frame is checked before every line and when it returns."""
+    before it runs. An assignment whose right side is one call of a program function also
+    writes the expression that function returned, with its arguments' values written in
+    ("c=f(200)=200-9=191"), so the function's body is worked out in the trace, not guessed.
+    The module frame is checked before every line and when it returns."""
     lines = source.split("\n")
     last = {}
     size = [0]
     pending = [None]  # (name, right side with values) of the assignment that is running
+    returned = []  # the return expressions, values written in, of calls made by that line
 
     def emit(text):
         size[0] += len(text) + 1
@@ -243,6 +261,8 @@ def _tracer(env, steps, source):
                 if name in changed:
                     changed.remove(name)
                 text = str(value)
+                if len(returned) == 1 and returned[0] != text and _one_call(shown):
+                    shown += "=" + returned[0]
                 emit("%s=%s" % (name, text) if shown == text else "%s=%s=%s" % (name, shown, text))
         for name in changed:
             emit("%s=%s" % (name, env[name]))
@@ -255,6 +275,7 @@ def _tracer(env, steps, source):
             if match:
                 name, op, right = match.groups()
                 shown = _with_values(right, env)
+                del returned[:]
                 if op != "=":
                     if any(c in shown[1:] for c in "+-*/%"):
                         shown = "(" + shown + ")"
@@ -267,9 +288,22 @@ def _tracer(env, steps, source):
                     emit("print(%s)" % _with_values(match.group(1), env))
         return local
 
+    def called(frame, event, arg):
+        if event == "line" and 0 < frame.f_lineno <= len(lines):
+            match = RETURN.match(lines[frame.f_lineno - 1])
+            if match:
+                returned.append(_with_values(match.group(1), frame.f_locals, strings=True))
+        return called
+
     def start(frame, event, arg):
         code = frame.f_code
-        return local if code.co_filename == "<program>" and code.co_name == "<module>" else None
+        if code.co_filename != "<program>":
+            return None
+        if code.co_name == "<module>":
+            return local
+        # only functions called from a top-level line: their return is written into its step
+        caller = frame.f_back
+        return called if caller is not None and caller.f_code.co_name == "<module>" else None
     return start
 
 def _describe(exc):
