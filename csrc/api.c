@@ -320,10 +320,7 @@ odin_status odin_adamw(float *params, const float *grads, float *m, float *v, si
     if (!(eps > 0.0f)) return odin_fail(ODIN_BAD_ARG, "eps must be > 0 (got %g)", eps);
     if (!(lr >= 0.0f) || !isfinite(lr)) return odin_fail(ODIN_BAD_ARG, "lr must be a finite number >= 0 (got %g)", lr);
     if (!(weight_decay >= 0.0f)) return odin_fail(ODIN_BAD_ARG, "weight_decay must be >= 0 (got %g)", weight_decay);
-    /* 1 - beta^t in double: in float, powf's rounding (~6e-8) is divided by 1 - beta2^t
-     * (0.001 at t = 1 with beta2 = 0.999), a 1e-4 relative error in vhat early on. */
-    float bc1 = (float)(1.0 - pow((double)beta1, (double)t));
-    float bc2 = (float)(1.0 - pow((double)beta2, (double)t));
+    float bc1 = odin_bias_correction(beta1, t), bc2 = odin_bias_correction(beta2, t);
     odin_kern->adamw(params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2);
     return ODIN_OK;
 }

@@ -18,6 +18,17 @@ odin_status odin_fail(odin_status code, const char *fmt, ...)
 #define ODIN_REQUIRE_POS(v, name)                                                  \
     do { if ((v) <= 0) return odin_fail(ODIN_BAD_SHAPE, "%s must be > 0 (got %lld)", name, (long long)(v)); } while (0)
 
+/* Adam's bias correction 1 - beta^t: beta^t by squaring in double, the same bits on every
+ * platform, which libm's pow is not (see odin_logf in kernels.h); and in double because in
+ * float the power's rounding (~6e-8) is divided by 1 - beta2^t (0.001 at t = 1 with
+ * beta2 = 0.999), a 1e-4 relative error in vhat early on. */
+static inline float odin_bias_correction(float beta, long long t) {
+    double power = 1.0, square = beta;
+    for (; t > 0; t >>= 1, square *= square)
+        if (t & 1) power *= square;
+    return (float)(1.0 - power);
+}
+
 /* ---- shared by the models (model_common.c) ---- */
 /* One tensor of a model's parameter block: a named view; decay = 1 for matrices (weight
  * decay applies), 0 for vectors (biases, LayerNorm, RWKV decays / bonuses / mixes). */

@@ -63,7 +63,7 @@ odin_status odin_clip_adamw(const odin_tensor_view *tensors, int n_tensors, floa
     if (grad_norm) *grad_norm = (float)norm;
     if (!isfinite(norm)) return odin_fail(ODIN_NAN_DETECTED, "gradient norm is not finite (NaN or Inf in the gradients)");
     if (grad_clip > 0.0f && norm > grad_clip) k->scale(grads, n_params, (float)(grad_clip / norm));
-    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
+    float bc1 = odin_bias_correction(beta1, t), bc2 = odin_bias_correction(beta2, t);
     for (int i = 0; i < n_tensors; i++) {
         const odin_tensor_view *tv = &tensors[i];
         k->adamw(params + tv->offset, grads + tv->offset, m + tv->offset, v + tv->offset,

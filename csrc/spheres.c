@@ -483,8 +483,8 @@ static odin_status one_step(odin_spheres *sp, const int32_t *in, const int32_t *
     }
     sp->clip_scale = (sp->clip > 0.0f && norm > sp->clip) ? (float)(sp->clip / norm) : 1.0f;
     sp->lr_now = schedule(sp, t);
-    sp->bc1 = 1.0f - powf(sp->beta1, (float)t);
-    sp->bc2 = 1.0f - powf(sp->beta2, (float)t);
+    sp->bc1 = odin_bias_correction(sp->beta1, t);
+    sp->bc2 = odin_bias_correction(sp->beta2, t);
     run_phase(sp, PH_UPDATE, sp->n_chunks);
     for (int s = 0; s < NS; s++) set_state(sp, s, ODIN_SPHERE_IDLE);
     double loss = 0.0;

@@ -454,7 +454,7 @@ static double K(crossentropy_forward)(float *losses, float *lse, const float *lo
         int i = 0;
         for (; i + VL <= V; i += VL) acc = vadd(acc, K(v_exp)(vsub(vload(x + i), vsh)));
         if (i < V) acc = vadd(acc, K(v_exp)(vsub(vload_n(x + i, V - i, -INFINITY), vsh)));
-        float l = mx + logf(vhsum(acc));
+        float l = mx + odin_logf(vhsum(acc));
         lse[r] = l;
         losses[r] = l - x[targets[r]];
         total += losses[r];

@@ -11,12 +11,30 @@
 #ifndef ODIN_KERNELS_H
 #define ODIN_KERNELS_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
 /* The running maximum exponent of an empty WKV sum ("no term yet"): the pp row of an
  * empty RWKV state (wkv_forward's state[B,3,C] = aa, bb, pp). */
 #define ODIN_WKV_EMPTY (-1e38f)
+
+/* ln(x), the same bits on every platform, for the cross-entropy's log-sum-exp. libm's logf
+ * is not: glibc picks an FMA variant at run time, wasi-libc has none, and the two differed
+ * in the last bit for ~2% of rows, which kept wasm and native gradients from agreeing
+ * exactly. x = m 2^e with m in [sqrt(1/2), sqrt(2)); ln m = 2 atanh(s), s = (m-1)/(m+1),
+ * |s| < 0.172, by its series to s^15 (the next term is < 1e-13 of the result), all in
+ * double and rounded once to float. 0, inf and NaN go to libm, where they are exact. */
+static inline float odin_logf(float x) {
+    if (!(x > 0.0f) || x > 3.0e38f) return logf(x);
+    int e;
+    double m = frexp((double)x, &e);
+    if (m < 0.70710678118654752440) { m *= 2.0; e--; }
+    double s = (m - 1.0) / (m + 1.0), s2 = s * s;
+    double series = s2 * (1.0 / 3 + s2 * (1.0 / 5 + s2 * (1.0 / 7 + s2 * (1.0 / 9 + s2 * (1.0 / 11
+                  + s2 * (1.0 / 13 + s2 * (1.0 / 15)))))));
+    return (float)((double)e * 0.69314718055994530942 + (2.0 * s + 2.0 * s * series));
+}
 
 typedef struct odin_kernel_table {
     const char *name;
