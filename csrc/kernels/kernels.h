@@ -24,9 +24,9 @@
  * in the last bit for ~2% of rows, which kept wasm and native gradients from agreeing
  * exactly. x = m 2^e with m in [sqrt(1/2), sqrt(2)); ln m = 2 atanh(s), s = (m-1)/(m+1),
  * |s| < 0.172, by its series to s^15 (the next term is < 1e-13 of the result), all in
- * double and rounded once to float. 0, inf and NaN go to libm, where they are exact. */
+ * double and rounded once to float. x <= 0, inf and NaN go to libm (exact there). */
 static inline float odin_logf(float x) {
-    if (!(x > 0.0f) || x > 3.0e38f) return logf(x);
+    if (!(x > 0.0f) || isinf(x)) return logf(x);
     int e;
     double m = frexp((double)x, &e);
     if (m < 0.70710678118654752440) { m *= 2.0; e--; }
