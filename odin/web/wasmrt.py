@@ -16,7 +16,6 @@ its array (so output arguments fill in place) and freed. ``None`` is NULL. A non
 from __future__ import annotations
 
 import ctypes
-import math
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -473,21 +472,3 @@ class WasmRWKV(_WasmModel):
         self.rt.run("odin_rwkv_generate_greedy", self.h, self.state(B), arr, lens, B, longest, n_new, end_id,
                     out, out_lens)
 
-
-def model_memory_bytes(n_params: int, *, vocab_size: int, context: int, n_layer: int, n_head: int, d_model: int,
-                       batch: int = 0, seq: int = 0, cache_batch: int = 1) -> int:
-    """Bytes the C side allocates for a model (4 blocks), a B x T workspace and a KV cache,
-    by the same formulas as gpt.c (web/odin.js has the same function)."""
-    total = 4 * n_params * 4
-    C, V, L, NH = d_model, vocab_size, n_layer, n_head
-    if batch and seq:
-        BT = batch * seq
-        per_layer = BT * (16 * C + 4) + NH * BT * seq
-        floats = BT * C + L * per_layer + BT * C + BT * 2 + BT * V + BT * 2 + BT * 14 * C + BT * V + seq
-        total += floats * 4
-    if cache_batch:
-        kv = L * cache_batch * context * C
-        floats = 2 * kv + cache_batch * C * 3 + cache_batch * 3 * C + cache_batch * 4 * C * 2 + context \
-            + cache_batch * V
-        total += floats * 4
-    return int(math.ceil(total))
