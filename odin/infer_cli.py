@@ -184,7 +184,7 @@ class Generator:
         from odin.model import stream_tokens
 
         # a model trained with zero-padded operands is asked in that form ("12+5=" -> "0000000012+0000000005=")
-        prompt_ids = self.encode_prompt(padded_operands(prompt, self.prompt_width) if self.prompt_width else prompt)
+        prompt_ids = self.encode_prompt(padded_operands(prompt, self.prompt_width))
         end_id = self.tokenizer.end_id
         stream = out if (out is not None and not self.reversed) else None
         ids: list[int] = []

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from odin.config import RunConfig
+from odin.data.arithmetic import padded_operands
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,7 @@ class ChatWorker:
 
         try:
             tokenizer = chat_model.tokenizer
-            if chat_model.prompt_width:
-                from odin.data.arithmetic import padded_operands
-
-                prompt = padded_operands(prompt, chat_model.prompt_width)
-            ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
+            ids = [tokenizer.bos_id, *tokenizer.encode(padded_operands(prompt, chat_model.prompt_width))]
             model = clone_model(chat_model)
             context = position_limit(model)  # None: RWKV's recurrent state has no position limit
             if context is not None and len(ids) >= context:

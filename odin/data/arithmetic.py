@@ -202,10 +202,10 @@ def zero_padded_prompt(prompt: str, rng: random.Random, width: int) -> str:
 
 def padded_operands(prompt: str, width: int) -> str:
     """An arithmetic prompt ``<a><op><b>=`` with both operands written with leading zeros to
-    ``width`` digits (``12+345=`` -> ``0012+0345=`` for width 4); any other text, or an
-    operand already longer, is left as it is. The form in which a model trained with
+    ``width`` digits (``12+345=`` -> ``0012+0345=`` for width 4); any other text, an
+    operand already longer, or width 0 (a model trained without padding) leaves it as it is. The form in which a model trained with
     ``prompt_zeros`` is evaluated and asked (``odin-infer``, the dashboard chat)."""
-    parts = _operands(prompt) if prompt.endswith("=") else None
+    parts = _operands(prompt) if width > 0 and prompt.endswith("=") else None
     if parts is None:
         return prompt
     left, symbol, right = parts

@@ -29,9 +29,9 @@ from odin.data.arithmetic import (
     ArithmeticConfig,
     count_distinct_problems,
     pad_answer,
+    padded_operands,
     sample_unique_examples,
     spaced_prompt,
-    padded_operands,
     zero_padded_prompt,
 )
 from odin.data.examples import Example

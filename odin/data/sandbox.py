@@ -211,8 +211,8 @@ def _with_values(expr, env, strings=False):
         return expr
     out, at, prev = [], 0, None
     for tok in tokens:
-        kind = type(env.get(tok.string))
-        if tok.type == tokenize.NAME and (kind is int or (strings and kind is str)) and prev != ".":
+        kind = type(env.get(tok.string)) if tok.type == tokenize.NAME else None
+        if (kind is int or (strings and kind is str)) and prev != ".":
             out.append(expr[at:tok.start[1]])
             out.append(str(env[tok.string]) if kind is int else repr(env[tok.string]))
             at = tok.end[1]

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from odin.blueprint import Blueprint, format_bytes
-from odin.data.arithmetic import prompt_width_of
 from odin.config import PRESETS, ConfigError, RunConfig, preset_config, preset_data_spec
+from odin.data.arithmetic import prompt_width_of
 from odin.spheres import N_SPHERES, default_threads
 from odin.tokenizers import CHAR_VOCAB_SIZE
 
