@@ -151,11 +151,17 @@ static odin_status check_heads(int B, int T, int C, int NH) {
     return ODIN_OK;
 }
 
-odin_status odin_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
-    PTR(out, "out"); PTR(att, "att"); PTR(qkv, "qkv");
+size_t odin_attention_scratch_floats(int T, int C, int NH) {
+    if (T <= 0 || C <= 0 || NH <= 0 || C % NH) return 0;
+    return odin_att_scratch_floats(T, C / NH);
+}
+
+odin_status odin_attention_forward(float *out, float *att, float *scratch, const float *qkv,
+                                   const float *slopes, int B, int T, int C, int NH) {
+    PTR(out, "out"); PTR(att, "att"); PTR(scratch, "scratch"); PTR(qkv, "qkv");
     odin_status s = check_heads(B, T, C, NH);
     if (s) return s;
-    odin_kern->attention_forward(out, att, qkv, B, T, C, NH);
+    odin_kern->attention_forward(out, att, scratch, qkv, slopes, B, T, C, NH);
     return ODIN_OK;
 }
 

@@ -22,6 +22,7 @@ struct odin_gpt {
     int V, maxT, L, NH, C;
     int n_abacus; /* digit-position embeddings (0 = none); wab is the last tensor */
     int no_wpe;   /* 1: wpe is frozen (kept at zero by the caller): no gradient */
+    float *alibi; /* [NH] ALiBi slopes, NULL = no attention bias */
     float eps;
     size_t n_params;
     int n_tensors;
@@ -85,7 +86,7 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
 
 void odin_gpt_free(odin_gpt *g) {
     if (!g) return;
-    free(g->params); free(g->grads); free(g->m); free(g->v); free(g->tensors);
+    free(g->params); free(g->grads); free(g->m); free(g->v); free(g->tensors); free(g->alibi);
     free(g);
 }
 
@@ -96,6 +97,19 @@ odin_status odin_gpt_set_learned_positions(odin_gpt *g, int enabled) {
     g->no_wpe = !enabled;
     return ODIN_OK;
 }
+odin_status odin_gpt_set_alibi(odin_gpt *g, int enabled) {
+    ODIN_REQUIRE_PTR(g, "model");
+    if (!enabled) {
+        free(g->alibi);
+        g->alibi = NULL;
+        return ODIN_OK;
+    }
+    if (!g->alibi && !(g->alibi = malloc(sizeof(float) * (size_t)g->NH)))
+        return odin_fail(ODIN_NO_MEMORY, "cannot allocate the ALiBi slopes");
+    for (int h = 0; h < g->NH; h++) g->alibi[h] = odin_alibi_slope(h, g->NH);
+    return ODIN_OK;
+}
+
 int odin_gpt_num_tensors(const odin_gpt *g) { return g ? g->n_tensors : 0; }
 float *odin_gpt_params(odin_gpt *g) { return g->params; }
 float *odin_gpt_grads(odin_gpt *g) { return g->grads; }
@@ -121,7 +135,8 @@ struct odin_gpt_ws {
     float *encoded;            /* [B,T,C] */
     layer_acts *layers;        /* L of them */
     float *lnf, *lnf_mean, *lnf_rstd, *logits, *losses, *lse;
-    /* backward scratch, shared by all layers (backward kernels accumulate: zeroed per use) */
+    /* backward scratch, shared by all layers (backward kernels accumulate: zeroed per use);
+     * att_scratch also serves the forward attention */
     float *dres, *dln, *dqkv, *datty, *dfch, *dfch_gelu, *dlogits, *att_scratch;
     const int32_t *tokens;     /* inputs of the last forward (caller-owned, must outlive backward) */
     const int32_t *ids;        /* Abacus ids of the last forward (NULL without Abacus) */
@@ -141,7 +156,7 @@ odin_status odin_gpt_ws_create(odin_gpt_ws **out, const odin_gpt *g, int B, int 
      * two (mean, rstd) pairs, and NH x T attention probabilities */
     const size_t per_layer = BT * (16 * C + 4) + NH * BT * T;
     const size_t total = BT * C + L * per_layer + BT * C + BT * 2 + BT * V + BT * 2 /* forward */
-                       + BT * 14 * C + BT * V + (size_t)T;                         /* backward */
+                       + BT * 14 * C + BT * V + odin_att_scratch_floats(T, (int)(C / NH)); /* backward */
     odin_gpt_ws *w = calloc(1, sizeof *w);
     if (!w) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the workspace");
     w->layers = calloc(L, sizeof *w->layers);
@@ -166,7 +181,7 @@ odin_status odin_gpt_ws_create(odin_gpt_ws **out, const odin_gpt *g, int B, int 
     TAKE(w->losses, BT); TAKE(w->lse, BT);
     TAKE(w->dres, BT * C); TAKE(w->dln, BT * C); TAKE(w->datty, BT * C); TAKE(w->dqkv, BT * 3 * C);
     TAKE(w->dfch, BT * 4 * C); TAKE(w->dfch_gelu, BT * 4 * C); TAKE(w->dlogits, BT * V);
-    TAKE(w->att_scratch, (size_t)T);
+    TAKE(w->att_scratch, odin_att_scratch_floats(T, (int)(C / NH)));
 #undef TAKE
     *out = w;
     return ODIN_OK;
@@ -248,7 +263,7 @@ odin_status odin_gpt_forward_ex(odin_gpt *g, odin_gpt_ws *w, const int32_t *toke
         float *P = g->params;
         k->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, res, view(g, P, T_LN1W, l), view(g, P, T_LN1B, l), M, C, g->eps);
         if (mm_fwd(a->qkv, a->ln1, view(g, P, T_QKVW, l), view(g, P, T_QKVB, l), M, C, 3 * C, 0)) goto oom;
-        k->attention_forward(a->atty, a->att, a->qkv, B, T, C, NH);
+        k->attention_forward(a->atty, a->att, w->att_scratch, a->qkv, g->alibi, B, T, C, NH);
         /* res2 = res + atty Wproj^T + b : the residual add is fused into the GEMM's accumulate */
         memcpy(a->res2, res, BT * C * sizeof(float));
         if (mm_fwd(a->res2, a->atty, view(g, P, T_PROJW, l), view(g, P, T_PROJB, l), M, C, C, 1)) goto oom;
@@ -407,6 +422,8 @@ odin_status odin_gpt_decode_ex(odin_gpt *g, odin_gpt_cache *c, const int32_t *to
             for (int h = 0; h < NH; h++) {
                 for (int t = 0; t < n; t++)
                     c->scores[t] = k->dot(q + h * hs, kc + (size_t)t * C + h * hs, hs) * scale;
+                if (g->alibi)
+                    for (int t = 0; t < n; t++) c->scores[t] += odin_alibi_bias(g->alibi[h], t, pos[b]);
                 k->softmax_forward(c->scores, c->scores, 1, n); /* in place: one row of n */
                 for (int t = 0; t < n; t++) k->axpy(o + h * hs, c->scores[t], vc + (size_t)t * C + h * hs, hs);
             }

@@ -93,9 +93,12 @@ odin_status odin_softmax_backward(float *dinp, const float *out, const float *do
 /* causal multi-head self-attention.
  * qkv[B,T,3C] holds q | k | v per token; head h uses columns h*hs .. (h+1)*hs-1 of each, hs = C/NH.
  * out[B,T,C]; att[B,NH,T,T] receives the softmax probabilities (upper triangle left 0).
- * backward: dqkv[B,T,3C] += ... ; scratch must hold T floats. */
-odin_status odin_attention_forward(float *out, float *att, const float *qkv,
-                                   int B, int T, int C, int NH);
+ * slopes[NH] (may be NULL): ALiBi, head h adds slopes[h] * (j - t) to query t's score of key j.
+ * backward: dqkv[B,T,3C] += ... (the same for either: it reads only att). Both take scratch
+ * of odin_attention_scratch_floats(T, C, NH) floats (contents on entry do not matter). */
+size_t odin_attention_scratch_floats(int T, int C, int NH);
+odin_status odin_attention_forward(float *out, float *att, float *scratch, const float *qkv,
+                                   const float *slopes, int B, int T, int C, int NH);
 odin_status odin_attention_backward(float *dqkv, float *scratch, const float *dout,
                                     const float *qkv, const float *att,
                                     int B, int T, int C, int NH);
@@ -180,6 +183,9 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
 /* enabled = 0: no learned absolute positions ("NoPE"): wpe gets no gradient, so a zeroed
  * wpe stays exactly zero (AdamW moves nothing with zero gradient, moments and weight). */
 odin_status odin_gpt_set_learned_positions(odin_gpt *model, int enabled);
+/* enabled = 1: ALiBi attention biases (head h: slope 2^(-8(h+1)/NH) times the key's distance
+ * back), in training and in decoding. Usually with learned positions off. */
+odin_status odin_gpt_set_alibi(odin_gpt *model, int enabled);
 void odin_gpt_free(odin_gpt *model);
 size_t odin_gpt_num_params(const odin_gpt *model);
 int odin_gpt_num_tensors(const odin_gpt *model);

@@ -117,6 +117,7 @@ def model_from_config(run_config: RunConfig | ModelConfig) -> "Model":
         n_abacus=config.abacus, digit_first=digit_first, sep_id=sep_id,
         abacus_next=config.abacus_answer == "next",
         learned_positions=config.positions == "learned",
+        alibi=config.positions == "alibi",
     ))
 
 

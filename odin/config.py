@@ -186,7 +186,7 @@ MODEL_RULES: dict[str, _Rule] = {
     "ln_eps": _Rule(float, 0.0, 1.0, low_open=True),
     "abacus": _Rule(int, 0, 4096),
     "abacus_answer": _Rule(str, choices=("place", "next")),
-    "positions": _Rule(str, choices=("learned", "none")),
+    "positions": _Rule(str, choices=("learned", "none", "alibi")),
     "d_ffn": _Rule(int, 0, 1 << 20),
 }
 
@@ -233,7 +233,8 @@ class ModelConfig:
     # which place an answer token's Abacus id names: "place", its own; "next", the place of the
     # digit it predicts (position coupling; odin/abacus.py). Only with abacus > 0.
     abacus_answer: str = "place"
-    # "learned": absolute position embeddings (wpe); "none": wpe held at zero (NoPE)
+    # "learned": absolute position embeddings (wpe); "none": wpe held at zero (NoPE);
+    # "alibi": wpe held at zero, each attention head biased towards near keys (ALiBi)
     positions: str = "learned"
     # width of the feed-forward (RWKV channel-mix) layer; 0 = 4 x d_model (GPT: always 4 x d_model)
     d_ffn: int = 0

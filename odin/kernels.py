@@ -226,13 +226,17 @@ def _attn_dims(qkv: Array, n_head: int) -> tuple[int, int, int]:
     return B, T, C
 
 
-def attention_forward(qkv: Array, n_head: int) -> tuple[Array, Array]:
-    """Causal multi-head attention. Returns (out[B,T,C], att[B,NH,T,T])."""
+def attention_forward(qkv: Array, n_head: int, slopes: Optional[Array] = None) -> tuple[Array, Array]:
+    """Causal multi-head attention, with ALiBi biases if `slopes[n_head]` is given.
+    Returns (out[B,T,C], att[B,NH,T,T])."""
     qkv = _f32(qkv, "qkv")
     B, T, C = _attn_dims(qkv, n_head)
+    slopes = None if slopes is None else _f32(slopes, "slopes", (n_head,))
     out = np.empty((B, T, C), np.float32)
     att = np.empty((B, n_head, T, T), np.float32)
-    check(lib.odin_attention_forward(_fp(out), _fp(att), _fp(qkv), B, T, C, n_head), "attention_forward")
+    scratch = np.empty(lib.odin_attention_scratch_floats(T, C, n_head), np.float32)
+    check(lib.odin_attention_forward(_fp(out), _fp(att), _fp(scratch), _fp(qkv), _fp(slopes), B, T, C, n_head),
+          "attention_forward")
     return out, att
 
 
@@ -243,7 +247,7 @@ def attention_backward(dout: Array, qkv: Array, att: Array, n_head: int,
     dout = _f32(dout, "dout", (B, T, C))
     att = _f32(att, "att", (B, n_head, T, T))
     dqkv = _grad(dqkv, "dqkv", (B, T, 3 * C))
-    scratch = np.empty(T, np.float32)
+    scratch = np.empty(lib.odin_attention_scratch_floats(T, C, n_head), np.float32)
     check(lib.odin_attention_backward(_fp(dqkv), _fp(scratch), _fp(dout), _fp(qkv), _fp(att), B, T, C, n_head),
           "attention_backward")
     return dqkv

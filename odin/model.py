@@ -30,6 +30,8 @@ class GPTShape:
     # False: no learned absolute positions (wpe held at zero), e.g. with Abacus for length
     # generalisation, where positions beyond the training lengths would be untrained
     learned_positions: bool = True
+    # True: ALiBi attention biases (odin_gpt_set_alibi), relative distances instead of positions
+    alibi: bool = False
 
 
 def _block_view(ptr, n: int) -> np.ndarray:
@@ -156,6 +158,7 @@ class GPT(NativeModel):
                                      shape.d_model, float(shape.ln_eps), shape.n_abacus), "GPT")
         self._attach(handle[0])
         check(lib.odin_gpt_set_learned_positions(self._h, int(shape.learned_positions)), "GPT")
+        check(lib.odin_gpt_set_alibi(self._h, int(shape.alibi)), "GPT")
 
     def init_weights(self, seed: int) -> None:
         """GPT-2 initialisation: N(0, 0.02) matrices and embeddings, residual projections

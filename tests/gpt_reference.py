@@ -33,8 +33,9 @@ def _gelu_grad(x):
 
 
 def forward_backward(p: dict[str, np.ndarray], tokens, targets, mask, n_layer: int, n_head: int,
-                     eps: float = 1e-5, ids=None):
-    """Returns (mean loss, grads dict) for float64 parameters p (names as in odin.model)."""
+                     eps: float = 1e-5, ids=None, alibi: bool = False):
+    """Returns (mean loss, grads dict) for float64 parameters p (names as in odin.model);
+    alibi: each head's scores get slope_h * (j - t), slope_h = 2^(-8 (h+1) / n_head)."""
     B, T = tokens.shape
     wte, wpe = p["wte"], p["wpe"]
     V, C = wte.shape
@@ -44,6 +45,8 @@ def forward_backward(p: dict[str, np.ndarray], tokens, targets, mask, n_layer: i
         x = x + p["wab"][ids]
     caches = []
     causal = np.tril(np.ones((T, T), bool))
+    slopes = 2.0 ** (-8.0 * np.arange(1, n_head + 1) / n_head)
+    bias = slopes[:, None, None] * (np.arange(T)[None, :] - np.arange(T)[:, None])[None] if alibi else 0.0
     for l in range(n_layer):
         g = lambda k: p[f"h.{l}.{k}"]
         ln1, c_ln1 = _ln_fwd(x, g("ln1_w"), g("ln1_b"), eps)
@@ -52,7 +55,7 @@ def forward_backward(p: dict[str, np.ndarray], tokens, targets, mask, n_layer: i
         q = q.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)
         k = k.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)
         v = v.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)
-        s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hs)
+        s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hs) + bias
         s = np.where(causal, s, -np.inf)
         a = np.exp(s - s.max(-1, keepdims=True))
         a = a / a.sum(-1, keepdims=True)
@@ -125,5 +128,5 @@ def forward_backward(p: dict[str, np.ndarray], tokens, targets, mask, n_layer: i
     return loss, G, logits
 
 
-def loss_only(p, tokens, targets, mask, n_layer, n_head, eps=1e-5, ids=None) -> float:
-    return forward_backward(p, tokens, targets, mask, n_layer, n_head, eps, ids)[0]
+def loss_only(p, tokens, targets, mask, n_layer, n_head, eps=1e-5, ids=None, alibi=False) -> float:
+    return forward_backward(p, tokens, targets, mask, n_layer, n_head, eps, ids, alibi)[0]

@@ -113,14 +113,28 @@ def softmax_backward(dout, x):
     return y * (dout - (dout * y).sum(axis=-1, keepdims=True))
 
 
-def attention(qkv, n_head):
-    """Causal multi-head attention: returns out[B,T,C], att[B,NH,T,T] (0 above the diagonal)."""
+def alibi_slopes(n_head):
+    """ALiBi's geometric head slopes 2^(-8 (h+1) / NH)."""
+    return 2.0 ** (-8.0 * np.arange(1, n_head + 1) / n_head)
+
+
+def alibi_bias(T, slopes):
+    """[NH, T, T]: slope_h * (j - t) for query t, key j."""
+    dist = np.arange(T)[None, :] - np.arange(T)[:, None]
+    return f64(slopes)[:, None, None] * dist[None]
+
+
+def attention(qkv, n_head, slopes=None):
+    """Causal multi-head attention: returns out[B,T,C], att[B,NH,T,T] (0 above the diagonal);
+    slopes[NH]: ALiBi biases."""
     qkv = f64(qkv)
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
     q, k, v = (qkv[:, :, i * C:(i + 1) * C].reshape(B, T, n_head, hs).transpose(0, 2, 1, 3) for i in range(3))
     s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hs)
+    if slopes is not None:
+        s = s + alibi_bias(T, slopes)[None]
     causal = np.tril(np.ones((T, T), dtype=bool))
     s = np.where(causal, s, -np.inf)
     att = softmax(s)
@@ -129,14 +143,14 @@ def attention(qkv, n_head):
     return out, att
 
 
-def attention_backward(dout, qkv, n_head):
+def attention_backward(dout, qkv, n_head, slopes=None):
     qkv, dout = f64(qkv), f64(dout)
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
     split = lambda a: a.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)  # noqa: E731
     q, k, v = (split(qkv[:, :, i * C:(i + 1) * C]) for i in range(3))
-    _, att = attention(qkv, n_head)
+    _, att = attention(qkv, n_head, slopes)
     dy = split(dout)
     dv = att.transpose(0, 1, 3, 2) @ dy
     datt = dy @ v.transpose(0, 1, 3, 2)

@@ -107,6 +107,7 @@ SHAPE_CASES = {
     "softmax_backward dout shape": (lambda: K.softmax_backward(z(2, 4), z(2, 3)), "dout"),
     "attention qkv not 3C": (lambda: K.attention_forward(z(1, 2, 13), 1), "qkv"),
     "attention qkv 2-D": (lambda: K.attention_forward(z(2, 12), 2), "qkv"),
+    "attention slopes not one per head": (lambda: K.attention_forward(z(1, 2, 12), 2, z(3)), "slopes"),
     "attention_backward att shape": (lambda: K.attention_backward(z(1, 2, 4), z(1, 2, 12), z(1, 2, 2, 2), 1), "att"),
     "embedding wpe columns": (lambda: K.embedding_forward(z(1, 2, dtype=np.int32), z(5, 4), z(8, 3)), "wpe"),
     "embedding tokens 1-D": (lambda: K.embedding_forward(z(2, dtype=np.int32), z(5, 4), z(8, 4)), "tokens"),
@@ -289,7 +290,7 @@ def test_c_api_sizes_and_values():
     with pytest.raises(ShapeError, match="ldc"):
         check(lib.odin_sgemm(4, 4, 4, _p(a), 4, 1, _p(a), 4, 1, 0.0, _p(a), 3), "sgemm")
     with pytest.raises(ShapeError, match="NH"):
-        check(lib.odin_attention_forward(_p(a), _p(a), _p(a), 1, 1, 4, 3), "attention_forward")
+        check(lib.odin_attention_forward(_p(a), _p(a), _p(a), _p(a), ffi.NULL, 1, 1, 4, 3), "attention_forward")
     with pytest.raises(ShapeError, match="n must be > 0"):
         check(lib.odin_vexp(_p(a), _p(a), 0), "vexp")
 

@@ -85,6 +85,26 @@ def test_round_trip_params_moments_state(tmp_path):
     np.testing.assert_array_equal(loaded.model.logits(), model.logits())
 
 
+def test_alibi_model_round_trip(tmp_path):
+    """positions = "alibi" builds a model with the attention biases, and a checkpoint of it
+    reloads as one: the same logits, unlike the same weights without the biases."""
+    config = _config(positions="alibi")
+    model = model_from_config(config)
+    model.params[...] = np.random.default_rng(0).normal(0, 0.3, model.n_params)
+    assert model.shape.alibi and not model.shape.learned_positions
+    save_model_checkpoint(tmp_path / "ckpt", model, TOKENIZER, config, step=1, trainer_state=STATE)
+    loaded = load_model_checkpoint(tmp_path / "ckpt")
+    assert loaded.run_config.model.positions == "alibi" and loaded.model.shape.alibi
+    tokens = np.array([[1, 3, 4, 5, 6, 7, 8, 2]], np.int32)
+    model.forward(tokens)
+    loaded.model.forward(tokens)
+    np.testing.assert_array_equal(loaded.model.logits(), model.logits())
+    plain = model_from_config(_config(positions="none"))
+    plain.params[...] = model.params
+    plain.forward(tokens)
+    assert np.abs(plain.logits() - model.logits()).max() > 1e-2 * np.abs(model.logits()).max()
+
+
 def test_load_without_optimizer_keeps_step_and_state(tmp_path):
     config = _config()
     save_model_checkpoint(tmp_path / "ckpt", _model(config), TOKENIZER, config, step=5, trainer_state=STATE)

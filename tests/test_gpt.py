@@ -10,6 +10,9 @@ from odin.model import GPT, GPTShape, Sampler, stream_tokens
 import gpt_reference as ref
 
 TINY = GPTShape(vocab_size=11, context=9, n_layer=2, n_head=2, d_model=12)
+# ALiBi instead of learned positions (wpe stays zero and gets no gradient); 3 heads: slopes
+# that are not powers of two
+ALIBI = GPTShape(vocab_size=11, context=9, n_layer=2, n_head=3, d_model=12, learned_positions=False, alibi=True)
 
 
 def _model(shape: GPTShape = TINY, seed: int = 1, jitter: float = 0.1) -> GPT:
@@ -17,8 +20,9 @@ def _model(shape: GPTShape = TINY, seed: int = 1, jitter: float = 0.1) -> GPT:
     m.init_weights(seed)
     # the GPT-2 init makes most gradients tiny; jitter so every tensor matters
     rng = np.random.default_rng(seed + 100)
-    for arr in m.named_params().values():
-        arr += rng.normal(0, jitter, arr.shape).astype(np.float32)
+    for name, arr in m.named_params().items():
+        if name != "wpe" or shape.learned_positions:
+            arr += rng.normal(0, jitter, arr.shape).astype(np.float32)
     return m
 
 
@@ -47,12 +51,16 @@ def test_parameter_layout_matches_blueprint():
     assert m.params[off] == 123.0
 
 
+@pytest.mark.parametrize("shape", [TINY, ALIBI], ids=["learned", "alibi"])
 @pytest.mark.parametrize("B,T", [(1, 1), (3, 7), (2, 9)])
-def test_loss_and_every_gradient_match_float64_reference(isa, B, T):
-    m = _model()
-    tok, tgt, mask = _batch(TINY, B, T, seed=B * 10 + T)
+def test_loss_and_every_gradient_match_float64_reference(isa, B, T, shape):
+    m = _model(shape)
+    tok, tgt, mask = _batch(shape, B, T, seed=B * 10 + T)
     p64 = {k: v.astype(np.float64) for k, v in m.named_params().items()}
-    loss_ref, grads_ref, logits_ref = ref.forward_backward(p64, tok, tgt, mask, TINY.n_layer, TINY.n_head)
+    loss_ref, grads_ref, logits_ref = ref.forward_backward(p64, tok, tgt, mask, shape.n_layer, shape.n_head,
+                                                           alibi=shape.alibi)
+    if not shape.learned_positions:  # frozen: the C model gives wpe no gradient
+        grads_ref["wpe"][...] = 0.0
     m.zero_grad()
     loss = m.forward(tok, tgt, mask)
     m.backward()
@@ -128,9 +136,10 @@ def test_backward_accumulates_and_zero_count_is_zero_gradient():
     assert not m.grads.any()
 
 
-def test_kv_cache_logits_equal_full_forward(isa):
-    m = _model()
-    tok, _, _ = _batch(TINY, 2, 9, seed=7)
+@pytest.mark.parametrize("shape", [TINY, ALIBI], ids=["learned", "alibi"])
+def test_kv_cache_logits_equal_full_forward(isa, shape):
+    m = _model(shape)
+    tok, _, _ = _batch(shape, 2, 9, seed=7)
     m.forward(tok)
     full = m.logits()
     cache = m.new_cache(2)

@@ -289,7 +289,8 @@ def test_reference_softmax_backward_vs_finite_differences(rng):
 
 
 # ====================================================================== attention
-ATTN_SHAPES = [(1, 1, 3, 1), (1, 3, 7, 7), (2, 7, 17, 1), (1, 17, 33, 3), (2, 33, 12, 4), (2, 64, 128, 4)]
+ATTN_SHAPES = [(1, 1, 3, 1), (1, 3, 7, 7), (2, 7, 17, 1), (1, 17, 33, 3), (2, 33, 12, 4), (2, 64, 128, 4),
+               (1, 131, 20, 2)]
 
 
 def _attention_backward_scale(qkv, dout, NH):
@@ -336,11 +337,25 @@ def test_attention_backward_directional(isa, rng, B, T, C, NH):
                       rng, eps=1e-3, what="attention")
 
 
-def test_reference_attention_backward_vs_finite_differences(rng):
+@pytest.mark.parametrize("B,T,C,NH", [(1, 7, 12, 3), (1, 131, 20, 2)])
+def test_attention_backward_directional_alibi(isa, rng, B, T, C, NH):
+    """ALiBi biases are constants: the backward of the biased forward reads only its att."""
+    slopes = R.alibi_slopes(NH).astype(np.float32)
+    qkv = randn(rng, B, T, 3 * C)
+    Rw = rng.standard_normal((B, T, C))
+    _, att = K.attention_forward(qkv, NH, slopes)
+    g = K.attention_backward(Rw.astype(np.float32), qkv, att, NH)
+    directional_check(lambda v: L(K.attention_forward(v, NH, slopes)[0], Rw), qkv, g,
+                      R.attention_backward(Rw, qkv, NH, slopes), rng, eps=1e-3, what="attention alibi")
+
+
+@pytest.mark.parametrize("alibi", [False, True])
+def test_reference_attention_backward_vs_finite_differences(rng, alibi):
     B, T, C, NH = 2, 4, 6, 2
+    slopes = R.alibi_slopes(NH) if alibi else None
     qkv, Rw = rng.standard_normal((B, T, 3 * C)), rng.standard_normal((B, T, C))
-    num = R.numerical_grad(lambda v: np.sum(R.attention(v, NH)[0] * Rw), qkv)
-    np.testing.assert_allclose(R.attention_backward(Rw, qkv, NH), num, rtol=1e-6, atol=1e-8)
+    num = R.numerical_grad(lambda v: np.sum(R.attention(v, NH, slopes)[0] * Rw), qkv)
+    np.testing.assert_allclose(R.attention_backward(Rw, qkv, NH, slopes), num, rtol=1e-6, atol=1e-8)
 
 
 def test_attention_backward_future_tokens_get_no_gradient_from_the_past(isa, rng):

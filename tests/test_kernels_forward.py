@@ -214,11 +214,13 @@ def test_softmax_large_logits(isa, rng):
 ATTN_SHAPES = [  # (B, T, C, NH)
     (1, 1, 3, 1), (1, 3, 7, 7), (2, 7, 17, 1), (1, 17, 33, 3), (2, 33, 12, 4),
     (2, 64, 128, 4),   # realistic
+    (1, 131, 20, 2),   # several blocks of four key vectors and a tail in every ISA
 ]
 
 
-def _attention_bounds(qkv, NH, att_ref):
-    """Error scales for att and out (see module docstring for the reasoning)."""
+def _attention_bounds(qkv, NH, att_ref, bias=0.0):
+    """Error scales for att and out (see module docstring for the reasoning); bias: the
+    largest |ALiBi bias| added to a score."""
     q64 = R.f64(qkv)
     B, T, C3 = q64.shape
     C = C3 // 3
@@ -227,7 +229,7 @@ def _attention_bounds(qkv, NH, att_ref):
     q, k, v = split(q64[:, :, :C]), split(q64[:, :, C:2 * C]), split(q64[:, :, 2 * C:])
     # |score| errors: a dot product of hs terms -> sqrt(hs) eps (|q|.|k|)/sqrt(hs)
     smag = (q @ k.transpose(0, 1, 3, 2)) / np.sqrt(hs)
-    smag = np.where(np.tril(np.ones((T, T), bool)), smag, 0.0).max(axis=-1, keepdims=True)
+    smag = np.where(np.tril(np.ones((T, T), bool)), smag, 0.0).max(axis=-1, keepdims=True) + bias
     # softmax: dp_i = p_i (ds_i - sum_j p_j ds_j) -> |dp_i| <= 2 p_i max|ds| (+ exp/sum rounding)
     att_scale = att_ref * (1.0 + 2.0 * smag)
     att_tol = 4.0 * (np.sqrt(hs) + np.sqrt(T) + 2) * EPS
@@ -249,6 +251,22 @@ def test_attention_forward(isa, rng, B, T, C, NH):
     att_scale, att_tol, out_scale, out_tol = _attention_bounds(qkv, NH, ref_att)
     assert_close(att, ref_att, scale=att_scale, tol=att_tol, what=f"att {isa} {(B, T, C, NH)}")
     assert_close(out, ref_out, scale=out_scale, tol=out_tol, what=f"attention out {isa} {(B, T, C, NH)}")
+
+
+@pytest.mark.parametrize("B,T,C,NH", [(1, 1, 3, 1), (1, 17, 33, 3), (2, 64, 128, 4), (1, 131, 20, 2)])
+def test_attention_forward_alibi(isa, rng, B, T, C, NH):
+    qkv = randn(rng, B, T, 3 * C)
+    slopes = R.alibi_slopes(NH).astype(np.float32)
+    out, att = K.attention_forward(qkv, NH, slopes)
+    ref_out, ref_att = R.attention(qkv, NH, slopes)
+    att_scale, att_tol, out_scale, out_tol = _attention_bounds(qkv, NH, ref_att, bias=float(slopes.max()) * T)
+    assert_close(att, ref_att, scale=att_scale, tol=att_tol, what=f"alibi att {isa} {(B, T, C, NH)}")
+    assert_close(out, ref_out, scale=out_scale, tol=out_tol, what=f"alibi out {isa} {(B, T, C, NH)}")
+    if T > 1:  # the bias moves weight towards near keys: not the unbiased probabilities
+        plain = K.attention_forward(qkv, NH)[1]
+        assert np.abs(att - plain).max() > 1e-2
+        near = np.arange(T)[:, None] - np.arange(T)[None, :] == 0
+        assert att[..., near].mean() > plain[..., near].mean()
 
 
 def test_attention_first_token_copies_v(isa, rng):

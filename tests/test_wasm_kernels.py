@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from odin.native import lib
 from wasm_support import native_run, wasm_path
 
 ELEMENTWISE, ROWWISE, GEMM = 1e-6, 2e-6, 4e-6
@@ -135,13 +136,16 @@ def test_softmax(rt, rng, N, C):
     compare(rt, "odin_softmax_backward", [f32(rng, N, C), out, f32(rng, N, C), N, C], [0], ROWWISE)
 
 
-@pytest.mark.parametrize("B,T,C,NH", [(2, 7, 24, 4), (1, 16, 36, 3)])
-def test_attention(rt, rng, B, T, C, NH):
+@pytest.mark.parametrize("B,T,C,NH", [(2, 7, 24, 4), (1, 16, 36, 3), (1, 70, 20, 2)])
+@pytest.mark.parametrize("alibi", [False, True])
+def test_attention(rt, rng, B, T, C, NH, alibi):
     qkv = f32(rng, B, T, 3 * C)
     out, att = np.zeros((B, T, C), np.float32), np.zeros((B, NH, T, T), np.float32)
-    compare(rt, "odin_attention_forward", [out, att, qkv, B, T, C, NH], [0, 1], ROWWISE)
-    native_run("odin_attention_forward", out, att, qkv, B, T, C, NH)
-    args = [f32(rng, B, T, 3 * C), np.zeros(T, np.float32), f32(rng, B, T, C), qkv, att, B, T, C, NH]
+    scratch = np.zeros(lib.odin_attention_scratch_floats(T, C, NH), np.float32)
+    slopes = (2.0 ** (-8.0 * np.arange(1, NH + 1) / NH)).astype(np.float32) if alibi else None
+    compare(rt, "odin_attention_forward", [out, att, scratch, qkv, slopes, B, T, C, NH], [0, 1], ROWWISE)
+    native_run("odin_attention_forward", out, att, scratch, qkv, slopes, B, T, C, NH)
+    args = [f32(rng, B, T, 3 * C), scratch, f32(rng, B, T, C), qkv, att, B, T, C, NH]
     compare(rt, "odin_attention_backward", args, [0], ROWWISE)
 
 
@@ -198,6 +202,6 @@ def test_errors_match_native(rt, rng):
     assert was.value.status_name == "BAD_ARG"
     with pytest.raises(WasmOdinError, match="C \\(10\\) must be divisible by NH \\(3\\)"):
         rt.run("odin_attention_forward", np.zeros(30, np.float32), np.zeros(9, np.float32),
-               np.zeros(90, np.float32), 1, 3, 10, 3)
+               np.zeros(64, np.float32), np.zeros(90, np.float32), None, 1, 3, 10, 3)
     with pytest.raises(WasmOdinError, match="unknown ISA 'avx512'"):
         rt.set_isa("avx512")

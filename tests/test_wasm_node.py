@@ -213,6 +213,47 @@ def test_abacus_and_no_positions_model(abacus_answer, tmp_path, tmp_path_factory
     assert got["train"][0]["loss"] == pytest.approx(loss, rel=1e-5, abs=2e-6)
 
 
+def test_alibi_model(tmp_path, tmp_path_factory):
+    """A model with ALiBi attention biases and no learned positions: the page sets the same
+    biases (odin_gpt_set_alibi), so greedy tokens and a training loss match the native model."""
+    from odin.checkpoint import model_from_config, save_model_checkpoint
+    from odin.config import ModelConfig, RunConfig, TrainConfig
+    from odin.data.arithmetic import ArithmeticConfig, sample_unique_examples
+    from odin.data.batching import encode_examples, make_batch
+    from odin.tokenizers import CharTokenizer
+    from odin.web.export import export_web
+
+    wasm = wasm_path("simd128", tmp_path_factory, need_wasmtime=False)
+    tok = CharTokenizer()
+    config = RunConfig(model=ModelConfig(n_layer=2, d_model=48, n_head=4, context=20, positions="alibi"),
+                       train=TrainConfig(lr=3e-3, weight_decay=0.0))
+    model = model_from_config(config)
+    model.init_weights(5)
+    examples = sample_unique_examples(ArithmeticConfig(ops=("add",), max_digits=2), 64, seed=6)
+    enc = encode_examples(examples, tok)
+    rng = np.random.default_rng(2)
+    for step in range(1, 101):
+        tokens, mask = make_batch(enc, rng.integers(0, len(examples), 32), 10)
+        model.zero_grad()
+        model.forward(tokens[:, :-1], tokens[:, 1:], mask)
+        model.backward()
+        model.adamw_step(lr=3e-3, step=step)
+    save_model_checkpoint(tmp_path / "ckpt", model, tok, config, step=100, trainer_state={})
+    export_web(tmp_path / "ckpt", tmp_path / "web", examples=0)
+    prompts = [e.prompt for e in examples[:10]]
+    spec = {"runtime": str(ROOT / "web" / "odin.js"), "wasm_dir": str(wasm.parent), "variant": "simd128",
+            "model_dir": str(tmp_path / "web"), "prompts": prompts, "max_new": 5,
+            "train_examples": [{"prompt": e.prompt, "answer": e.answer} for e in examples[10:14]],
+            "train_steps": 1, "train_options": {"lr": 0.0}}
+    got = run_node(spec, tmp_path)
+    expected = model.generate_greedy([[tok.bos_id, *tok.encode(p)] for p in prompts], max_new=5, end_id=tok.end_id)
+    assert got["greedy"] == expected
+    tokens = np.array(got["batch"]["tokens"], np.int32).reshape(got["batch"]["B"], -1)
+    mask = np.array(got["batch"]["mask"], np.uint8).reshape(got["batch"]["B"], -1)
+    assert got["train"][0]["loss"] == pytest.approx(model.forward(tokens[:, :-1], tokens[:, 1:], mask),
+                                                    rel=1e-5, abs=2e-6)
+
+
 @pytest.fixture(scope="module")
 def rwkv_export_dir(tmp_path_factory):
     from odin.checkpoint import save_model_checkpoint

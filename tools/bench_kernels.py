@@ -321,11 +321,15 @@ def _kernel_cases(quick: bool) -> List[Tuple[str, str, Callable[[], object]]]:
     att = np.zeros((B, NH, T, T), f32)
     ad = rng.standard_normal((B, T, AC), dtype=f32)
     dqkv = np.zeros((B, T, 3 * AC), f32)
-    scratch = np.empty(T, f32)
-    lib.odin_attention_forward(_fp(aout), _fp(att), _fp(qkv), B, T, AC, NH)
+    scratch = np.empty(lib.odin_attention_scratch_floats(T, AC, NH), f32)
+    slopes = (2.0 ** (-8.0 * np.arange(1, NH + 1) / NH)).astype(f32)
+    lib.odin_attention_forward(_fp(aout), _fp(att), _fp(scratch), _fp(qkv), ffi.NULL, B, T, AC, NH)
     size = f"B={B} T={T} C={AC} NH={NH}"
     cases += [
-        ("attention forward", size, lambda: lib.odin_attention_forward(_fp(aout), _fp(att), _fp(qkv), B, T, AC, NH)),
+        ("attention forward", size,
+         lambda: lib.odin_attention_forward(_fp(aout), _fp(att), _fp(scratch), _fp(qkv), ffi.NULL, B, T, AC, NH)),
+        ("attention forward ALiBi", size,
+         lambda: lib.odin_attention_forward(_fp(aout), _fp(att), _fp(scratch), _fp(qkv), _fp(slopes), B, T, AC, NH)),
         ("attention backward", size,
          lambda: lib.odin_attention_backward(_fp(dqkv), _fp(scratch), _fp(ad), _fp(qkv), _fp(att), B, T, AC, NH)),
     ]

@@ -44,6 +44,7 @@ def cases() -> list[dict]:
     n = 1 << 18
     R, C = 512, 128
     B, T, Ca, NH = 4, 32, 128, 4
+    scratch = ((T + 15) // 16 * 16) * (4 * (Ca // NH) + 1)  # odin_attention_scratch_floats
     V = 1024
     f = lambda k: {"f32": k}  # noqa: E731
     return [
@@ -61,9 +62,9 @@ def cases() -> list[dict]:
         {"label": "softmax fwd 512x1024", "fn": "odin_softmax_forward", "args": [f(R * V), f(R * V), R, V]},
         {"label": "softmax bwd 512x1024", "fn": "odin_softmax_backward", "args": [f(R * V), f(R * V), f(R * V), R, V]},
         {"label": "attention fwd B4 T32 C128 H4", "fn": "odin_attention_forward",
-         "args": [f(B * T * Ca), f(B * NH * T * T), f(B * T * 3 * Ca), B, T, Ca, NH]},
+         "args": [f(B * T * Ca), f(B * NH * T * T), f(scratch), f(B * T * 3 * Ca), None, B, T, Ca, NH]},
         {"label": "attention bwd B4 T32 C128 H4", "fn": "odin_attention_backward",
-         "args": [f(B * T * 3 * Ca), f(T), f(B * T * Ca), f(B * T * 3 * Ca), f(B * NH * T * T), B, T, Ca, NH]},
+         "args": [f(B * T * 3 * Ca), f(scratch), f(B * T * Ca), f(B * T * 3 * Ca), f(B * NH * T * T), B, T, Ca, NH]},
         {"label": "cross-entropy fwd 512x1024", "fn": "odin_crossentropy_forward",
          "args": [f(1), f(R), f(R), f(R * V), {"i32": [R, V]}, None, R, V]},
         {"label": "cross-entropy bwd 512x1024", "fn": "odin_crossentropy_backward",

@@ -545,9 +545,14 @@ const GPT = {
       : x.odin_gpt_create(out, c.vocab_size, c.context, c.n_layer, c.n_head, c.d_model, eps);
   },
   setup(m) {
-    if ((m.config.positions ?? 'learned') === 'learned') return;
-    if (!m.odin.x.odin_gpt_set_learned_positions) throw new OdinError('this wasm module has no odin_gpt_set_learned_positions', 5);
+    const positions = m.config.positions ?? 'learned';
+    if (positions === 'learned') return;
+    if (positions !== 'none' && positions !== 'alibi') throw new OdinError(`unknown positions '${positions}'`, 2);
+    for (const fn of positions === 'alibi' ? ['odin_gpt_set_learned_positions', 'odin_gpt_set_alibi'] : ['odin_gpt_set_learned_positions']) {
+      if (!m.odin.x[fn]) throw new OdinError(`this wasm module has no ${fn}`, 5);
+    }
     m.odin.check(m.odin.x.odin_gpt_set_learned_positions(m.h, 0), 'odin_gpt_set_learned_positions');
+    if (positions === 'alibi') m.odin.check(m.odin.x.odin_gpt_set_alibi(m.h, 1), 'odin_gpt_set_alibi');
   },
   decode(m, token, pos, abacusId) {
     const { odin } = m, x = odin.x, b = m.genBuf;
@@ -566,7 +571,8 @@ const GPT = {
   workspaceFloats(c, batch, seq) {
     const BT = batch * seq, C = c.d_model, V = c.vocab_size;
     const perLayer = BT * (16 * C + 4) + c.n_head * BT * seq;
-    return BT * C + c.n_layer * perLayer + BT * C + 4 * BT + BT * V + BT * 14 * C + BT * V + seq;
+    const attScratch = ((seq + 15) & ~15) * (4 * (C / c.n_head) + 1); // odin_att_scratch_floats
+    return BT * C + c.n_layer * perLayer + BT * C + 4 * BT + BT * V + BT * 14 * C + BT * V + attScratch;
   },
   generationFloats(c, B) { // KV cache of the whole context + decode scratch
     const C = c.d_model;

@@ -349,62 +349,159 @@ static void K(softmax_backward)(float *dinp, const float *out, const float *dout
 /* ------------------------------------------------------------------------------
  * Causal multi-head self-attention
  * qkv[B,T,3C] -> out[B,T,C], att[B,NH,T,T] (probabilities; entries t2 > t are 0)
+ * scratch: odin_att_scratch_floats(T, C/NH) floats; slopes[NH] or NULL: ALiBi, head h's
+ * score of key j for query t gets slopes[h] * (j - t) added before the softmax
+ *
+ * Per head, keys (forward) and values (backward) are first transposed into a [hs, Tp]
+ * panel, so a query's scores against VL keys at once are hs broadcast FMAs with no
+ * horizontal sums; the key and value gradients gather in transposed panels the same way
+ * and are added to dqkv once per head. Outputs and query gradients are weighted sums of
+ * rows, accumulated in registers over the keys, from a dense copy of the head's values
+ * (forward) or keys (backward): read in place, each row is its own cache line 3C floats
+ * from the next, and the loads stall.
  * --------------------------------------------------------------------------- */
-static void K(attention_forward)(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
-    const int hs = C / NH, C3 = 3 * C;
-    const float scale = 1.0f / sqrtf((float)hs);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++) {
-                const float *q = qkv + ((size_t)b * T + t) * C3 + h * hs;
-                float *a = att + (((size_t)b * NH + h) * T + t) * T;
-                float mx = -INFINITY;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float *k = qkv + ((size_t)b * T + t2) * C3 + C + h * hs;
-                    float s = K(dot)(q, k, hs) * scale;
-                    a[t2] = s;
-                    if (s > mx) mx = s;
-                }
-                float sum = K(exp_shifted)(a, a, t + 1, mx);
-                K(scale_row)(a, t + 1, 1.0f / sum);
-                if (t + 1 < T) memset(a + t + 1, 0, sizeof(float) * (size_t)(T - t - 1));
-                float *o = out + ((size_t)b * T + t) * C + h * hs;
-                memset(o, 0, sizeof(float) * (size_t)hs);
-                for (int t2 = 0; t2 <= t; t2++)
-                    K(axpy)(o, a[t2], qkv + ((size_t)b * T + t2) * C3 + 2 * C + h * hs, hs);
-            }
+/* pan[d*Tp + t] = src[t*ld + d] for d < hs, t < T; columns T..Tp-1 zero */
+static void K(head_transpose)(float *pan, const float *src, int ld, int T, int hs, int Tp) {
+    for (int d = 0; d < hs; d++) {
+        float *row = pan + (size_t)d * Tp;
+        for (int t = 0; t < T; t++) row[t] = src[(size_t)t * ld + d];
+        for (int t = T; t < Tp; t++) row[t] = 0.0f;
+    }
 }
 
-/* dqkv[B,T,3C] += d/dqkv of the above; scratch[T] */
+/* rows[t*hs + d] = src[t*ld + d] */
+static void K(head_rows)(float *rows, const float *src, int ld, int T, int hs) {
+    for (int t = 0; t < T; t++) memcpy(rows + (size_t)t * hs, src + (size_t)t * ld, sizeof(float) * (size_t)hs);
+}
+
+/* dst[t*ld + d] += pan[d*Tp + t] */
+static void K(head_untranspose_add)(float *dst, int ld, const float *pan, int T, int hs, int Tp) {
+    for (int t = 0; t < T; t++) {
+        float *row = dst + (size_t)t * ld;
+        for (int d = 0; d < hs; d++) row[d] += pan[(size_t)d * Tp + t];
+    }
+}
+
+/* s[j] = scale * <x, column j of pan[hs, Tp]> for j < n (four key blocks in flight so
+ * the FMA chains overlap); lanes up to the next multiple of VL below Tp are computed and
+ * dropped */
+static void K(head_scores)(float *s, const float *x, const float *pan, int n, int hs, int Tp, float scale) {
+    const vf vs = vset1(scale);
+    int j = 0;
+    for (; j + 4 * VL <= n; j += 4 * VL) {
+        vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+        for (int d = 0; d < hs; d++) {
+            const float *p = pan + (size_t)d * Tp + j;
+            vf xd = vset1(x[d]);
+            a0 = vfma(xd, vload(p), a0);
+            a1 = vfma(xd, vload(p + VL), a1);
+            a2 = vfma(xd, vload(p + 2 * VL), a2);
+            a3 = vfma(xd, vload(p + 3 * VL), a3);
+        }
+        vstore(s + j, vmul(a0, vs));
+        vstore(s + j + VL, vmul(a1, vs));
+        vstore(s + j + 2 * VL, vmul(a2, vs));
+        vstore(s + j + 3 * VL, vmul(a3, vs));
+    }
+    for (; j < n; j += VL) {
+        vf a0 = vzero();
+        for (int d = 0; d < hs; d++) a0 = vfma(vset1(x[d]), vload(pan + (size_t)d * Tp + j), a0);
+        if (j + VL <= n) vstore(s + j, vmul(a0, vs));
+        else vstore_n(s + j, vmul(a0, vs), n - j);
+    }
+}
+
+/* o[hs] (+)= sum_{j<n} w[j] rows[j*ld .. +hs]; four partial sums per vector of o */
+static void K(head_mix)(float *o, const float *w, const float *rows, int ld, int n, int hs, int accumulate) {
+    for (int c = 0; c < hs; c += VL) {
+        const int m = hs - c < VL ? hs - c : VL;
+        vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+        const float *r = rows + c;
+        int j = 0;
+        if (m == VL) {
+            for (; j + 4 <= n; j += 4, r += 4 * (size_t)ld) {
+                a0 = vfma(vset1(w[j]), vload(r), a0);
+                a1 = vfma(vset1(w[j + 1]), vload(r + ld), a1);
+                a2 = vfma(vset1(w[j + 2]), vload(r + 2 * (size_t)ld), a2);
+                a3 = vfma(vset1(w[j + 3]), vload(r + 3 * (size_t)ld), a3);
+            }
+            for (; j < n; j++, r += ld) a0 = vfma(vset1(w[j]), vload(r), a0);
+        } else {
+            for (; j < n; j++, r += ld) a0 = vfma(vset1(w[j]), vload_n(r, m, 0.0f), a0);
+        }
+        vf sum = vadd(vadd(a0, a1), vadd(a2, a3));
+        if (m == VL) vstore(o + c, accumulate ? vadd(vload(o + c), sum) : sum);
+        else vstore_n(o + c, accumulate ? vadd(vload_n(o + c, m, 0.0f), sum) : sum, m);
+    }
+}
+
+/* pan[d*Tp + j] += x[d] * y[j] for d < hs, j < n */
+static void K(head_outer)(float *pan, const float *x, const float *y, int n, int hs, int Tp) {
+    for (int d = 0; d < hs; d++) {
+        float *p = pan + (size_t)d * Tp;
+        vf xd = vset1(x[d]);
+        int j = 0;
+        for (; j + VL <= n; j += VL) vstore(p + j, vfma(xd, vload(y + j), vload(p + j)));
+        if (j < n) vstore_n(p + j, vfma(xd, vload_n(y + j, n - j, 0.0f), vload_n(p + j, n - j, 0.0f)), n - j);
+    }
+}
+
+static void K(attention_forward)(float *out, float *att, float *scratch, const float *qkv,
+                                 const float *slopes, int B, int T, int C, int NH) {
+    const int hs = C / NH, C3 = 3 * C, Tp = odin_att_pad(T);
+    const float scale = 1.0f / sqrtf((float)hs);
+    float *kt = scratch, *vr = kt + (size_t)hs * Tp; /* [hs, Tp] keys, [T, hs] values of one head */
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *base = qkv + (size_t)b * T * C3 + h * hs;
+            K(head_transpose)(kt, base + C, C3, T, hs, Tp);
+            K(head_rows)(vr, base + 2 * C, C3, T, hs);
+            for (int t = 0; t < T; t++) {
+                float *a = att + (((size_t)b * NH + h) * T + t) * T;
+                K(head_scores)(a, base + (size_t)t * C3, kt, t + 1, hs, Tp, scale);
+                if (slopes)
+                    for (int j = 0; j <= t; j++) a[j] += odin_alibi_bias(slopes[h], j, t);
+                float sum = K(exp_shifted)(a, a, t + 1, K(maxval)(a, t + 1));
+                K(scale_row)(a, t + 1, 1.0f / sum);
+                if (t + 1 < T) memset(a + t + 1, 0, sizeof(float) * (size_t)(T - t - 1));
+                K(head_mix)(out + ((size_t)b * T + t) * C + h * hs, a, vr, hs, t + 1, hs, 0);
+            }
+        }
+}
+
+/* dqkv[B,T,3C] += d/dqkv of the above */
 static void K(attention_backward)(float *dqkv, float *scratch, const float *dout, const float *qkv,
                                   const float *att, int B, int T, int C, int NH) {
-    const int hs = C / NH, C3 = 3 * C;
+    const int hs = C / NH, C3 = 3 * C, Tp = odin_att_pad(T);
     const float scale = 1.0f / sqrtf((float)hs);
-    float *dpre = scratch;
+    const size_t panel = (size_t)hs * Tp;
+    float *vt = scratch, *dkt = vt + panel, *dvt = dkt + panel, *kr = dvt + panel, *g = kr + panel; /* g[Tp] */
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
+        for (int h = 0; h < NH; h++) {
+            const float *base = qkv + (size_t)b * T * C3 + h * hs;
+            float *dbase = dqkv + (size_t)b * T * C3 + h * hs;
+            K(head_transpose)(vt, base + 2 * C, C3, T, hs, Tp);
+            K(head_rows)(kr, base + C, C3, T, hs);
+            memset(dkt, 0, sizeof(float) * 2 * panel);
             for (int t = 0; t < T; t++) {
-                const size_t row = (size_t)b * T;
                 const float *a = att + (((size_t)b * NH + h) * T + t) * T;
-                const float *dy = dout + (row + t) * C + h * hs;
-                /* datt[t2] = <dy, v[t2]> ; dv[t2] += a[t2] dy */
-                float dsum = 0.0f;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float *v = qkv + (row + t2) * C3 + 2 * C + h * hs;
-                    float da = K(dot)(dy, v, hs);
-                    dpre[t2] = da;
-                    dsum += da * a[t2];
-                    K(axpy)(dqkv + (row + t2) * C3 + 2 * C + h * hs, a[t2], dy, hs);
-                }
-                /* softmax backward, then through the scaled dot products */
-                const float *q = qkv + (row + t) * C3 + h * hs;
-                float *dq = dqkv + (row + t) * C3 + h * hs;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    float g = a[t2] * (dpre[t2] - dsum) * scale;
-                    K(axpy)(dq, g, qkv + (row + t2) * C3 + C + h * hs, hs);
-                    K(axpy)(dqkv + (row + t2) * C3 + C + h * hs, g, q, hs);
-                }
+                const float *dy = dout + ((size_t)b * T + t) * C + h * hs;
+                const float *q = base + (size_t)t * C3;
+                const int n = t + 1;
+                /* g = datt = <dy, v_j>; then through the softmax: g = a (g - <g, a>) scale */
+                K(head_scores)(g, dy, vt, n, hs, Tp, 1.0f);
+                const vf dsum = vset1(K(dot)(g, a, n)), vs = vset1(scale);
+                int j = 0;
+                for (; j + VL <= n; j += VL) vstore(g + j, vmul(vmul(vload(a + j), vsub(vload(g + j), dsum)), vs));
+                if (j < n)
+                    vstore_n(g + j, vmul(vmul(vload_n(a + j, n - j, 0.0f), vsub(vload_n(g + j, n - j, 0.0f), dsum)), vs), n - j);
+                K(head_mix)(dbase + (size_t)t * C3, g, kr, hs, n, hs, 1); /* dq += g K */
+                K(head_outer)(dkt, q, g, n, hs, Tp);                           /* dk_j += g_j q */
+                K(head_outer)(dvt, dy, a, n, hs, Tp);                          /* dv_j += a_j dy */
             }
+            K(head_untranspose_add)(dbase + C, C3, dkt, T, hs, Tp);
+            K(head_untranspose_add)(dbase + 2 * C, C3, dvt, T, hs, Tp);
+        }
 }
 
 /* ------------------------------------------------------------------------------

@@ -36,6 +36,21 @@ static inline float odin_logf(float x) {
     return (float)((double)e * 0.69314718055994530942 + (2.0 * s + 2.0 * s * series));
 }
 
+/* Attention scratch: a head's keys or values transposed into a [hs, Tp] panel (Tp = T
+ * rounded up to the widest vector, so every ISA reads whole vectors), a dense copy of its
+ * values or keys, two gradient panels and one row. Forward and backward take the same size. */
+static inline int odin_att_pad(int T) { return (T + 15) & ~15; }
+static inline size_t odin_att_scratch_floats(int T, int hs) {
+    return (size_t)odin_att_pad(T) * (4 * (size_t)hs + 1);
+}
+
+/* ALiBi (Press et al., 2022): a head's score of key j for query t gets slope * (j - t), a
+ * penalty growing with distance, instead of position embeddings; the geometric slopes
+ * 2^(-8(h+1)/NH) give each head its own reach. One function for the training kernel and the
+ * decoder, so both add the same float. */
+static inline float odin_alibi_slope(int h, int NH) { return (float)exp2(-8.0 * (h + 1) / NH); }
+static inline float odin_alibi_bias(float slope, int j, int t) { return slope * (float)(j - t); }
+
 typedef struct odin_kernel_table {
     const char *name;
 
@@ -68,7 +83,8 @@ typedef struct odin_kernel_table {
                              const float *weight, const float *rstd, int N, int C);
     void (*softmax_forward)(float *out, const float *inp, int N, int C);
     void (*softmax_backward)(float *dinp, const float *out, const float *dout, int N, int C);
-    void (*attention_forward)(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
+    void (*attention_forward)(float *out, float *att, float *scratch, const float *qkv,
+                              const float *slopes, int B, int T, int C, int NH);
     void (*attention_backward)(float *dqkv, float *scratch, const float *dout, const float *qkv,
                                const float *att, int B, int T, int C, int NH);
     void (*embedding_forward)(float *out, const int32_t *tokens, const float *wte,

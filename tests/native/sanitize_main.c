@@ -215,9 +215,9 @@ static void check_kernels(void) {
         const int B = 2, T = 7, AC = 12, NH = 3;
         float *qkv = xcalloc((size_t)B * T * 3 * AC, sizeof(float)), *out = xcalloc((size_t)B * T * AC, sizeof(float));
         float *att = xcalloc((size_t)B * NH * T * T, sizeof(float)), *dout = xcalloc((size_t)B * T * AC, sizeof(float));
-        float *dqkv = xcalloc((size_t)B * T * 3 * AC, sizeof(float)), *scratch = xcalloc(T, sizeof(float));
+        float *dqkv = xcalloc((size_t)B * T * 3 * AC, sizeof(float)), *scratch = xcalloc(odin_attention_scratch_floats(T, AC, NH), sizeof(float));
         fill(qkv, (size_t)B * T * 3 * AC, 1.0f); fill(dout, (size_t)B * T * AC, 1.0f);
-        CHECK(odin_attention_forward(out, att, qkv, B, T, AC, NH));
+        CHECK(odin_attention_forward(out, att, scratch, qkv, NULL, B, T, AC, NH));
         CHECK(odin_attention_backward(dqkv, scratch, dout, qkv, att, B, T, AC, NH));
         EXPECT(all_finite(out, (size_t)B * T * AC) && all_finite(dqkv, (size_t)B * T * 3 * AC));
         EXPECT(att[1] == 0.0f && fabsf(att[0] - 1.0f) < 1e-6f); /* causal: row 0 sees only itself */
