@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from odin.model import Sampler, stream_tokens
-from wasm_support import tiny_arith_model, wasm_path
+from wasm_support import tiny_arith_model, train_briefly, wasm_path
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = shutil.which("node")
@@ -166,7 +166,7 @@ def test_abacus_and_no_positions_model(abacus_answer, tmp_path, tmp_path_factory
     from odin.checkpoint import model_from_config, save_model_checkpoint
     from odin.config import ModelConfig, RunConfig, TrainConfig
     from odin.data.arithmetic import ArithmeticConfig, sample_unique_examples
-    from odin.data.batching import encode_examples, make_batch
+    from odin.data.batching import encode_examples
     from odin.tokenizers import CharTokenizer
     from odin.web.export import export_web
 
@@ -178,14 +178,7 @@ def test_abacus_and_no_positions_model(abacus_answer, tmp_path, tmp_path_factory
     model = model_from_config(config)
     model.init_weights(3)
     examples = sample_unique_examples(ArithmeticConfig(ops=("add",), max_digits=3, reverse_answer=True), 64, seed=4)
-    enc = encode_examples(examples, tok)
-    rng = np.random.default_rng(1)
-    for step in range(1, 151):
-        tokens, mask = make_batch(enc, rng.integers(0, len(examples), 32), 14)
-        model.zero_grad()
-        model.forward(tokens[:, :-1], tokens[:, 1:], mask)
-        model.backward()
-        model.adamw_step(lr=3e-3, step=step)
+    train_briefly(model, encode_examples(examples, tok), steps=150, T=14, seed=1)
     save_model_checkpoint(tmp_path / "ckpt", model, tok, config, step=150, trainer_state={})
     manifest = export_web(tmp_path / "ckpt", tmp_path / "web", examples=0)
     assert manifest["abacus"] == {"digit_first": 3, "sep_id": tok.encode("=")[0], "next": abacus_answer == "next"}
@@ -219,7 +212,7 @@ def test_alibi_model(tmp_path, tmp_path_factory):
     from odin.checkpoint import model_from_config, save_model_checkpoint
     from odin.config import ModelConfig, RunConfig, TrainConfig
     from odin.data.arithmetic import ArithmeticConfig, sample_unique_examples
-    from odin.data.batching import encode_examples, make_batch
+    from odin.data.batching import encode_examples
     from odin.tokenizers import CharTokenizer
     from odin.web.export import export_web
 
@@ -230,14 +223,7 @@ def test_alibi_model(tmp_path, tmp_path_factory):
     model = model_from_config(config)
     model.init_weights(5)
     examples = sample_unique_examples(ArithmeticConfig(ops=("add",), max_digits=2), 64, seed=6)
-    enc = encode_examples(examples, tok)
-    rng = np.random.default_rng(2)
-    for step in range(1, 101):
-        tokens, mask = make_batch(enc, rng.integers(0, len(examples), 32), 10)
-        model.zero_grad()
-        model.forward(tokens[:, :-1], tokens[:, 1:], mask)
-        model.backward()
-        model.adamw_step(lr=3e-3, step=step)
+    train_briefly(model, encode_examples(examples, tok), steps=100, T=10, seed=2)
     save_model_checkpoint(tmp_path / "ckpt", model, tok, config, step=100, trainer_state={})
     export_web(tmp_path / "ckpt", tmp_path / "web", examples=0)
     prompts = [e.prompt for e in examples[:10]]

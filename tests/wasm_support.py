@@ -90,7 +90,7 @@ def tiny_arith_model(arch: str = "gpt"):
     from odin.checkpoint import model_from_config
     from odin.config import ModelConfig, RunConfig, TrainConfig
     from odin.data.arithmetic import ArithmeticConfig, sample_unique_examples
-    from odin.data.batching import encode_examples, make_batch
+    from odin.data.batching import encode_examples
     from odin.tokenizers import CharTokenizer
 
     tok = CharTokenizer()
@@ -100,13 +100,20 @@ def tiny_arith_model(arch: str = "gpt"):
     config = RunConfig(model=ModelConfig(**shape), train=TrainConfig(batch_size=32, lr=3e-3, weight_decay=0.0))
     model = model_from_config(config)
     model.init_weights(11)
-    enc = encode_examples(examples, tok)
-    data_rng = np.random.default_rng(0)
-    for step in range(1, 301):
-        tokens, mask = make_batch(enc, data_rng.integers(0, len(examples), 32), 12)
+    train_briefly(model, encode_examples(examples, tok), steps=300, T=12, seed=0)
+    _TINY[arch] = (model, config, tok, examples)
+    return _TINY[arch]
+
+
+def train_briefly(model, encoded, steps: int, T: int, seed: int, batch: int = 32, lr: float = 3e-3) -> None:
+    """Plain AdamW steps (no weight decay) on random batches of encoded examples: a model
+    whose answers are past chance, deterministic from the seed."""
+    from odin.data.batching import make_batch
+
+    data_rng = np.random.default_rng(seed)
+    for step in range(1, steps + 1):
+        tokens, mask = make_batch(encoded, data_rng.integers(0, len(encoded), batch), T)
         model.zero_grad()
         model.forward(tokens[:, :-1], tokens[:, 1:], mask)
         model.backward()
-        model.adamw_step(lr=3e-3, step=step, weight_decay=0.0)
-    _TINY[arch] = (model, config, tok, examples)
-    return _TINY[arch]
+        model.adamw_step(lr=lr, step=step, weight_decay=0.0)
