@@ -48,7 +48,17 @@ static inline size_t odin_att_scratch_floats(int T, int hs) {
  * penalty growing with distance, instead of position embeddings; the geometric slopes
  * 2^(-8(h+1)/NH) give each head its own reach. One function for the training kernel and the
  * decoder, so both add the same float. */
-static inline float odin_alibi_slope(int h, int NH) { return (float)exp2(-8.0 * (h + 1) / NH); }
+static inline float odin_alibi_slope(int h, int NH) {
+    /* 2^-e = 2^-n * 2^-f, n = floor(e), f in [0, 1): 2^-f = exp(-f ln 2) by its series in
+     * double (terms < 1e-17 after 20), so every platform gets the same bits without libm */
+    const double e = 8.0 * (h + 1) / NH;
+    const int n = (int)e;
+    const double x = -(e - n) * 0.69314718055994530942;
+    double term = 1.0, sum = 1.0;
+    for (int k = 1; k <= 20; k++) sum += (term *= x / k);
+    for (int k = 0; k < n; k++) sum *= 0.5;
+    return (float)sum;
+}
 static inline float odin_alibi_bias(float slope, int j, int t) { return slope * (float)(j - t); }
 
 typedef struct odin_kernel_table {
