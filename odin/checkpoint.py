@@ -9,12 +9,15 @@ what needs the native model:
   ``model.named_moments()``, the step and a JSON-serialisable ``trainer_state`` (sampler
   state, RNG, metrics, ``reverse_answer``…) in the optimizer metadata; atomic;
 * :func:`load_model_checkpoint` — a GPT with the weights (and moments) copied into its
-  native block, plus tokenizer, config, step and trainer state.
+  native block, plus tokenizer, config, step and trainer state;
+* :func:`with_context` — a loaded position-free model (GPT without learned positions, or
+  RWKV) over a longer context, for evaluating on longer examples than it was trained on.
 
 Every problem with a checkpoint on disk is a :class:`CheckpointError` naming the file.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,7 @@ from odin.tokenizers import BPETokenizer, CharTokenizer
 
 __all__ = [
     "CheckpointError", "IMPLEMENTED_ARCHS", "LoadedModel", "checkpoint_reverse_answer",
-    "load_model_checkpoint", "model_from_config", "save_model_checkpoint",
+    "load_model_checkpoint", "model_from_config", "save_model_checkpoint", "with_context",
 ]
 
 IMPLEMENTED_ARCHS: tuple[str, ...] = ("gpt", "rwkv")
@@ -212,3 +215,32 @@ def load_model_checkpoint(path: str | os.PathLike[str], *, with_optimizer: bool 
             has_optimizer = True
     return LoadedModel(model=model, tokenizer=checkpoint.tokenizer, run_config=run_config, step=step,
                        trainer_state=state, path=Path(path), has_optimizer=has_optimizer)
+
+
+def with_context(loaded: LoadedModel, context: int) -> LoadedModel:
+    """``loaded``'s weights in a model over ``context`` positions, for a model in which no
+    weight depends on absolute position: a GPT with ``positions = "none"`` or ``"alibi"``
+    (its position table is held at zero) or an RWKV. On the lengths it was trained on it
+    computes exactly what the original does; beyond them is the length generalisation being
+    measured. Weights only (no AdamW moments): for evaluation and generation."""
+    config = loaded.run_config.model
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise ValueError(f"context must be a positive integer, got {context!r}")
+    if context < config.context:
+        raise ValueError(f"context {context} is shorter than the model's ({config.context})")
+    if config.arch == "gpt" and config.positions == "learned":
+        raise ValueError(f"the model has learned positions for {config.context} places and none beyond; only a "
+                         f"model trained with [model].positions = \"none\" or \"alibi\" (or an RWKV) runs over a "
+                         f"longer context")
+    if context == config.context:
+        return loaded
+    wider = dataclasses.replace(loaded.run_config, model=dataclasses.replace(config, context=context))
+    model = model_from_config(wider)
+    source = loaded.model.named_params()
+    for name, view in model.named_params().items():
+        if name == "wpe":  # all zeros in a position-free GPT; the new rows stay zero
+            view[...] = 0.0
+            view[:config.context] = source[name]
+        else:
+            view[...] = source[name]
+    return dataclasses.replace(loaded, model=model, run_config=wider, has_optimizer=False)

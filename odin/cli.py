@@ -153,7 +153,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         data_dir = Path(load_model_checkpoint(ckpt, with_optimizer=False).trainer_state.get("data_dir", DEFAULT_DATA))
     splits = args.splits.split(",") if args.splits else None
     errors_dir = Path(args.errors) if args.errors else ckpt.parent
-    results = evaluate_checkpoint(ckpt, data_dir, splits, args.limit, errors_dir=errors_dir)
+    results = evaluate_checkpoint(ckpt, data_dir, splits, args.limit, errors_dir=errors_dir, context=args.context)
     if args.json:
         print(json.dumps({k: v.to_dict() for k, v in results.items()}, indent=2))
     else:
@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--splits", default=None, help="comma-separated (default: val, test and every heldout split)")
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--errors", default=None, help="directory for <split>.errors.jsonl")
+    e.add_argument("--context", type=int, default=None,
+                   help="run a model without learned positions (positions = none/alibi, or RWKV) over this many "
+                        "positions, to score examples longer than its training context")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_eval)
     return p

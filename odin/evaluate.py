@@ -712,6 +712,7 @@ def evaluate_checkpoint(
     batch: int = 64,
     max_new: int | None = None,
     errors_dir: str | os.PathLike[str] | None = None,
+    context: int | None = None,
 ) -> dict[str, EvalResult]:
     """Evaluate a checkpoint on dataset splits; returns ``{split: EvalResult}`` in order.
 
@@ -722,8 +723,10 @@ def evaluate_checkpoint(
     mixed datasets, ``settings.reversed_tasks``); if the checkpoint's trainer state records
     ``reverse_answer`` too, the two must agree. With
     ``errors_dir``, each split's wrong answers go to ``errors_dir/<split>.errors.jsonl``.
+    ``context`` runs a position-free model over more positions than it was trained with
+    (:func:`odin.checkpoint.with_context`), so longer held-out examples can be scored.
     """
-    from odin.checkpoint import load_model_checkpoint  # imports the native model
+    from odin.checkpoint import load_model_checkpoint, with_context  # imports the native model
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
@@ -736,6 +739,8 @@ def evaluate_checkpoint(
             raise ValueError(f"{Path(data_dir) / 'dataset.json'}: none of the splits {list(DEFAULT_SPLITS)} "
                              f"or heldout_<task> exist")
     loaded = load_model_checkpoint(checkpoint_dir, with_optimizer=False)
+    if context is not None:
+        loaded = with_context(loaded, context)
     recorded = loaded.trainer_state.get("reverse_answer")
     if recorded is not None and bool(recorded) != reverse:
         raise ValueError(

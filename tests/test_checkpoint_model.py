@@ -10,8 +10,10 @@ from odin.checkpoint import (
     load_model_checkpoint,
     model_from_config,
     save_model_checkpoint,
+    with_context,
 )
 from odin.config import ModelConfig, RunConfig, TrainConfig
+from odin.native import ShapeError
 from odin.tokenizers import CharTokenizer
 
 TOKENIZER = CharTokenizer()
@@ -103,6 +105,39 @@ def test_alibi_model_round_trip(tmp_path):
     plain.params[...] = model.params
     plain.forward(tokens)
     assert np.abs(plain.logits() - model.logits()).max() > 1e-2 * np.abs(model.logits()).max()
+
+
+@pytest.mark.parametrize("positions", ["alibi", "none"])
+def test_with_context_runs_a_position_free_model_over_more_positions(tmp_path, positions):
+    config = _config(positions=positions)
+    model = model_from_config(config)
+    model.params[...] = np.random.default_rng(1).normal(0, 0.3, model.n_params)
+    model.named_params()["wpe"][...] = 0.0  # held at zero by training
+    save_model_checkpoint(tmp_path / "ckpt", model, TOKENIZER, config, step=1, trainer_state=STATE)
+    loaded = load_model_checkpoint(tmp_path / "ckpt")
+    wide = with_context(loaded, 20)
+    assert wide.model.shape.context == wide.run_config.model.context == 20 and not wide.has_optimizer
+    assert wide.trainer_state == STATE and loaded.model.shape.context == 8  # the original is untouched
+    tokens = np.array([[1, 3, 4, 5, 6, 7, 8, 2]], np.int32)
+    model.forward(tokens)
+    wide.model.forward(tokens)
+    np.testing.assert_array_equal(wide.model.logits(), model.logits())  # same lengths, same numbers
+    long = np.tile(tokens, (1, 2))[:, :15]
+    wide.model.forward(long)  # beyond the trained context
+    assert np.isfinite(wide.model.logits()).all()
+    with pytest.raises(ShapeError):
+        model.forward(long)
+    assert with_context(loaded, 8) is loaded
+
+
+def test_with_context_refusals(saved):
+    loaded = load_model_checkpoint(saved)  # learned positions
+    with pytest.raises(ValueError, match="learned positions for 8 places"):
+        with_context(loaded, 16)
+    with pytest.raises(ValueError, match="shorter than the model's"):
+        with_context(loaded, 4)
+    with pytest.raises(ValueError, match="positive integer"):
+        with_context(loaded, 0)
 
 
 def test_load_without_optimizer_keeps_step_and_state(tmp_path):

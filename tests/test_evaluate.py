@@ -360,6 +360,26 @@ def test_evaluate_checkpoint_on_built_dataset(tmp_path, trained):
     assert list(evaluate_checkpoint(tmp_path / "ckpt2", plain)) == ["val", "test"]  # no heldout split here
 
 
+def test_evaluate_checkpoint_over_a_longer_context(tmp_path):
+    """A model without learned positions, trained on a context too short for the held-out
+    split: refused with the context it needs, scored over a longer one with context=."""
+    config = RunConfig(model=ModelConfig(n_layer=1, d_model=32, n_head=2, context=12, positions="alibi"),
+                       train=TrainConfig(steps=1))
+    model = model_from_config(config)
+    model.init_weights(0)
+    data = tmp_path / "data"
+    build_dataset(data, seed=1, n_examples=100, ops=["add"], max_digits=1, heldout_digits=4, n_heldout=5)
+    save_model_checkpoint(tmp_path / "ckpt", model, TOKENIZER, config, step=1)
+    with pytest.raises(ValueError, match="heldout.*needs context >= 1[3-9]"):
+        evaluate_checkpoint(tmp_path / "ckpt", data)
+    results = evaluate_checkpoint(tmp_path / "ckpt", data, context=24)
+    assert [results[s].n for s in results] == [10, 10, 5]
+    learned = RunConfig(model=ModelConfig(n_layer=1, d_model=32, n_head=2, context=9), train=TrainConfig(steps=1))
+    save_model_checkpoint(tmp_path / "learned", model_from_config(learned), TOKENIZER, learned, step=1)
+    with pytest.raises(ValueError, match="learned positions"):
+        evaluate_checkpoint(tmp_path / "learned", data, context=24)
+
+
 def test_evaluate_checkpoint_finds_every_heldout_split_of_a_mixed_dataset(tmp_path, trained):
     config, model = trained
     data = tmp_path / "mixed"
