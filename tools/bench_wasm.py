@@ -44,7 +44,7 @@ def cases() -> list[dict]:
     n = 1 << 18
     R, C = 512, 128
     B, T, Ca, NH = 4, 32, 128, 4
-    scratch = ((T + 15) // 16 * 16) * (4 * (Ca // NH) + 1)  # odin_attention_scratch_floats
+    scratch = ((T + 15) // 16 * 16) * (4 * (Ca // NH) + 2)  # odin_attention_scratch_floats
     V = 1024
     f = lambda k: {"f32": k}  # noqa: E731
     return [

@@ -571,7 +571,7 @@ const GPT = {
   workspaceFloats(c, batch, seq) {
     const BT = batch * seq, C = c.d_model, V = c.vocab_size;
     const perLayer = BT * (16 * C + 4) + c.n_head * BT * seq;
-    const attScratch = ((seq + 15) & ~15) * (4 * (C / c.n_head) + 1); // odin_att_scratch_floats
+    const attScratch = ((seq + 15) & ~15) * (4 * (C / c.n_head) + 2); // odin_att_scratch_floats
     return BT * C + c.n_layer * perLayer + BT * C + 4 * BT + BT * V + BT * 14 * C + BT * V + attScratch;
   },
   generationFloats(c, B) { // KV cache of the whole context + decode scratch

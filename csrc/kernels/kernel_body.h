@@ -355,7 +355,9 @@ static void K(softmax_backward)(float *dinp, const float *out, const float *dout
  * Per head, keys (forward) and values (backward) are first transposed into a [hs, Tp]
  * panel, so a query's scores against VL keys at once are hs broadcast FMAs with no
  * horizontal sums; the key and value gradients gather in transposed panels the same way
- * and are added to dqkv once per head. Outputs and query gradients are weighted sums of
+ * and are added to dqkv once per head. Rows go in pairs (t, t+1), so each key vector or
+ * gradient-panel vector loaded serves two rows; every sum keeps the order of one row at a
+ * time. Outputs and query gradients are weighted sums of
  * rows, accumulated in registers over the keys, from a dense copy of the head's values
  * (forward) or keys (backward): read in place, each row is its own cache line 3C floats
  * from the next, and the loads stall.
@@ -411,6 +413,41 @@ static void K(head_scores)(float *s, const float *x, const float *pan, int n, in
     }
 }
 
+/* The pair (t, t+1): s0[j] for j < n and s1[j] for j <= n (n = t + 1 keys for row t), two
+ * key blocks of both rows in flight */
+static void K(head_scores2)(float *s0, float *s1, const float *x0, const float *x1, const float *pan,
+                            int n, int hs, int Tp, float scale) {
+    const vf vs = vset1(scale);
+    int j = 0;
+    for (; j + 2 * VL <= n; j += 2 * VL) {
+        vf a0 = vzero(), a1 = vzero(), b0 = vzero(), b1 = vzero();
+        for (int d = 0; d < hs; d++) {
+            const float *p = pan + (size_t)d * Tp + j;
+            const vf k0 = vload(p), k1 = vload(p + VL), u = vset1(x0[d]), w = vset1(x1[d]);
+            a0 = vfma(u, k0, a0);
+            a1 = vfma(u, k1, a1);
+            b0 = vfma(w, k0, b0);
+            b1 = vfma(w, k1, b1);
+        }
+        vstore(s0 + j, vmul(a0, vs));
+        vstore(s0 + j + VL, vmul(a1, vs));
+        vstore(s1 + j, vmul(b0, vs));
+        vstore(s1 + j + VL, vmul(b1, vs));
+    }
+    for (; j <= n; j += VL) {
+        vf a0 = vzero(), b0 = vzero();
+        for (int d = 0; d < hs; d++) {
+            const vf k0 = vload(pan + (size_t)d * Tp + j);
+            a0 = vfma(vset1(x0[d]), k0, a0);
+            b0 = vfma(vset1(x1[d]), k0, b0);
+        }
+        if (j + VL <= n) vstore(s0 + j, vmul(a0, vs));
+        else if (j < n) vstore_n(s0 + j, vmul(a0, vs), n - j);
+        if (j + VL <= n + 1) vstore(s1 + j, vmul(b0, vs));
+        else vstore_n(s1 + j, vmul(b0, vs), n + 1 - j);
+    }
+}
+
 /* o[hs] (+)= sum_{j<n} w[j] rows[j*ld .. +hs]; four partial sums per vector of o */
 static void K(head_mix)(float *o, const float *w, const float *rows, int ld, int n, int hs, int accumulate) {
     for (int c = 0; c < hs; c += VL) {
@@ -446,6 +483,32 @@ static void K(head_outer)(float *pan, const float *x, const float *y, int n, int
     }
 }
 
+/* The pair (t, t+1): pan[d*Tp + j] += x0[d] y0[j] (j < n), then += x1[d] y1[j] (j <= n) */
+static void K(head_outer2)(float *pan, const float *x0, const float *y0, const float *x1, const float *y1,
+                           int n, int hs, int Tp) {
+    for (int d = 0; d < hs; d++) {
+        float *p = pan + (size_t)d * Tp;
+        const vf u = vset1(x0[d]), w = vset1(x1[d]);
+        int j = 0;
+        for (; j + VL <= n; j += VL) vstore(p + j, vfma(w, vload(y1 + j), vfma(u, vload(y0 + j), vload(p + j))));
+        const int m = n + 1 - j; /* 1..VL columns left, the last one row t+1's only */
+        if (m == VL) {
+            vstore(p + j, vfma(w, vload(y1 + j), vfma(u, vload_n(y0 + j, m - 1, 0.0f), vload(p + j))));
+        } else {
+            vf acc = vfma(u, vload_n(y0 + j, m - 1, 0.0f), vload_n(p + j, m, 0.0f));
+            vstore_n(p + j, vfma(w, vload_n(y1 + j, m, 0.0f), acc), m);
+        }
+    }
+}
+
+/* one row of the softmax backward in place: g = a (g - <g, a>) scale over n keys */
+static void K(softmax_row_backward)(float *g, const float *a, int n, float scale) {
+    const vf dsum = vset1(K(dot)(g, a, n)), vs = vset1(scale);
+    int j = 0;
+    for (; j + VL <= n; j += VL) vstore(g + j, vmul(vmul(vload(a + j), vsub(vload(g + j), dsum)), vs));
+    if (j < n) vstore_n(g + j, vmul(vmul(vload_n(a + j, n - j, 0.0f), vsub(vload_n(g + j, n - j, 0.0f), dsum)), vs), n - j);
+}
+
 static void K(attention_forward)(float *out, float *att, float *scratch, const float *qkv,
                                  const float *slopes, int B, int T, int C, int NH) {
     const int hs = C / NH, C3 = 3 * C, Tp = odin_att_pad(T);
@@ -456,9 +519,13 @@ static void K(attention_forward)(float *out, float *att, float *scratch, const f
             const float *base = qkv + (size_t)b * T * C3 + h * hs;
             K(head_transpose)(kt, base + C, C3, T, hs, Tp);
             K(head_rows)(vr, base + 2 * C, C3, T, hs);
+            float *rows = att + ((size_t)b * NH + h) * T * T;
             for (int t = 0; t < T; t++) {
-                float *a = att + (((size_t)b * NH + h) * T + t) * T;
-                K(head_scores)(a, base + (size_t)t * C3, kt, t + 1, hs, Tp, scale);
+                float *a = rows + (size_t)t * T;
+                if (t % 2 == 0 && t + 1 < T) /* scores of this row and the next */
+                    K(head_scores2)(a, a + T, base + (size_t)t * C3, base + (size_t)(t + 1) * C3, kt, t + 1, hs, Tp, scale);
+                else if (t % 2 == 0)
+                    K(head_scores)(a, base + (size_t)t * C3, kt, t + 1, hs, Tp, scale);
                 if (slopes)
                     for (int j = 0; j <= t; j++) a[j] += odin_alibi_bias(slopes[h], j, t);
                 float sum = K(exp_shifted)(a, a, t + 1, K(maxval)(a, t + 1));
@@ -475,7 +542,7 @@ static void K(attention_backward)(float *dqkv, float *scratch, const float *dout
     const int hs = C / NH, C3 = 3 * C, Tp = odin_att_pad(T);
     const float scale = 1.0f / sqrtf((float)hs);
     const size_t panel = (size_t)hs * Tp;
-    float *vt = scratch, *dkt = vt + panel, *dvt = dkt + panel, *kr = dvt + panel, *g = kr + panel; /* g[Tp] */
+    float *vt = scratch, *dkt = vt + panel, *dvt = dkt + panel, *kr = dvt + panel, *g = kr + panel; /* g[2, Tp] */
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             const float *base = qkv + (size_t)b * T * C3 + h * hs;
@@ -483,21 +550,25 @@ static void K(attention_backward)(float *dqkv, float *scratch, const float *dout
             K(head_transpose)(vt, base + 2 * C, C3, T, hs, Tp);
             K(head_rows)(kr, base + C, C3, T, hs);
             memset(dkt, 0, sizeof(float) * 2 * panel);
-            for (int t = 0; t < T; t++) {
-                const float *a = att + (((size_t)b * NH + h) * T + t) * T;
-                const float *dy = dout + ((size_t)b * T + t) * C + h * hs;
-                const float *q = base + (size_t)t * C3;
-                const int n = t + 1;
-                /* g = datt = <dy, v_j>; then through the softmax: g = a (g - <g, a>) scale */
-                K(head_scores)(g, dy, vt, n, hs, Tp, 1.0f);
-                const vf dsum = vset1(K(dot)(g, a, n)), vs = vset1(scale);
-                int j = 0;
-                for (; j + VL <= n; j += VL) vstore(g + j, vmul(vmul(vload(a + j), vsub(vload(g + j), dsum)), vs));
-                if (j < n)
-                    vstore_n(g + j, vmul(vmul(vload_n(a + j, n - j, 0.0f), vsub(vload_n(g + j, n - j, 0.0f), dsum)), vs), n - j);
-                K(head_mix)(dbase + (size_t)t * C3, g, kr, hs, n, hs, 1); /* dq += g K */
-                K(head_outer)(dkt, q, g, n, hs, Tp);                           /* dk_j += g_j q */
-                K(head_outer)(dvt, dy, a, n, hs, Tp);                          /* dv_j += a_j dy */
+            const float *rows = att + ((size_t)b * NH + h) * T * T;
+            const float *dys = dout + (size_t)b * T * C + h * hs;
+            for (int t = 0; t < T; t += 2) {
+                const int pair = t + 1 < T, n = t + 1;
+                const float *a = rows + (size_t)t * T, *dy = dys + (size_t)t * C, *q = base + (size_t)t * C3;
+                /* g = datt = <dy, v_j>; then through the softmax; dq += g K */
+                if (pair) K(head_scores2)(g, g + Tp, dy, dy + C, vt, n, hs, Tp, 1.0f);
+                else K(head_scores)(g, dy, vt, n, hs, Tp, 1.0f);
+                for (int r = 0; r <= pair; r++) {
+                    K(softmax_row_backward)(g + r * Tp, a + (size_t)r * T, n + r, scale);
+                    K(head_mix)(dbase + (size_t)(t + r) * C3, g + r * Tp, kr, hs, n + r, hs, 1);
+                }
+                if (pair) {                                                  /* dk_j += g_j q ; dv_j += a_j dy */
+                    K(head_outer2)(dkt, q, g, q + C3, g + Tp, n, hs, Tp);
+                    K(head_outer2)(dvt, dy, a, dy + C, a + T, n, hs, Tp);
+                } else {
+                    K(head_outer)(dkt, q, g, n, hs, Tp);
+                    K(head_outer)(dvt, dy, a, n, hs, Tp);
+                }
             }
             K(head_untranspose_add)(dbase + C, C3, dkt, T, hs, Tp);
             K(head_untranspose_add)(dbase + 2 * C, C3, dvt, T, hs, Tp);

@@ -38,10 +38,10 @@ static inline float odin_logf(float x) {
 
 /* Attention scratch: a head's keys or values transposed into a [hs, Tp] panel (Tp = T
  * rounded up to the widest vector, so every ISA reads whole vectors), a dense copy of its
- * values or keys, two gradient panels and one row. Forward and backward take the same size. */
+ * values or keys, two gradient panels and two rows. Forward and backward take the same size. */
 static inline int odin_att_pad(int T) { return (T + 15) & ~15; }
 static inline size_t odin_att_scratch_floats(int T, int hs) {
-    return (size_t)odin_att_pad(T) * (4 * (size_t)hs + 1);
+    return (size_t)odin_att_pad(T) * (4 * (size_t)hs + 2);
 }
 
 /* ALiBi (Press et al., 2022): a head's score of key j for query t gets slope * (j - t), a
