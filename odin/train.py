@@ -331,6 +331,8 @@ def train(
             # the checkpoint is saved already: a split the model cannot hold is reported, not fatal
             note = (f"skipped the final evaluation of '{split}': its longest example needs context "
                     f">= {longest - 1}, the model has {cfg_m.context}")
+            if cfg_m.positions != "learned":  # nothing in it depends on absolute positions
+                note += f" (score it with: odin eval CHECKPOINT --splits {split} --context {longest - 1})"
             result.skipped[split] = note
             if progress:
                 stream.write(note + "\n")

@@ -127,18 +127,27 @@ def test_nan_stops_training_with_sphere_step_and_intact_checkpoint(tmp_path, one
     assert loaded.step >= 4 and np.isfinite(loaded.model.params).all()
 
 
-def test_final_eval_skips_a_split_longer_than_the_context(tmp_path):
+@pytest.mark.parametrize("positions", ["learned", "alibi"])
+def test_final_eval_skips_a_split_longer_than_the_context(tmp_path, positions):
     data = tmp_path / "data"
     build_dataset(data, seed=3, n_examples=100, ops=["add"], max_digits=1, reverse_answer=True,
                   heldout_digits=8, n_heldout=10)
     cfg = RunConfig.from_dict({
-        "model": {"n_layer": 1, "d_model": 16, "n_head": 2, "context": 12},
+        "model": {"n_layer": 1, "d_model": 16, "n_head": 2, "context": 12, "positions": positions},
         "train": {"batch_size": 12, "steps": 3, "eval_every": 0, "checkpoint_every": 0},
     })
     result = train(cfg, data, tmp_path / "run", threads=1, progress=False)
     assert "test" in result.evals and "heldout" not in result.evals
-    assert "needs context >= " in result.skipped["heldout"]
+    note = result.skipped["heldout"]
+    assert "needs context >= 2" in note
     assert load_model_checkpoint(result.checkpoint).step == 3
+    if positions == "learned":
+        assert "--context" not in note
+    else:  # the note names the command that scores it, and that command works
+        needed = int(note.split("--context ")[1].rstrip(")"))
+        from odin.evaluate import evaluate_checkpoint
+
+        assert evaluate_checkpoint(result.checkpoint, data, ["heldout"], context=needed)["heldout"].n == 10
 
 
 def test_length_bucketed_training_resumes_exactly_and_trains_fewer_padded_tokens(tmp_path):
