@@ -185,6 +185,9 @@ def _gpt_param_lines(blueprint: Blueprint) -> list[str]:
         f"{blueprint.n_head} heads of {blueprint.head_size}, mlp {blueprint.d_ff}",
         f"            context {blueprint.context}, vocab {blueprint.vocab_size}, "
         f"ln_eps {config.ln_eps:g}, init_seed {config.init_seed}, LM head tied to wte",
+        f"            positions {config.positions}"
+        + {"learned": " (wpe)", "none": " (wpe held at zero)", "alibi": " (wpe held at zero, ALiBi biases)"}.get(
+            config.positions, ""),
         "",
         "parameters",
         f"  {'wte':<22}{str([blueprint.vocab_size, C]):>16}{blueprint.vocab_size * C:>16,}",

@@ -154,3 +154,12 @@ def test_memory_estimate_formula():
     assert memory.total == memory.parameters * 4 + expected
     text = describe(blueprint, 2, 4)
     assert "formula-based estimate" in text and "KiB" in text
+    assert "positions learned (wpe)" in text
+
+
+def test_describe_names_the_position_scheme():
+    for positions, words in (("none", "wpe held at zero)"), ("alibi", "ALiBi biases")):
+        config = ModelConfig(n_layer=1, d_model=8, n_head=2, context=4, vocab_size=10, positions=positions)
+        text = describe(Blueprint(config), 1, 4)
+        assert f"positions {positions} (" in text and words in text
+    assert "positions alibi" in describe(Blueprint(preset_config("code-exec").model), 1, 4)
