@@ -420,10 +420,10 @@ odin_status odin_gpt_decode_ex(odin_gpt *g, odin_gpt_cache *c, const int32_t *to
             memset(o, 0, C * sizeof(float));
             const int n = pos[b] + 1;
             for (int h = 0; h < NH; h++) {
-                for (int t = 0; t < n; t++)
-                    c->scores[t] = k->dot(q + h * hs, kc + (size_t)t * C + h * hs, hs) * scale;
-                if (g->alibi)
-                    for (int t = 0; t < n; t++) c->scores[t] += odin_alibi_bias(g->alibi[h], t, pos[b]);
+                for (int t = 0; t < n; t++) {
+                    float s = k->dot(q + h * hs, kc + (size_t)t * C + h * hs, hs) * scale;
+                    c->scores[t] = g->alibi ? s + odin_alibi_bias(g->alibi[h], t, pos[b]) : s;
+                }
                 k->softmax_forward(c->scores, c->scores, 1, n); /* in place: one row of n */
                 for (int t = 0; t < n; t++) k->axpy(o + h * hs, c->scores[t], vc + (size_t)t * C + h * hs, hs);
             }

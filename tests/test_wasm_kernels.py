@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import reference as R
 from odin.native import lib
 from wasm_support import native_run, wasm_path
 
@@ -142,7 +143,7 @@ def test_attention(rt, rng, B, T, C, NH, alibi):
     qkv = f32(rng, B, T, 3 * C)
     out, att = np.zeros((B, T, C), np.float32), np.zeros((B, NH, T, T), np.float32)
     scratch = np.zeros(lib.odin_attention_scratch_floats(T, C, NH), np.float32)
-    slopes = (2.0 ** (-8.0 * np.arange(1, NH + 1) / NH)).astype(np.float32) if alibi else None
+    slopes = R.alibi_slopes(NH).astype(np.float32) if alibi else None
     compare(rt, "odin_attention_forward", [out, att, scratch, qkv, slopes, B, T, C, NH], [0, 1], ROWWISE)
     native_run("odin_attention_forward", out, att, scratch, qkv, slopes, B, T, C, NH)
     args = [f32(rng, B, T, 3 * C), scratch, f32(rng, B, T, C), qkv, att, B, T, C, NH]
