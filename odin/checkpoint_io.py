@@ -5,7 +5,7 @@ Layout of ``DIR/``:
 * ``model.safetensors`` — one float32 tensor per parameter, named as in
   :meth:`odin.blueprint.Blueprint.param_shapes` (``wte``, ``wpe``, ``h.0.ln1_w`` … ``lnf_b``).
 * ``optimizer.safetensors`` (optional) — AdamW moments as ``m.<param>`` / ``v.<param>``;
-  metadata ``step`` (decimal string) and ``state`` (a JSON object as a string: sampler
+  metadata (one ``odin`` key, sorted JSON) ``step`` (decimal string) and ``state`` (JSON: sampler
   state, RNG state, anything else needed for exact resume).
 * ``config.json`` — :meth:`odin.config.RunConfig.to_dict` (a ``"model"`` object is required).
 * ``tokenizer.json`` — the run's tokenizer (char or BPE).
@@ -111,10 +111,30 @@ def _blueprint_from_config(config: Mapping[str, Any], source: str) -> Blueprint:
         raise CheckpointError(f"{source}: bad model config: {error}") from None
 
 
+# The safetensors library writes its metadata map in a per-process random order (a Rust
+# HashMap), so two saves of equal tensors gave files that differed in the header. All of
+# our metadata therefore travels as one key holding sorted JSON: equal checkpoints are
+# byte-identical files. Files written before this (one key per field) still read.
+METADATA_KEY = "odin"
+
+
 def _write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: dict[str, str]) -> None:
     from safetensors.numpy import save_file
 
-    save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(path), metadata=metadata)
+    packed = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
+    save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(path), metadata=packed)
+
+
+def _unpack_metadata(raw: Mapping[str, str], path: Path) -> dict[str, str]:
+    if set(raw) != {METADATA_KEY}:
+        return dict(raw)  # the older one-key-per-field layout
+    try:
+        fields = json.loads(raw[METADATA_KEY])
+    except ValueError as error:
+        raise CheckpointError(f"{path}: metadata {METADATA_KEY!r} is not valid JSON ({error})") from None
+    if not isinstance(fields, dict) or not all(isinstance(value, str) for value in fields.values()):
+        raise CheckpointError(f"{path}: metadata {METADATA_KEY!r} must be a JSON object of strings")
+    return fields
 
 
 def _fsync_file(path: Path) -> None:
@@ -205,7 +225,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as error:  # safetensors raises its own (non-ValueError) error types
         raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({error})") from None
-    return tensors, metadata
+    return tensors, _unpack_metadata(metadata, path)
 
 
 def _check_format(metadata: Mapping[str, str], expected_kind: str, path: Path) -> None:

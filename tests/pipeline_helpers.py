@@ -106,11 +106,10 @@ def db_rows(folder: Path, sql: str, params: tuple = ()) -> list[tuple]:
 
 
 def checkpoint_state(folder: Path) -> tuple[int, dict[str, Any]]:
-    from safetensors import safe_open
+    from odin.checkpoint_io import load_checkpoint
 
-    with safe_open(str(folder / "checkpoints" / "latest" / "optimizer.safetensors"), framework="numpy") as handle:
-        meta = handle.metadata()
-    return int(meta["step"]), json.loads(meta["state"])["pipeline"]
+    optimizer = load_checkpoint(folder / "checkpoints" / "latest", require_optimizer=True).optimizer
+    return optimizer.step, optimizer.state["pipeline"]
 
 
 def assert_exactly_once(folder: Path, inputs: dict[str, bytes]) -> dict[str, Any]:

@@ -156,3 +156,52 @@ def test_pack_unpack_parameter_block():
         np.testing.assert_array_equal(views[name], array)
     views["lnf_b"][:] = 7.0  # views share memory with the block
     assert block[-1] == 7.0
+
+
+def _file_bytes(directory) -> dict[str, bytes]:
+    return {entry.name: entry.read_bytes() for entry in sorted(directory.iterdir())}
+
+
+def test_equal_checkpoints_are_byte_identical_files(tmp_path):
+    # the safetensors writer orders a metadata map differently on every save (seen: eight
+    # saves, eight different headers); ours is one key, so equal checkpoints are equal files
+    config = _run_config()
+    _save(tmp_path / "c0", config)
+    first = _file_bytes(tmp_path / "c0")
+    for index in range(1, 6):
+        _save(tmp_path / f"c{index}", config)
+        assert _file_bytes(tmp_path / f"c{index}") == first
+
+
+def test_reads_checkpoints_with_one_metadata_key_per_field(tmp_path):
+    # the layout written before metadata was packed into one key
+    from safetensors.numpy import save_file
+
+    config = _run_config()
+    params, optimizer = _save(tmp_path / "ckpt", config)
+    names = [name for name, _ in Blueprint(config.model).param_shapes()]
+    save_file({name: params[name] for name in names}, str(tmp_path / "ckpt" / "model.safetensors"),
+              metadata={"odin_format": "model", "format_version": "1"})
+    moments = {f"m.{name}": optimizer.m[name] for name in names} | {f"v.{name}": optimizer.v[name] for name in names}
+    save_file(moments, str(tmp_path / "ckpt" / "optimizer.safetensors"),
+              metadata={"odin_format": "optimizer", "format_version": "1", "step": "42",
+                        "state": json.dumps(optimizer.state)})
+    loaded = load_checkpoint(tmp_path / "ckpt", require_optimizer=True)
+    np.testing.assert_array_equal(loaded.params["wte"], params["wte"])
+    assert loaded.optimizer.step == 42
+    assert loaded.optimizer.state == optimizer.state
+
+
+@pytest.mark.parametrize("packed, message", [
+    ("{not json", "not valid JSON"),
+    ('["odin_format", "model"]', "JSON object of strings"),
+    ('{"odin_format": "model", "format_version": 1}', "JSON object of strings"),
+])
+def test_bad_packed_metadata_is_checkpoint_error(tmp_path, packed, message):
+    from safetensors.numpy import save_file
+
+    config = _run_config()
+    params, _ = _save(tmp_path / "ckpt", config, with_optimizer=False)
+    save_file(params, str(tmp_path / "ckpt" / "model.safetensors"), metadata={"odin": packed})
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "ckpt")
