@@ -238,8 +238,7 @@ def _check_format(metadata: Mapping[str, str], expected_kind: str, path: Path) -
         )
 
 
-def _load_optimizer(path: Path, blueprint: Blueprint) -> OptimizerState:
-    tensors, metadata = _read_safetensors(path)
+def _optimizer_progress(metadata: Mapping[str, str], path: Path) -> tuple[int, dict[str, Any]]:
     _check_format(metadata, "optimizer", path)
     try:
         step = int(metadata["step"])
@@ -248,6 +247,28 @@ def _load_optimizer(path: Path, blueprint: Blueprint) -> OptimizerState:
         raise CheckpointError(f"{path}: bad 'step'/'state' metadata ({error})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: 'state' metadata must be a JSON object")
+    return step, state
+
+
+def read_progress(path: str | os.PathLike[str]) -> tuple[int, dict[str, Any]]:
+    """The step and trainer state saved in checkpoint directory ``path``, read from the
+    optimizer file's header alone (no tensor is loaded: cheap enough to poll)."""
+    from safetensors import safe_open
+
+    optimizer_path = Path(path) / OPTIMIZER_FILE
+    if not optimizer_path.is_file():
+        raise CheckpointError(f"{OPTIMIZER_FILE} is missing from checkpoint {Path(path)}")
+    try:
+        with safe_open(str(optimizer_path), framework="numpy") as handle:
+            raw = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own (non-ValueError) error types
+        raise CheckpointError(f"{optimizer_path}: corrupt or unreadable safetensors file ({error})") from None
+    return _optimizer_progress(_unpack_metadata(raw, optimizer_path), optimizer_path)
+
+
+def _load_optimizer(path: Path, blueprint: Blueprint) -> OptimizerState:
+    tensors, metadata = _read_safetensors(path)
+    step, state = _optimizer_progress(metadata, path)
     names = [name for name, _ in blueprint.param_shapes()]
     unexpected = [key for key in tensors if not (key[:2] in ("m.", "v.") and key[2:] in names)]
     if unexpected:

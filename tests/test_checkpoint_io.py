@@ -8,6 +8,7 @@ from odin.checkpoint_io import (
     OptimizerState,
     load_checkpoint,
     pack_parameters,
+    read_progress,
     save_checkpoint,
     unpack_parameters,
 )
@@ -190,6 +191,18 @@ def test_reads_checkpoints_with_one_metadata_key_per_field(tmp_path):
     np.testing.assert_array_equal(loaded.params["wte"], params["wte"])
     assert loaded.optimizer.step == 42
     assert loaded.optimizer.state == optimizer.state
+    assert read_progress(tmp_path / "ckpt") == (42, optimizer.state)
+
+
+def test_read_progress_from_the_header(tmp_path):
+    _, optimizer = _save(tmp_path / "ckpt", _run_config())
+    assert read_progress(tmp_path / "ckpt") == (42, optimizer.state)
+    (tmp_path / "ckpt" / "optimizer.safetensors").write_bytes(b"\x10\x00garbage")
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        read_progress(tmp_path / "ckpt")
+    _save(tmp_path / "bare", _run_config(), with_optimizer=False)
+    with pytest.raises(CheckpointError, match="optimizer.safetensors is missing"):
+        read_progress(tmp_path / "bare")
 
 
 @pytest.mark.parametrize("packed, message", [

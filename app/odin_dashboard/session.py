@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from odin.checkpoint_io import OPTIMIZER_FILE
+from odin.checkpoint_io import OPTIMIZER_FILE, CheckpointError, read_progress
 from odin.config import RunConfig
 from odin.native import OdinError
 from odin.spheres import Snapshot, SpheresTrainer, StepRecord
@@ -275,11 +275,8 @@ def read_checkpoint_info(folder: Path, cache_owner: Any = None) -> Optional[Chec
     if cached is not None and cached[0] == mtime and cached[1].path == Path(folder):
         return cached[1]
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(optimizer), framework="np") as handle:
-            step = int((handle.metadata() or {}).get("step", "0"))
-    except Exception:  # a checkpoint being swapped in right now: try again next poll
+        step, _ = read_progress(folder)
+    except CheckpointError:  # a checkpoint being swapped in right now: try again next poll
         return None
     info = CheckpointInfo(Path(folder), step, mtime)
     if cache_owner is not None:
