@@ -112,7 +112,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "data": {"seed": 22, "n_examples": 200_000, "n_heldout": 6000, "scratchpad": True,
                  "tasks": {"code": {"min_level": 1, "max_level": 3}}},
         "model": {"n_layer": 3, "d_model": 128, "n_head": 4, "context": 384, "positions": "alibi"},
-        "train": {"batch_size": 64, "steps": 24000, "lr": 2e-3, "warmup_steps": 200, "length_buckets": 16,
+        "train": {"batch_size": 64, "steps": 36000, "lr": 2e-3, "warmup_steps": 200, "length_buckets": 16,
                   "eval_every": 2000, "eval_examples": 300, "checkpoint_every": 2000},
     },
     # length generalisation: additions of at most 5 digits, scored on 8-digit ones. Abacus
