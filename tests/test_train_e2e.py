@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,9 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, one_digit):
     assert a.step == b.step == 30
     assert np.array_equal(a.model.params, b.model.params)
     assert np.array_equal(a.model.adam_m, b.model.adam_m) and np.array_equal(a.model.adam_v, b.model.adam_v)
+    # and the files themselves: equal weights are an equal model.safetensors, byte for byte
+    weights_file = "model.safetensors"
+    assert (Path(straight.checkpoint) / weights_file).read_bytes() == (Path(resumed.checkpoint) / weights_file).read_bytes()
 
 
 def test_resume_with_a_different_model_is_refused(tmp_path, one_digit):
