@@ -126,6 +126,7 @@ def _print_samples(checkpoint: Path, data_dir: Path, n: int = 5) -> None:
     from odin.data.dataset import load_manifest, load_split
     from odin.data.scratchpad import display_answer
     from odin.evaluate import answers_match, eval_options, greedy_predictions
+    from odin.infer_cli import escape_for_command_line, infer_command
 
     loaded = load_model_checkpoint(checkpoint, with_optimizer=False)
     opts = eval_options(load_manifest(data_dir))
@@ -136,10 +137,10 @@ def _print_samples(checkpoint: Path, data_dir: Path, n: int = 5) -> None:
         rev = opts["reverse_answer"] and (opts["reversed_tasks"] is None or ex.task in opts["reversed_tasks"])
         ok = answers_match(ex.answer, got)
         shown, want = display_answer(got, rev), display_answer(ex.answer, rev)
-        prompt = ex.prompt.replace("\n", "\\n")
+        prompt = escape_for_command_line(ex.prompt)
         print(f"  {'ok ' if ok else 'ERR'} {prompt}{shown}" + ("" if ok else f"   (expected {want})"))
     if examples:
-        print(f"\ntalk to it:  odin-infer -m {checkpoint} -p {json.dumps(examples[0].prompt)}")
+        print(f"\ntalk to it:  {infer_command(str(checkpoint), examples[0].prompt)}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -1,8 +1,14 @@
-"""``odin-infer``: generate from a checkpoint, streaming tokens as they are produced.
+r"""``odin-infer``: generate from a checkpoint, streaming tokens as they are produced.
 
     odin-infer -m CHECKPOINT -p "123+456=" [-n 64] [--temperature 0] [--top-k 0] [--top-p 1]
-               [--seed 0] [--stop STRING]... [--json] [--raw]
+               [--seed 0] [--stop STRING]... [--json] [--raw] [-e]
     odin-infer -m CHECKPOINT            # REPL: one prompt per stdin line, until EOF or `exit`
+    odin-infer -m CHECKPOINT -e -p 'x=3\nprint(x*2)\n#out:'   # a program on one line
+
+* ``-e``/``--escapes``: in ``-p`` and in every REPL line, ``\n`` is a newline, ``\t`` a tab and
+  ``\\`` a backslash (any other backslash sequence is an error), so a multi-line prompt such
+  as a program fits on one command line or one REPL line. Off by default: a prompt may
+  hold real backslashes.
 
 * The prompt is fed as ``[<bos>] + encode(prompt)``. Generation stops at ``<end>``, when a
   ``--stop`` string appears in the output (the stop string is trimmed away; text that
@@ -94,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-m", "--model", required=True, metavar="CHECKPOINT", help="checkpoint directory")
     parser.add_argument("-p", "--prompt", default=None, help="prompt text (omit for the interactive loop)")
+    parser.add_argument("-e", "--escapes", action="store_true",
+                        help=r"read \n, \t and \\ in prompts as newline, tab and backslash (multi-line prompts on one line)")
     parser.add_argument("-n", "--max-tokens", type=_positive_int, default=128, metavar="N",
                         help="most tokens to generate, <end> included (default 128; the context may stop it sooner)")
     parser.add_argument("--temperature", type=_non_negative_float, default=0.0, metavar="T",
@@ -234,11 +242,60 @@ class Generator:
                           seconds=seconds, stopped_by=stopped_by, reversed=self.reversed)
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def decode_escapes(text: str) -> str:
+    """``\\n``, ``\\t`` and ``\\\\`` in ``text`` as newline, tab and backslash (``-e``)."""
+    pieces: list[str] = []
+    index = 0
+    while True:
+        found = text.find("\\", index)
+        if found < 0:
+            pieces.append(text[index:])
+            return "".join(pieces)
+        pieces.append(text[index:found])
+        code = text[found + 1:found + 2]
+        if code not in _ESCAPES:
+            shown = "\\" + code if code else "a lone \\ at the end"
+            raise InferError(f"prompt: unknown escape {shown!s} at character {found} "
+                             "(with -e, write \\n, \\t, or \\\\ for a backslash)")
+        pieces.append(_ESCAPES[code])
+        index = found + 2
+
+
+def escape_for_command_line(prompt: str) -> str:
+    """The inverse of :func:`decode_escapes`: ``prompt`` on one line, for ``-e -p``."""
+    return prompt.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+
+
+def infer_command(checkpoint: str, prompt: str) -> str:
+    """A shell command line that asks the model at ``checkpoint`` ``prompt`` (with ``-e``
+    when the prompt has lines, tabs or backslashes), quoted for POSIX shells."""
+    escaped = any(char in prompt for char in "\n\t\\")
+    flag = "-e -p" if escaped else "-p"
+    text = escape_for_command_line(prompt) if escaped else prompt
+    return f"{PROG} -m {_shell_quote(checkpoint)} {flag} {_shell_quote(text)}"
+
+
+def _shell_quote(text: str) -> str:
+    # double quotes read better around programs full of single-quoted strings; they are
+    # used only where the shell leaves every character as it is (inside them it expands
+    # $ and `, ends at ", turns \\ into \ and, in interactive bash, expands !)
+    import shlex
+
+    if "'" in text and not any(char in text for char in '"$`!') and "\\\\" not in text:
+        return f'"{text}"'
+    return shlex.quote(text)
+
+
 def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
 
-def _one(generator: Generator, prompt: str, as_json: bool) -> None:
+def _one(generator: Generator, prompt: str, as_json: bool, escapes: bool = False) -> None:
+    if escapes:
+        prompt = decode_escapes(prompt)
     out = sys.stdout
     if as_json:
         result = generator.run(prompt, None)
@@ -251,7 +308,7 @@ def _one(generator: Generator, prompt: str, as_json: bool) -> None:
     out.flush()
 
 
-def _repl(generator: Generator, as_json: bool) -> None:
+def _repl(generator: Generator, as_json: bool, escapes: bool) -> None:
     interactive = sys.stdin.isatty()
     while True:
         if interactive:
@@ -268,7 +325,7 @@ def _repl(generator: Generator, as_json: bool) -> None:
         if not prompt:
             continue
         try:
-            _one(generator, prompt, as_json)
+            _one(generator, prompt, as_json, escapes)
         except InferError as error:
             _error(str(error))
 
@@ -296,9 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         generator = Generator(loaded, max_tokens=args.max_tokens, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p, seed=args.seed, stops=args.stop, raw=args.raw)
         if args.prompt is not None:
-            _one(generator, args.prompt, args.json)
+            _one(generator, args.prompt, args.json, args.escapes)
         else:
-            _repl(generator, args.json)
+            _repl(generator, args.json, args.escapes)
     except InferError as error:
         _error(str(error))
         return EXIT_USAGE

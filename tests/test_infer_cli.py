@@ -213,3 +213,42 @@ def test_stream_is_incremental(reversed_ckpt):
     generator.stops = ["1x"]
     writes.clear()
     assert generator.run("7+8=", sink).completion == "51" and writes == ["5", "1"]
+
+
+def test_escapes_turn_one_line_into_a_multi_line_prompt(untrained):
+    proc = infer("-m", untrained, "-e", "-p", r"a=1\nb\t\\", "--json", "-n", 1)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["prompt"] == "a=1\nb\t\\"
+    proc = infer("-m", untrained, "-p", r"a=1\nb", "--json", "-n", 1)  # off by default
+    assert json.loads(proc.stdout)["prompt"] == "a=1\\nb"
+    # every REPL line too; a bad escape is that line's error and the loop goes on
+    proc = infer("-m", untrained, "-e", "--json", "-n", 1, stdin="x\\ty\nbad\\q\n1\\n2\n")
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["prompt"] for line in proc.stdout.splitlines()] == ["x\ty", "1\n2"]
+    assert "unknown escape \\q at character 3" in proc.stderr and "Traceback" not in proc.stderr
+    _one_error_line(infer("-m", untrained, "-e", "-p", "1+2\\"), "a lone \\ at the end")
+
+
+@pytest.mark.parametrize("prompt", [
+    "q=6*5\nu='rgj'+'vib'\nprint(u)\n#out:",  # the program prompts `odin train` suggests
+    "u='a\\\\b'\nprint(u)\n#out:",  # backslashes next to quotes
+    "s=\"$x\"+'!'\tz=`y`\n#out:",  # characters a shell would expand inside double quotes
+    "123+456=",
+])
+def test_suggested_command_gives_the_prompt_through_a_shell(tmp_path, prompt):
+    # the command `odin train` prints after training, run by a real shell
+    import shlex
+
+    from odin.infer_cli import infer_command
+
+    path = tmp_path / "it's here"
+    config = RunConfig(model=ModelConfig(n_layer=1, d_model=16, n_head=2, context=64), train=TrainConfig(steps=1))
+    model = model_from_config(config)
+    model.init_weights(0)
+    save_model_checkpoint(path, model, TOKENIZER, config, step=0, trainer_state={})
+    command = infer_command(str(path), prompt)
+    assert command.startswith("odin-infer -m ") and "\n" not in command  # one line, to copy
+    command = f"{shlex.quote(sys.executable)} -m odin.infer_cli" + command[len("odin-infer"):] + " --json -n 1"
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["prompt"] == prompt
