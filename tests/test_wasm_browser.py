@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import shutil
@@ -284,3 +285,65 @@ def test_demo_page_runs_an_rwkv_export(site, browser):
     })()""", timeout=120)
     assert trained["step"] == 3 and all(l == l and 0 <= l < 50 for l in trained["losses"]), trained
     assert trained["text"].startswith("step 3: loss")
+
+
+def _key(cdp: CDP, key: str, text: str, shift: bool = False) -> None:
+    """One real key press (down and up), as a person at the keyboard gives it."""
+    code = {"Enter": 13}[key]
+    for kind in ("keyDown", "keyUp"):
+        params = dict(type=kind, key=key, code=key, windowsVirtualKeyCode=code, modifiers=8 if shift else 0)
+        if kind == "keyDown":
+            params["text"] = text
+        cdp.call("Input.dispatchKeyEvent", **params)
+
+
+def test_demo_prompt_takes_lines_and_enter_solves(site, browser, tmp_path):
+    """Programs (the code recipe's prompts) have lines: Shift+Enter adds one to the prompt,
+    the box grows with it, Enter asks the model the whole prompt."""
+    url, _, tok, _ = site
+    assert open_page(browser, url + "?model=/model/")["error"] == ""
+    browser.evaluate("(() => { const p = document.getElementById('prompt'); p.value = ''; p.focus(); })()")
+    browser.call("Input.insertText", text="1+2")
+    _key(browser, "Enter", "\r", shift=True)
+    browser.call("Input.insertText", text="3=")
+    box = browser.evaluate("(() => { const p = document.getElementById('prompt'); return [p.value, p.rows]; })()")
+    assert box == ["1+2\n3=", 2]
+    _key(browser, "Enter", "\r")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "tokens in" not in browser.evaluate(
+            "document.getElementById('gen-stats').textContent"):
+        time.sleep(0.05)
+    page = browser.evaluate("""(() => ({ value: document.getElementById('prompt').value,
+        answer: document.getElementById('answer').textContent,
+        promptTokens: window.odinDemo.model.lastStats.promptTokens }))()""")
+    assert page["value"] == "1+2\n3="  # Enter asked; it added no line
+    assert page["answer"].startswith("1+2\n3=")
+    assert page["promptTokens"] == 1 + len(tok.encode("1+2\n3="))  # <bos> and every character, the newline too
+    shot = browser.call("Page.captureScreenshot", format="png")
+    (tmp_path / "demo-lines.png").write_bytes(base64.b64decode(shot["data"]))
+
+
+def test_demo_gives_long_answers_room(site, browser):
+    """An export whose answers are long (scratchpads, program traces) raises the page's
+    max-tokens from its default 32 to a quarter more than the longest exported answer
+    (capped by the context), so a trace is not cut off."""
+    from odin.checkpoint import model_from_config, save_model_checkpoint
+    from odin.config import ModelConfig, RunConfig, TrainConfig
+    from odin.data.dataset import build_mixed_dataset
+    from odin.tokenizers import CharTokenizer
+    from odin.web.export import export_web
+
+    url, _, _, d = site
+    build_mixed_dataset(d / "algebra-data", seed=5, n_examples=120, n_heldout=0, tasks=["algebra"], scratchpad=True)
+    tok = CharTokenizer()
+    config = RunConfig(model=ModelConfig(n_layer=1, d_model=32, n_head=2, context=128), train=TrainConfig(steps=1))
+    model = model_from_config(config)
+    model.init_weights(0)
+    save_model_checkpoint(d / "algebra-ckpt", model, tok, config, step=0, trainer_state={})
+    manifest = export_web(d / "algebra-ckpt", d / "model" / "algebra", examples=64, demo_prompts=2,
+                          data_dir=d / "algebra-data")
+    longest = max(len(tok.encode(e["answer"])) + 1 for e in manifest["examples"])
+    assert longest * 1.25 > 32  # the case this test is about
+    page = open_page(browser, url + "?model=/model/algebra/")
+    assert page["error"] == ""
+    assert browser.evaluate("document.getElementById('maxtokens').value") == str(min(128, math.ceil(longest * 1.25)))

@@ -75,14 +75,20 @@ async function load() {
     + `${model.tokenizer.kind} tokenizer · loaded in ${info.seconds.toFixed(2)} s`;
   if (model.maxLength === Infinity) $('maxtokens').removeAttribute('max');
   else $('maxtokens').max = String(model.maxLength);
+  // room for the task's answers: a program's trace runs to a few hundred tokens, the
+  // default 32 would cut it off (a quarter more than the longest exported answer)
+  const longest = Math.max(0, ...(manifest.examples ?? []).map((e) => model.tokenizer.encode(e.answer).length + 1));
+  const room = Math.min(model.maxLength, Math.ceil(longest * 1.25));
+  if (room > Number($('maxtokens').value)) $('maxtokens').value = String(room);
   const chips = $('chips');
   for (const p of manifest.demo_prompts ?? []) {
     const b = document.createElement('button');
-    b.textContent = p;
-    b.onclick = () => { $('prompt').value = p; solve(); };
+    b.textContent = p.replace(/\n/g, ' ⏎ ');  // a program's lines on one chip
+    b.title = p;
+    b.onclick = () => { setPrompt(p); solve(); };
     chips.append(b);
   }
-  if (manifest.demo_prompts?.length) $('prompt').value = manifest.demo_prompts[0];
+  if (manifest.demo_prompts?.length) setPrompt(manifest.demo_prompts[0]);
   $('lr').value = '0.0001'; // a trained model: small steps (fresh AdamW moves every weight by ~lr at first)
   $('solve').disabled = false;
   $('train-btn').disabled = !(manifest.examples?.length);
@@ -90,6 +96,18 @@ async function load() {
   if (!manifest.examples?.length) $('train-stats').textContent = 'this export has no training examples (odin export web --examples N)';
   updateMemory();
   drawPlot();
+}
+
+// The prompt box grows with its text: programs (the code recipe's prompts) have lines.
+function fitPrompt() {
+  const lines = $('prompt').value.split('\n');
+  $('prompt').rows = Math.min(12, lines.length);
+  $('prompt').cols = Math.min(72, Math.max(20, ...lines.map((l) => l.length + 1)));
+}
+
+function setPrompt(text) {
+  $('prompt').value = text;
+  fitPrompt();
 }
 
 async function solve(promptText) {
@@ -200,7 +218,12 @@ async function train(nSteps) {
 }
 
 $('solve').onclick = () => solve().catch(() => {});
-$('prompt').addEventListener('keydown', (e) => { if (e.key === 'Enter') solve().catch(() => {}); });
+$('prompt').addEventListener('keydown', (e) => {
+  if (e.key !== 'Enter' || e.shiftKey) return;  // Shift+Enter: a new line of the prompt
+  e.preventDefault();
+  solve().catch(() => {});
+});
+$('prompt').addEventListener('input', fitPrompt);
 $('train-btn').onclick = () => train().catch(() => {});
 $('stop-btn').onclick = () => { stopTraining = true; };
 $('steps').oninput = () => { $('train-btn').textContent = `Train ${$('steps').value} steps here`; };
