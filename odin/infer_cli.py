@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, TextIO
 
+from odin.prompt_text import decode_escapes, escape_for_command_line
+
 PROG = "odin-infer"
 EXIT_USAGE = 2
 
@@ -242,33 +244,6 @@ class Generator:
                           seconds=seconds, stopped_by=stopped_by, reversed=self.reversed)
 
 
-_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
-
-
-def decode_escapes(text: str) -> str:
-    """``\\n``, ``\\t`` and ``\\\\`` in ``text`` as newline, tab and backslash (``-e``)."""
-    pieces: list[str] = []
-    index = 0
-    while True:
-        found = text.find("\\", index)
-        if found < 0:
-            pieces.append(text[index:])
-            return "".join(pieces)
-        pieces.append(text[index:found])
-        code = text[found + 1:found + 2]
-        if code not in _ESCAPES:
-            shown = "\\" + code if code else "a lone \\ at the end"
-            raise InferError(f"prompt: unknown escape {shown!s} at character {found} "
-                             "(with -e, write \\n, \\t, or \\\\ for a backslash)")
-        pieces.append(_ESCAPES[code])
-        index = found + 2
-
-
-def escape_for_command_line(prompt: str) -> str:
-    """The inverse of :func:`decode_escapes`: ``prompt`` on one line, for ``-e -p``."""
-    return prompt.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
-
-
 def infer_command(checkpoint: str, prompt: str) -> str:
     """A shell command line that asks the model at ``checkpoint`` ``prompt`` (with ``-e``
     when the prompt has lines, tabs or backslashes), quoted for POSIX shells."""
@@ -295,7 +270,10 @@ def _error(message: str) -> None:
 
 def _one(generator: Generator, prompt: str, as_json: bool, escapes: bool = False) -> None:
     if escapes:
-        prompt = decode_escapes(prompt)
+        try:
+            prompt = decode_escapes(prompt)
+        except ValueError as error:
+            raise InferError(f"prompt: {error}") from None
     out = sys.stdout
     if as_json:
         result = generator.run(prompt, None)

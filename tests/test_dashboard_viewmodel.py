@@ -414,6 +414,19 @@ def test_chat_streams_an_answer_from_a_private_copy_of_the_weights() -> None:
     assert worker.transcript().startswith("> 12+34=")
 
 
+def test_chat_reads_new_lines_typed_as_backslash_n() -> None:
+    # the chat box is one line; a program's lines come as \n (a bad escape is refused)
+    worker = ChatWorker(max_new_tokens=4)
+    source = chat_model(reverse=False)
+    assert "unknown escape \\q" in worker.ask("1\\q", source)
+    assert worker.ask("1+2\\n3=", source) is None
+    worker.wait(10)
+    worker.drain()
+    turn = worker.turns[0]
+    assert turn.prompt == "1+2\n3=" and turn.done and turn.error is None
+    assert worker.transcript().startswith("> 1+2\n3=")
+
+
 def test_chat_reports_prompts_the_model_cannot_read() -> None:
     worker = ChatWorker()
     worker.ask("héllo ☃", chat_model(reverse=False))

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from odin.config import RunConfig
 from odin.data.arithmetic import padded_operands
+from odin.prompt_text import decode_escapes
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ def clone_model(chat_model: ChatModel) -> Any:
 
 
 class ChatWorker:
-    def __init__(self, max_new_tokens: int = 48) -> None:
+    # generation also stops at <end> and when the context is full; 512 leaves room for a
+    # program's trace (the code recipe's answers run to ~300 tokens)
+    def __init__(self, max_new_tokens: int = 512) -> None:
         self.max_new_tokens = max_new_tokens
         self.turns: list[ChatTurn] = []
         self._events: "queue.Queue[ChatEvent]" = queue.Queue()
@@ -76,6 +79,10 @@ class ChatWorker:
         prompt = prompt.strip()
         if not prompt:
             return "type a prompt first, e.g. 123+456="
+        try:  # the box is one line: \n in it is a new line of the prompt (a program's lines)
+            prompt = decode_escapes(prompt)
+        except ValueError as error:
+            return f"prompt: {error}"
         if chat_model is None:
             return "no model yet: start training or load a checkpoint"
         if self.busy:

@@ -107,7 +107,7 @@ def _controls(actions: Any, form: TrainForm) -> None:
     dpg.add_button(label="Save screenshot (PNG)", tag=T.SCREENSHOT, width=-1, callback=actions.on_screenshot)
     _heading("Ask the model")
     with dpg.group(horizontal=True):
-        dpg.add_input_text(tag=T.PROMPT, width=LEFT_WIDTH - 84, hint="e.g. 123+456=", on_enter=True,
+        dpg.add_input_text(tag=T.PROMPT, width=LEFT_WIDTH - 84, hint="e.g. 123+456=   (\\n: a new line)", on_enter=True,
                            callback=actions.on_ask)
         dpg.add_button(label="Ask", tag=T.ASK, width=52, callback=actions.on_ask)
     dpg.add_input_text(tag=T.TRANSCRIPT, multiline=True, readonly=True, width=-1, height=-1)
