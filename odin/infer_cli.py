@@ -103,9 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-m", "--model", required=True, metavar="CHECKPOINT", help="checkpoint directory")
     parser.add_argument("-p", "--prompt", default=None, help="prompt text (omit for the interactive loop)")
     parser.add_argument("-e", "--escapes", action="store_true",
-                        help=r"read \n, \t and \\ in prompts as newline, tab and backslash (multi-line prompts on one line)")
-    parser.add_argument("-n", "--max-tokens", type=_positive_int, default=128, metavar="N",
-                        help="most tokens to generate, <end> included (default 128; the context may stop it sooner)")
+                        help=r"read \n, \t and \\ in prompts as newline, tab and backslash "
+                             "(multi-line prompts on one line)")
+    parser.add_argument("-n", "--max-tokens", type=_positive_int, default=512, metavar="N",
+                        help="most tokens to generate, <end> included (default 512, room for a program's "
+                             "trace; the context may stop it sooner)")
     parser.add_argument("--temperature", type=_non_negative_float, default=0.0, metavar="T",
                         help="sampling temperature; 0 = greedy (default)")
     parser.add_argument("--top-k", type=_non_negative_int, default=0, metavar="K", help="keep the K likeliest tokens (0 = all)")
