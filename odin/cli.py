@@ -126,7 +126,8 @@ def _print_samples(checkpoint: Path, data_dir: Path, n: int = 5) -> None:
     from odin.data.dataset import load_manifest, load_split
     from odin.data.scratchpad import display_answer
     from odin.evaluate import answers_match, eval_options, greedy_predictions
-    from odin.infer_cli import escape_for_command_line, infer_command
+    from odin.infer_cli import infer_command
+    from odin.prompt_text import escape_for_command_line
 
     loaded = load_model_checkpoint(checkpoint, with_optimizer=False)
     opts = eval_options(load_manifest(data_dir))
