@@ -108,7 +108,11 @@ def db_rows(folder: Path, sql: str, params: tuple = ()) -> list[tuple]:
 def checkpoint_state(folder: Path) -> tuple[int, dict[str, Any]]:
     from odin.checkpoint_io import read_progress
 
-    step, state = read_progress(folder / "checkpoints" / "latest")
+    latest = folder / "checkpoints" / "latest"
+    if not latest.is_dir():  # killed between a save's two renames: the restart takes the parked one
+        parked = sorted(latest.parent.glob(".latest.old-*"), key=lambda path: path.stat().st_mtime)
+        latest = parked[-1] if parked else latest
+    step, state = read_progress(latest)
     return step, state["pipeline"]
 
 
