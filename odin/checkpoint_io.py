@@ -214,7 +214,8 @@ def _swap_in(staging: Path, target: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _read_safetensors(path: Path, with_tensors: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The file's tensors (none without ``with_tensors``: the header alone) and metadata."""
     from safetensors import safe_open
 
     if not path.is_file():
@@ -222,7 +223,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
     try:
         with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()} if with_tensors else {}
     except Exception as error:  # safetensors raises its own (non-ValueError) error types
         raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({error})") from None
     return tensors, _unpack_metadata(metadata, path)
@@ -253,17 +254,9 @@ def _optimizer_progress(metadata: Mapping[str, str], path: Path) -> tuple[int, d
 def read_progress(path: str | os.PathLike[str]) -> tuple[int, dict[str, Any]]:
     """The step and trainer state saved in checkpoint directory ``path``, read from the
     optimizer file's header alone (no tensor is loaded: cheap enough to poll)."""
-    from safetensors import safe_open
-
     optimizer_path = Path(path) / OPTIMIZER_FILE
-    if not optimizer_path.is_file():
-        raise CheckpointError(f"{OPTIMIZER_FILE} is missing from checkpoint {Path(path)}")
-    try:
-        with safe_open(str(optimizer_path), framework="numpy") as handle:
-            raw = handle.metadata() or {}
-    except Exception as error:  # safetensors raises its own (non-ValueError) error types
-        raise CheckpointError(f"{optimizer_path}: corrupt or unreadable safetensors file ({error})") from None
-    return _optimizer_progress(_unpack_metadata(raw, optimizer_path), optimizer_path)
+    _, metadata = _read_safetensors(optimizer_path, with_tensors=False)
+    return _optimizer_progress(metadata, optimizer_path)
 
 
 def _load_optimizer(path: Path, blueprint: Blueprint) -> OptimizerState:
