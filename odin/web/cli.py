@@ -68,6 +68,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     ew.add_argument("--data", default=None, help="dataset directory (default: the one the run trained on)")
     ew.add_argument("--seed", type=int, default=0, help="seed for picking the examples")
     ew.set_defaults(func=_cmd_export_web)
+    from odin.interchange.cli import register_export, register_import
+
+    register_export(esub)  # odin export hf | gguf | onnx
+    register_import(subparsers)  # odin import hf | gguf
 
     s = subparsers.add_parser("serve-web", help="serve the browser demo on localhost")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
