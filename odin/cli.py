@@ -217,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from odin.errors import native_load_error
+
+    isa_problem = native_load_error()  # first: any import below may load the library
+    if isa_problem:  # a bad ODIN_ISA: one line, not a traceback
+        print(f"odin: error: {isa_problem}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.command is None:

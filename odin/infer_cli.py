@@ -315,6 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse printed usage + one error line (or --help)
         return int(exit_.code or 0)
+    from odin.errors import native_load_error
+
+    isa_problem = native_load_error()
+    if isa_problem:  # a bad ODIN_ISA: one line, not a traceback from the first native import
+        _error(isa_problem)
+        return EXIT_USAGE
     from odin.native import OdinError
 
     for stream in (sys.stdout, sys.stderr):  # a model can emit anything; never die on a non-UTF-8 terminal

@@ -16,41 +16,10 @@ except ImportError as exc:  # pragma: no cover - only when the build is missing
     ) from exc
 
 
-class OdinError(Exception):
-    """Base class of every error raised by the ODIN native layer."""
-
-
-class ShapeError(OdinError, ValueError):
-    """An array or size argument has the wrong shape."""
-
-
-class ArgumentError(OdinError, ValueError):
-    """An argument has a value outside its allowed range."""
-
-
-class DTypeError(OdinError, TypeError):
-    """An array has the wrong dtype or memory layout."""
-
-
-class NanError(OdinError, FloatingPointError):
-    """A NaN or Inf appeared where a finite number is required."""
-
-
-class UnsupportedISAError(OdinError, RuntimeError):
-    """The requested instruction set is unknown or not available on this CPU."""
-
-
-class NativeMemoryError(OdinError, MemoryError):
-    """The native library could not allocate memory."""
-
-
-class NativeIOError(OdinError, OSError):
-    """The native library failed to read or write a file."""
-
-
-class StateError(OdinError, RuntimeError):
-    """An operation was called in a state that does not allow it."""
-
+from odin.errors import (  # noqa: E402  re-exported: odin.native.OdinError is the public name
+    ArgumentError, DTypeError, NanError, NativeIOError, NativeMemoryError, OdinError, ShapeError, StateError,
+    UnsupportedISAError,
+)
 
 _STATUS_TO_ERROR: dict[int, type[OdinError]] = {
     lib.ODIN_BAD_SHAPE: ShapeError,
@@ -111,14 +80,24 @@ def cpu_info() -> dict[str, object]:
     }
 
 
+def normalise_isa(name: str) -> str:
+    """'AVX2', ' avx2 ' -> 'avx2': the C library knows only the exact lowercase names."""
+    return name.strip().lower()
+
+
 def _apply_isa_override() -> None:
-    # The C side already honoured a valid ODIN_ISA; a bad one must not pass silently.
-    wanted = os.environ.get("ODIN_ISA", "").strip()
+    # The C side already honoured an exact valid ODIN_ISA; any other spelling is normalised
+    # here, and a name that is still unknown or unusable must not pass silently.
+    raw = os.environ.get("ODIN_ISA", "")
+    wanted = normalise_isa(raw)
     if wanted and current_isa() != wanted:
         try:
             set_isa(wanted)
         except UnsupportedISAError as exc:
-            raise UnsupportedISAError(f"ODIN_ISA={wanted!r}: {exc}") from None
+            reason = str(exc).removeprefix("set_isa: ")
+            if "usable:" not in reason:
+                reason += f"; this CPU can use: {', '.join(available_isas())}"
+            raise UnsupportedISAError(f"ODIN_ISA={raw!r}: {reason} (or unset ODIN_ISA for the best one)") from None
 
 
 _apply_isa_override()

@@ -101,6 +101,12 @@ def options_from_args(args: argparse.Namespace) -> "AppOptions":
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from odin.errors import native_load_error
+
+    isa_problem = native_load_error()  # before build_parser, whose imports load the library
+    if isa_problem:  # a bad ODIN_ISA: one line, not a traceback
+        print(f"{PROG}: {isa_problem}", file=sys.stderr)
+        return EXIT_USAGE
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     from odin.config import PRESETS
