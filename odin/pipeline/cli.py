@@ -93,17 +93,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _print_config(config) -> None:
-    from dataclasses import fields
+    """The settings in effect as TOML that can be pasted back into a pipeline.toml."""
+    import tomli_w
 
-    print(f"# {config.source}: valid")
-    for section in ("folders", "watch", "retry", "crawl", "preprocess", "tokenizer", "train"):
-        value = getattr(config, section)
-        print(f"[{section}]")
-        for f in fields(value):
-            print(f"{f.name} = {getattr(value, f.name)!r}")
-    print("[model]")
-    for key, value in config.model.items():
-        print(f"{key} = {value!r}")
+    print(f"# {config.source}: valid; every setting in effect")
+    print(tomli_w.dumps(config.to_toml_dict()), end="")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import difflib
 import math
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from odin.config import ConfigError, PRESETS, RunConfig
+from odin.config import ConfigError, PRESETS, RunConfig, tomllib  # tomllib, or tomli on Python 3.10
 
 
 class PipelineConfigError(ValueError):
@@ -236,6 +235,17 @@ class PipelineConfig:
     def run_config(self, vocab_size: int) -> RunConfig:
         """The model to train: the [model] preset and overrides, with the tokenizer's vocabulary."""
         return model_run_config(self.model, vocab_size, self.source)
+
+    def to_toml_dict(self) -> dict[str, dict[str, Any]]:
+        """The settings in effect as pipeline.toml tables (tuples as lists), every key spelled
+        out: ``config_from_dict(cfg.to_toml_dict()) == cfg`` (apart from ``source``)."""
+        tables: dict[str, dict[str, Any]] = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            tables[name] = {f.name: (list(v) if isinstance(v := getattr(section, f.name), tuple) else v)
+                            for f in fields(section)}
+        tables["model"] = dict(self.model)
+        return tables
 
 
 def model_run_config(model: Mapping[str, Any], vocab_size: int, source: str = "pipeline.toml") -> RunConfig:
