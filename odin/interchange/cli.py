@@ -11,8 +11,8 @@ import argparse
 import importlib
 
 # modules under odin.interchange, in the order their rows appear in --help
-EXPORT_FORMATS: tuple[str, ...] = ()
-IMPORT_FORMATS: tuple[str, ...] = ()
+EXPORT_FORMATS: tuple[str, ...] = ("hf",)
+IMPORT_FORMATS: tuple[str, ...] = ("hf",)
 
 
 def register_export(export_subparsers: "argparse._SubParsersAction") -> None:
