@@ -11,7 +11,7 @@ import argparse
 import importlib
 
 # modules under odin.interchange, in the order their rows appear in --help
-EXPORT_FORMATS: tuple[str, ...] = ("hf",)
+EXPORT_FORMATS: tuple[str, ...] = ("hf", "onnx_export")
 IMPORT_FORMATS: tuple[str, ...] = ("hf",)
 
 
