@@ -25,6 +25,8 @@ REASONS: dict[str, bool] = {
     "binary": False,
     "invalid-utf8": False,
     "vanished": False,  # gone between "ready" and being read
+    "symlink": False,  # a symbolic link in the inbox: never followed, recorded instead
+    "special-file": False,  # a FIFO, socket or device in the inbox: never opened for its content
     "permission": True,
     "too-short": False,
     "low-quality": False,

@@ -9,17 +9,18 @@ has no usable content hash), retried or quarantined.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Callable
 
-from odin.fileio import write_bytes_atomic
 from odin.pipeline.config import PipelineConfig, PipelinePaths
 from odin.pipeline.crawler import is_url_list, parse_url_list, read_inbox_file
 from odin.pipeline.errors import NotReady, StageError
+from odin.pipeline.inbox_fs import unlink_entry, write_with_mode
 from odin.pipeline.quarantine import fail_item
-from odin.pipeline.store import Store, content_hash, path_key, url_key
+from odin.pipeline.store import Store, content_hash, db_text, path_key, url_key
 from odin.pipeline.watcher import InboxWatcher
 
 
@@ -41,7 +42,7 @@ class Intake:
         if row is None or row["status"] not in ("pending", "failed") or row["next_try"] > time.time():
             return
         path = self.paths.inbox / row["source"]
-        if path.is_file():
+        if os.path.lexists(path):  # the entry itself: a link is taken (and quarantined) as a link
             self.take(path)
         elif self.store.scalar("SELECT 1 FROM items WHERE source = ? AND hash != ? AND "
                                "NOT (kind = 'file' AND stage = 'crawl')", (row["source"], row["hash"])):
@@ -53,16 +54,17 @@ class Intake:
 
     def take(self, path: Path) -> None:
         """Take one ready inbox file (see the module docstring for the order of the steps)."""
-        rel = path.relative_to(self.paths.inbox).as_posix()
+        entry = path.relative_to(self.paths.inbox).as_posix()  # for the file system
+        rel = db_text(entry)  # for pipeline.db and people: the same unless the name is not UTF-8
         self.current["crawl"] = rel
         self.watcher.take(path)
         try:
-            data, st = read_inbox_file(path, self.config.crawl)
+            data, st = read_inbox_file(path, self.config.crawl, root=self.paths.inbox)
         except NotReady:
             self.watcher.note(path)
             return
         except StageError as error:
-            self.reject(path, rel, error)
+            self.reject(path, entry, error)
             return
         if (path, st.st_mtime_ns) in self._skip_paths:
             return
@@ -75,7 +77,8 @@ class Intake:
                             item=key, code="duplicate-file")
         else:
             suffix = path.suffix.lower()
-            write_bytes_atomic(self.paths.raw / f"{key}{suffix}", data)
+            # the raw copy is readable by no more people than the original was
+            write_with_mode(self.paths.raw / f"{key}{suffix}", data, st.st_mode)
             if is_url_list(path):
                 self.expand_urls(key, rel, data)
             else:
@@ -87,26 +90,30 @@ class Intake:
             db.execute("DELETE FROM items WHERE source = ? AND kind = 'file' AND stage = 'crawl' AND "
                        "status IN ('pending', 'failed', 'running') AND hash != ?", (rel, key))
         try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+            # only the very file that was read (a file put in its place since is a new candidate)
+            if not unlink_entry(self.paths.inbox, entry, expect=st):
+                self.watcher.note(path)
         except OSError as error:
             self._skip_paths.add((path, st.st_mtime_ns))
             self.notify("warn", "crawl", rel, f"taken, but cannot be removed from the inbox: {error.strerror}")
 
-    def reject(self, path: Path, rel: str, error: StageError) -> None:
-        """An inbox file that cannot be read as text: recorded by path (it has no content hash)."""
+    def reject(self, path: Path, entry: str, error: StageError) -> None:
+        """An inbox file that cannot be read as text: recorded by path (it has no content hash).
+        ``entry`` is its path in the inbox as the file system has it."""
+        rel = db_text(entry)
         try:
-            st = path.stat()
+            st = os.lstat(path)  # a link's own size and time: its target is never looked at
             size, mtime = st.st_size, st.st_mtime_ns
         except OSError:
             size, mtime = 0, 0
-        key = path_key(rel, size, mtime)
+        key = path_key(entry, size, mtime)
         self.store.insert_item(key, stage="crawl", status="running", name=rel, source=rel, size=size)
         row = self.store.item(key)
         if row["status"] == "failed" and row["next_try"] > time.time():
             return  # found again by a rescan: it waits for its retry time
-        fail_item(self.store, self.paths, self.config.retry, row, "crawl", error, self.notify)
+        if row["status"] == "quarantined":
+            return  # quarantined before, but it could not be moved: its record says so
+        fail_item(self.store, self.paths, self.config.retry, row, "crawl", error, self.notify, inbox_entry=entry)
 
     def expand_urls(self, key: str, rel: str, data: bytes) -> None:
         urls, bad = parse_url_list(data, self.config.crawl)

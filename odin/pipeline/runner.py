@@ -5,7 +5,7 @@ training shard never holds up the others:
 
 =========== ==================================================================
 intake      ready inbox files -> raw/<hash><suffix> (crawl, local); URL lists expanded
-fetch       one page at a time from the web (crawl, remote), politely
+fetch       pages from the web (crawl, remote), several hosts at once, one request per host
 preprocess  raw -> clean/<hash>.txt, duplicates recognised
 tokenize    trains/loads the tokenizer, packs clean texts into shards
 train       trains the model on each new shard, checkpoints
@@ -29,12 +29,12 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional, TextIO
 
-from odin.fileio import write_bytes_atomic, write_text_atomic
 from odin.native import OdinError
 from odin.pipeline.config import PipelineConfig, PipelinePaths
-from odin.pipeline.crawler import Fetcher, normalise_url
 from odin.pipeline.errors import StageError
-from odin.pipeline.intake import Intake, human_size
+from odin.pipeline.fetch_stage import FetchStage
+from odin.pipeline.inbox_fs import write_with_mode
+from odin.pipeline.intake import Intake
 from odin.pipeline.preprocess import Deduper, clean_document
 from odin.pipeline.quarantine import fail_item, quarantine_item, reconcile_quarantine
 from odin.pipeline.shards import ShardError
@@ -284,38 +284,8 @@ class Runner:
 
     # fetch: pages -> raw/ -------------------------------------------------------
     def _fetch_loop(self, store: Store, notify: Callable[..., None]) -> None:
-        fetcher = Fetcher(self.config.crawl)
-        while not self.stop_event.is_set():
-            rows = store.due("crawl", kind="url", limit=200)
-            if not rows:
-                self.stop_event.wait(0.2)
-                continue
-            row = min(rows, key=lambda r: fetcher.wait_seconds(r["source"]) if "://" in r["source"] else 0.0)
-            wait = fetcher.wait_seconds(row["source"]) if "://" in row["source"] else 0.0
-            if wait > 0:  # every due URL's host was asked too recently
-                self.stop_event.wait(min(wait, 0.5))
-                continue
-            row = store.claim("crawl", kind="url", key=row["hash"])
-            if row is None:
-                continue
-            self.busy["fetch"], self.current["fetch"] = True, row["name"]
-            try:
-                url = normalise_url(row["source"])
-                page = fetcher.fetch(url, self.stop_event)
-                write_bytes_atomic(self.paths.raw / f"{row['hash']}{page.suffix}", page.body)
-                store.advance(row["hash"], "preprocess", ext=page.suffix, charset=page.charset, size=len(page.body),
-                              note=f"redirected to {page.final_url}" if page.final_url != url else None)
-                notify("info", "crawl", url, f"fetched ({human_size(len(page.body))}, {page.content_type})",
-                       item=row["hash"])
-            except ValueError as error:
-                fail_item(store, self.paths, self.config.retry, row, "crawl", StageError("bad-url", str(error)), notify)
-            except StageError as error:
-                fail_item(store, self.paths, self.config.retry, row, "crawl", error, notify)
-            except Exception as error:
-                fail_item(store, self.paths, self.config.retry, row, "crawl", self._internal("fetch", error), notify)
-            finally:
-                self.current.pop("fetch", None)
-                self.busy["fetch"] = False
+        FetchStage(self.paths, self.config, store, notify, self.current, self.busy, self.stop_event,
+                   self._internal).run()
 
     # preprocess: raw -> clean/ ------------------------------------------------------
     def _preprocess_loop(self, store: Store, notify: Callable[..., None]) -> None:
@@ -342,6 +312,7 @@ class Runner:
         raw = self.paths.raw / f"{key}{ext}"
         try:
             data = raw.read_bytes()
+            raw_mode = raw.stat().st_mode
         except OSError as error:
             raise StageError("io-error", f"cannot read the raw copy {raw.name}: {error}") from None
         cleaned = clean_document(data, ext, self.config.preprocess, row["charset"])
@@ -355,7 +326,8 @@ class Runner:
             store.update_item(key, status="done", reason=duplicate.kind, note=note, chars=len(cleaned.text))
             notify("info", "preprocess", row["name"], f"skipped: {note}", item=key, code=duplicate.kind)
             return
-        write_text_atomic(self.paths.clean / f"{key}.txt", cleaned.text)
+        # readable by no more people than the original (see Intake.take)
+        write_with_mode(self.paths.clean / f"{key}.txt", cleaned.text.encode("utf-8"), raw_mode)
         with store.tx():
             deduper.record(key, cleaned, signature)
             store.advance(key, "tokenize", chars=len(cleaned.text))
@@ -370,8 +342,9 @@ class Runner:
                                                            error, notify)
         last_busy = time.monotonic()
         while not self.stop_event.is_set():
-            upstream = (self.watcher.pending() or self.busy["intake"] or self.busy["fetch"]
-                        or self.busy["preprocess"] or store.busy_upstream())
+            # pages still being fetched do not hold the part-filled shard (see Store.busy_upstream)
+            upstream = (self.watcher.pending() or self.busy["intake"] or self.busy["preprocess"]
+                        or store.busy_upstream())
             if upstream:
                 last_busy = time.monotonic()
                 self._idle_flushed = False

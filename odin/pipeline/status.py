@@ -3,6 +3,10 @@
 * :class:`Console` writes one notification line per stage completion and per error (also
   appended to ``pipeline.log``) and keeps a status line at the bottom: rewritten in place
   with ``\\r`` on a terminal, a plain line every ``plain_every`` seconds otherwise.
+* :func:`printable` escapes what a name, a URL or a reason could smuggle into a line (new
+  lines, terminal escape codes, bidirectional overrides, undecodable bytes): every line
+  written to the console or ``pipeline.log`` goes through it, so a file called
+  ``"a\\n12:00:00 train ✓ ..."`` or ``"\\x1b]0;...\\x07"`` is shown, not obeyed.
 * :func:`collect_status` reads pipeline.db read-only (works while the pipeline runs) into
   the dict that ``odin-pipeline status --json`` prints; :func:`format_status` is the text form.
 """
@@ -13,12 +17,42 @@ import os
 import sys
 import threading
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from odin.pipeline.store import STAGES, Store
 
 MARKS = {"info": ("✓", "ok"), "error": ("✗", "ERR"), "warn": ("!", "!")}
+
+# control characters (C0, C1, DEL), format characters (bidirectional overrides, zero-width
+# joiners), lone surrogates (undecodable bytes of a file name), unassigned code points and
+# the Unicode line and paragraph separators
+_ESCAPED_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Cn", "Zl", "Zp"))
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object) -> str:
+    """``text`` as one harmless line: each character that could end the line, move the
+    cursor, recolour or retitle a terminal, or reorder what is shown, becomes a visible
+    escape (``\\n``, ``\\x1b``, ``\\u202e``; a byte that was not valid UTF-8 in a file
+    name, which Python carries as a lone surrogate, becomes ``\\xNN``)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[char])
+        elif unicodedata.category(char) not in _ESCAPED_CATEGORIES:
+            out.append(char)
+        else:
+            code = ord(char)
+            if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape of the byte code - 0xDC00
+                code -= 0xDC00
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000
+                       else f"\\U{code:08x}")
+    return "".join(out)
 
 
 class Console:
@@ -44,6 +78,8 @@ class Console:
 
     def notify(self, level: str, stage: str, name: Optional[str], message: str) -> None:
         stamp = time.strftime("%H:%M:%S")
+        name = printable(name) if name else name
+        message = printable(message)
         text = f"{stamp} {stage:<10} {self._mark(level)} " + (f"{name}: " if name else "") + message
         with self._lock:
             if self.log_path is not None:
@@ -60,11 +96,16 @@ class Console:
             self.stream.flush()
 
     def log_only(self, text: str) -> None:
+        """A block for the log only (a traceback): continuation lines are indented, so no
+        line of it, whatever an exception message holds, can pass for a log line."""
         if self.log_path is not None:
+            first, *rest = text.rstrip("\n").split("\n")
+            block = "".join(f"\n  {printable(line)}" for line in rest)
             with self._lock, open(self.log_path, "a", encoding="utf-8") as log:
-                log.write(text.rstrip("\n") + "\n")
+                log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + printable(first) + block + "\n")
 
     def status(self, line: str, force: bool = False) -> None:
+        line = printable(line)
         with self._lock:
             if self.tty:
                 self._line = line
@@ -243,7 +284,7 @@ def format_status(info: dict[str, Any]) -> str:
             stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
             lines.append(f"  {stamp} {event['level']:<5} {event['stage'] or '':<10} "
                          + (f"{event['name']}: " if event["name"] else "") + event["message"])
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def dumps(info: dict[str, Any]) -> str:

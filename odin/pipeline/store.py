@@ -20,7 +20,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 STAGES = ("crawl", "preprocess", "tokenize", "train")
 STATUSES = ("pending", "running", "done", "failed", "quarantined")
@@ -72,7 +72,25 @@ def url_key(url: str) -> str:
 
 
 def path_key(name: str, size: int, mtime_ns: int) -> str:
-    return hashlib.sha256(f"path:{name}:{size}:{mtime_ns}".encode("utf-8")).hexdigest()
+    # surrogateescape: a name that is not UTF-8 keys by its own bytes
+    return hashlib.sha256(f"path:{name}:{size}:{mtime_ns}".encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def db_text(value: Any) -> Any:
+    """``value`` as SQLite can store it: a file name whose bytes are not UTF-8 (Python
+    carries those bytes as lone surrogates, which no UTF-8 text can hold) gets them as
+    ``\\xNN``; everything else is unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        try:
+            raw = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = value.encode("utf-8", "backslashreplace")
+        return raw.decode("utf-8", "backslashreplace")
 
 
 class Store:
@@ -146,12 +164,14 @@ class Store:
         now = time.time()
         values = {"hash": key, "stage": stage, "status": status, "name": name, "kind": kind,
                   "updated": now, "created": now, **columns}
+        values = {column: db_text(value) for column, value in values.items()}
         sql = (f"INSERT OR IGNORE INTO items({', '.join(values)}) "
                f"VALUES({', '.join('?' for _ in values)})")
         with self.tx():
             return self.db.execute(sql, list(values.values())).rowcount == 1
 
     def update_item(self, key: str, **columns: Any) -> None:
+        columns = {column: db_text(value) for column, value in columns.items()}
         columns["updated"] = time.time()
         sql = f"UPDATE items SET {', '.join(f'{name} = ?' for name in columns)} WHERE hash = ?"
         with self.tx():
@@ -182,14 +202,20 @@ class Store:
             self.db.execute("UPDATE items SET status = 'running', updated = ? WHERE hash = ?", (now, row[0]))
         return self.item(row[0])
 
-    def due(self, stage: str, kind: Optional[str] = None, limit: int = 500) -> list[sqlite3.Row]:
-        """Items of ``stage`` that could be claimed now, oldest first (not claimed)."""
+    def due(self, stage: str, kind: Optional[str] = None, limit: int = 500,
+            exclude_prefixes: Iterable[str] = ()) -> list[sqlite3.Row]:
+        """Items of ``stage`` that could be claimed now, oldest first (not claimed), except
+        those whose source starts with one of ``exclude_prefixes`` (the URLs of hosts that
+        are busy: the rest must not queue behind a long list of one host's URLs)."""
         sql = ("SELECT * FROM items WHERE stage = ? AND (status = 'pending' OR "
                "(status = 'failed' AND next_try <= ?))")
         params: list[Any] = [stage, time.time()]
         if kind is not None:
             sql += " AND kind = ?"
             params.append(kind)
+        for prefix in exclude_prefixes:
+            sql += " AND substr(source, 1, ?) != ?"
+            params += [len(prefix), prefix]
         return self.query(sql + " ORDER BY created, hash LIMIT ?", [*params, limit])
 
     def next_retry(self, stage: str) -> Optional[float]:
@@ -214,17 +240,22 @@ class Store:
         return result
 
     def busy_upstream(self) -> int:
-        """Items that may still reach the tokenizer: anything in crawl or preprocess not finished."""
+        """Items that may soon reach the tokenizer: anything in crawl or preprocess not
+        finished, except pages not fetched yet. Those depend on other hosts' speed (a slow
+        host, a retry in a minute): the part-filled shard is not held for them, a page that
+        arrives later goes into a later shard."""
         return int(self.scalar(
             "SELECT COUNT(*) FROM items WHERE stage IN ('crawl', 'preprocess') "
-            "AND status IN ('pending', 'running', 'failed')", default=0))
+            "AND status IN ('pending', 'running', 'failed') AND NOT (stage = 'crawl' AND kind = 'url')",
+            default=0))
 
     # ------------------------------------------------------------------ events
     def event(self, level: str, message: str, *, stage: str | None = None, item: str | None = None,
               name: str | None = None, code: str | None = None) -> None:
         with self.tx():
             self.db.execute("INSERT INTO events(time, level, stage, item, name, code, message) "
-                            "VALUES(?, ?, ?, ?, ?, ?, ?)", (time.time(), level, stage, item, name, code, message))
+                            "VALUES(?, ?, ?, ?, ?, ?, ?)", (time.time(), level, stage, item, db_text(name), code,
+                                                             db_text(message)))
 
     def events(self, since_id: int = 0, limit: int = 50) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM events WHERE id > ? ORDER BY id DESC LIMIT ?", (since_id, limit))[::-1]

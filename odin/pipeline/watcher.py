@@ -10,11 +10,15 @@ and every ``rescan_seconds`` catches anything an event missed. A file is *ready*
   no close events).
 
 A folder moved or copied into the inbox is walked, so every file in it becomes a candidate.
+Links are never followed: a symbolic link (to a file, a folder, itself) is a candidate of its
+own, judged by ``lstat``, and an event for a path under a linked folder is taken as being
+about the link (the crawler then quarantines it as a link; see inbox_fs).
 """
 from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +28,8 @@ from typing import Optional
 from watchdog.events import (
     DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileSystemEvent, FileSystemEventHandler, FileMovedEvent,
 )
+
+from odin.pipeline.inbox_fs import first_link, walk_entries
 
 
 @dataclass
@@ -53,10 +59,14 @@ class InboxWatcher:
     def start(self) -> None:
         self.inbox.mkdir(parents=True, exist_ok=True)
         if self.mode == "poll":
-            from watchdog.observers.polling import PollingObserver as ObserverClass
+            from watchdog.observers.polling import PollingObserverVFS
+
+            # lstat: the default stat would walk into linked folders (a link to / = the whole disk)
+            observer = PollingObserverVFS(os.lstat, os.scandir)
         else:
-            from watchdog.observers import Observer as ObserverClass
-        observer = ObserverClass()
+            from watchdog.observers import Observer
+
+            observer = Observer()  # inotify: does not follow links unless asked to
         observer.schedule(_Handler(self), str(self.inbox), recursive=True)
         observer.daemon = True
         observer.start()
@@ -81,10 +91,8 @@ class InboxWatcher:
     def scan(self) -> None:
         """Walk the inbox and note every file (cheap for files already known)."""
         self._last_scan = time.monotonic()
-        for folder, dirs, files in os.walk(self.inbox):
-            dirs[:] = [d for d in dirs if not self.ignored(Path(folder) / d)]
-            for name in files:
-                self.note(Path(folder) / name)
+        for path in walk_entries(self.inbox, self.ignored):
+            self.note(path)
 
     def maybe_rescan(self) -> None:
         if time.monotonic() - self._last_scan >= self.rescan_every:
@@ -96,13 +104,14 @@ class InboxWatcher:
         path = Path(path)
         if self.ignored(path):
             return
+        path = first_link(self.inbox, path) or path  # inbox/link/x: the link is what was dropped
         try:
-            st = path.stat()
+            st = os.lstat(path)
         except OSError:  # gone already, or unreadable: a rescan will tell
             with self._lock:
                 self._candidates.pop(path, None)
             return
-        if not os.path.isfile(path):
+        if stat.S_ISDIR(st.st_mode):
             return
         now = time.monotonic()
         with self._lock:
@@ -113,10 +122,11 @@ class InboxWatcher:
                 old.closed = True
 
     def note_folder(self, folder: Path) -> None:
-        for sub, dirs, files in os.walk(folder):
-            dirs[:] = [d for d in dirs if not self.ignored(Path(sub) / d)]
-            for name in files:
-                self.note(Path(sub) / name)
+        if first_link(self.inbox, folder) is not None:  # a linked folder: the link itself
+            self.note(folder)
+            return
+        for path in walk_entries(folder, self.ignored):
+            self.note(path)
 
     def forget(self, path: Path) -> None:
         with self._lock:
@@ -131,7 +141,7 @@ class InboxWatcher:
         ready: list[tuple[float, Path]] = []
         for path, cand in snapshot:
             try:
-                st = path.stat()
+                st = os.lstat(path)
             except OSError:  # deleted or moved away before it was finished: not ours
                 self.forget(path)
                 continue
