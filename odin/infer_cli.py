@@ -1,14 +1,31 @@
 r"""``odin-infer``: generate from a checkpoint, streaming tokens as they are produced.
 
-    odin-infer -m CHECKPOINT -p "123+456=" [-n 64] [--temperature 0] [--top-k 0] [--top-p 1]
-               [--seed 0] [--stop STRING]... [--json] [--raw] [-e]
-    odin-infer -m CHECKPOINT            # REPL: one prompt per stdin line, until EOF or `exit`
+    odin-infer -m CHECKPOINT -p "123+456=" [-n 64] [--temp 0] [--top-k 0] [--top-p 1]
+               [-s 0] [--stop STRING]... [--json] [--raw] [-e] [--no-perf]
+    odin-infer -m CHECKPOINT            # REPL: one prompt per line, until EOF or `exit`
+    odin-infer -m CHECKPOINT -f prompt.txt   # the prompt from a file (- = stdin)
     odin-infer -m CHECKPOINT -e -p 'x=3\nprint(x*2)\n#out:'   # a program on one line
 
-* ``-e``/``--escapes``: in ``-p`` and in every REPL line, ``\n`` is a newline, ``\t`` a tab and
-  ``\\`` a backslash (any other backslash sequence is an error), so a multi-line prompt such
-  as a program fits on one command line or one REPL line. Off by default: a prompt may
-  hold real backslashes.
+* ``-m`` takes the checkpoint folder, its ``model.safetensors``, an ``odin train`` run folder
+  (``runs/arith-3digit``: its ``checkpoint/``) or a pipeline folder (its
+  ``checkpoints/latest``); see :mod:`odin.checkpoint_locate`.
+* llama.cpp's habits work too: ``-n/--n-predict`` (``-1``: until ``<end>`` or the context),
+  ``--temp``, ``-s/--seed``, ``-t/--threads``, ``-f/--file``, ``-e`` (escapes),
+  ``--no-perf``. ODIN decodes one sequence on one thread, so ``-t`` is checked (1..64) but
+  does not change the speed.
+* The REPL on a terminal edits lines and recalls earlier prompts (readline), with a history
+  kept in ``$XDG_STATE_HOME/odin/infer_history`` (:mod:`odin.infer_repl`). Ctrl-C during an
+  answer stops that answer; at the prompt it ends the loop.
+* Every prompt (``-p``, ``-f``, REPL lines) must be UTF-8 text: anything else is one error
+  line (:mod:`odin.prompt_text`); in the REPL the loop goes on.
+* ``-e``/``--escapes``: in ``-p``, ``-f`` and every REPL line, ``\n`` is a newline, ``\t`` a
+  tab and ``\\`` a backslash (any other backslash sequence is an error), so a multi-line
+  prompt such as a program fits on one command line or one REPL line. Off by default: a
+  prompt may hold real backslashes.
+* A prompt outside what the model was trained on (empty, not shaped like its tasks, an
+  operation or a number of digits it never saw) is still answered, after a note on stderr
+  saying so (``odin-infer: note: ...``; :mod:`odin.infer_scope`, from the checkpoint's
+  record of its dataset).
 
 * The prompt is fed as ``[<bos>] + encode(prompt)``. Generation stops at ``<end>``, when a
   ``--stop`` string appears in the output (the stop string is trimmed away; text that
@@ -21,29 +38,34 @@ r"""``odin-infer``: generate from a checkpoint, streaming tokens as they are pro
   digit-reversed answers (``trainer_state["reverse_answer"]``), the raw tokens would read
   backwards, so nothing is streamed: the completion is printed once, in normal reading
   order, when generation ends. ``--raw`` streams the model's raw output instead.
+* Speed is reported in two parts, because one short answer is mostly start-up: *prefill*
+  (the prompt's tokens fed through the model, up to the first generated token) and
+  *decode* (each further token), timed inside the engine's token loop (not the printing).
+  A line on stderr after each answer (not with ``--json`` or ``--no-perf``).
 * ``--json`` prints exactly one JSON object per prompt (one line each in the REPL) and
-  nothing else on stdout: ``{"prompt", "completion", "tokens", "tokens_per_s",
-  "stopped_by"}`` — ``completion`` as it would be displayed (normal order), ``tokens`` the
-  number of generated tokens including a final ``<end>``, ``stopped_by`` one of ``"end"``,
-  ``"stop"``, ``"max_tokens"``, ``"context"``; plus ``"raw_completion"`` when the answer
-  was un-reversed.
+  nothing else on stdout: ``{"prompt", "completion", "tokens", "stopped_by", "prefill":
+  {"tokens", "ms"}, "decode": {"tokens", "ms", "tokens_per_s"}, "notes"}`` —
+  ``completion`` as it would be displayed (normal order), ``tokens`` the number of
+  generated tokens including a final ``<end>``, ``stopped_by`` one of ``"end"``, ``"stop"``,
+  ``"max_tokens"``, ``"context"``, ``notes`` the out-of-scope notes (also on stderr),
+  ``decode.tokens_per_s`` null when nothing was decoded after the first token; plus
+  ``"raw_completion"`` when the answer was un-reversed.
 * Errors (missing or corrupt checkpoint, characters the char tokenizer does not know, a
-  prompt longer than the context, bad arguments) print one line on stderr and exit with 2.
-  In the REPL a bad prompt prints its error and the loop goes on.
+  prompt that is not UTF-8 or longer than the context, bad arguments) print one line on
+  stderr and exit with 2. In the REPL a bad prompt prints its error and the loop goes on.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, TextIO
 
-from odin.prompt_text import decode_escapes, escape_for_command_line
+from odin.infer_args import PROG, build_parser
+from odin.prompt_text import decode_escapes, escape_for_command_line, prompt_from_bytes, prompt_from_text
 
-PROG = "odin-infer"
 EXIT_USAGE = 2
 
 
@@ -63,85 +85,55 @@ class InferError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
-def _number(kind: type, low: float, high: float = float("inf"), low_open: bool = False):
-    """An argparse `type=` that parses `kind` and checks low <(=) value <= high (finite)."""
-    if high != float("inf"):
-        wanted = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
-    else:
-        wanted = f"{'an integer' if kind is int else 'a finite number'} {'>' if low_open else '>='} {low:g}"
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-        if not (value > low if low_open else value >= low) or not value <= high or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
-        return value
-
-    return parse
-
-
-_positive_int = _number(int, 1)
-_non_negative_int = _number(int, 0)
-_non_negative_float = _number(float, 0.0)
-_top_p = _number(float, 0.0, 1.0, low_open=True)
-
-
-def _stop_string(text: str) -> str:
-    if not text:
-        raise argparse.ArgumentTypeError("a stop string cannot be empty")
-    return text
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Generate text from an ODIN checkpoint (tokens stream as they are produced). "
-                    "Without -p, read one prompt per line from stdin until EOF or 'exit'.",
-    )
-    parser.add_argument("-m", "--model", required=True, metavar="CHECKPOINT", help="checkpoint directory")
-    parser.add_argument("-p", "--prompt", default=None, help="prompt text (omit for the interactive loop)")
-    parser.add_argument("-e", "--escapes", action="store_true",
-                        help=r"read \n, \t and \\ in prompts as newline, tab and backslash "
-                             "(multi-line prompts on one line)")
-    parser.add_argument("-n", "--max-tokens", type=_positive_int, default=512, metavar="N",
-                        help="most tokens to generate, <end> included (default 512, room for a program's "
-                             "trace; the context may stop it sooner)")
-    parser.add_argument("--temperature", type=_non_negative_float, default=0.0, metavar="T",
-                        help="sampling temperature; 0 = greedy (default)")
-    parser.add_argument("--top-k", type=_non_negative_int, default=0, metavar="K", help="keep the K likeliest tokens (0 = all)")
-    parser.add_argument("--top-p", type=_top_p, default=1.0, metavar="P", help="nucleus sampling mass (default 1)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
-    parser.add_argument("--stop", type=_stop_string, action="append", default=[], metavar="STRING",
-                        help="stop when STRING appears in the output (trimmed; repeatable)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per prompt and nothing else")
-    parser.add_argument("--raw", action="store_true",
-                        help="show the model's raw output even if it was trained on digit-reversed answers")
-    return parser
-
-
 @dataclass
 class Completion:
     prompt: str
     completion: str  # as displayed (normal reading order)
     raw_completion: str  # as generated (before un-reversing), stop string trimmed
-    tokens: int
-    seconds: float
+    tokens: int  # generated, a final <end> included
     stopped_by: str
     reversed: bool
+    prompt_tokens: int = 0  # fed in prefill, <bos> included
+    prefill_seconds: float = 0.0  # prompt through the model, up to the first generated token
+    decode_seconds: float = 0.0  # every further token (engine time, not printing)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def decode_tokens(self) -> int:
+        return max(0, self.tokens - 1)  # the first token comes out of prefill
+
+    @property
+    def decode_tokens_per_s(self) -> Optional[float]:
+        if self.decode_tokens == 0 or self.decode_seconds <= 0:
+            return None
+        return self.decode_tokens / self.decode_seconds
 
     def to_json(self) -> dict[str, Any]:
+        rate = self.decode_tokens_per_s
         data: dict[str, Any] = {
             "prompt": self.prompt,
             "completion": self.completion,
             "tokens": self.tokens,
-            "tokens_per_s": round(self.tokens / self.seconds, 3) if self.seconds > 0 else None,
             "stopped_by": self.stopped_by,
+            "prefill": {"tokens": self.prompt_tokens, "ms": round(self.prefill_seconds * 1e3, 3)},
+            "decode": {"tokens": self.decode_tokens, "ms": round(self.decode_seconds * 1e3, 3),
+                       "tokens_per_s": None if rate is None else round(rate, 1)},
+            "notes": list(self.notes),
         }
         if self.reversed:
             data["raw_completion"] = self.raw_completion
         return data
+
+    def perf_line(self) -> str:
+        """The timing line printed on stderr after an answer."""
+        rate = self.decode_tokens_per_s
+        speed = f" ({rate:,.0f} tokens/s)" if rate is not None else ""
+        return (f"prefill {_count(self.prompt_tokens, 'prompt token')} in {self.prefill_seconds * 1e3:.2f} ms; "
+                f"decode {_count(self.decode_tokens, 'token')} in {self.decode_seconds * 1e3:.2f} ms{speed}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -158,22 +150,28 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 class Generator:
     """Streams one completion per prompt from a loaded checkpoint."""
 
-    def __init__(self, loaded: Any, *, max_tokens: int, temperature: float, top_k: int, top_p: float,
+    def __init__(self, loaded: Any, *, max_tokens: Optional[int], temperature: float, top_k: int, top_p: float,
                  seed: int, stops: Sequence[str], raw: bool) -> None:
+        from odin.infer_scope import trained_scope
         from odin.model import Sampler
 
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        self.max_tokens = max_tokens
+        self.max_tokens = max_tokens  # None: no limit but <end> and the context
         self.stops = list(stops)
         self.reversed = loaded.reverse_answer and not raw
         settings = (loaded.trainer_state.get("dataset") or {}).get("settings") or {}
         tasks = settings.get("reversed_tasks")
         self.reversed_tasks = tuple(tasks) if isinstance(tasks, list) else None
         self.prompt_width = loaded.prompt_width
+        self.scope = trained_scope(loaded.trainer_state)
         self.sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
 
     def encode_prompt(self, prompt: str) -> list[int]:
+        try:
+            prompt = prompt_from_text(prompt)  # the API takes any str: lone surrogates are not text
+        except ValueError as error:
+            raise InferError(str(error)) from None
         try:
             ids = [self.tokenizer.bos_id, *self.tokenizer.encode(prompt)]
         except ValueError as error:
@@ -185,18 +183,28 @@ class Generator:
             raise InferError(f"prompt is {len(ids)} tokens with <bos> but the model's context is {context}")
         return ids
 
+    def notes(self, prompt: str) -> list[str]:
+        """How ``prompt`` lies outside what the model was trained on (odin.infer_scope)."""
+        from odin.infer_scope import prompt_notes
+
+        return prompt_notes(self.scope, prompt)
+
     def _text(self, ids: list[int]) -> str:
         from odin.evaluate import decode_until_end
 
         return decode_until_end(self.tokenizer, ids)[0]
 
-    def run(self, prompt: str, out: TextIO | None) -> Completion:
-        """Generate; with ``out`` (and not reversed) the text is written there as it grows."""
+    def run(self, prompt: str, out: TextIO | None, on_ready: Any = None) -> Completion:
+        """Generate; with ``out`` (and not reversed) the text is written there as it grows.
+        ``on_ready(notes)`` is called once the prompt is known to be usable, before any output."""
         from odin.data.arithmetic import padded_operands
         from odin.model import stream_tokens
 
         # a model trained with zero-padded operands is asked in that form ("12+5=" -> "0000000012+0000000005=")
         prompt_ids = self.encode_prompt(padded_operands(prompt, self.prompt_width))
+        notes = self.notes(prompt)
+        if on_ready is not None:
+            on_ready(notes)
         end_id = self.tokenizer.end_id
         stream = out if (out is not None and not self.reversed) else None
         ids: list[int] = []
@@ -205,8 +213,21 @@ class Generator:
         text = ""
         longest_stop = max((len(s) for s in self.stops), default=0)
         stopped_by = None
-        started = time.perf_counter()
-        for token in stream_tokens(self.model, prompt_ids, self.max_tokens, self.sampler, stop_ids=(end_id,)):
+        limit = self.max_tokens if self.max_tokens is not None else sys.maxsize
+        tokens = stream_tokens(self.model, prompt_ids, limit, self.sampler, stop_ids=(end_id,))
+        # engine time only: each next() is the model's work for one token (the first one
+        # also feeds the prompt); decoding text and printing happen between them
+        prefill = decode = 0.0
+        while True:
+            started = time.perf_counter()
+            token = next(tokens, None)
+            spent = time.perf_counter() - started
+            if token is None:
+                break
+            if count == 0:
+                prefill = spent
+            else:
+                decode += spent
             count += 1
             if token == end_id:
                 stopped_by = "end"
@@ -231,9 +252,8 @@ class Generator:
                     stream.write(text[emitted:safe])
                     stream.flush()
                     emitted = safe
-        seconds = time.perf_counter() - started
         if stopped_by is None:
-            stopped_by = "max_tokens" if count >= self.max_tokens else "context"
+            stopped_by = "max_tokens" if count >= limit else "context"
         if stream is not None and len(text) > emitted:
             stream.write(text[emitted:])
             stream.flush()
@@ -243,7 +263,8 @@ class Generator:
 
             display = display_answer(text, True)
         return Completion(prompt=prompt, completion=display, raw_completion=text, tokens=count,
-                          seconds=seconds, stopped_by=stopped_by, reversed=self.reversed)
+                          stopped_by=stopped_by, reversed=self.reversed, prompt_tokens=len(prompt_ids),
+                          prefill_seconds=prefill, decode_seconds=decode, notes=notes)
 
 
 def infer_command(checkpoint: str, prompt: str) -> str:
@@ -270,44 +291,88 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
 
-def _one(generator: Generator, prompt: str, as_json: bool, escapes: bool = False) -> None:
-    if escapes:
+def _note(message: str) -> None:
+    print(f"{PROG}: note: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Output:
+    """How answers are shown: one JSON object each, or streamed text (+ a timing line)."""
+
+    as_json: bool = False
+    escapes: bool = False
+    perf: bool = True
+
+
+def _one(generator: Generator, prompt: str, output: Output) -> None:
+    if output.escapes:
         try:
             prompt = decode_escapes(prompt)
         except ValueError as error:
             raise InferError(f"prompt: {error}") from None
+
+    def announce(notes: list[str]) -> None:
+        for note in notes:
+            _note(note)
+
     out = sys.stdout
-    if as_json:
-        result = generator.run(prompt, None)
+    if output.as_json:
+        result = generator.run(prompt, None, announce)
         out.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
-    else:
-        result = generator.run(prompt, out)
-        if generator.reversed:
-            out.write(result.completion)
-        out.write("\n")
+        out.flush()
+        return
+    result = generator.run(prompt, out, announce)
+    if generator.reversed:
+        out.write(result.completion)
+    out.write("\n")
     out.flush()
+    if output.perf:
+        print(f"{PROG}: {result.perf_line()}", file=sys.stderr, flush=True)
 
 
-def _repl(generator: Generator, as_json: bool, escapes: bool) -> None:
+def _repl(generator: Generator, output: Output) -> None:
+    from odin.infer_repl import prompt_lines
+
     interactive = sys.stdin.isatty()
-    while True:
-        if interactive:
-            sys.stdout.write("> ")
-            sys.stdout.flush()
-        line = sys.stdin.readline()
-        if not line:
-            if interactive:
-                sys.stdout.write("\n")
-            return
-        prompt = line.rstrip("\r\n")
-        if prompt.strip() in ("exit", "quit"):
-            return
-        if not prompt:
-            continue
-        try:
-            _one(generator, prompt, as_json, escapes)
-        except InferError as error:
-            _error(str(error))
+    lines = prompt_lines(_note)
+    try:
+        for prompt, problem in lines:
+            if problem is not None:
+                _error(problem)
+                continue
+            if prompt.strip() in ("exit", "quit"):
+                return
+            if not prompt:
+                continue
+            try:
+                _one(generator, prompt, output)
+            except InferError as error:
+                _error(str(error))
+            except KeyboardInterrupt:
+                if not interactive:
+                    raise
+                sys.stdout.write("\n")  # Ctrl-C stops this answer; the loop goes on
+                sys.stdout.flush()
+    finally:
+        lines.close()  # saves the history
+
+
+def _file_prompt(name: str) -> str:
+    """-f: the prompt's bytes from a file ('-': stdin), one final newline dropped."""
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(name, "rb") as handle:
+                data = handle.read()
+    except OSError as error:
+        raise InferError(f"cannot read the prompt file {name}: {error.strerror or error}") from None
+    if data.endswith(b"\n"):
+        data = data[:-2] if data.endswith(b"\r\n") else data[:-1]
+    try:
+        return prompt_from_bytes(data, "the prompt on stdin" if name == "-" else f"the prompt file {name}")
+    except ValueError as error:
+        raise InferError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,16 +397,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from odin.checkpoint import CheckpointError, load_model_checkpoint
 
+        from odin.checkpoint_locate import locate_checkpoint
+
+        if args.prompt is not None:  # checked before the (slower) model load
+            try:
+                prompt: Optional[str] = prompt_from_text(args.prompt)
+            except ValueError as error:
+                raise InferError(str(error)) from None
+        else:
+            prompt = _file_prompt(args.file) if args.file is not None else None
         try:
-            loaded = load_model_checkpoint(args.model, with_optimizer=False)
+            loaded = load_model_checkpoint(locate_checkpoint(args.model), with_optimizer=False)
         except (CheckpointError, OSError) as error:
             raise InferError(str(error)) from None
         generator = Generator(loaded, max_tokens=args.max_tokens, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p, seed=args.seed, stops=args.stop, raw=args.raw)
-        if args.prompt is not None:
-            _one(generator, args.prompt, args.json, args.escapes)
+        output = Output(as_json=args.json, escapes=args.escapes, perf=not args.no_perf)
+        if prompt is not None:
+            _one(generator, prompt, output)
         else:
-            _repl(generator, args.json, args.escapes)
+            _repl(generator, output)
     except InferError as error:
         _error(str(error))
         return EXIT_USAGE

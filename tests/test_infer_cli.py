@@ -19,17 +19,18 @@ from odin.tokenizers import CharTokenizer
 
 TOKENIZER = CharTokenizer()
 CONTEXT = 16
-JSON_KEYS = {"prompt", "completion", "tokens", "tokens_per_s", "stopped_by"}
+JSON_KEYS = {"prompt", "completion", "tokens", "stopped_by", "prefill", "decode", "notes"}
 
 
 def _config() -> RunConfig:
     return RunConfig(model=ModelConfig(n_layer=2, d_model=64, n_head=4, context=CONTEXT), train=TrainConfig(steps=250))
 
 
-def infer(*args, stdin=None):
+def infer(*args, stdin=None, text=True):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "odin.infer_cli", *map(str, args)], input=stdin,
-                          capture_output=True, text=True, timeout=60, env=env)
+    argv = [a if isinstance(a, bytes) else str(a) for a in args]
+    return subprocess.run([sys.executable, "-m", "odin.infer_cli", *argv], input=stdin,
+                          capture_output=True, text=text, timeout=60, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +253,148 @@ def test_suggested_command_gives_the_prompt_through_a_shell(tmp_path, prompt):
     proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["prompt"] == prompt
+
+
+# ------------------------------------------------------------------ prompts that are not UTF-8 (issue 18, item 19)
+@pytest.fixture(scope="module")
+def bpe_ckpt(tmp_path_factory):
+    """A pipeline-style checkpoint: byte-level BPE, trained on free text."""
+    from odin.tokenizers import BPETokenizer
+
+    tokenizer = BPETokenizer.train(["the cat sat on the mat; 12+34=46\n"] * 20, 300)
+    config = RunConfig(model=ModelConfig(n_layer=1, d_model=16, n_head=2, context=32, vocab_size=tokenizer.vocab_size),
+                       train=TrainConfig(steps=1))
+    model = model_from_config(config)
+    model.init_weights(0)
+    path = tmp_path_factory.mktemp("bpe") / "pipeline" / "checkpoints" / "latest"
+    save_model_checkpoint(path, model, tokenizer, config, step=0, trainer_state={"pipeline": {"trained": []}})
+    return path
+
+
+@pytest.mark.parametrize("which", ["bpe", "char"])
+def test_a_prompt_that_is_not_utf8_is_one_line_on_every_path(which, bpe_ckpt, untrained, tmp_path):
+    path = bpe_ckpt if which == "bpe" else untrained
+    bad = b"1+\xff2="
+    for args, stdin in ((["-p", bad], None), (["-f", tmp_path / "p.txt"], None), (["-f", "-"], bad)):
+        (tmp_path / "p.txt").write_bytes(bad)
+        proc = infer("-m", path, *args, stdin=stdin, text=False)
+        assert proc.returncode == 2 and proc.stdout == b"", proc.stderr
+        lines = proc.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and "is not UTF-8 text: byte 0xff at byte offset 2" in lines[0], lines
+    # the REPL answers the lines around a bad one and reports that line alone
+    proc = infer("-m", path, "--json", "-n", 2, stdin=b"1+2=\n\xfe\xff\n3+4=\n", text=False)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["prompt"] for line in proc.stdout.decode().splitlines()] == ["1+2=", "3+4="]
+    assert proc.stderr.decode().strip() == ("odin-infer: error: line 2 is not UTF-8 text: byte 0xfe at byte "
+                                            "offset 0 (invalid start byte)")
+
+
+def test_the_generator_api_refuses_lone_surrogates(bpe_ckpt):
+    from odin.infer_cli import InferError
+
+    loaded = load_model_checkpoint(bpe_ckpt, with_optimizer=False)
+    generator = Generator(loaded, max_tokens=2, temperature=0.0, top_k=0, top_p=1.0, seed=0, stops=[], raw=False)
+    with pytest.raises(InferError, match="prompt is not UTF-8 text: byte 0xff at byte offset 1"):
+        generator.run("a\udcffb", None)
+    assert generator.run("the cat", None).tokens == 2
+
+
+# ------------------------------------------------------------------ llama.cpp habits, -m forms (item 21)
+def test_llama_cpp_flags_mean_what_they_mean_there(untrained, tmp_path):
+    ours = json.loads(infer("-m", untrained, "-p", "3+4=", "--seed", 11, "--temperature", 2, "--max-tokens", 6,
+                            "--json").stdout)
+    theirs = infer("-m", untrained, "-p", "3+4=", "-s", 11, "--temp", 2, "-n", 6, "-t", 4, "--json")
+    assert theirs.returncode == 0, theirs.stderr
+    assert json.loads(theirs.stdout)["completion"] == ours["completion"]
+    assert json.loads(infer("-m", untrained, "-p", "3+4=", "--n-predict", 2, "--json").stdout)["tokens"] <= 2
+    # -n -1: no limit but <end> and the context
+    record = json.loads(infer("-m", untrained, "-p", "1", "-n", -1, "--temp", 1.5, "-s", 3, "--json").stdout)
+    assert record["stopped_by"] in ("context", "end") and record["stopped_by"] != "max_tokens"
+    # -f: the prompt from a file or stdin, one final newline dropped
+    (tmp_path / "prompt.txt").write_text("3+4=\n")
+    from_file = json.loads(infer("-m", untrained, "-f", tmp_path / "prompt.txt", "-s", 11, "--temp", 2, "-n", 6,
+                                 "--json").stdout)
+    assert (from_file["prompt"], from_file["completion"]) == (ours["prompt"], ours["completion"])
+    assert json.loads(infer("-m", untrained, "-f", "-", "-s", 11, "--temp", 2, "-n", 6, "--json",
+                            stdin="3+4=\n").stdout)["completion"] == ours["completion"]
+    for args in (["-t", 0], ["-t", 65], ["-t", "x"], ["-n", -2], ["-f", "-"]):  # -p and -f: one or the other
+        proc = infer("-m", untrained, "-p", "1", *args)
+        assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr, (args, proc.stderr)
+    _one_error_line(infer("-m", untrained, "-f", tmp_path / "missing.txt"), "cannot read the prompt file")
+
+
+def test_model_path_may_be_the_file_the_run_or_the_pipeline_folder(untrained, bpe_ckpt, tmp_path):
+    import shutil
+
+    want = json.loads(infer("-m", untrained, "-p", "5+5=", "-n", 3, "--json").stdout)["completion"]
+    run = tmp_path / "runs" / "arith"
+    shutil.copytree(untrained, run / "checkpoint")
+    (run / "metrics.jsonl").write_text("")
+    for form in (untrained / "model.safetensors", untrained / "config.json", run, run / "checkpoint"):
+        proc = infer("-m", form, "-p", "5+5=", "-n", 3, "--json")
+        assert proc.returncode == 0, (form, proc.stderr)
+        assert json.loads(proc.stdout)["completion"] == want
+    pipeline = bpe_ckpt.parent.parent
+    assert infer("-m", pipeline, "-p", "the", "-n", 2, "--json").returncode == 0
+    # a pipeline whose pipeline.toml keeps its checkpoints elsewhere
+    moved = tmp_path / "moved"
+    shutil.copytree(bpe_ckpt, moved / "ckpts" / "latest")
+    (moved / "pipeline.toml").write_text('[folders]\ncheckpoints = "ckpts"\n')
+    assert infer("-m", moved, "-p", "the", "-n", 2, "--json").returncode == 0
+    # nothing there yet, or nothing at all: one line saying what was looked for
+    (tmp_path / "fresh" / "checkpoints").mkdir(parents=True)
+    _one_error_line(infer("-m", tmp_path / "fresh", "-p", "1"), "holds no checkpoint yet")
+    (tmp_path / "empty").mkdir()
+    _one_error_line(infer("-m", tmp_path / "empty", "-p", "1"), "no checkpoint in", "checkpoints/latest/")
+    (tmp_path / "notes.txt").write_text("x")
+    _one_error_line(infer("-m", tmp_path / "notes.txt", "-p", "1"), "is a file, not a checkpoint")
+
+
+def test_prompts_outside_the_training_get_a_note(tmp_path):
+    from odin.data.dataset import build_dataset
+
+    manifest = build_dataset(tmp_path / "data", seed=0, n_examples=100, ops=["add"], max_digits=2)
+    config = _config()
+    model = model_from_config(config)
+    model.init_weights(0)
+    path = tmp_path / "ckpt"
+    save_model_checkpoint(path, model, TOKENIZER, config, step=0,  # as odin.train records its data
+                          trainer_state={"dataset": {"seed": 0, "settings": manifest["settings"]}})
+    cases = {"12+34=": [], "123+4=": ["123 has 3 digits; the model was trained on operands of 1-2 digits"],
+             "1*2=": ["the model was never trained on '*' (only on +)"],
+             "": ["the prompt is empty; the model was trained to answer prompts like 12+98="]}
+    for prompt, notes in cases.items():
+        proc = infer("-m", path, "-p", prompt, "-n", 2, "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["notes"] == notes
+        assert proc.stderr.splitlines() == [f"odin-infer: note: {note}" for note in notes]
+    proc = infer("-m", path, "-p", "hello", "-n", 2)  # answered all the same, after the note
+    assert proc.returncode == 0 and proc.stdout.endswith("\n") and len(proc.stdout.splitlines()) == 1
+    assert proc.stderr.splitlines()[0].startswith("odin-infer: note: the model was trained only on arithmetic "
+                                                  "like 12+98=; 'hello' is not such a prompt")
+
+
+# ------------------------------------------------------------------ prefill and decode, apart (item 22)
+def test_prefill_and_decode_are_reported_apart(untrained):
+    record = json.loads(infer("-m", untrained, "-p", "12+34=", "-n", 5, "--temp", 1.5, "-s", 2, "--json").stdout)
+    assert record["prefill"]["tokens"] == 1 + len("12+34=")  # <bos> + the prompt
+    assert record["prefill"]["ms"] > 0
+    decode = record["decode"]
+    assert decode["tokens"] == record["tokens"] - 1  # the first token comes out of prefill
+    if decode["tokens"]:
+        assert decode["tokens_per_s"] == pytest.approx(decode["tokens"] / (decode["ms"] / 1e3), rel=0.01)
+    else:
+        assert decode["tokens_per_s"] is None
+    # one token: nothing decoded after prefill, no rate made up
+    one = json.loads(infer("-m", untrained, "-p", "1", "-n", 1, "--json").stdout)
+    assert one["decode"] == {"tokens": 0, "ms": 0.0, "tokens_per_s": None}
+    # the plain output: the answer on stdout, one timing line per answer on stderr
+    import re
+
+    proc = infer("-m", untrained, "-n", 4, stdin="1+2=\n3+4=\n")
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2, proc.stderr
+    for line in lines:
+        assert re.fullmatch(r"odin-infer: prefill 5 prompt tokens in \d+\.\d\d ms; decode \d tokens? in \d+\.\d\d ms"
+                            r"( \([\d,]+ tokens/s\))?", line), line
+    assert infer("-m", untrained, "-p", "1+2=", "-n", 2, "--no-perf").stderr == ""

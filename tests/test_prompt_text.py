@@ -26,3 +26,25 @@ def test_escaping_round_trips_any_text():
 def test_unknown_escapes_say_where(text, where):
     with pytest.raises(ValueError, match="^" + where.replace("\\", "\\\\").replace("+", "\\+")):
         decode_escapes(text)
+
+
+def test_prompt_bytes_must_be_utf8():
+    from odin.prompt_text import prompt_from_bytes
+
+    assert prompt_from_bytes("12+34= é".encode()) == "12+34= é"
+    with pytest.raises(ValueError, match=r"^line 3 is not UTF-8 text: byte 0xc3 at byte offset 2 "
+                                         r"\(invalid continuation byte\)$"):
+        prompt_from_bytes(b"ab\xc3(", "line 3")
+
+
+def test_prompt_text_from_the_os_must_be_utf8():
+    import os
+
+    from odin.prompt_text import prompt_from_text
+
+    assert prompt_from_text("x=1\nprint(x)") == "x=1\nprint(x)"
+    argument = os.fsdecode(b"1+\xff2=")  # how a command-line argument arrives (surrogateescape)
+    with pytest.raises(ValueError, match=r"^prompt is not UTF-8 text: byte 0xff at byte offset 2"):
+        prompt_from_text(argument)
+    with pytest.raises(ValueError, match=r"unpaired surrogate U\+D800 at character 1"):
+        prompt_from_text("a\ud800")
