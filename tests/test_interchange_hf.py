@@ -207,3 +207,76 @@ def test_imported_checkpoint_scores_as_the_original_in_odin_eval(tmp_path):
         assert proc.returncode == 0, proc.stderr
         scores.append({k: v for k, v in json.loads(proc.stdout)["test"].items() if "second" not in k})
     assert scores[0] == scores[1] and scores[0]["n"] > 0
+
+
+def _edit_config(directory: Path, **changes) -> None:
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("arch,changes,fragments", [
+    ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, ["scale_attn_by_inverse_layer_idx = true"]),
+    ("gpt2", {"activation_function": "relu"}, ["activation_function = \"relu\"", "tanh GELU"]),
+    ("gpt2", {"add_cross_attention": True}, ["add_cross_attention"]),
+    ("gpt2", {"n_inner": 64}, ["n_inner = 64"]),
+    ("gpt2", {"model_type": "llama"}, ["model_type 'llama' is not supported"]),
+    ("gpt2", {"n_embd": 64}, ["transformer.wte.weight", "[320, 32]", "[320, 64]"]),
+    ("gpt2", {"vocab_size": 100}, ["tokenizer.json", "tokens, more than", "vocab_size 100"]),
+    ("gpt2", {"n_layer": "two"}, ["'n_layer' must be an integer"]),
+    ("rwkv", {"attention_hidden_size": 16}, ["attention_hidden_size = 16"]),
+    ("rwkv", {"layer_norm_epsilon": 1e-6}, ["layer_norm_epsilon"]),
+])
+def test_import_refuses_options_and_mismatches_in_one_line(tmp_path, arch, changes, fragments):
+    source = _saved_gpt2(tmp_path / "hf") if arch == "gpt2" else _saved_rwkv(tmp_path / "hf")
+    _edit_config(source, **changes)
+    proc = run("odin", "import", "hf", source, tmp_path / "ckpt")
+    one_error_line(proc, "odin import hf: error:", str(source), *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_import_refuses_broken_directories_in_one_line(tmp_path):
+    source = _saved_gpt2(tmp_path / "hf")
+    out = tmp_path / "ckpt"
+
+    def refused(*fragments: str) -> None:
+        one_error_line(run("odin", "import", "hf", source, out), "odin import hf: error:", *fragments)
+        assert not out.exists()
+
+    config = (source / "config.json").read_text()
+    (source / "config.json").write_text("{\"model_type\": \"gpt2\", ")
+    refused(str(source / "config.json"), "not valid JSON")
+    (source / "config.json").write_text("[1, 2]")
+    refused(str(source / "config.json"), "expected a JSON object")
+    (source / "config.json").write_text(config)
+    weights = (source / "model.safetensors").read_bytes()
+    (source / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    refused(str(source / "model.safetensors"), "unreadable safetensors")
+    (source / "model.safetensors").rename(source / "pytorch_model.bin")
+    refused("model.safetensors is missing", "pytorch_model.bin is a pickle file")
+    (source / "pytorch_model.bin").unlink()
+    (source / "tokenizer.json").unlink()
+    refused("tokenizer.json is missing")
+    one_error_line(run("odin", "import", "hf", tmp_path / "nope", out), "odin import hf: error:",
+                   "model directory not found")
+
+
+def test_import_refuses_an_untied_head_and_a_tokenizer_without_odin_special_tokens(tmp_path):
+    untied = tmp_path / "untied"
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=320, n_positions=24, n_embd=32, n_layer=1, n_head=4,
+                                     tie_word_embeddings=False)
+    transformers.GPT2LMHeadModel(config).save_pretrained(str(untied))
+    _hf_tokenizer_dir(untied)
+    one_error_line(run("odin", "import", "hf", untied, tmp_path / "a"), "odin import hf: error:",
+                   "'lm_head.weight' differs from the embedding")
+    plain = _saved_gpt2(tmp_path / "plain")
+    _hf_tokenizer_dir(plain, with_specials=False)
+    one_error_line(run("odin", "import", "hf", plain, tmp_path / "b"), "odin import hf: error:",
+                   str(plain / "tokenizer.json"), "<pad>, <bos>, <end>")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    one_error_line(run("odin", "import", "hf", tmp_path / "plain", taken), "odin import hf: error:", "already exists")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "taken", "untied"]

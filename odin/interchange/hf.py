@@ -280,9 +280,10 @@ def odin_params(tensors: Mapping[str, np.ndarray], model: ModelConfig, source: P
 
 def import_hf(hf_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
     """Write the ODIN checkpoint ``out`` from the HF model directory ``hf_dir``; returns ``out``."""
-    directory = Path(hf_dir)
+    directory, target = Path(hf_dir), Path(out)
     if not directory.is_dir():
         raise InterchangeError(f"model directory not found: {directory}")
+    _fresh_target(target)
     config_path = directory / "config.json"
     hf = _read_json(config_path)
     model = model_config_from_hf(hf, str(config_path))
@@ -297,8 +298,6 @@ def import_hf(hf_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Pa
         raise InterchangeError(f"{tokenizer_path}: {tokenizer.vocab_size} tokens, more than config.json's vocab_size "
                                f"{model.vocab_size}")
     params = odin_params(_read_weights(directory), model, directory / HF_WEIGHTS)
-    target = Path(out)
-    _fresh_target(target)
     return save_checkpoint(target, params=params, config=RunConfig(model=model), tokenizer=tokenizer)
 
 
