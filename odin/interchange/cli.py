@@ -11,8 +11,8 @@ import argparse
 import importlib
 
 # modules under odin.interchange, in the order their rows appear in --help
-EXPORT_FORMATS: tuple[str, ...] = ("hf", "onnx_export")
-IMPORT_FORMATS: tuple[str, ...] = ("hf",)
+EXPORT_FORMATS: tuple[str, ...] = ("hf", "gguf_format", "onnx_export")
+IMPORT_FORMATS: tuple[str, ...] = ("hf", "gguf_format")
 
 
 def register_export(export_subparsers: "argparse._SubParsersAction") -> None:
