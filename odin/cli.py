@@ -4,11 +4,13 @@
     odin info                # CPU, features, ISA in use, compiler, version
     odin model info CONFIG   # parameter count and memory of a TOML config or a preset
     odin data build --out DIR ...
-    odin train [--preset P] [--config FILE] [--data DIR] [--steps N] [--threads K] [--seed S] [--out DIR] [--resume]
+    odin train [--preset P] [--config FILE] [--data DIR] [--steps N] [--threads K] [--seed S] [--out DIR]
+               [--resume | --overwrite | --init-from CHECKPOINT]
     odin eval CHECKPOINT [--data DIR] [--json]
 
-Errors a user can fix (bad config, missing data, corrupt checkpoint) print one line and
-exit with status 2; an interrupted training (Ctrl-C) saves a checkpoint and exits 130.
+Errors a user can fix (bad config, missing data, corrupt checkpoint, a run folder that holds
+a run or is in use) print one line and exit with status 2, before anything is written; an
+interrupted training saves a checkpoint and exits 130 (SIGINT, Ctrl-C) or 143 (SIGTERM).
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 DEFAULT_PRESET = "arith-3digit"
-DEFAULT_DATA = Path("data") / "arith-3digit"
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -76,13 +77,21 @@ def _run_config(args: argparse.Namespace):
 
 
 def _ensure_preset_data(preset: str, data_dir: Path) -> None:
-    """Build the dataset a preset names (data/<preset>) the first time it is needed."""
+    """Build the dataset a preset names (data/<preset>) the first time it is needed; refuse one
+    built there with other options (it would be trained on silently)."""
     from odin.config import preset_data_spec
-    from odin.data.dataset import build_dataset, build_mixed_dataset
+    from odin.data.dataset import build_dataset, build_mixed_dataset, load_manifest
+    from odin.run_checks import dataset_spec_differences
 
-    if (data_dir / "dataset.json").exists():
-        return
     spec = preset_data_spec(preset)
+    if (data_dir / "dataset.json").exists():
+        if spec is not None:
+            differences = dataset_spec_differences(spec, load_manifest(data_dir))
+            if differences:
+                raise ValueError(f"{data_dir} was built with other options than preset {preset!r} asks for "
+                                 f"({'; '.join(differences)}): remove it to have it rebuilt, or pass --data "
+                                 f"{data_dir} to train on it anyway")
+        return
     if spec is None:
         raise FileNotFoundError(f"preset {preset!r} names no dataset: pass --data DIR (see `odin data build`)")
     print(f"building the dataset of preset {preset!r} in {data_dir}: {spec} ...", file=sys.stderr)
@@ -92,19 +101,82 @@ def _ensure_preset_data(preset: str, data_dir: Path) -> None:
         build_dataset(data_dir, **spec)
 
 
+def _recorded_data_dir(trainer_state: dict, run_config, checkpoint: Path) -> Path:
+    """The dataset a checkpoint was trained on (its recorded path; older checkpoints recorded it
+    relative to where `odin train` ran). A preset's dataset that is gone is built again there
+    (the build is deterministic); anything else that is gone is a one-line error."""
+    from odin.config import PRESETS, preset_data_spec
+
+    recorded = trainer_state.get("data_dir")
+    if not isinstance(recorded, str) or not recorded:
+        raise FileNotFoundError(f"{checkpoint} records no dataset: pass --data DIR")
+    data_dir = Path(recorded)
+    if (data_dir / "dataset.json").exists():
+        return data_dir
+    preset = run_config.preset
+    if preset in PRESETS and preset_data_spec(preset) is not None:
+        _ensure_preset_data(preset, data_dir)
+        return data_dir
+    raise FileNotFoundError(f"the dataset {checkpoint} was trained on ({data_dir}) is not there: pass --data DIR")
+
+
+def _resume_config(args: argparse.Namespace, ckpt_dir: Path):
+    """The run config a resumed run is asked for: its checkpoint's own, with the flags given
+    on top (train() refuses any that differs); None when there is no checkpoint to read
+    (train() then says so)."""
+    from odin.checkpoint_io import CheckpointError, load_checkpoint
+
+    if args.preset is not None or args.config is not None:
+        return _run_config(args)
+    try:
+        saved = load_checkpoint(ckpt_dir).run_config()
+    except (CheckpointError, ValueError, TypeError):
+        return None
+    overrides = {name: getattr(args, name) for name in ("steps", "seed", "batch_size", "lr")
+                 if getattr(args, name) is not None}
+    return dataclasses.replace(saved, train=dataclasses.replace(saved.train, **overrides)) if overrides else saved
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from odin.evaluate import format_summary
+    from odin.run_checks import resolve_threads
+    from odin.runlock import refuse_busy_folder, refuse_existing_run
     from odin.train import train
 
-    cfg = _run_config(args)
-    if args.data:
-        data_dir = Path(args.data)
+    # every argument is checked before anything is read, built or written
+    resolve_threads(args.threads)
+    if args.out:
+        refuse_busy_folder(args.out)
+    if args.resume and args.init_from:
+        raise ValueError("--init-from starts a new run and --resume continues one: give one of them")
+    if args.resume:
+        name = args.preset or (Path(args.config).stem if args.config else DEFAULT_PRESET)
+        out_dir = Path(args.out) if args.out else Path("runs") / name
+        refuse_existing_run(out_dir, resume=True, overwrite=args.overwrite)
+        cfg = _resume_config(args, out_dir / "checkpoint")
+        if args.data:
+            data_dir = Path(args.data)
+        else:
+            from odin.checkpoint_io import CheckpointError, read_progress
+
+            try:
+                _, state = read_progress(out_dir / "checkpoint")
+            except (CheckpointError, OSError):
+                state = None
+            data_dir = _recorded_data_dir(state, cfg, out_dir / "checkpoint") if state and cfg else Path(".")
     else:
-        preset = cfg.preset or DEFAULT_PRESET
-        data_dir = Path("data") / preset
-        _ensure_preset_data(preset, data_dir)
-    out_dir = Path(args.out) if args.out else Path("runs") / (cfg.preset or Path(args.config).stem)
-    result = train(cfg, data_dir, out_dir, resume=args.resume, threads=args.threads, progress=not args.json)
+        args.preset = args.preset or DEFAULT_PRESET
+        cfg = _run_config(args)
+        out_dir = Path(args.out) if args.out else Path("runs") / (cfg.preset or Path(args.config).stem)
+        refuse_existing_run(out_dir, resume=False, overwrite=args.overwrite)
+        if args.data:
+            data_dir = Path(args.data)
+        else:
+            preset = cfg.preset or DEFAULT_PRESET
+            data_dir = Path("data") / preset
+            _ensure_preset_data(preset, data_dir)
+    result = train(cfg, data_dir, out_dir, resume=args.resume, overwrite=args.overwrite, init_from=args.init_from,
+                   threads=args.threads, progress=not args.json)
     summary = {
         "checkpoint": str(result.checkpoint), "steps": result.steps, "final_loss": result.final_loss,
         "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens_per_s, 1),
@@ -145,17 +217,17 @@ def _print_samples(checkpoint: Path, data_dir: Path, n: int = 5) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from odin.evaluate import evaluate_checkpoint, format_summary
+    from odin.checkpoint import load_model_checkpoint
+    from odin.evaluate import evaluate_checkpoint, format_summary, refuse_text_model
 
     ckpt = Path(args.checkpoint)
-    data_dir = Path(args.data) if args.data else None
-    if data_dir is None:
-        from odin.checkpoint import load_model_checkpoint
-
-        data_dir = Path(load_model_checkpoint(ckpt, with_optimizer=False).trainer_state.get("data_dir", DEFAULT_DATA))
+    loaded = load_model_checkpoint(ckpt, with_optimizer=False)
+    refuse_text_model(loaded, ckpt)  # before anything is read or written for it
+    data_dir = Path(args.data) if args.data else _recorded_data_dir(loaded.trainer_state, loaded.run_config, ckpt)
     splits = args.splits.split(",") if args.splits else None
     errors_dir = Path(args.errors) if args.errors else ckpt.parent
-    results = evaluate_checkpoint(ckpt, data_dir, splits, args.limit, errors_dir=errors_dir, context=args.context)
+    results = evaluate_checkpoint(ckpt, data_dir, splits, args.limit, errors_dir=errors_dir, context=args.context,
+                                  loaded=loaded)
     if args.json:
         print(json.dumps({k: v.to_dict() for k, v in results.items()}, indent=2))
     else:
@@ -188,17 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
     register_web(sub)  # odin wasm build, odin export web, odin serve-web
 
     t = sub.add_parser("train", help="train a model (default: the 3-digit addition recipe)")
-    t.add_argument("--preset", default=DEFAULT_PRESET)
+    t.add_argument("--preset", default=None, help=f"a preset (default: {DEFAULT_PRESET})")
     t.add_argument("--config", default=None, help="TOML config (overrides --preset)")
     t.add_argument("--data", default=None, help="dataset directory (default: data/<preset>, built from the preset's "
                                                  "data spec if missing)")
     t.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
     t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--threads", type=int, default=None, help="native threads (default: min(12, cores))")
+    t.add_argument("--threads", type=int, default=None,
+                   help="native threads, 1..64; 0 or leaving it out: min(12, cores)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from <out>/checkpoint with the run's own settings (flags given must match them)")
+    t.add_argument("--overwrite", action="store_true", help="start the run in --out again, replacing the run there")
+    t.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="a new run starting from the weights of any ODIN checkpoint (its model shape; fresh "
+                        "optimizer, step 0)")
     t.add_argument("--json", action="store_true", help="print a JSON summary instead of progress")
     t.set_defaults(func=_cmd_train)
 
@@ -229,19 +307,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(["train"])
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt as exc:
-        print(f"\ninterrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C (130) or, from odin train, SIGTERM (143)
+        _say(f"\ninterrupted{': ' + str(exc) if str(exc) else ''}")
+        return int(getattr(exc, "exit_status", 130))
+    except BrokenPipeError:  # the reader of our output went away (`| head`): nothing more to say
+        _silence_closed_streams()
+        return 1
     except Exception as exc:
         from odin.native import OdinError
 
         if isinstance(exc, OdinError):  # a failure inside the engine (NaN, memory): status 1
-            print(f"odin {args.command}: error: {exc}", file=sys.stderr)
+            _say(f"odin {args.command}: error: {exc}")
             return 1
         if isinstance(exc, (ValueError, OSError)):  # bad config, data, paths: the user's to fix
-            print(f"odin {args.command}: error: {exc}", file=sys.stderr)
+            _say(f"odin {args.command}: error: {exc}")
             return 2
         raise
+    finally:
+        _silence_closed_streams()
+
+
+def _say(line: str) -> None:
+    """A last message to stderr, which may be a closed pipe by now."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_closed_streams() -> None:
+    """Flush stdout/stderr; one whose reader is gone is pointed at /dev/null, so the interpreter's
+    own flush at exit neither prints a BrokenPipeError nor changes the exit status."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass
 
 
 if __name__ == "__main__":

@@ -194,10 +194,10 @@ MODEL_RULES: dict[str, _Rule] = {
 
 TRAIN_RULES: dict[str, _Rule] = {
     "batch_size": _Rule(int, 1, 1 << 20),
-    "steps": _Rule(int, 1, 1 << 40),
+    "steps": _Rule(int, 1, (1 << 31) - 1),  # the C trainer counts its schedule in int
     "lr": _Rule(float, 0.0, 10.0, low_open=True),
     "min_lr_frac": _Rule(float, 0.0, 1.0),
-    "warmup_steps": _Rule(int, 0, 1 << 40),
+    "warmup_steps": _Rule(int, 0, (1 << 31) - 1),
     "weight_decay": _Rule(float, 0.0, 10.0),
     "beta1": _Rule(float, 0.0, 1.0, high_open=True),
     "beta2": _Rule(float, 0.0, 1.0, high_open=True),
@@ -207,7 +207,7 @@ TRAIN_RULES: dict[str, _Rule] = {
     "eval_examples": _Rule(int, 0),
     "checkpoint_every": _Rule(int, 0),  # 0: only the final checkpoint
     "seed": _Rule(int, 0, (1 << 63) - 1),
-    "threads": _Rule(int, 0, 4096),  # 0: automatic, min(12, cores)
+    "threads": _Rule(int, 0, 64),  # 0: automatic, min(12, cores); 64: the C trainer's MAX_THREADS
     "loss_on": _Rule(str, choices=("answer", "all")),
     "length_buckets": _Rule(int, 0, 4096),
 }

@@ -703,6 +703,22 @@ def format_summary(results: Mapping[str, EvalResult], *, breakdown: bool = True)
     return "\n".join(lines)
 
 
+def refuse_text_model(loaded: Any, checkpoint_dir: str | os.PathLike[str]) -> None:
+    """A one-line ValueError for a checkpoint that is not a char-tokenizer reasoning model (an
+    odin-pipeline model, an imported one): exact match on arithmetic means nothing for it."""
+    from odin.tokenizers import CharTokenizer
+
+    pipeline = isinstance(loaded.trainer_state, Mapping) and "pipeline" in loaded.trainer_state
+    if isinstance(loaded.tokenizer, CharTokenizer) and not pipeline:
+        return
+    kind = type(loaded.tokenizer).__name__.replace("Tokenizer", "") or "its own"
+    made = "an odin-pipeline model" if pipeline else "a text model"
+    where = "; its validation loss per shard is in `odin-pipeline status FOLDER`" if pipeline else ""
+    raise ValueError(f"{checkpoint_dir} is {made} ({kind} tokenizer, {loaded.tokenizer.vocab_size} tokens): "
+                     f"odin eval scores the reasoning datasets of odin train{where}; talk to it with "
+                     f"odin-infer -m {checkpoint_dir}")
+
+
 def evaluate_checkpoint(
     checkpoint_dir: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
@@ -713,6 +729,7 @@ def evaluate_checkpoint(
     max_new: int | None = None,
     errors_dir: str | os.PathLike[str] | None = None,
     context: int | None = None,
+    loaded: Any = None,
 ) -> dict[str, EvalResult]:
     """Evaluate a checkpoint on dataset splits; returns ``{split: EvalResult}`` in order.
 
@@ -725,6 +742,8 @@ def evaluate_checkpoint(
     ``errors_dir``, each split's wrong answers go to ``errors_dir/<split>.errors.jsonl``.
     ``context`` runs a position-free model over more positions than it was trained with
     (:func:`odin.checkpoint.with_context`), so longer held-out examples can be scored.
+    ``loaded`` is the checkpoint already loaded (weights only), to skip reading it again.
+    A text model (BPE tokenizer: odin-pipeline, an import) is refused (:func:`refuse_text_model`).
     """
     from odin.checkpoint import load_model_checkpoint, with_context  # imports the native model
 
@@ -738,7 +757,9 @@ def evaluate_checkpoint(
         if not splits:
             raise ValueError(f"{Path(data_dir) / 'dataset.json'}: none of the splits {list(DEFAULT_SPLITS)} "
                              f"or heldout_<task> exist")
-    loaded = load_model_checkpoint(checkpoint_dir, with_optimizer=False)
+    if loaded is None:
+        loaded = load_model_checkpoint(checkpoint_dir, with_optimizer=False)
+    refuse_text_model(loaded, checkpoint_dir)
     if context is not None:
         loaded = with_context(loaded, context)
     recorded = loaded.trainer_state.get("reverse_answer")

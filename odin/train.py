@@ -7,28 +7,32 @@ sampler's position, so a resumed run ends with exactly the weights of an uninter
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, Callable, Mapping, Optional, TextIO
 
 import numpy as np
 
 from odin.abacus import longest_digit_run, training_offsets
 from odin.blueprint import Blueprint
-from odin.checkpoint import load_model_checkpoint, model_from_config, save_model_checkpoint
+from odin.checkpoint import model_from_config, save_model_checkpoint
 from odin.config import RunConfig
 from odin.data.batching import BatchSampler, encode_examples, max_sequence_length
 from odin.data.dataset import heldout_splits, load_manifest, load_split
 from odin.evaluate import EvalResult, eval_options, evaluate_examples, teacher_forced_stats
 from odin.model import GPT
 from odin.native import OdinError
-from odin.spheres import N_SPHERES, SpheresTrainer, default_threads
+from odin.run_checks import check_same_dataset, init_weights_from, resolve_threads, resume_state
+from odin.runlock import FolderLock, RunExistsError, lock_folder, refuse_busy_folder, refuse_existing_run
+from odin.spheres import N_SPHERES, SpheresTrainer
 from odin.tokenizers import CharTokenizer
 
 STEPS_PER_CALL = 16  # steps per C call: amortises Python, keeps the progress line live
@@ -103,23 +107,80 @@ class ProgressLine:
             self.stream.flush()
 
 
-class _SigintStops:
-    """While training, Ctrl-C asks the trainer to stop at the next step boundary (the C call
-    in flight finishes first), so the loop exits normally and the checkpoint is saved."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM ended train(); ``exit_status`` is 128 + the signal number (130, 143)."""
 
-    def __init__(self, trainer: SpheresTrainer) -> None:
-        self.fired = False
-        self._old = None
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_status = 128 + signum
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM during train(). While the trainer runs they ask it to stop at the next
+    step boundary (the C call in flight finishes first), so the loop ends normally and the
+    checkpoint is saved; before the trainer exists, or once the final checkpoint is saved, they
+    interrupt at once (nothing to save, or saved already). Handlers only exist in the main
+    thread (a GUI runs train() in a worker thread and stops it through the trainer)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self.trainer: Optional[SpheresTrainer] = None
+        self.saved_note = ""
+        self._old: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            def handler(signum: int, frame: Any) -> None:
-                self.fired = True
-                trainer.stop()
-            self._old = signal.signal(signal.SIGINT, handler)
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if self.trainer is not None:
+            self.trainer.stop()
+        else:
+            raise self.interrupted(self.saved_note or "nothing was trained yet")
+
+    def interrupted(self, note: str) -> TrainingInterrupted:
+        signum = self.signum or signal.SIGINT
+        return TrainingInterrupted(signum, f"{signal.Signals(signum).name}: {note}")
 
     def restore(self) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+class _QuietWhenClosed:
+    """A progress stream that goes quiet when its reader is gone (`odin train | head`, or a
+    `tee` killed by the same Ctrl-C): a write to a closed pipe must never cost the checkpoint."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream: Optional[TextIO] = stream
+        self.encoding = getattr(stream, "encoding", None)
+
+    def isatty(self) -> bool:
+        try:
+            return self._stream is not None and self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def write(self, text: str) -> None:
+        if self._stream is None:
+            return
+        try:
+            self._stream.write(text)
+        except (OSError, ValueError):  # EPIPE, or the stream was closed
+            self._stream = None
+
+    def flush(self) -> None:
+        if self._stream is None:
+            return
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self._stream = None
 
 
 def _fmt_s(seconds: float) -> str:
@@ -162,11 +223,13 @@ def _seq_len(*encoded_sets: Any) -> int:
 
 
 def train(
-    run_config: RunConfig,
+    run_config: Optional[RunConfig],
     data_dir: str | Path,
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
+    init_from: Optional[str | Path] = None,
     threads: Optional[int] = None,
     progress: bool = True,
     stream: TextIO = sys.stderr,
@@ -174,12 +237,90 @@ def train(
     final_eval_limit: Optional[int] = 1000,
     on_trainer: Optional[Callable[[SpheresTrainer], None]] = None,
 ) -> TrainResult:
-    """Train `run_config` on the dataset in `data_dir`; checkpoints go to `out_dir/checkpoint`."""
+    """Train `run_config` on the dataset in `data_dir`; checkpoints go to `out_dir/checkpoint`.
+
+    Everything is checked before the run folder is touched. The folder is locked for the
+    whole call (:mod:`odin.runlock`); a folder that holds a run already is refused unless
+    ``resume`` (continue it: the run's settings come from its checkpoint, ``run_config`` may
+    be None and must otherwise match) or ``overwrite`` (start it again). ``init_from`` starts
+    a new run from the weights of a checkpoint (its model config replaces ``run_config``'s;
+    fresh optimizer, step 0). SIGINT/SIGTERM stop at a step boundary, save the checkpoint and
+    raise :class:`TrainingInterrupted`.
+    """
+    if resume and init_from is not None:
+        raise ValueError("--init-from starts a new run and --resume continues one: give one of them")
+    if run_config is None and not resume:
+        raise ValueError("a run config is needed unless the run is resumed")
+    data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)
+    stream = _QuietWhenClosed(stream)
+    refuse_busy_folder(out_dir)  # early, before the slow part
+    refuse_existing_run(out_dir, resume=resume, overwrite=overwrite)
+    ckpt_dir = out_dir / "checkpoint"
+    signals = _StopSignals()
+    lock: Optional[FolderLock] = None
+    try:
+        tokenizer = CharTokenizer()
+        resumed = resume_state(ckpt_dir, run_config) if resume else None
+        initial = init_weights_from(init_from, tokenizer) if init_from is not None else None
+        if resumed is not None:
+            run_config = resumed.run_config
+        elif initial is not None:
+            run_config = dataclasses.replace(run_config, model=initial.run_config.model)
+        assert run_config is not None
+        n_threads = resolve_threads(threads if threads is not None else run_config.train.threads)
+        manifest = load_manifest(data_dir)
+        if resumed is not None:
+            check_same_dataset(resumed.trainer_state.get("dataset"), manifest, data_dir, ckpt_dir)
+        setup = _prepare_data(run_config, data_dir, manifest, tokenizer)
+        sampler = setup.sampler
+        if resumed is not None:
+            try:
+                sampler.load_state_dict(dict(resumed.trainer_state["sampler"]))
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"cannot resume from {ckpt_dir}: its batch sampler state does not fit: "
+                                 f"{str(error).strip(chr(39))}") from None
+
+        # everything is checked: only now is the run folder created, locked and written
+        created = not out_dir.exists()
+        lock = lock_folder(out_dir, "odin train")
+        try:
+            refuse_existing_run(out_dir, resume=resume, overwrite=overwrite)  # again, under the lock
+        except RunExistsError:
+            if created:
+                lock.release()
+                lock = None
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
+        if overwrite:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        return _run(run_config, data_dir, out_dir, manifest, tokenizer, setup, n_threads, signals, stream,
+                    resumed=resumed, initial=initial, progress=progress, final_eval_splits=final_eval_splits,
+                    final_eval_limit=final_eval_limit, on_trainer=on_trainer)
+    finally:
+        signals.restore()
+        if lock is not None:
+            lock.release()
+
+
+@dataclass
+class _Data:
+    train_set: Any
+    val_examples: list
+    T: int
+    shift_positions: bool
+    abacus_max_offset: int
+    sampler: BatchSampler
+    reverse: bool
+
+
+def _prepare_data(run_config: RunConfig, data_dir: Path, manifest: Mapping[str, Any],
+                  tokenizer: CharTokenizer) -> _Data:
+    """Load and encode the splits; check they fit the model. Reads only."""
     cfg_m, cfg_t = run_config.model, run_config.train
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    manifest = load_manifest(data_dir)
+    if cfg_m.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"[model].vocab_size is {cfg_m.vocab_size} but the char tokenizer has "
+                         f"{tokenizer.vocab_size} tokens; set vocab_size = {tokenizer.vocab_size}")
     reverse = bool(manifest.get("settings", {}).get("reverse_answer", False))
-    tokenizer = CharTokenizer()
     train_set = encode_examples(load_split(data_dir, "train"), tokenizer)
     val_examples = load_split(data_dir, "val")
     val_set = encode_examples(val_examples, tokenizer)
@@ -190,49 +331,57 @@ def train(
     shift_positions = bool(cfg_m.abacus) and cfg_m.positions == "learned"
     if shift_positions:
         T = cfg_m.context - 1
-    if cfg_m.vocab_size != tokenizer.vocab_size:
-        raise ValueError(f"[model].vocab_size is {cfg_m.vocab_size} but the char tokenizer has "
-                         f"{tokenizer.vocab_size} tokens; set vocab_size = {tokenizer.vocab_size}")
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir / "checkpoint"
-    metrics_path = out_dir / "metrics.jsonl"
-    # length buckets would shorten the full-context rows the position shifts need
-    sampler = BatchSampler(train_set, cfg_t.batch_size, T, seed=cfg_t.seed, loss_on=cfg_t.loss_on,
-                           bucket_pool=0 if shift_positions else cfg_t.length_buckets)
-    step = 0
-    if resume:
-        loaded = load_model_checkpoint(ckpt_dir, with_optimizer=True)
-        if loaded.run_config.model != cfg_m:
-            raise ValueError(f"cannot resume: {ckpt_dir} holds a different model config "
-                             f"({loaded.run_config.model}) than requested ({cfg_m})")
-        model: GPT = loaded.model
-        step = loaded.step
-        sampler.load_state_dict(loaded.trainer_state["sampler"])
-    else:
-        model = model_from_config(run_config)
-        model.init_weights(cfg_m.init_seed)
-        metrics_path.write_text("")
-
     abacus_max_offset = 0
     if cfg_m.abacus:  # offsets may use the places the longest training number leaves free
-        longest = longest_digit_run(train_set.tokens, model.shape.digit_first)
+        longest = longest_digit_run(train_set.tokens, tokenizer.encode("0")[0])
         abacus_max_offset = cfg_m.abacus - 1 - (longest + 1)
         if abacus_max_offset < 0:
             raise ValueError(f"[model].abacus = {cfg_m.abacus} leaves no room above the longest number "
                              f"({longest} places): raise it to at least {longest + 2}")
-    n_threads = threads or cfg_t.threads or default_threads()
+    # length buckets would shorten the full-context rows the position shifts need
+    sampler = BatchSampler(train_set, cfg_t.batch_size, T, seed=cfg_t.seed, loss_on=cfg_t.loss_on,
+                           bucket_pool=0 if shift_positions else cfg_t.length_buckets)
+    return _Data(train_set, val_examples, T, shift_positions, abacus_max_offset, sampler, reverse)
+
+
+def _run(run_config: RunConfig, data_dir: Path, out_dir: Path, manifest: Mapping[str, Any],
+         tokenizer: CharTokenizer, data: _Data, n_threads: int, signals: _StopSignals, stream: Any, *,
+         resumed: Any, initial: Any, progress: bool, final_eval_splits: Optional[tuple[str, ...]],
+         final_eval_limit: Optional[int], on_trainer: Optional[Callable[[SpheresTrainer], None]]) -> TrainResult:
+    """The training itself, in a locked run folder whose settings were all checked."""
+    cfg_m, cfg_t = run_config.model, run_config.train
+    ckpt_dir = out_dir / "checkpoint"
+    metrics_path = out_dir / "metrics.jsonl"
+    sampler, T, shift_positions = data.sampler, data.T, data.shift_positions
+    step = 0
+    if resumed is not None:
+        model: GPT = resumed.model
+        step = resumed.step
+    else:
+        if initial is not None:
+            model = initial.model  # its weights; the AdamW moments start at zero
+        else:
+            model = model_from_config(run_config)
+            model.init_weights(cfg_m.init_seed)
+        metrics_path.write_text("")
+
     trainer = SpheresTrainer(model, cfg_t.batch_size, T, threads=n_threads)
     trainer.configure(lr=cfg_t.lr, min_lr=cfg_t.lr * cfg_t.min_lr_frac, warmup_steps=cfg_t.warmup_steps,
                       total_steps=cfg_t.steps, beta1=cfg_t.beta1, beta2=cfg_t.beta2, eps=cfg_t.eps,
                       weight_decay=cfg_t.weight_decay, grad_clip=cfg_t.grad_clip)
     trainer.set_step(step)
+    signals.trainer = trainer
+    if signals.signum is not None:  # a signal came while the trainer was being made
+        trainer.stop()
     if on_trainer:
         on_trainer(trainer)
+    init_note = {"init_from": str(Path(initial.path).resolve())} if initial is not None else {}
+    if resumed is not None and "init_from" in resumed.trainer_state:
+        init_note = {"init_from": resumed.trainer_state["init_from"]}
 
     def trainer_state() -> dict[str, Any]:
-        return {"sampler": sampler.state_dict(), "reverse_answer": reverse, "data_dir": str(data_dir),
-                "dataset": {"seed": manifest.get("seed"), "settings": manifest.get("settings")}}
+        return {"sampler": sampler.state_dict(), "reverse_answer": data.reverse, "data_dir": str(data_dir),
+                "dataset": {"seed": manifest.get("seed"), "settings": manifest.get("settings")}, **init_note}
 
     saved_at: list[int] = []
 
@@ -249,17 +398,18 @@ def train(
         saved_at.append(step)
         return path
 
+    val_examples = data.val_examples
     eval_subset = val_examples[: cfg_t.eval_examples]
     bar = ProgressLine(cfg_t.steps, stream, progress)
     start_step, started = step, time.perf_counter()
     if progress:
+        source = f", from the weights of {initial.path}" if initial is not None else ""
         stream.write(f"training {cfg_m.arch} L={cfg_m.n_layer} d={cfg_m.d_model} ({model.n_params:,} params) on "
-                     f"{len(train_set):,} examples, batch {cfg_t.batch_size} x T={T}, {n_threads} threads, "
-                     f"{N_SPHERES} spheres\n")
+                     f"{len(data.train_set):,} examples, batch {cfg_t.batch_size} x T={T}, {n_threads} threads, "
+                     f"{N_SPHERES} spheres{source}\n")
     last_loss = float("nan")
     tokens_done = 0  # input positions trained on (batches padded to their length)
-    sigint = _SigintStops(trainer)
-    while step < cfg_t.steps:
+    while step < cfg_t.steps and signals.signum is None:
         # stop at the next eval / checkpoint boundary so they happen at exact step numbers
         k = min(STEPS_PER_CALL, cfg_t.steps - step)
         for every in (cfg_t.eval_every, cfg_t.checkpoint_every):
@@ -278,8 +428,8 @@ def train(
             ids = None
             if cfg_m.abacus:  # one random place offset per sequence, from (seed, step): resumable
                 ids = np.stack([model.abacus_ids(tokens[i, :, :-1], training_offsets(
-                    np.random.default_rng([cfg_t.seed, step + first + i]), cfg_t.batch_size, abacus_max_offset))
-                    for i in range(len(group))])
+                    np.random.default_rng([cfg_t.seed, step + first + i]), cfg_t.batch_size,
+                    data.abacus_max_offset)) for i in range(len(group))])
             try:
                 ran = trainer.run(tokens, mask, ids)
             except OdinError as exc:  # NaN/Inf or out of memory in a sphere: nothing was written
@@ -300,6 +450,8 @@ def train(
                                          "grad_norm": rec.grad_norm, "tokens_per_s": rec.tokens_per_s,
                                          "elapsed": time.perf_counter() - started})
         bar.update(step, start_step, snap)
+        if signals.signum is not None:
+            break
         if cfg_t.eval_every and step % cfg_t.eval_every == 0 and step < cfg_t.steps:
             _periodic_eval(model, tokenizer, val_examples, eval_subset, eval_options(manifest), step, metrics_path,
                            stream, progress)
@@ -308,12 +460,13 @@ def train(
             checkpoint()
         if snap.stopped:
             break
-    sigint.restore()
     bar.update(step, start_step, trainer.snapshot(), force=True)
     bar.finish()
     path = checkpoint()
-    if sigint.fired:
-        raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved in {path} (continue with --resume)")
+    signals.trainer = None  # saved: a signal from here on interrupts at once
+    signals.saved_note = f"checkpoint saved in {path} at step {step}"
+    if signals.signum is not None:
+        raise signals.interrupted(f"stopped at step {step}; checkpoint saved in {path} (continue with --resume)")
     seconds = time.perf_counter() - started
     tps = tokens_done / max(seconds, 1e-9)
     result = TrainResult(out_dir, path, step, last_loss, seconds, tps)
@@ -337,10 +490,21 @@ def train(
             if progress:
                 stream.write(note + "\n")
             continue
-        result.evals[split] = evaluate_examples(model, tokenizer, examples, **eval_options(manifest))
-        _append_jsonl(metrics_path, {"step": step, "split": split, "exact": result.evals[split].exact,
-                                     "token_accuracy": result.evals[split].token_accuracy})
+        scored = evaluate_examples(model, tokenizer, examples, **eval_options(manifest))
+        result.evals[split] = scored
+        _append_jsonl(metrics_path, final_eval_record(step, split, scored))
     return result
+
+
+def final_eval_record(step: int, split: str, scored: EvalResult) -> dict[str, Any]:
+    """The metrics.jsonl record of a split scored with the final weights (``kind`` tells it
+    from the per-step and periodic records; the dashboard shows it)."""
+    def number(value: float) -> Optional[float]:
+        return value if math.isfinite(value) else None  # JSON has no NaN
+
+    return {"kind": "final_eval", "step": step, "split": split, "n": scored.n, "correct": scored.correct,
+            "exact": number(scored.exact), "token_accuracy": number(scored.token_accuracy),
+            "perplexity": number(scored.perplexity)}
 
 
 def _periodic_eval(model: GPT, tokenizer: CharTokenizer, val_examples: list, subset: list, options: dict,

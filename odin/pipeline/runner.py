@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TextIO
 
 from odin.native import OdinError
+from odin.runlock import FolderInUseError, FolderLock, lock_folder
 from odin.pipeline.config import PipelineConfig, PipelinePaths
 from odin.pipeline.errors import StageError
 from odin.pipeline.fetch_stage import FetchStage
@@ -49,6 +50,17 @@ WORKERS = ("intake", "fetch", "preprocess", "tokenize", "train")
 
 class PipelineBusy(RuntimeError):
     """Another odin-pipeline holds the folder."""
+
+
+class _HeldLocks:
+    """pipeline.lock and the folder lock, released together by close()."""
+
+    def __init__(self, handle: Any, folder_lock: FolderLock) -> None:
+        self.handle, self.folder_lock = handle, folder_lock
+
+    def close(self) -> None:
+        self.handle.close()
+        self.folder_lock.release()
 
 
 class Runner:
@@ -83,24 +95,38 @@ class Runner:
                                       f"(traceback in pipeline.log)")
 
     def _acquire_lock(self) -> None:
-        handle = open(self.paths.lock, "a+")
+        # the folder itself is locked (odin.runlock), so deleting pipeline.lock lets no second
+        # pipeline (nor an `odin train --out` here) in; pipeline.lock is still locked and holds
+        # the pid, for `odin-pipeline status`
         deadline = time.monotonic() + 2.0  # `status` holds a shared lock for an instant
+        while True:
+            try:
+                folder_lock = lock_folder(self.paths.root, "odin-pipeline")
+                break
+            except FolderInUseError as error:
+                if time.monotonic() > deadline:
+                    who = error.who if error.who.startswith("odin") else "ODIN process"
+                    pid = error.pid if error.pid is not None else "?"
+                    raise PipelineBusy(f"another {who} (pid {pid}) is running on {self.paths.root}") from None
+                time.sleep(0.1)
+        handle = open(self.paths.lock, "a+")
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except OSError:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline + 2.0:  # held by a pipeline from before the folder lock
                     handle.seek(0)
                     owner = handle.read().strip() or "?"
                     handle.close()
+                    folder_lock.release()
                     raise PipelineBusy(f"another odin-pipeline (pid {owner}) is running on {self.paths.root}") from None
                 time.sleep(0.1)
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
-        self._lock_handle = handle
+        self._lock_handle = _HeldLocks(handle, folder_lock)
 
     # ------------------------------------------------------------------ run
     def run(self) -> int:

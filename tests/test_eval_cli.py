@@ -1,0 +1,76 @@
+"""`odin eval CHECKPOINT` as the installed command: it finds the run's dataset from any
+directory (checkpoints record absolute data paths), says in one line what to do when that
+dataset is gone, and refuses a text model (odin-pipeline, BPE) before writing anything."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from odin.checkpoint import model_from_config, save_model_checkpoint
+from odin.config import RunConfig
+from odin.data.dataset import build_dataset
+from odin.tokenizers import BPETokenizer
+
+SMALL = """
+[model]
+n_layer = 1
+d_model = 32
+n_head = 2
+context = 16
+
+[train]
+batch_size = 16
+steps = 5
+eval_every = 0
+checkpoint_every = 0
+"""
+
+
+def odin(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "odin"
+    cmd = [str(script), *args] if script.exists() else [sys.executable, "-m", "odin.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("odin eval: error: "), proc.stderr
+    return lines[0]
+
+
+def test_eval_finds_the_runs_dataset_from_any_directory(tmp_path):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    build_dataset(work / "d", seed=2, n_examples=100, ops=["add"], max_digits=1, reverse_answer=True, n_heldout=0)
+    (work / "small.toml").write_text(SMALL, encoding="utf-8")
+    trained = odin("train", "--config", "small.toml", "--data", "d", "--out", "run", "--threads", "1", "--json",
+                   cwd=work)  # relative paths, as a user types them
+    assert trained.returncode == 0, trained.stderr
+    scored = odin("eval", str(work / "run" / "checkpoint"), "--splits", "test", "--json", cwd=elsewhere)
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["test"]["n"] == 10
+
+    (work / "d").rename(work / "moved")
+    gone = one_line_error(odin("eval", str(work / "run" / "checkpoint"), cwd=elsewhere))
+    assert f"({work / 'd'}) is not there: pass --data DIR" in gone
+    assert odin("eval", str(work / "run" / "checkpoint"), "--data", str(work / "moved"), "--splits", "test",
+                cwd=elsewhere).returncode == 0
+
+
+def test_eval_refuses_a_pipeline_model_and_writes_nothing(tmp_path):
+    cfg = RunConfig.from_dict({"model": {"n_layer": 1, "d_model": 32, "n_head": 2, "context": 16,
+                                         "vocab_size": 300}})
+    model = model_from_config(cfg)
+    model.init_weights(0)
+    folder = tmp_path / "pipe" / "checkpoints"
+    ckpt = save_model_checkpoint(folder / "latest", model, BPETokenizer.train(["the cat sat on the mat\n"] * 30, 300),
+                                 cfg, step=3, trainer_state={"pipeline": {"trained": [], "history": []}})
+    before = sorted(p.name for p in folder.iterdir())
+    line = one_line_error(odin("eval", str(ckpt), cwd=tmp_path))
+    assert re.search(r"is an odin-pipeline model \(BPE tokenizer, \d+ tokens\)", line), line
+    assert "odin-pipeline status" in line and f"odin-infer -m {ckpt}" in line
+    assert sorted(p.name for p in folder.iterdir()) == before  # no error files beside it
