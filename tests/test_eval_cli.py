@@ -12,7 +12,7 @@ from pathlib import Path
 from odin.checkpoint import model_from_config, save_model_checkpoint
 from odin.config import RunConfig
 from odin.data.dataset import build_dataset
-from odin.tokenizers import BPETokenizer
+from odin.tokenizers import BPETokenizer, CharTokenizer
 
 SMALL = """
 [model]
@@ -74,3 +74,21 @@ def test_eval_refuses_a_pipeline_model_and_writes_nothing(tmp_path):
     assert re.search(r"is an odin-pipeline model \(BPE tokenizer, \d+ tokens\)", line), line
     assert "odin-pipeline status" in line and f"odin-infer -m {ckpt}" in line
     assert sorted(p.name for p in folder.iterdir()) == before  # no error files beside it
+
+
+def test_eval_rebuilds_the_missing_dataset_of_a_preset_run(tmp_path):
+    """A preset's dataset is deterministic: when the one a run recorded is gone, odin eval builds
+    it again where it was (the old hint built a default dataset that eval then refused)."""
+    from odin.config import preset_config
+
+    cfg = preset_config("arith-3digit")
+    model = model_from_config(cfg)
+    model.init_weights(0)
+    data = tmp_path / "data" / "arith-3digit"
+    ckpt = save_model_checkpoint(tmp_path / "run" / "checkpoint", model, CharTokenizer(), cfg, step=1,
+                                 trainer_state={"data_dir": str(data), "reverse_answer": True})
+    scored = odin("eval", str(ckpt), "--splits", "test", "--limit", "5", "--json", cwd=tmp_path, timeout=300)
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["test"]["n"] == 5
+    assert f"building the dataset of preset 'arith-3digit' in {data}" in scored.stderr
+    assert (data / "dataset.json").is_file()
