@@ -179,6 +179,7 @@ def test_llama_cpp_reads_the_bpe_tokenizer(bpe, tmp_path):
         assert ids == tok.encode(text), text
     stats = _compare_with_llama(bpe, gguf_file, ["the quick", "Hello", "12+34=", "café", "don't", "fox jumps"],
                                 tmp_path)
+    print(f"\nllama.cpp vs ODIN (BPE, f32): {stats}")
     assert stats["max_abs_prob"] < 1e-3 and stats["max_abs_logprob"] < 0.05, stats
 
 
