@@ -29,7 +29,10 @@ const char *odin_compiler(void) {
 }
 
 #define PTR ODIN_REQUIRE_PTR
-#define POS ODIN_REQUIRE_POS
+/* int dimensions: > 0 and at most ODIN_DIM_MAX (the kernels form small multiples of them in
+ * int); element counts n are size_t and only need to be > 0 */
+#define POS(v, name) do { ODIN_REQUIRE_POS(v, name); ODIN_REQUIRE_DIM(v, name); } while (0)
+#define POSN ODIN_REQUIRE_POS
 
 /* ---- matmul ---------------------------------------------------------------- */
 odin_status odin_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
@@ -116,7 +119,7 @@ odin_status odin_rmsnorm_backward(float *dinp, float *dweight, const float *dout
 /* ---- elementwise ----------------------------------------------------------------- */
 #define UNARY(fn, field)                                                    \
     odin_status fn(float *out, const float *inp, size_t n) {                \
-        PTR(out, "out"); PTR(inp, "inp"); POS(n, "n");                       \
+        PTR(out, "out"); PTR(inp, "inp"); POSN(n, "n");                       \
         odin_kern->field(out, inp, n);                                       \
         return ODIN_OK;                                                      \
     }
@@ -127,7 +130,7 @@ UNARY(odin_vtanh, vtanh)
 #undef UNARY
 
 odin_status odin_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
-    PTR(dinp, "dinp"); PTR(inp, "inp"); PTR(dout, "dout"); POS(n, "n");
+    PTR(dinp, "dinp"); PTR(inp, "inp"); PTR(dout, "dout"); POSN(n, "n");
     odin_kern->gelu_backward(dinp, inp, dout, n);
     return ODIN_OK;
 }
@@ -152,7 +155,7 @@ static odin_status check_heads(int B, int T, int C, int NH) {
 }
 
 size_t odin_attention_scratch_floats(int T, int C, int NH) {
-    if (T <= 0 || C <= 0 || NH <= 0 || C % NH) return 0;
+    if (T <= 0 || C <= 0 || NH <= 0 || T > ODIN_DIM_MAX || C > ODIN_DIM_MAX || C % NH) return 0;
     return odin_att_scratch_floats(T, C / NH);
 }
 
@@ -177,6 +180,7 @@ odin_status odin_attention_backward(float *dqkv, float *scratch, const float *do
 /* ---- embedding ------------------------------------------------------------------------- */
 static odin_status check_tokens(const int32_t *tokens, int B, int T, int V, int maxT) {
     POS(B, "B"); POS(T, "T"); POS(V, "V"); POS(maxT, "maxT");
+    ODIN_REQUIRE_DIM((long long)B * T, "B * T");
     if (T > maxT) return odin_fail(ODIN_BAD_SHAPE, "T (%d) exceeds the position table length maxT (%d)", T, maxT);
     for (size_t i = 0; i < (size_t)B * T; i++)
         if (tokens[i] < 0 || tokens[i] >= V)
@@ -292,26 +296,26 @@ odin_status odin_wkv_backward(float *dtime_decay, float *dtime_first, float *dk,
 }
 
 odin_status odin_sqrelu_forward(float *out, const float *inp, size_t n) {
-    PTR(out, "out"); PTR(inp, "inp"); POS(n, "n");
+    PTR(out, "out"); PTR(inp, "inp"); POSN(n, "n");
     odin_kern->sqrelu_forward(out, inp, n);
     return ODIN_OK;
 }
 
 odin_status odin_sqrelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
-    PTR(dinp, "dinp"); PTR(inp, "inp"); PTR(dout, "dout"); POS(n, "n");
+    PTR(dinp, "dinp"); PTR(inp, "inp"); PTR(dout, "dout"); POSN(n, "n");
     odin_kern->sqrelu_backward(dinp, inp, dout, n);
     return ODIN_OK;
 }
 
 odin_status odin_sigmoid_gate_forward(float *out, const float *a, const float *b, size_t n) {
-    PTR(out, "out"); PTR(a, "a"); PTR(b, "b"); POS(n, "n");
+    PTR(out, "out"); PTR(a, "a"); PTR(b, "b"); POSN(n, "n");
     odin_kern->sigmoid_gate_forward(out, a, b, n);
     return ODIN_OK;
 }
 
 odin_status odin_sigmoid_gate_backward(float *da, float *db, const float *dout, const float *a,
                                        const float *b, size_t n) {
-    PTR(da, "da"); PTR(db, "db"); PTR(dout, "dout"); PTR(a, "a"); PTR(b, "b"); POS(n, "n");
+    PTR(da, "da"); PTR(db, "db"); PTR(dout, "dout"); PTR(a, "a"); PTR(b, "b"); POSN(n, "n");
     odin_kern->sigmoid_gate_backward(da, db, dout, a, b, n);
     return ODIN_OK;
 }
@@ -319,7 +323,7 @@ odin_status odin_sigmoid_gate_backward(float *da, float *db, const float *dout, 
 /* ---- optimiser --------------------------------------------------------------------------------- */
 odin_status odin_adamw(float *params, const float *grads, float *m, float *v, size_t n,
                        float lr, float beta1, float beta2, float eps, float weight_decay, int t) {
-    PTR(params, "params"); PTR(grads, "grads"); PTR(m, "m"); PTR(v, "v"); POS(n, "n");
+    PTR(params, "params"); PTR(grads, "grads"); PTR(m, "m"); PTR(v, "v"); POSN(n, "n");
     if (t < 1) return odin_fail(ODIN_BAD_ARG, "t (the step number) must be >= 1 (got %d)", t);
     if (!(beta1 >= 0.0f && beta1 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta1 must be in [0, 1) (got %g)", beta1);
     if (!(beta2 >= 0.0f && beta2 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta2 must be in [0, 1) (got %g)", beta2);
@@ -332,13 +336,13 @@ odin_status odin_adamw(float *params, const float *grads, float *m, float *v, si
 }
 
 odin_status odin_global_norm(float *out, const float *x, size_t n) {
-    PTR(out, "out"); PTR(x, "x"); POS(n, "n");
+    PTR(out, "out"); PTR(x, "x"); POSN(n, "n");
     *out = (float)sqrt(odin_kern->sumsq(x, n));
     return ODIN_OK;
 }
 
 odin_status odin_clip_by_norm(float *x, size_t n, float max_norm, float *norm_out) {
-    PTR(x, "x"); POS(n, "n");
+    PTR(x, "x"); POSN(n, "n");
     if (!(max_norm > 0.0f)) return odin_fail(ODIN_BAD_ARG, "max_norm must be > 0 (got %g)", max_norm);
     double norm = sqrt(odin_kern->sumsq(x, n));
     if (norm_out) *norm_out = (float)norm;
@@ -348,7 +352,7 @@ odin_status odin_clip_by_norm(float *x, size_t n, float max_norm, float *norm_ou
 }
 
 odin_status odin_scale(float *x, size_t n, float s) {
-    PTR(x, "x"); POS(n, "n");
+    PTR(x, "x"); POSN(n, "n");
     odin_kern->scale(x, n, s);
     return ODIN_OK;
 }

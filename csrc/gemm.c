@@ -31,6 +31,7 @@ static _Thread_local size_t tl_pack_cap;
 
 static float *pack_buffer(size_t floats) {
     if (tl_pack_cap >= floats) return tl_pack;
+    if (floats > ODIN_MAX_FLOATS) return NULL; /* the blocking bounds it; kept checked all the same */
     size_t bytes = ((floats * sizeof(float)) + 63) & ~(size_t)63;
     float *p = (float *)aligned_alloc(64, bytes);
     if (!p) return NULL;
@@ -193,9 +194,9 @@ int odin_gemm(int M, int N, int K, const float *a, int rsa, int csa,
      * and the ISA's MC+MR-1 / NC+NR-1: ~4.4 MB with the AVX-512 blocking at most, far less
      * for transformer-sized products). The per-thread buffer only ever grows, so
      * steady-state training allocates nothing. */
-    const size_t a_floats = ((size_t)MC * KC + 15) & ~(size_t)15; /* keeps Bp 64-byte aligned */
-    const size_t b_floats = (size_t)NC * KC;
-    float *buf = pack_buffer(a_floats + b_floats);
+    const size_t a_floats = (odin_size_mul((size_t)MC, (size_t)KC) + 15) & ~(size_t)15; /* keeps Bp 64-byte aligned */
+    const size_t b_floats = odin_size_mul((size_t)NC, (size_t)KC);
+    float *buf = pack_buffer(odin_size_add(a_floats, b_floats));
     if (!buf) return -1;
     float *Ap = buf, *Bp = buf + a_floats;
     _Alignas(64) float tile[1024]; /* edge tiles: MR*NR <= 1024 for every ISA */

@@ -6,6 +6,7 @@
  * train on the same parameters at once (the spheres trainer gives one to each sphere).
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
@@ -49,10 +50,32 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
     *out = NULL;
     ODIN_REQUIRE_POS(vocab, "vocab"); ODIN_REQUIRE_POS(max_t, "max_t");
     ODIN_REQUIRE_POS(n_layer, "n_layer"); ODIN_REQUIRE_POS(n_head, "n_head"); ODIN_REQUIRE_POS(d_model, "d_model");
+    ODIN_REQUIRE_DIM(vocab, "vocab"); ODIN_REQUIRE_DIM(max_t, "max_t"); ODIN_REQUIRE_DIM(n_head, "n_head");
+    ODIN_REQUIRE_DIM(d_model, "d_model"); ODIN_REQUIRE_DIM(n_abacus, "n_abacus");
+    /* the tensor table has 2 + 12 L + 2 (+ 1) entries, counted in int */
+    if (n_layer > (ODIN_DIM_MAX - 5) / PER_LAYER)
+        return odin_fail(ODIN_BAD_ARG, "n_layer is too large (%d > %d)", n_layer, (ODIN_DIM_MAX - 5) / PER_LAYER);
     if (d_model % n_head)
         return odin_fail(ODIN_BAD_SHAPE, "d_model (%d) must be divisible by n_head (%d)", d_model, n_head);
-    if (!(ln_eps > 0.0f)) return odin_fail(ODIN_BAD_ARG, "ln_eps must be > 0 (got %g)", ln_eps);
+    if (!(ln_eps > 0.0f) || !isfinite(ln_eps))
+        return odin_fail(ODIN_BAD_ARG, "ln_eps must be a finite number > 0 (got %g)", ln_eps);
     if (n_abacus < 0) return odin_fail(ODIN_BAD_ARG, "n_abacus must be >= 0 (got %d)", n_abacus);
+    const int C = d_model;
+    const int rows[T_KINDS] = {vocab, max_t, C, C, 3 * C, 3 * C, C, C, C, C, 4 * C, 4 * C, C, C, C, C, n_abacus};
+    const int cols[T_KINDS] = {C, C, 1, 1, C, 1, C, 1, 1, 1, C, 1, 4 * C, 1, 1, 1, C};
+    /* count the parameters before allocating anything for them */
+    size_t per_layer = 0, n_params = 0;
+    for (int kind = T_LN1W; kind < T_LNFW; kind++)
+        per_layer = odin_size_add(per_layer, odin_size_mul((size_t)rows[kind], (size_t)cols[kind]));
+    for (int kind = 0; kind < T_KINDS; kind++)
+        if (kind < T_LN1W || kind >= T_LNFW)
+            n_params = odin_size_add(n_params, odin_size_mul((size_t)rows[kind], (size_t)cols[kind]));
+    n_params = odin_size_add(n_params, odin_size_mul((size_t)n_layer, per_layer));
+    char args[128];
+    snprintf(args, sizeof args, "vocab=%d, max_t=%d, n_layer=%d, d_model=%d, n_abacus=%d", vocab, max_t, n_layer,
+             d_model, n_abacus);
+    odin_status st = odin_require_floats(n_params, "the model's parameters", args);
+    if (st) return st;
     odin_gpt *g = calloc(1, sizeof *g);
     if (!g) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the model");
     g->V = vocab; g->maxT = max_t; g->L = n_layer; g->NH = n_head; g->C = d_model; g->eps = ln_eps;
@@ -60,9 +83,6 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
     g->n_tensors = 2 + n_layer * PER_LAYER + 2 + (n_abacus > 0);
     g->tensors = calloc((size_t)g->n_tensors, sizeof *g->tensors);
     if (!g->tensors) { free(g); return odin_fail(ODIN_NO_MEMORY, "cannot allocate the tensor table"); }
-    const int C = d_model;
-    const int rows[T_KINDS] = {vocab, max_t, C, C, 3 * C, 3 * C, C, C, C, C, 4 * C, 4 * C, C, C, C, C, n_abacus};
-    const int cols[T_KINDS] = {C, C, 1, 1, C, 1, C, 1, 1, 1, C, 1, 4 * C, 1, 1, 1, C};
     size_t off = 0;
     int idx = 0;
 #define ADD(kind) odin_tensor_append(g->tensors, &idx, &off, k_names[kind], rows[kind], cols[kind])
@@ -75,7 +95,7 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
     if (n_abacus > 0) ADD(T_WAB);
 #undef ADD
     g->n_params = off;
-    odin_status st = odin_alloc_param_blocks(off, &g->params, &g->grads, &g->m, &g->v);
+    st = odin_alloc_param_blocks(off, &g->params, &g->grads, &g->m, &g->v);
     if (st) {
         odin_gpt_free(g);
         return st;
@@ -151,12 +171,20 @@ odin_status odin_gpt_ws_create(odin_gpt_ws **out, const odin_gpt *g, int B, int 
     *out = NULL;
     ODIN_REQUIRE_POS(B, "B"); ODIN_REQUIRE_POS(T, "T");
     if (T > g->maxT) return odin_fail(ODIN_BAD_SHAPE, "T (%d) exceeds the model's context (%d)", T, g->maxT);
+    ODIN_REQUIRE_DIM((long long)B * T, "B * T");
     const size_t BT = (size_t)B * T, C = (size_t)g->C, NH = (size_t)g->NH, V = (size_t)g->V, L = (size_t)g->L;
     /* per token and layer: ln1, qkv(3), atty, res2, ln2, fch(4), fch_gelu(4), res3 = 16 C,
      * two (mean, rstd) pairs, and NH x T attention probabilities */
-    const size_t per_layer = BT * (16 * C + 4) + NH * BT * T;
-    const size_t total = BT * C + L * per_layer + BT * C + BT * 2 + BT * V + BT * 2 /* forward */
-                       + BT * 14 * C + BT * V + odin_att_scratch_floats(T, (int)(C / NH)); /* backward */
+    const size_t per_layer = odin_size_add(odin_size_mul(BT, 16 * C + 4), odin_size_mul(odin_size_mul(NH, BT), (size_t)T));
+    const size_t att_scratch = odin_size_mul((size_t)odin_att_pad(T), 4 * (C / NH) + 2);
+    const size_t terms[] = {odin_size_mul(BT, C), odin_size_mul(L, per_layer), odin_size_mul(BT, C), 2 * BT,
+                            odin_size_mul(BT, V), 2 * BT,                                   /* forward */
+                            odin_size_mul(BT, 14 * C), odin_size_mul(BT, V), att_scratch}; /* backward */
+    const size_t total = odin_size_sum(terms, sizeof terms / sizeof *terms);
+    char args[64];
+    snprintf(args, sizeof args, "B=%d, T=%d", B, T);
+    odin_status st = odin_require_floats(total, "the workspace", args);
+    if (st) return st;
     odin_gpt_ws *w = calloc(1, sizeof *w);
     if (!w) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the workspace");
     w->layers = calloc(L, sizeof *w->layers);
@@ -360,9 +388,15 @@ struct odin_gpt_cache {
 odin_status odin_gpt_cache_create(odin_gpt_cache **out, const odin_gpt *g, int B) {
     ODIN_REQUIRE_PTR(out, "out"); ODIN_REQUIRE_PTR(g, "model");
     *out = NULL;
-    ODIN_REQUIRE_POS(B, "B");
-    const size_t C = (size_t)g->C, kv = (size_t)g->L * B * g->maxT * C;
-    const size_t total = 2 * kv + B * C * 3 + B * 3 * C + B * 4 * C * 2 + (size_t)g->maxT + (size_t)B * g->V;
+    ODIN_REQUIRE_POS(B, "B"); ODIN_REQUIRE_DIM(B, "B");
+    const size_t C = (size_t)g->C, Bs = (size_t)B;
+    const size_t kv = odin_size_mul(odin_size_mul(odin_size_mul((size_t)g->L, Bs), (size_t)g->maxT), C);
+    const size_t terms[] = {kv, kv, odin_size_mul(Bs, 14 * C), (size_t)g->maxT, odin_size_mul(Bs, (size_t)g->V)};
+    const size_t total = odin_size_sum(terms, sizeof terms / sizeof *terms);
+    char args[32];
+    snprintf(args, sizeof args, "B=%d", B);
+    odin_status st = odin_require_floats(total, "the KV cache", args);
+    if (st) return st;
     odin_gpt_cache *c = calloc(1, sizeof *c);
     if (!c) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the KV cache");
     c->block = odin_zalloc(total * sizeof(float));
@@ -460,10 +494,16 @@ static int cmp_desc(const void *a, const void *b) {
 odin_status odin_sample(const float *logits, int V, float temperature, int top_k, float top_p,
                         uint64_t *rng_state, int32_t *out_token) {
     ODIN_REQUIRE_PTR(logits, "logits"); ODIN_REQUIRE_PTR(out_token, "out_token"); ODIN_REQUIRE_POS(V, "V");
+    if (isnan(temperature) || isinf(temperature) || temperature < 0.0f)
+        return odin_fail(ODIN_BAD_ARG, "temperature must be a finite number >= 0 (got %g)", temperature);
+    /* -inf is a masked-out token; NaN anywhere, or no finite maximum, has no answer */
     int best = 0;
-    for (int i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
-    if (!isfinite(logits[best])) return odin_fail(ODIN_NAN_DETECTED, "logits contain NaN or Inf");
-    if (temperature <= 0.0f || top_k == 1) { *out_token = best; return ODIN_OK; }
+    for (int i = 0; i < V; i++) {
+        if (isnan(logits[i])) return odin_fail(ODIN_NAN_DETECTED, "logits[%d] is NaN", i);
+        if (logits[i] > logits[best]) best = i;
+    }
+    if (!isfinite(logits[best])) return odin_fail(ODIN_NAN_DETECTED, "logits contain +Inf, or only -Inf");
+    if (temperature == 0.0f || top_k == 1) { *out_token = best; return ODIN_OK; }
     ODIN_REQUIRE_PTR(rng_state, "rng_state");
     if (!(top_p > 0.0f)) return odin_fail(ODIN_BAD_ARG, "top_p must be > 0 (got %g)", top_p);
     /* (prob, index) pairs sorted by probability: V is a vocabulary, small enough to sort per token */

@@ -1,6 +1,9 @@
 /* internal.h — helpers shared by the library's C files (not exported). */
 #ifndef ODIN_INTERNAL_H
 #define ODIN_INTERNAL_H
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
 #include "odin.h"
 #include "kernels/kernels.h"
 
@@ -13,10 +16,39 @@ odin_status odin_fail(odin_status code, const char *fmt, ...)
 #endif
     ;
 
+/* ---- size arithmetic that cannot wrap ----
+ * Every size the library derives from its arguments (parameter counts, workspaces, caches,
+ * buffers) is computed with these: on overflow the result saturates at SIZE_MAX, which
+ * sticks through later products and sums, so a whole size expression is computed first and
+ * checked once against ODIN_MAX_FLOATS (nothing larger can be allocated or indexed). */
+static inline size_t odin_size_mul(size_t a, size_t b) {
+    if (a == SIZE_MAX || b == SIZE_MAX) return SIZE_MAX;
+    return (b != 0 && a > (SIZE_MAX - 1) / b) ? SIZE_MAX : a * b;
+}
+static inline size_t odin_size_add(size_t a, size_t b) {
+    if (a == SIZE_MAX || b == SIZE_MAX) return SIZE_MAX;
+    return a > SIZE_MAX - 1 - b ? SIZE_MAX : a + b;
+}
+static inline size_t odin_size_sum(const size_t *terms, size_t n) {
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) total = odin_size_add(total, terms[i]);
+    return total;
+}
+#define ODIN_MAX_FLOATS ((size_t)PTRDIFF_MAX / sizeof(float))
+/* The kernels take dimensions as int and form small multiples of them (3C, 4C, B*T, the
+ * GEMM's rounded-up blocks); capping every int dimension, and every int derived from the
+ * arguments, at INT_MAX / 4 keeps those in range. */
+#define ODIN_DIM_MAX (INT_MAX / 4)
+
 #define ODIN_REQUIRE_PTR(p, name)                                                  \
     do { if (!(p)) return odin_fail(ODIN_BAD_ARG, "%s must not be NULL", name); } while (0)
 #define ODIN_REQUIRE_POS(v, name)                                                  \
     do { if ((v) <= 0) return odin_fail(ODIN_BAD_SHAPE, "%s must be > 0 (got %lld)", name, (long long)(v)); } while (0)
+/* An int dimension (or one derived from the arguments) at most ODIN_DIM_MAX. */
+#define ODIN_REQUIRE_DIM(v, name)                                                  \
+    do { if ((long long)(v) > ODIN_DIM_MAX)                                        \
+             return odin_fail(ODIN_BAD_ARG, "%s is too large (%lld > %d)", name, (long long)(v), ODIN_DIM_MAX); \
+    } while (0)
 
 /* Adam's bias correction 1 - beta^t: beta^t by squaring in double, the same bits on every
  * platform, which libm's pow is not (see odin_logf in kernels.h); and in double because in
@@ -35,7 +67,8 @@ static inline float odin_bias_correction(float beta, long long t) {
 typedef struct { const char *name; size_t offset; int rows, cols; int decay; } odin_tensor_view;
 
 /* Append the next tensor of a parameter block (rows x cols floats at *offset, which then
- * moves past it); matrices (cols > 1) get weight decay. */
+ * moves past it, with odin_size_mul/add); matrices (cols > 1) get weight decay. The caller
+ * sized the table for *count + 1 entries: the models count their tensors before allocating. */
 void odin_tensor_append(odin_tensor_view *tensors, int *count, size_t *offset, const char *name, int rows,
                         int cols);
 /* 64-byte aligned, zeroed; NULL when out of memory. Free with free(). */
@@ -43,6 +76,9 @@ void *odin_zalloc(size_t bytes);
 /* The parameter, gradient and two AdamW moment blocks of n floats, zeroed; on failure none
  * is kept (all four NULL) and the error says how much was asked for. */
 odin_status odin_alloc_param_blocks(size_t n, float **params, float **grads, float **m, float **v);
+/* ODIN_OK when n floats (a size from odin_size_mul/add) can be allocated and indexed, else
+ * ODIN_BAD_ARG "<what> (<args>) would need ..." with args the caller's formatted arguments. */
+odin_status odin_require_floats(size_t n, const char *what, const char *args);
 /* Every t[i] (where mask is NULL or mask[i] != 0) in [0, V), else an error naming name[i]. */
 odin_status odin_check_tokens(const int32_t *t, size_t n, int V, const char *name, const uint8_t *mask);
 odin_status odin_tensor_info(const odin_tensor_view *tensors, int n_tensors, int index, const char **name,

@@ -15,10 +15,17 @@ void *odin_zalloc(size_t bytes) {
 void odin_tensor_append(odin_tensor_view *tensors, int *count, size_t *offset, const char *name, int rows,
                         int cols) {
     tensors[(*count)++] = (odin_tensor_view){name, *offset, rows, cols, cols > 1};
-    *offset += (size_t)rows * cols;
+    *offset = odin_size_add(*offset, odin_size_mul((size_t)rows, (size_t)cols));
+}
+
+odin_status odin_require_floats(size_t n, const char *what, const char *args) {
+    if (n <= ODIN_MAX_FLOATS) return ODIN_OK;
+    return odin_fail(ODIN_BAD_ARG, "%s (%s) would need more memory than can be addressed", what, args);
 }
 
 odin_status odin_alloc_param_blocks(size_t n, float **params, float **grads, float **m, float **v) {
+    *params = *grads = *m = *v = NULL;
+    if (n > ODIN_MAX_FLOATS) return odin_fail(ODIN_BAD_ARG, "the parameter count would overflow");
     *params = odin_zalloc(n * sizeof(float));
     *grads = odin_zalloc(n * sizeof(float));
     *m = odin_zalloc(n * sizeof(float));

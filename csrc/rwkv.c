@@ -16,6 +16,7 @@
  * the gated products, relu^2) are not kept per layer: backward computes them again.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
@@ -56,16 +57,33 @@ odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_mode
     *out = NULL;
     ODIN_REQUIRE_POS(vocab, "vocab"); ODIN_REQUIRE_POS(n_layer, "n_layer");
     ODIN_REQUIRE_POS(d_model, "d_model"); ODIN_REQUIRE_POS(d_ffn, "d_ffn");
-    if (!(ln_eps > 0.0f)) return odin_fail(ODIN_BAD_ARG, "ln_eps must be > 0 (got %g)", ln_eps);
+    ODIN_REQUIRE_DIM(vocab, "vocab"); ODIN_REQUIRE_DIM(d_model, "d_model"); ODIN_REQUIRE_DIM(d_ffn, "d_ffn");
+    /* the tensor table has 3 + 18 L + 2 entries, counted in int */
+    if (n_layer > (ODIN_DIM_MAX - 5) / PER_LAYER)
+        return odin_fail(ODIN_BAD_ARG, "n_layer is too large (%d > %d)", n_layer, (ODIN_DIM_MAX - 5) / PER_LAYER);
+    if (!(ln_eps > 0.0f) || !isfinite(ln_eps))
+        return odin_fail(ODIN_BAD_ARG, "ln_eps must be a finite number > 0 (got %g)", ln_eps);
+    const int C = d_model, F = d_ffn;
+    const int rows[R_KINDS] = {vocab, C, C, C, C, C, C, C, C, C, C, C, C, C, C, C, C, C, F, C, C, C, C};
+    const int cols[R_KINDS] = {C, 1, 1, 1, 1, 1, 1, 1, 1, 1, C, C, C, C, 1, 1, 1, 1, C, C, F, 1, 1};
+    /* count the parameters before allocating anything for them */
+    size_t per_layer = 0, n_params = 0;
+    for (int kind = 0; kind < R_KINDS; kind++) {
+        const size_t n = odin_size_mul((size_t)rows[kind], (size_t)cols[kind]);
+        if (kind >= FIRST_LAYER_KIND && kind < R_LNOW) per_layer = odin_size_add(per_layer, n);
+        else n_params = odin_size_add(n_params, n);
+    }
+    n_params = odin_size_add(n_params, odin_size_mul((size_t)n_layer, per_layer));
+    char args[128];
+    snprintf(args, sizeof args, "vocab=%d, n_layer=%d, d_model=%d, d_ffn=%d", vocab, n_layer, d_model, d_ffn);
+    odin_status st = odin_require_floats(n_params, "the model's parameters", args);
+    if (st) return st;
     odin_rwkv *r = calloc(1, sizeof *r);
     if (!r) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the model");
     r->V = vocab; r->L = n_layer; r->C = d_model; r->F = d_ffn; r->eps = ln_eps;
     r->n_tensors = FIRST_LAYER_KIND + n_layer * PER_LAYER + 2;
     r->tensors = calloc((size_t)r->n_tensors, sizeof *r->tensors);
     if (!r->tensors) { free(r); return odin_fail(ODIN_NO_MEMORY, "cannot allocate the tensor table"); }
-    const int C = d_model, F = d_ffn;
-    const int rows[R_KINDS] = {vocab, C, C, C, C, C, C, C, C, C, C, C, C, C, C, C, C, C, F, C, C, C, C};
-    const int cols[R_KINDS] = {C, 1, 1, 1, 1, 1, 1, 1, 1, 1, C, C, C, C, 1, 1, 1, 1, C, C, F, 1, 1};
     size_t off = 0;
     int idx = 0;
 #define ADD(kind) odin_tensor_append(r->tensors, &idx, &off, k_names[kind], rows[kind], cols[kind])
@@ -76,7 +94,7 @@ odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_mode
     ADD(R_LNOB);
 #undef ADD
     r->n_params = off;
-    odin_status st = odin_alloc_param_blocks(off, &r->params, &r->grads, &r->m, &r->v);
+    st = odin_alloc_param_blocks(off, &r->params, &r->grads, &r->m, &r->v);
     if (st) {
         odin_rwkv_free(r);
         return st;
@@ -133,12 +151,20 @@ odin_status odin_rwkv_ws_create(odin_rwkv_ws **out, const odin_rwkv *r, int B, i
     ODIN_REQUIRE_PTR(out, "out"); ODIN_REQUIRE_PTR(r, "model");
     *out = NULL;
     ODIN_REQUIRE_POS(B, "B"); ODIN_REQUIRE_POS(T, "T");
+    ODIN_REQUIRE_DIM((long long)B * T, "B * T");
     const size_t BT = (size_t)B * T, C = (size_t)r->C, F = (size_t)r->F, V = (size_t)r->V, L = (size_t)r->L;
     /* per token and layer: ln1, k, v, r, wkv, res2, ln2, fkv, fr, res3 = 10 C, fk = F, 2 (mean, rstd) pairs */
-    const size_t per_layer = BT * (10 * C + F + 4);
-    const size_t total = 2 * BT * C + 2 * BT + L * per_layer + BT * C + 2 * BT + BT * V + 2 * BT /* forward */
-                       + BT * (4 * C + F)                                                           /* shared */
-                       + BT * (10 * C + F + V) + 3 * (size_t)T * C;                                 /* backward */
+    const size_t per_layer = odin_size_mul(BT, 10 * C + F + 4);
+    const size_t terms[] = {odin_size_mul(BT, 2 * C), 2 * BT, odin_size_mul(L, per_layer), odin_size_mul(BT, C),
+                            2 * BT, odin_size_mul(BT, V), 2 * BT,                          /* forward */
+                            odin_size_mul(BT, 4 * C + F),                                  /* shared */
+                            odin_size_mul(BT, 10 * C + F), odin_size_mul(BT, V),
+                            odin_size_mul(3 * (size_t)T, C)};                              /* backward */
+    const size_t total = odin_size_sum(terms, sizeof terms / sizeof *terms);
+    char args[64];
+    snprintf(args, sizeof args, "B=%d, T=%d", B, T);
+    odin_status st = odin_require_floats(total, "the workspace", args);
+    if (st) return st;
     odin_rwkv_ws *w = calloc(1, sizeof *w);
     if (!w) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the workspace");
     w->layers = calloc(L, sizeof *w->layers);
@@ -353,9 +379,15 @@ struct odin_rwkv_state {
 odin_status odin_rwkv_state_create(odin_rwkv_state **out, const odin_rwkv *r, int B) {
     ODIN_REQUIRE_PTR(out, "out"); ODIN_REQUIRE_PTR(r, "model");
     *out = NULL;
-    ODIN_REQUIRE_POS(B, "B");
-    const size_t C = (size_t)r->C, F = (size_t)r->F, n_state = (size_t)r->L * 5 * B * C;
-    const size_t total = n_state + (size_t)B * (12 * C + 2 * F + (size_t)r->V) + 2 * (size_t)B;
+    ODIN_REQUIRE_POS(B, "B"); ODIN_REQUIRE_DIM(B, "B");
+    const size_t C = (size_t)r->C, F = (size_t)r->F, Bs = (size_t)B;
+    const size_t n_state = odin_size_mul(odin_size_mul((size_t)r->L * 5, Bs), C);
+    const size_t terms[] = {n_state, odin_size_mul(Bs, 12 * C + 2 * F + (size_t)r->V), 2 * Bs};
+    const size_t total = odin_size_sum(terms, sizeof terms / sizeof *terms);
+    char args[32];
+    snprintf(args, sizeof args, "B=%d", B);
+    odin_status st = odin_require_floats(total, "the recurrent state", args);
+    if (st) return st;
     odin_rwkv_state *s = calloc(1, sizeof *s);
     if (!s) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the recurrent state");
     s->block = odin_zalloc(total * sizeof(float));

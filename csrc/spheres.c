@@ -336,15 +336,21 @@ static odin_status spheres_create(odin_spheres **out, void *model, const model_o
         first += sp->slot_rows[s];
     }
     /* chunks never cross a tensor, so each knows whether weight decay applies */
-    int n_chunks = 0;
+    size_t n_chunks = 0;
     for (int i = 0; i < ops->num_tensors(model); i++) {
         int rows, cols;
         ops->tensor_info(model, i, NULL, &rows, &cols);
-        n_chunks += (int)(((size_t)rows * cols + CHUNK - 1) / CHUNK);
+        n_chunks = odin_size_add(n_chunks, odin_size_add(odin_size_mul((size_t)rows, (size_t)cols), CHUNK - 1) / CHUNK);
     }
-    sp->chunks = calloc((size_t)n_chunks, sizeof *sp->chunks);
-    sp->chunk_sumsq = calloc((size_t)n_chunks, sizeof *sp->chunk_sumsq);
-    sp->slot_grads = aligned_alloc(64, ((NS * sp->n_params * sizeof(float)) + 63) & ~(size_t)63);
+    const size_t slot_floats = odin_size_mul(NS, sp->n_params);
+    if (n_chunks > INT_MAX || slot_floats > ODIN_MAX_FLOATS) {
+        const size_t n_params = sp->n_params;
+        free(sp);
+        return odin_fail(ODIN_BAD_ARG, "model: %zu parameters are too many for %d gradient slots", n_params, NS);
+    }
+    sp->chunks = calloc(n_chunks, sizeof *sp->chunks);
+    sp->chunk_sumsq = calloc(n_chunks, sizeof *sp->chunk_sumsq);
+    sp->slot_grads = aligned_alloc(64, ((slot_floats * sizeof(float)) + 63) & ~(size_t)63);
     sp->hist = calloc(HISTORY, sizeof *sp->hist);
     if (!sp->chunks || !sp->chunk_sumsq || !sp->slot_grads || !sp->hist) {
         const double mib = NS * sp->n_params * 4.0 / 1048576.0;

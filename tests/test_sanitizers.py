@@ -48,6 +48,19 @@ def test_library_training_is_clean_under_sanitizer(kind):
     assert any(line.startswith("isa scalar: ok") for line in lines)  # at least scalar ran
 
 
+@pytest.mark.parametrize("kind", sanitize.KINDS)
+def test_overflowing_shapes_are_clean_errors_under_sanitizer(kind):
+    """Shapes whose tensor count, parameter count, workspace or cache size overflows int or
+    size_t (GPT n_layer=357913942, RWKV n_layer=238609295, ...) and NaN sampler inputs,
+    called on the C API directly: each a clean error, no heap overflow, no UB."""
+    _require(kind)
+    outcome = sanitize.check_overflow_shapes(kind, timeout=120)
+    assert outcome.ok, _show(outcome)
+    assert not outcome.reports
+    assert "gpt n_layer=357913942: ok" in outcome.output
+    assert "rwkv n_layer=238609295: ok" in outcome.output
+
+
 @pytest.mark.parametrize(
     "kind, mode, what",
     [

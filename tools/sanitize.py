@@ -44,6 +44,7 @@ CSRC = ROOT / "csrc"
 NATIVE_TESTS = ROOT / "tests" / "native"
 MAIN = NATIVE_TESTS / "sanitize_main.c"
 RACY = NATIVE_TESTS / "racy.c"
+OVERFLOW = NATIVE_TESTS / "overflow_main.c"
 WASM_ONLY = {"wasm_simd128.c", "wasm_api.c"}  # as odin/_build_ffi.py
 
 KINDS = ("thread", "address")
@@ -293,6 +294,17 @@ def check_library(kind: str, keep: bool = False, csrc: Path = CSRC,
                          name=f"odin_sanitize_{kind}", timeout=timeout, include_dirs=(csrc,))
 
 
+def check_overflow_shapes(kind: str = "address", keep: bool = False, csrc: Path = CSRC,
+                          timeout: float = RUN_TIMEOUT_S) -> Outcome:
+    """The library + tests/native/overflow_main.c: shapes whose sizes overflow int or size_t
+    (tensor counts, parameter blocks, workspaces, caches) and NaN sampler inputs, straight
+    into the C API. ok only if each is a clean error, the program prints OK, and the
+    sanitizer reported nothing (no heap overflow, no signed overflow)."""
+    csrc = Path(csrc)
+    return check_program(kind, library_sources(csrc) + [OVERFLOW], keep=keep, expect_output="OK",
+                         name=f"odin_overflow_{kind}", timeout=timeout, include_dirs=(csrc,))
+
+
 # ---------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -310,13 +322,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{kind}: cannot run: {reason}")
             unsupported = True
             continue
-        out = check_library(kind, keep=args.keep, csrc=args.csrc)
-        if not out.ok or not args.quiet:
-            print(f"---- {kind}: program output ----")
-            print(out.output.rstrip())
-            print("----")
-        print(out.describe())
-        failed |= not out.ok
+        for check in (check_library, check_overflow_shapes):
+            out = check(kind, keep=args.keep, csrc=args.csrc)
+            if not out.ok or not args.quiet:
+                print(f"---- {kind}: {check.__name__} output ----")
+                print(out.output.rstrip())
+                print("----")
+            print(out.describe())
+            failed |= not out.ok
     return 1 if failed else 2 if unsupported else 0
 
 
