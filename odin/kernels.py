@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from odin.native import ArgumentError, DTypeError, ShapeError, check, ffi, lib
+from odin.validate import loss_mask
 
 Array = np.ndarray
 
@@ -71,6 +72,18 @@ def _grad(g: Optional[Array], name: str, shape: Sequence[int]) -> Array:
     return _f32(g, name, shape, writable=True)
 
 
+def _no_overlap(written: dict[str, Optional[Array]], read: dict[str, Optional[Array]]) -> None:
+    """Refuse an output (out=, or a gradient accumulated into) that shares memory with an input
+    or with another output: the kernels read and write in blocks, so an alias gives silently
+    wrong numbers, not an error. The arrays are C-contiguous, so bounds overlap is overlap."""
+    outs = [(name, a) for name, a in written.items() if a is not None]
+    ins = [(name, a) for name, a in read.items() if a is not None]
+    for i, (name, a) in enumerate(outs):
+        for other, b in outs[i + 1:] + ins:
+            if np.may_share_memory(a, b):
+                raise ArgumentError(f"{name} shares memory with {other}: pass a separate output array")
+
+
 # ---------------------------------------------------------------- matmul
 def matmul_forward(inp: Array, weight: Array, bias: Optional[Array] = None,
                    out: Optional[Array] = None) -> Array:
@@ -85,6 +98,7 @@ def matmul_forward(inp: Array, weight: Array, bias: Optional[Array] = None,
     if bias is not None:
         bias = _f32(bias, "bias", (N,))
     out = _out(out, "out", (M, N))
+    _no_overlap({"out": out}, {"inp": inp, "weight": weight, "bias": bias})
     check(lib.odin_matmul_forward(_fp(out), _fp(inp), _fp(weight), _fp(bias), M, K, N), "matmul_forward")
     return out
 
@@ -104,6 +118,7 @@ def matmul_backward(dout: Array, inp: Array, weight: Array, dinp: Optional[Array
     dinp = _grad(dinp, "dinp", (M, K))
     dweight = _grad(dweight, "dweight", (N, K))
     dbias = _grad(dbias, "dbias", (N,)) if (need_bias or dbias is not None) else None
+    _no_overlap({"dinp": dinp, "dweight": dweight, "dbias": dbias}, {"dout": dout, "inp": inp, "weight": weight})
     check(lib.odin_matmul_backward(_fp(dinp), _fp(dweight), _fp(dbias), _fp(dout), _fp(inp),
                                    _fp(weight), M, K, N), "matmul_backward")
     return dinp, dweight, dbias
@@ -123,6 +138,7 @@ def layernorm_forward(inp: Array, weight: Array, bias: Array, eps: float = 1e-5,
     weight, bias = _f32(weight, "weight", (C,)), _f32(bias, "bias", (C,))
     out = _out(out, "out", (N, C))
     mean, rstd = np.empty(N, np.float32), np.empty(N, np.float32)
+    _no_overlap({"out": out}, {"inp": inp, "weight": weight, "bias": bias})
     check(lib.odin_layernorm_forward(_fp(out), _fp(mean), _fp(rstd), _fp(inp), _fp(weight), _fp(bias),
                                      N, C, float(eps)), "layernorm_forward")
     return out, mean, rstd
@@ -136,6 +152,7 @@ def layernorm_backward(dout: Array, inp: Array, weight: Array, mean: Array, rstd
     dout, weight = _f32(dout, "dout", (N, C)), _f32(weight, "weight", (C,))
     mean, rstd = _f32(mean, "mean", (N,)), _f32(rstd, "rstd", (N,))
     dinp, dweight, dbias = _grad(dinp, "dinp", (N, C)), _grad(dweight, "dweight", (C,)), _grad(dbias, "dbias", (C,))
+    _no_overlap({"dinp": dinp, "dweight": dweight, "dbias": dbias}, {"dout": dout, "inp": inp, "weight": weight, "mean": mean, "rstd": rstd})
     check(lib.odin_layernorm_backward(_fp(dinp), _fp(dweight), _fp(dbias), _fp(dout), _fp(inp), _fp(weight),
                                       _fp(mean), _fp(rstd), N, C), "layernorm_backward")
     return dinp, dweight, dbias
@@ -149,6 +166,7 @@ def rmsnorm_forward(inp: Array, weight: Array, eps: float = 1e-5,
     weight = _f32(weight, "weight", (C,))
     out = _out(out, "out", (N, C))
     rstd = np.empty(N, np.float32)
+    _no_overlap({"out": out}, {"inp": inp, "weight": weight})
     check(lib.odin_rmsnorm_forward(_fp(out), _fp(rstd), _fp(inp), _fp(weight), N, C, float(eps)),
           "rmsnorm_forward")
     return out, rstd
@@ -160,6 +178,7 @@ def rmsnorm_backward(dout: Array, inp: Array, weight: Array, rstd: Array, dinp: 
     N, C = _rows(inp)
     dout, weight, rstd = _f32(dout, "dout", (N, C)), _f32(weight, "weight", (C,)), _f32(rstd, "rstd", (N,))
     dinp, dweight = _grad(dinp, "dinp", (N, C)), _grad(dweight, "dweight", (C,))
+    _no_overlap({"dinp": dinp, "dweight": dweight}, {"dout": dout, "inp": inp, "weight": weight, "rstd": rstd})
     check(lib.odin_rmsnorm_backward(_fp(dinp), _fp(dweight), _fp(dout), _fp(inp), _fp(weight), _fp(rstd), N, C),
           "rmsnorm_backward")
     return dinp, dweight
@@ -169,6 +188,7 @@ def rmsnorm_backward(dout: Array, inp: Array, weight: Array, rstd: Array, dinp: 
 def _unary(fn, name: str, inp: Array, out: Optional[Array]) -> Array:
     inp = _f32(inp, "inp")
     out = _out(out, "out", inp.shape)
+    _no_overlap({"out": out}, {"inp": inp})
     check(fn(_fp(out), _fp(inp), inp.size), name)
     return out
 
@@ -181,6 +201,7 @@ def gelu_backward(dout: Array, inp: Array, dinp: Optional[Array] = None) -> Arra
     inp = _f32(inp, "inp")
     dout = _f32(dout, "dout", inp.shape)
     dinp = _grad(dinp, "dinp", inp.shape)
+    _no_overlap({"dinp": dinp}, {"dout": dout, "inp": inp})
     check(lib.odin_gelu_backward(_fp(dinp), _fp(inp), _fp(dout), inp.size), "gelu_backward")
     return dinp
 
@@ -202,6 +223,7 @@ def softmax_forward(inp: Array, out: Optional[Array] = None) -> Array:
     inp = _f32(inp, "inp")
     N, C = _rows(inp)
     out = _out(out, "out", (N, C))
+    _no_overlap({"out": out}, {"inp": inp})
     check(lib.odin_softmax_forward(_fp(out), _fp(inp), N, C), "softmax_forward")
     return out
 
@@ -211,6 +233,7 @@ def softmax_backward(dout: Array, out: Array, dinp: Optional[Array] = None) -> A
     N, C = _rows(out, "out")
     dout = _f32(dout, "dout", (N, C))
     dinp = _grad(dinp, "dinp", (N, C))
+    _no_overlap({"dinp": dinp}, {"dout": dout, "out": out})
     check(lib.odin_softmax_backward(_fp(dinp), _fp(out), _fp(dout), N, C), "softmax_backward")
     return dinp
 
@@ -248,6 +271,7 @@ def attention_backward(dout: Array, qkv: Array, att: Array, n_head: int,
     att = _f32(att, "att", (B, n_head, T, T))
     dqkv = _grad(dqkv, "dqkv", (B, T, 3 * C))
     scratch = np.empty(lib.odin_attention_scratch_floats(T, C, n_head), np.float32)
+    _no_overlap({"dqkv": dqkv}, {"dout": dout, "qkv": qkv, "att": att})
     check(lib.odin_attention_backward(_fp(dqkv), _fp(scratch), _fp(dout), _fp(qkv), _fp(att), B, T, C, n_head),
           "attention_backward")
     return dqkv
@@ -287,6 +311,7 @@ def embedding_backward(dout: Array, tokens: Array, dwte: Array, dwpe: Array) -> 
     if dwpe.shape[1] != C:
         raise ShapeError(f"dwpe must have {C} columns like dwte, got shape {dwpe.shape}")
     dout = _f32(dout, "dout", (B, T, C))
+    _no_overlap({"dwte": dwte, "dwpe": dwpe}, {"dout": dout, "tokens": tokens})
     check(lib.odin_embedding_backward(_fp(dwte), _fp(dwpe), _fp(dout), _ip(tokens), B, T, C, V, dwpe.shape[0]),
           "embedding_backward")
     return dwte, dwpe
@@ -300,7 +325,7 @@ def _ce_args(logits: Array, targets: Array, mask: Optional[Array]) -> tuple[Arra
     if mask is not None:
         if isinstance(mask, np.ndarray) and mask.dtype == np.bool_:
             mask = mask.astype(np.uint8)
-        mask = _array(mask, "mask", np.uint8, (N,))
+        mask = loss_mask(_array(mask, "mask", np.uint8, (N,)), "mask")
     return logits, targets, mask, N, V
 
 
@@ -319,6 +344,7 @@ def crossentropy_backward(logits: Array, lse: Array, targets: Array, mask: Optio
     logits, targets, mask, N, V = _ce_args(logits, targets, mask)
     lse = _f32(lse, "lse", (N,))
     dlogits = _grad(dlogits, "dlogits", (N, V))
+    _no_overlap({"dlogits": dlogits}, {"logits": logits, "lse": lse, "targets": targets, "mask": mask})
     check(lib.odin_crossentropy_backward(_fp(dlogits), _fp(logits), _fp(lse), _ip(targets), _u8p(mask), N, V,
                                          float(dloss)), "crossentropy_backward")
     return dlogits
@@ -331,6 +357,7 @@ def adamw(params: Array, grads: Array, m: Array, v: Array, *, lr: float, beta1: 
     params = _f32(params, "params", writable=True)
     grads = _f32(grads, "grads", params.shape)
     m, v = _f32(m, "m", params.shape, writable=True), _f32(v, "v", params.shape, writable=True)
+    _no_overlap({"params": params, "m": m, "v": v}, {"grads": grads})
     check(lib.odin_adamw(_fp(params), _fp(grads), _fp(m), _fp(v), params.size, float(lr), float(beta1),
                          float(beta2), float(eps), float(weight_decay), int(step)), "adamw")
 
@@ -365,6 +392,7 @@ def sgemm(a: Array, b: Array, c: Optional[Array] = None, *, trans_a: bool = Fals
     c = _out(c, "c", (M, N)) if c is not None else np.empty((M, N), np.float32)
     rsa, csa = (1, a.shape[1]) if trans_a else (a.shape[1], 1)
     rsb, csb = (1, b.shape[1]) if trans_b else (b.shape[1], 1)
+    _no_overlap({"c": c}, {"a": a, "b": b})
     check(lib.odin_sgemm(M, N, Ka, _fp(a), rsa, csa, _fp(b), rsb, csb, 1.0 if accumulate else 0.0, _fp(c), N),
           "sgemm")
     return c
@@ -384,6 +412,7 @@ def tokenshift_forward(x: Array, mix: Array, prev: Optional[Array] = None, out: 
     if prev is not None:
         prev = _f32(prev, "prev", (B, C))
     out = _out(out, "out", (B, T, C))
+    _no_overlap({"out": out}, {"x": x, "mix": mix, "prev": prev})
     check(lib.odin_tokenshift_forward(_fp(out), _fp(x), _fp(mix), _fp(prev), B, T, C), "tokenshift_forward")
     return out
 
@@ -395,6 +424,7 @@ def tokenshift_backward(dout: Array, x: Array, mix: Array, dx: Optional[Array] =
     B, T, C = _btc(x, "x")
     mix, dout = _f32(mix, "mix", (C,)), _f32(dout, "dout", (B, T, C))
     dx, dmix = _grad(dx, "dx", (B, T, C)), _grad(dmix, "dmix", (C,))
+    _no_overlap({"dx": dx, "dmix": dmix}, {"dout": dout, "x": x, "mix": mix})
     check(lib.odin_tokenshift_backward(_fp(dx), _fp(dmix), _fp(dout), _fp(x), _fp(mix), B, T, C),
           "tokenshift_backward")
     return dx, dmix
@@ -413,6 +443,7 @@ def wkv_forward(time_decay: Array, time_first: Array, k: Array, v: Array, out: O
     time_decay[C] is the parameter: the decay is w = -exp(time_decay); time_first[C] is the bonus u."""
     time_decay, time_first, k, v, B, T, C = _wkv_args(time_decay, time_first, k, v)
     out = _out(out, "out", (B, T, C))
+    _no_overlap({"out": out}, {"time_decay": time_decay, "time_first": time_first, "k": k, "v": v})
     check(lib.odin_wkv_forward(_fp(out), _fp(time_decay), _fp(time_first), _fp(k), _fp(v), B, T, C), "wkv_forward")
     return out
 
@@ -427,6 +458,7 @@ def wkv_backward(dy: Array, time_decay: Array, time_first: Array, k: Array, v: A
     dtime_decay, dtime_first = _grad(dtime_decay, "dtime_decay", (C,)), _grad(dtime_first, "dtime_first", (C,))
     dk, dv = _grad(dk, "dk", (B, T, C)), _grad(dv, "dv", (B, T, C))
     scratch = np.empty(3 * T * C, np.float32)
+    _no_overlap({"dtime_decay": dtime_decay, "dtime_first": dtime_first, "dk": dk, "dv": dv}, {"dy": dy, "time_decay": time_decay, "time_first": time_first, "k": k, "v": v})
     check(lib.odin_wkv_backward(_fp(dtime_decay), _fp(dtime_first), _fp(dk), _fp(dv), _fp(scratch),
                                 _fp(time_decay), _fp(time_first), _fp(k), _fp(v), _fp(dy), B, T, C), "wkv_backward")
     return dtime_decay, dtime_first, dk, dv
@@ -441,6 +473,7 @@ def sqrelu_backward(dout: Array, inp: Array, dinp: Optional[Array] = None) -> Ar
     inp = _f32(inp, "inp")
     dout = _f32(dout, "dout", inp.shape)
     dinp = _grad(dinp, "dinp", inp.shape)
+    _no_overlap({"dinp": dinp}, {"dout": dout, "inp": inp})
     check(lib.odin_sqrelu_backward(_fp(dinp), _fp(inp), _fp(dout), inp.size), "sqrelu_backward")
     return dinp
 
@@ -450,6 +483,7 @@ def sigmoid_gate_forward(a: Array, b: Array, out: Optional[Array] = None) -> Arr
     a = _f32(a, "a")
     b = _f32(b, "b", a.shape)
     out = _grad(out, "out", a.shape)
+    _no_overlap({"out": out}, {"a": a, "b": b})
     check(lib.odin_sigmoid_gate_forward(_fp(out), _fp(a), _fp(b), a.size), "sigmoid_gate_forward")
     return out
 
@@ -460,6 +494,7 @@ def sigmoid_gate_backward(dout: Array, a: Array, b: Array, da: Optional[Array] =
     a = _f32(a, "a")
     b, dout = _f32(b, "b", a.shape), _f32(dout, "dout", a.shape)
     da, db = _grad(da, "da", a.shape), _grad(db, "db", a.shape)
+    _no_overlap({"da": da, "db": db}, {"dout": dout, "a": a, "b": b})
     check(lib.odin_sigmoid_gate_backward(_fp(da), _fp(db), _fp(dout), _fp(a), _fp(b), a.size),
           "sigmoid_gate_backward")
     return da, db

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from odin.native import ShapeError, check, ffi, lib
+from odin.native import ArgumentError, DTypeError, ShapeError, check, ffi, lib
+from odin.validate import int_field, loss_mask, positive_float, token_ids
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,15 @@ class GPTShape:
     learned_positions: bool = True
     # True: ALiBi attention biases (odin_gpt_set_alibi), relative distances instead of positions
     alibi: bool = False
+
+    def __post_init__(self) -> None:
+        # what a C int holds; the C side then checks what the sizes multiply to
+        for name in ("vocab_size", "context", "n_layer", "n_head", "d_model"):
+            int_field(getattr(self, name), f"{name}", 1)
+        int_field(self.n_abacus, "n_abacus", 0)
+        int_field(self.digit_first, "digit_first", -1)
+        int_field(self.sep_id, "sep_id", -1)
+        positive_float(self.ln_eps, "ln_eps")
 
 
 def _block_view(ptr, n: int) -> np.ndarray:
@@ -109,14 +120,12 @@ class NativeModel:
     def _targets_and_mask(self, targets: Optional[np.ndarray], mask: Optional[np.ndarray], B: int, T: int):
         """(targets, mask, their C pointers) checked against [B, T]."""
         tp = mp = ffi.NULL
-        if targets is not None:
-            targets = _i32_2d(targets, "targets", (B, T))
-            tp = ffi.cast("int32_t *", ffi.from_buffer(targets))
         if mask is not None:
-            mask = np.ascontiguousarray(mask, dtype=np.uint8)
-            if mask.shape != (B, T):
-                raise ShapeError(f"mask must have shape {(B, T)}, got {mask.shape}")
+            mask = loss_mask(mask, "mask", (B, T))
             mp = ffi.cast("uint8_t *", ffi.from_buffer(mask))
+        if targets is not None:
+            targets = _i32_2d(targets, "targets", (B, T), self.shape.vocab_size, mask)
+            tp = ffi.cast("int32_t *", ffi.from_buffer(targets))
         return targets, mask, tp, mp
 
     def logits(self) -> np.ndarray:
@@ -191,7 +200,7 @@ class GPT(NativeModel):
                 mask: Optional[np.ndarray] = None, ids: Optional[np.ndarray] = None) -> Optional[float]:
         """tokens/targets int32 [B,T], mask uint8 [B,T]; ids int32 [B,T] for Abacus models
         (computed with offset 0 when not given). Returns the mean loss (if targets)."""
-        tokens = _i32_2d(tokens, "tokens")
+        tokens = _i32_2d(tokens, "tokens", vocab_size=self.shape.vocab_size)
         B, T = tokens.shape
         if ids is None:
             ids = self.abacus_ids(tokens)
@@ -263,11 +272,13 @@ class KVCache:
         """Feed one token per sequence (with its Abacus id for Abacus models); returns the
         next-token logits [B, V] (a view, overwritten by the next step)."""
         B = len(tokens)
-        self._tok[:B] = tokens
-        self._pos[:B] = positions
+        if B > self.batch:
+            raise ShapeError(f"tokens has {B} entries but the cache holds {self.batch} sequences")
+        self._tok[:B] = token_ids(tokens, "tokens", self.model.shape.vocab_size, ndim=1)
+        self._pos[:B] = token_ids(positions, "positions", None, shape=(B,))
         ip = ffi.NULL
         if ids is not None:
-            self._ids[:B] = ids
+            self._ids[:B] = token_ids(ids, "ids", None, shape=(B,))
             ip = ffi.cast("int32_t *", ffi.from_buffer(self._ids))
         check(lib.odin_gpt_decode_ex(self.model._h, self._h, ffi.cast("int32_t *", ffi.from_buffer(self._tok)),
                                      ffi.cast("int32_t *", ffi.from_buffer(self._pos)), ip, B,
@@ -279,6 +290,10 @@ class Sampler:
     """Temperature / top-k / top-p sampling in C with a seeded xorshift state."""
 
     def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> None:
+        if not (isinstance(temperature, Real) and math.isfinite(temperature) and temperature >= 0):
+            raise ArgumentError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if not (isinstance(top_p, Real) and 0.0 < top_p <= 1.0):
+            raise ArgumentError(f"top_p must be in (0, 1], got {top_p!r}")
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         self._state = ffi.new("uint64_t *", (seed * 0x9E3779B97F4A7C15 + 1) & 0xFFFFFFFFFFFFFFFF)
         self._out = ffi.new("int32_t *")
@@ -334,13 +349,13 @@ def stream_tokens(model: Any, prompt: list[int], max_new: int, sampler: Sampler,
         pos += 1
 
 
-def _i32_2d(x: np.ndarray, name: str, shape: Optional[tuple[int, int]] = None) -> np.ndarray:
-    arr = np.ascontiguousarray(x, dtype=np.int32) if isinstance(x, np.ndarray) and x.dtype.kind in "iu" else None
-    if arr is None:
-        raise TypeError(f"{name} must be an integer numpy array, got {type(x).__name__}"
-                        + (f" of {x.dtype}" if isinstance(x, np.ndarray) else ""))
+def _i32_2d(x: np.ndarray, name: str, shape: Optional[tuple[int, int]] = None,
+            vocab_size: Optional[int] = None, counted: Optional[np.ndarray] = None) -> np.ndarray:
+    """A [B, T] integer numpy array as int32, through odin.validate.token_ids (no wrapping,
+    no truncation; ids in [0, vocab_size) where `counted` is set, when vocab_size is given)."""
+    if not isinstance(x, np.ndarray):
+        raise DTypeError(f"{name} must be an integer numpy array, got {type(x).__name__}")
+    arr = token_ids(x, name, vocab_size, shape=shape, counted=counted)
     if arr.ndim != 2:
         raise ShapeError(f"{name} must be 2-D [B, T], got shape {arr.shape}")
-    if shape is not None and arr.shape != shape:
-        raise ShapeError(f"{name} must have shape {shape}, got {arr.shape}")
     return arr

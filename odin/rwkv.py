@@ -17,6 +17,7 @@ import numpy as np
 
 from odin.model import NativeModel, _i32_2d
 from odin.native import ArgumentError, ShapeError, check, ffi, lib
+from odin.validate import int_field, positive_float, token_ids
 
 _GLOBAL_TENSORS = ("emb", "ln0_w", "ln0_b", "ln_out_w", "ln_out_b")
 
@@ -31,8 +32,12 @@ class RWKVShape:
     ln_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "context", "n_layer", "d_model"):
+            int_field(getattr(self, name), name, 1)
         if self.d_ffn == 0:
             object.__setattr__(self, "d_ffn", 4 * self.d_model)
+        int_field(self.d_ffn, "d_ffn", 1)
+        positive_float(self.ln_eps, "ln_eps")
 
     # What GPT-written code reads from a GPTShape: RWKV has no Abacus table and no positions.
     @property
@@ -121,7 +126,7 @@ class RWKV(NativeModel):
         Returns the mean loss over counted tokens (if targets)."""
         if ids is not None:
             raise ArgumentError("ids: RWKV has no Abacus embeddings (pass ids=None)")
-        tokens = _i32_2d(tokens, "tokens")
+        tokens = _i32_2d(tokens, "tokens", vocab_size=self.shape.vocab_size)
         B, T = tokens.shape
         targets, mask, tp, mp = self._targets_and_mask(targets, mask, B, T)
         ws = self._workspace(B, T)
@@ -196,7 +201,7 @@ class RWKVState:
         B = len(tokens)
         if B > self.batch:
             raise ShapeError(f"tokens has {B} entries but the state holds {self.batch} sequences")
-        self._tok[:B] = tokens
+        self._tok[:B] = token_ids(tokens, "tokens", self.model.shape.vocab_size, ndim=1)
         check(lib.odin_rwkv_decode(self.model._h, self._h, ffi.cast("int32_t *", ffi.from_buffer(self._tok)), B,
                                    ffi.cast("float *", ffi.from_buffer(self._logits))), "RWKVState.step")
         return self._logits[:B]

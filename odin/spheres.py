@@ -15,6 +15,8 @@ import numpy as np
 from odin.model import GPT
 from odin.native import ShapeError, check, ffi, lib
 from odin.rwkv import RWKV
+from odin.validate import loss_mask as validated_mask
+from odin.validate import token_ids
 
 N_SPHERES = int(lib.ODIN_SPHERES_N)
 STATE_NAMES = ("idle", "forward", "backward", "waiting", "reducing")
@@ -97,10 +99,12 @@ class SpheresTrainer:
         and `loss_mask[K, batch, T]` (and Abacus `ids[K, batch, T]` of the
         inputs for Abacus models). Returns the number of steps done (< K after a stop or
         checkpoint request)."""
-        tokens = np.asarray(tokens)
+        tokens = token_ids(tokens, "tokens", None)  # integer, int32-sized; the vocabulary below
         if tokens.ndim == 2:
             tokens = tokens[None]
             loss_mask = None if loss_mask is None else np.asarray(loss_mask)[None]
+        if tokens.ndim != 3:
+            raise ShapeError(f"tokens must have shape (K, {self.batch}, T + 1), got {tokens.shape}")
         K, B, T1 = tokens.shape
         if B != self.batch or not 1 <= T1 - 1 <= self.seq_len:
             raise ShapeError(f"tokens must have shape (K, {self.batch}, T + 1) with T <= {self.seq_len}, "
@@ -108,17 +112,21 @@ class SpheresTrainer:
         if T1 - 1 != self._run_len:  # a shorter batch (length buckets) computes only its own length
             check(lib.odin_spheres_set_seq_len(self._h, T1 - 1), "train step")
             self._run_len = T1 - 1
+        # every input must be in the vocabulary; the last token is only a target, which a
+        # mask may leave uncounted (as the C side checks targets)
+        counted = np.ones(tokens.shape, np.uint8)
+        if loss_mask is not None:
+            loss_mask = validated_mask(loss_mask, "loss_mask", (K, B, T1 - 1))
+            counted[:, :, -1] = loss_mask[:, :, -1]
+        token_ids(tokens, "tokens", self.model.shape.vocab_size, counted=counted)
         inputs = np.ascontiguousarray(tokens[:, :, :-1], dtype=np.int32)
         targets = np.ascontiguousarray(tokens[:, :, 1:], dtype=np.int32)
         mp = ffi.NULL
         if loss_mask is not None:
-            loss_mask = np.ascontiguousarray(loss_mask, dtype=np.uint8)
-            if loss_mask.shape != (K, B, T1 - 1):
-                raise ShapeError(f"loss_mask must have shape {(K, B, T1 - 1)}, got {loss_mask.shape}")
             mp = ffi.cast("uint8_t *", ffi.from_buffer(loss_mask))
         ip = ffi.NULL
         if ids is not None:
-            ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(K, B, T1 - 1)
+            ids = token_ids(ids, "ids", None).reshape(K, B, T1 - 1)
             ip = ffi.cast("int32_t *", ffi.from_buffer(ids))
         done = ffi.new("int *")
         check(lib.odin_spheres_run_ex(self._h, ffi.cast("int32_t *", ffi.from_buffer(inputs)), ip,

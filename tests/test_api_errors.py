@@ -313,3 +313,228 @@ def test_error_message_is_per_call():
     with pytest.raises(ArgumentError) as e2:
         K.crossentropy_forward(r(1, 3), np.array([4], np.int32))
     assert "tokens" in str(e1.value) and "targets" in str(e2.value) and "tokens" not in str(e2.value)
+
+
+# ================================================================= issue 18: silently wrong results
+ALIAS_CASES = {
+    # out= is an input, or a view into one: the kernels would read what they already wrote
+    "matmul out overlaps inp": lambda x: K.matmul_forward(x[:4], r(4, 8), out=x.reshape(-1)[:16].reshape(4, 4)),
+    "matmul out overlaps weight": lambda x: K.matmul_forward(r(4, 8), x[:4], out=x.reshape(-1)[16:32].reshape(4, 4)),
+    "layernorm out is inp": lambda x: K.layernorm_forward(x, z(8) + 1, z(8), out=x),
+    "softmax out is inp": lambda x: K.softmax_forward(x, out=x),
+    "gelu out is inp": lambda x: K.gelu_forward(x, out=x),
+    "tokenshift out is x": lambda x: K.tokenshift_forward(x.reshape(1, 8, 8), z(8), out=x.reshape(1, 8, 8)),
+    "wkv out is k": lambda x: K.wkv_forward(z(8), z(8), x.reshape(1, 8, 8), r(1, 8, 8), out=x.reshape(1, 8, 8)),
+    "sgemm c is a": lambda x: K.sgemm(x, x.copy(), c=x),
+    "matmul_backward dinp is dweight": lambda x: K.matmul_backward(r(8, 8), r(8, 8), r(8, 8), dinp=x, dweight=x),
+    "gelu_backward dinp is dout": lambda x: K.gelu_backward(x, r(8, 8), dinp=x),
+    "adamw m is v": lambda x: K.adamw(r(8, 8), r(8, 8), x, x, lr=1e-3, step=1),
+    "adamw params is grads": lambda x: K.adamw(x, x, z(8, 8), z(8, 8), lr=1e-3, step=1),
+}
+
+
+@pytest.mark.parametrize("case", list(ALIAS_CASES))
+def test_out_aliasing_an_input_is_refused(case):
+    x = r(8, 8)
+    before = x.copy()
+    raises(lambda: ALIAS_CASES[case](x), ArgumentError, "shares memory")
+    assert np.array_equal(x, before)  # refused before anything was written
+
+
+def test_separate_out_still_works():
+    x, w = r(4, 8), r(6, 8)
+    out = np.empty((4, 6), f32)
+    K.matmul_forward(x, w, out=out)
+    np.testing.assert_allclose(out, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def _gpt():
+    from odin.model import GPT, GPTShape
+
+    m = GPT(GPTShape(vocab_size=16, context=8, n_layer=1, n_head=2, d_model=8))
+    m.init_weights(1)
+    return m
+
+
+def _rwkv():
+    from odin.rwkv import RWKV, RWKVShape
+
+    m = RWKV(RWKVShape(vocab_size=16, context=8, n_layer=1, d_model=8))
+    m.init_weights(1)
+    return m
+
+
+@pytest.mark.parametrize("make", [_gpt, _rwkv], ids=["gpt", "rwkv"])
+def test_token_ids_never_wrap_or_truncate(make):
+    m = make()
+    wrapped = np.array([[1, 2, 2**32 + 1]], np.int64)  # as int32 this would be token 1
+    raises(lambda: m.forward(wrapped), ArgumentError, "tokens")
+    raises(lambda: m.forward(np.array([[1, 2, 3]], np.int32), wrapped), ArgumentError, "targets")
+    with pytest.raises(DTypeError, match="tokens"):
+        m.forward(np.array([[1.0, 2.7, 3.0]]))
+    raises(lambda: m.forward(np.array([[1, 2, -1]], np.int64)), ArgumentError, "tokens[2] = -1")
+    cache = m.new_cache(1)
+    raises(lambda: cache.step([2**32 + 1], [0]), ArgumentError, "tokens")
+    with pytest.raises(DTypeError, match="tokens"):
+        cache.step([1.7], [0])
+    # the same ids as int64 inside int32 range are fine
+    assert m.forward(np.array([[1, 2, 3]], np.int64), np.array([[2, 3, 4]], np.int64)) > 0
+
+
+@pytest.mark.parametrize("bad", [np.array([[1, 256, 1]]), np.array([[1, 2, 0]], np.uint8),
+                                 np.array([[1.0, 0.5, 1.0]]), np.array([[1, -1, 1]], np.int8)],
+                         ids=["256", "2", "0.5", "-1"])
+@pytest.mark.parametrize("make", [_gpt, _rwkv], ids=["gpt", "rwkv"])
+def test_loss_mask_must_be_zero_or_one(make, bad):
+    m = make()
+    tok = np.array([[1, 2, 3]], np.int32)
+    with pytest.raises(OdinError, match="mask"):
+        m.forward(tok, tok, bad)
+    assert m.forward(tok, tok, np.array([[True, False, True]])) > 0  # bool is a mask
+
+
+def test_crossentropy_kernel_mask_must_be_zero_or_one():
+    raises(lambda: K.crossentropy_forward(r(3, 5), np.array([1, 2, 3], np.int32), np.array([1, 2, 1], np.uint8)),
+           ArgumentError, "mask")
+
+
+def test_spheres_tokens_and_mask_are_validated():
+    from odin.spheres import SpheresTrainer
+
+    m = _gpt()
+    trainer = SpheresTrainer(m, batch=2, seq_len=4, threads=1)
+    trainer.configure(lr=1e-3, min_lr=1e-4, warmup_steps=0, total_steps=2)
+    good = np.ones((1, 2, 5), np.int64)
+    wrapped = good.copy()
+    wrapped[0, 1, 2] = 2**32 + 3
+    raises(lambda: trainer.run(wrapped), ArgumentError, "tokens")
+    with pytest.raises(DTypeError, match="tokens"):
+        trainer.run(good.astype(np.float64) + 0.5)
+    mask = np.ones((1, 2, 4), np.int64)
+    mask[0, 0, 1] = 256
+    raises(lambda: trainer.run(good, mask), ArgumentError, "loss_mask")
+    assert trainer.run(good, np.ones((1, 2, 4), bool)) == 1
+
+
+def test_sampler_refuses_nan_logits_and_temperature():
+    from odin.model import Sampler
+
+    logits = np.array([0.0, np.nan, 1.0, 2.0], f32)  # greedy would pick 3 around the NaN
+    for temperature in (0.0, 1.0):
+        with pytest.raises(NanError, match="NaN"):
+            Sampler(temperature=temperature)(logits)
+    with pytest.raises(ArgumentError, match="temperature"):
+        Sampler(temperature=float("nan"))
+    # the C side on its own (the Python check bypassed)
+    state, out = ffi.new("uint64_t *", 1), ffi.new("int32_t *")
+    ok = np.array([0.0, 0.5, 1.0], f32)
+    status = lib.odin_sample(ffi.cast("float *", ok.ctypes.data), 3, float("nan"), 0, 1.0, state, out)
+    assert status == lib.ODIN_BAD_ARG and "temperature" in ffi.string(lib.odin_last_error()).decode()
+    masked = np.array([-np.inf, 0.5, 1.0], f32)  # -inf is a masked-out token, not an error
+    assert Sampler()(masked) == 2
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 0.0, -1e-5])
+def test_ln_eps_must_be_finite_and_positive(value):
+    from odin.model import GPTShape
+    from odin.rwkv import RWKVShape
+
+    with pytest.raises(OdinError, match="ln_eps"):
+        GPTShape(vocab_size=16, context=8, n_layer=1, n_head=2, d_model=8, ln_eps=value)
+    with pytest.raises(OdinError, match="ln_eps"):
+        RWKVShape(vocab_size=16, context=8, n_layer=1, d_model=8, ln_eps=value)
+    handle = ffi.new("odin_gpt **")
+    assert lib.odin_gpt_create_ex(handle, 16, 8, 1, 2, 8, value, 0) == lib.ODIN_BAD_ARG  # C alone too
+    assert handle[0] == ffi.NULL
+
+
+# ================================================================= issue 18: sizes that overflow
+OVERFLOW_SHAPES = {
+    # the issue's two: the int tensor count wraps and the table was overrun (SIGSEGV)
+    "gpt n_layer=357913942": ("gpt", dict(vocab_size=10, context=8, n_layer=357913942, n_head=1, d_model=8)),
+    "rwkv n_layer=238609295": ("rwkv", dict(vocab_size=10, context=8, n_layer=238609295, d_model=8)),
+    "gpt 4*d_model wraps": ("gpt", dict(vocab_size=10, context=8, n_layer=1, n_head=1, d_model=2**30)),
+    "gpt params overflow size_t": ("gpt", dict(vocab_size=2**28, context=2**28, n_layer=40_000_000, n_head=1,
+                                               d_model=2**28)),
+    "rwkv params overflow size_t": ("rwkv", dict(vocab_size=2**28, context=8, n_layer=29_000_000, d_model=2**28,
+                                                 d_ffn=2**28)),
+    "gpt vocab 2^40": ("gpt", dict(vocab_size=2**40, context=8, n_layer=1, n_head=1, d_model=8)),
+    "rwkv d_ffn 2^31": ("rwkv", dict(vocab_size=10, context=8, n_layer=1, d_model=8, d_ffn=2**31)),
+    "gpt n_layer 0": ("gpt", dict(vocab_size=10, context=8, n_layer=0, n_head=1, d_model=8)),
+    "gpt d_model -8": ("gpt", dict(vocab_size=10, context=8, n_layer=1, n_head=1, d_model=-8)),
+    "rwkv vocab 0": ("rwkv", dict(vocab_size=0, context=8, n_layer=1, d_model=8)),
+}
+
+
+def _build(arch: str, fields: dict):
+    from odin.model import GPT, GPTShape
+    from odin.rwkv import RWKV, RWKVShape
+
+    return GPT(GPTShape(**fields)) if arch == "gpt" else RWKV(RWKVShape(**fields))
+
+
+@pytest.mark.parametrize("case", list(OVERFLOW_SHAPES))
+def test_overflowing_shapes_are_clean_errors(case):
+    arch, fields = OVERFLOW_SHAPES[case]
+    with pytest.raises(OdinError) as info:
+        _build(arch, fields)
+    assert isinstance(info.value, (ArgumentError, ShapeError))
+    named = [name for name in fields if name in str(info.value)]
+    assert named, f"{info.value} names no argument"
+
+
+def test_overflowing_buffers_are_clean_errors():
+    gpt, rwkv = _gpt(), _rwkv()
+    raises(lambda: gpt.new_cache(2**31 - 1), ArgumentError, "B")
+    raises(lambda: rwkv.new_cache(2**31 - 1), ArgumentError, "B")
+    raises(lambda: rwkv._workspace(65536, 65536), ArgumentError, "B * T")
+
+
+# Sizes the fuzz draws from: small, non-positive, or far beyond what any check lets through
+# (never a size that would really be allocated: the machine runs other work).
+_SMALL, _BAD = [1, 2, 3, 4, 8], [0, -1, -2**31, 2**29, 2**31 - 1, 2**31, 2**40]
+
+
+def test_fuzz_shapes_and_calls():
+    """Random shapes (a third of the fields bad) and random calls on the models that do get
+    built: every outcome is a model or an OdinError, never another exception or a crash."""
+    from odin.model import Sampler
+
+    rng = np.random.default_rng(18)
+    built = refused = 0
+    for _ in range(300):
+        arch = "gpt" if rng.random() < 0.5 else "rwkv"
+        names = ["vocab_size", "context", "n_layer", "d_model"] + (["n_head"] if arch == "gpt" else ["d_ffn"])
+        fields = {name: int(rng.choice(_BAD if rng.random() < 0.3 else _SMALL)) for name in names}
+        if arch == "gpt" and fields["d_model"] in _SMALL and fields["n_head"] in _SMALL:
+            fields["d_model"] *= fields["n_head"]
+        try:
+            model = _build(arch, fields)
+        except OdinError:
+            refused += 1
+            continue
+        built += 1
+        model.init_weights(0)
+        V, T = fields["vocab_size"], min(fields["context"], 8)  # an RWKV context is only a training length
+        for _ in range(3):
+            B = int(rng.choice([1, 2, 3]))
+            tokens = rng.integers(-2, V + 2, size=(B, T))
+            if rng.random() < 0.2:
+                tokens = tokens.astype(np.float64)
+            try:
+                model.forward(tokens, np.clip(tokens, 0, V - 1).astype(np.int64),
+                              rng.integers(0, 3, size=(B, T)) if rng.random() < 0.5 else None)
+            except OdinError:
+                pass
+            try:
+                model.new_cache(int(rng.choice([1, 2, 2**29, 2**31 - 1]))).step([int(rng.integers(-1, V + 1))], [0])
+            except OdinError:
+                pass
+            logits = rng.standard_normal(V).astype(f32)
+            if rng.random() < 0.3:
+                logits[rng.integers(0, V)] = np.nan
+            try:
+                Sampler(temperature=float(rng.choice([0.0, 0.7, np.nan])), seed=1)(logits)
+            except OdinError:
+                pass
+    assert built > 20 and refused > 20
