@@ -17,6 +17,7 @@ one under ``.DIR.old-*`` (load_checkpoint's error message points at it).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -30,6 +31,7 @@ import numpy as np
 
 from odin.blueprint import Blueprint
 from odin.config import ConfigError, ModelConfig, RunConfig
+from odin.fileio import user_mode
 from odin.tokenizers import BPETokenizer, CharTokenizer, TokenizerFileError, tokenizer_from_json
 
 MODEL_FILE = "model.safetensors"
@@ -116,13 +118,35 @@ def _blueprint_from_config(config: Mapping[str, Any], source: str) -> Blueprint:
 # our metadata therefore travels as one key holding sorted JSON: equal checkpoints are
 # byte-identical files. Files written before this (one key per field) still read.
 METADATA_KEY = "odin"
+# A flipped bit in the weights loads without a murmur (every float is a valid float), so each
+# file carries the SHA-256 of its content in the metadata, checked on every full load. It
+# covers the other metadata fields (a flipped digit of "step" counts too) and each tensor's
+# name, dtype, shape and bytes, in sorted order: deterministic, so equal checkpoints stay
+# byte-identical files. Files written before have no checksum and still load; any field
+# besides these (a damaged "sha256" key among them) is an error, never a reason to skip it.
+CHECKSUM_FIELD = "sha256"
+_FIELDS = {"odin_format", "format_version", "step", "state", CHECKSUM_FIELD}
+
+
+def _content_digest(tensors: Mapping[str, np.ndarray], fields: Mapping[str, str]) -> str:
+    digest = hashlib.sha256()
+    covered = {key: value for key, value in fields.items() if key != CHECKSUM_FIELD}
+    digest.update(json.dumps(covered, sort_keys=True).encode("utf-8"))
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode("utf-8"))
+        digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
 
 
 def _write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: dict[str, str]) -> None:
     from safetensors.numpy import save_file
 
-    packed = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
-    save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(path), metadata=packed)
+    contiguous = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+    fields = dict(metadata, **{CHECKSUM_FIELD: _content_digest(contiguous, metadata)})
+    packed = {METADATA_KEY: json.dumps(fields, sort_keys=True)}
+    save_file(contiguous, str(path), metadata=packed)
+    os.chmod(path, user_mode())  # whatever mode the writer chose: follow the umask like open()
 
 
 def _unpack_metadata(raw: Mapping[str, str], path: Path) -> dict[str, str]:
@@ -134,7 +158,18 @@ def _unpack_metadata(raw: Mapping[str, str], path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: metadata {METADATA_KEY!r} is not valid JSON ({error})") from None
     if not isinstance(fields, dict) or not all(isinstance(value, str) for value in fields.values()):
         raise CheckpointError(f"{path}: metadata {METADATA_KEY!r} must be a JSON object of strings")
+    unknown = sorted(set(fields) - _FIELDS)
+    if unknown:
+        raise CheckpointError(f"{path}: corrupt metadata (unknown field {unknown[0]!r})")
     return fields
+
+
+def _verify_checksum(tensors: Mapping[str, np.ndarray], fields: Mapping[str, str], path: Path) -> None:
+    stored = fields.get(CHECKSUM_FIELD)
+    if stored is None:
+        return  # written before checksums
+    if _content_digest(tensors, fields) != stored:
+        raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt (its content is not what was saved)")
 
 
 def _fsync_file(path: Path) -> None:
@@ -172,7 +207,7 @@ def save_checkpoint(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        os.chmod(staging, 0o755)  # mkdtemp creates 0700; a checkpoint is meant to be shared
+        os.chmod(staging, user_mode(0o777))  # mkdtemp creates 0700; follow the umask like mkdir
         metadata = {"odin_format": "model", "format_version": CHECKPOINT_FORMAT_VERSION}
         ordered = {name: params[name] for name, _ in blueprint.param_shapes()}
         _write_safetensors(staging / MODEL_FILE, ordered, metadata)
@@ -192,6 +227,7 @@ def save_checkpoint(
         (staging / CONFIG_FILE).write_text(json.dumps(config_data, sort_keys=True, indent=2) + "\n", encoding="utf-8")
         (staging / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
         for written in staging.iterdir():
+            os.chmod(written, user_mode())  # one mode for every file of the checkpoint
             _fsync_file(written)
         _swap_in(staging, target)
     except BaseException:
@@ -226,7 +262,10 @@ def _read_safetensors(path: Path, with_tensors: bool = True) -> tuple[dict[str, 
             tensors = {name: handle.get_tensor(name) for name in handle.keys()} if with_tensors else {}
     except Exception as error:  # safetensors raises its own (non-ValueError) error types
         raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({error})") from None
-    return tensors, _unpack_metadata(metadata, path)
+    fields = _unpack_metadata(metadata, path)
+    if with_tensors:
+        _verify_checksum(tensors, fields, path)
+    return tensors, fields
 
 
 def _check_format(metadata: Mapping[str, str], expected_kind: str, path: Path) -> None:

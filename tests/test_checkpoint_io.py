@@ -218,3 +218,116 @@ def test_bad_packed_metadata_is_checkpoint_error(tmp_path, packed, message):
     save_file(params, str(tmp_path / "ckpt" / "model.safetensors"), metadata={"odin": packed})
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(tmp_path / "ckpt")
+
+
+# ---------------------------------------------------------------- checksums (issue 18)
+def _flip_positions(size: int, header_end: int, rng: np.random.Generator, count: int) -> list[int]:
+    """Positions across the whole file: the 8-byte length, the JSON header, the tensor data."""
+    header = rng.choice(np.arange(0, header_end), size=min(count, header_end), replace=False)
+    data = rng.choice(np.arange(header_end, size), size=count, replace=False)
+    return sorted({0, 7, header_end - 1, header_end, size - 1, *header.tolist(), *data.tolist()})
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.safetensors"])
+def test_every_flipped_bit_is_an_error_never_a_silent_load(tmp_path, name):
+    import struct
+
+    _save(tmp_path / "ckpt", _run_config())
+    path = tmp_path / "ckpt" / name
+    original = path.read_bytes()
+    header_end = 8 + struct.unpack("<Q", original[:8])[0]
+    rng = np.random.default_rng(18)
+    positions = _flip_positions(len(original), header_end, rng, 250)
+    for position in positions:
+        damaged = bytearray(original)
+        damaged[position] ^= 1 << int(rng.integers(0, 8))
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+            load_checkpoint(tmp_path / "ckpt", require_optimizer=True)
+    path.write_bytes(original)
+    load_checkpoint(tmp_path / "ckpt", require_optimizer=True)  # the undamaged file loads
+
+
+def test_a_flipped_weight_names_the_checksum(tmp_path):
+    import struct
+
+    _save(tmp_path / "ckpt", _run_config())
+    path = tmp_path / "ckpt" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    header_end = 8 + struct.unpack("<Q", bytes(data[:8]))[0]
+    data[header_end + 101] ^= 0x04  # one mantissa bit of one weight: still a valid float
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: checksum mismatch"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.safetensors"])
+def test_truncated_files_are_errors(tmp_path, name):
+    _save(tmp_path / "ckpt", _run_config())
+    path = tmp_path / "ckpt" / name
+    original = path.read_bytes()
+    for length in (0, 7, 8, 100, len(original) // 2, len(original) - 4, len(original) - 1):
+        path.write_bytes(original[:length])
+        with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+            load_checkpoint(tmp_path / "ckpt", require_optimizer=True)
+
+
+def test_checkpoints_written_before_checksums_still_load(tmp_path):
+    # the one-key layout as written before the checksum field existed
+    from safetensors.numpy import save_file
+
+    config = _run_config()
+    params, optimizer = _save(tmp_path / "ckpt", config)
+    names = [name for name, _ in Blueprint(config.model).param_shapes()]
+    save_file({name: params[name] for name in names}, str(tmp_path / "ckpt" / "model.safetensors"),
+              metadata={"odin": json.dumps({"odin_format": "model", "format_version": "1"}, sort_keys=True)})
+    moments = {f"m.{name}": optimizer.m[name] for name in names} | {f"v.{name}": optimizer.v[name] for name in names}
+    fields = {"odin_format": "optimizer", "format_version": "1", "step": "42", "state": json.dumps(optimizer.state)}
+    save_file(moments, str(tmp_path / "ckpt" / "optimizer.safetensors"),
+              metadata={"odin": json.dumps(fields, sort_keys=True)})
+    loaded = load_checkpoint(tmp_path / "ckpt", require_optimizer=True)
+    np.testing.assert_array_equal(loaded.params["wte"], params["wte"])
+    assert loaded.optimizer.step == 42
+
+
+def test_checksum_is_stored_and_deterministic(tmp_path):
+    from safetensors import safe_open
+
+    config = _run_config()
+    _save(tmp_path / "a", config)
+    _save(tmp_path / "b", config, seed=1)
+    sums = []
+    for directory in ("a", "b"):
+        with safe_open(str(tmp_path / directory / "model.safetensors"), framework="numpy") as handle:
+            sums.append(json.loads(handle.metadata()["odin"])["sha256"])
+    assert all(len(value) == 64 for value in sums) and sums[0] != sums[1]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_saved_files_follow_the_umask(tmp_path, umask):
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        _save(tmp_path / "ckpt", _run_config())
+    finally:
+        os.umask(previous)
+    modes = {entry.name: stat.S_IMODE(entry.stat().st_mode) for entry in (tmp_path / "ckpt").iterdir()}
+    assert set(modes) == {"model.safetensors", "optimizer.safetensors", "config.json", "tokenizer.json"}
+    assert modes == {name: 0o666 & ~umask for name in modes}
+    assert stat.S_IMODE((tmp_path / "ckpt").stat().st_mode) == 0o777 & ~umask
+
+
+def test_atomic_writer_follows_the_umask(tmp_path):
+    import os
+    import stat
+
+    from odin.fileio import write_text_atomic
+
+    previous = os.umask(0o027)
+    try:
+        write_text_atomic(tmp_path / "tokenizer.json", "{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "tokenizer.json").stat().st_mode) == 0o640
