@@ -59,6 +59,22 @@ class FolderLock:
 
     close = release  # so it can stand where a locked file object stood
 
+    def release_and_remove_if_empty(self) -> None:
+        """Release, removing the folder first when nothing but the owner file is in it (a start
+        that failed after creating it leaves nothing behind). Removed while still locked, so
+        no other process can be writing into it."""
+        if self._fd is None:
+            return
+        try:
+            (self.folder / OWNER_FILE).unlink()
+        except OSError:
+            pass
+        try:
+            self.folder.rmdir()  # fails, as intended, when anything is in it
+        except OSError:
+            pass
+        self.release()
+
     def __enter__(self) -> "FolderLock":
         return self
 

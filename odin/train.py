@@ -31,7 +31,7 @@ from odin.evaluate import EvalResult, eval_options, evaluate_examples, teacher_f
 from odin.model import GPT
 from odin.native import OdinError
 from odin.run_checks import check_same_dataset, init_weights_from, resolve_threads, resume_state
-from odin.runlock import FolderLock, RunExistsError, lock_folder, refuse_busy_folder, refuse_existing_run
+from odin.runlock import FolderLock, lock_folder, refuse_busy_folder, refuse_existing_run
 from odin.spheres import N_SPHERES, SpheresTrainer
 from odin.tokenizers import CharTokenizer
 
@@ -283,19 +283,19 @@ def train(
         # everything is checked: only now is the run folder created, locked and written
         created = not out_dir.exists()
         lock = lock_folder(out_dir, "odin train")
-        try:
-            refuse_existing_run(out_dir, resume=resume, overwrite=overwrite)  # again, under the lock
-        except RunExistsError:
-            if created:
-                lock.release()
-                lock = None
-                shutil.rmtree(out_dir, ignore_errors=True)
-            raise
+        refuse_existing_run(out_dir, resume=resume, overwrite=overwrite)  # again, under the lock
         if overwrite:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         return _run(run_config, data_dir, out_dir, manifest, tokenizer, setup, n_threads, signals, stream,
                     resumed=resumed, initial=initial, progress=progress, final_eval_splits=final_eval_splits,
                     final_eval_limit=final_eval_limit, on_trainer=on_trainer)
+    except BaseException:
+        if lock is not None and created and not ckpt_dir.exists():  # a new folder that got nothing: remove it
+            metrics = out_dir / "metrics.jsonl"
+            if metrics.exists() and metrics.stat().st_size == 0:
+                metrics.unlink()
+            lock.release_and_remove_if_empty()
+        raise
     finally:
         signals.restore()
         if lock is not None:

@@ -335,3 +335,22 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path, data):
                                "--data", str(data), "--out", str(tmp_path / "run2")))
     assert "its tokenizer (BPE" in line and "char tokenizer" in line
     assert not (tmp_path / "run2").exists()
+
+
+def test_a_start_that_fails_after_creating_the_folder_leaves_no_folder(tmp_path, data):
+    from odin.train import train
+
+    cfg = RunConfig.from_dict({"model": {"n_layer": 1, "d_model": 32, "n_head": 2, "context": 16},
+                               "train": {"batch_size": 16, "steps": 5}})
+
+    def fails(trainer):  # anything between creating the folder and the first step
+        raise RuntimeError("failed while starting")
+
+    with pytest.raises(RuntimeError, match="failed while starting"):
+        train(cfg, data, tmp_path / "new", threads=1, progress=False, on_trainer=fails)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="failed while starting"):
+        train(cfg, data, tmp_path / "kept", threads=1, progress=False, on_trainer=fails)
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["metrics.jsonl", "notes.txt"]
