@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,6 +37,47 @@ def build_tiny_dataset(folder: Path) -> None:
     from odin.data.dataset import build_dataset
 
     build_dataset(folder, seed=11, n_examples=600, ops=["add"], max_digits=2, reverse_answer=True)
+
+
+class FakeInput:
+    """Real X input events (XTest), as a user's keyboard and mouse would send them, from a
+    thread of the driver: they reach the window through the X server and GLFW like any
+    other input, so the render loop has to draw frames to see them."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        self.x = x = ctypes.CDLL(ctypes.util.find_library("X11"))
+        self.xt = xt = ctypes.CDLL(ctypes.util.find_library("Xtst"))
+        ptr, ulong = ctypes.c_void_p, ctypes.c_ulong
+        x.XOpenDisplay.restype, x.XOpenDisplay.argtypes = ptr, [ctypes.c_char_p]
+        x.XStringToKeysym.restype, x.XStringToKeysym.argtypes = ulong, [ctypes.c_char_p]
+        x.XKeysymToKeycode.restype, x.XKeysymToKeycode.argtypes = ctypes.c_ubyte, [ptr, ulong]
+        x.XFlush.argtypes = x.XCloseDisplay.argtypes = [ptr]
+        xt.XTestFakeKeyEvent.argtypes = [ptr, ctypes.c_uint, ctypes.c_int, ulong]
+        xt.XTestFakeButtonEvent.argtypes = [ptr, ctypes.c_uint, ctypes.c_int, ulong]
+        xt.XTestFakeMotionEvent.argtypes = [ptr, ctypes.c_int, ctypes.c_int, ctypes.c_int, ulong]
+        self.display = x.XOpenDisplay(None)
+
+    def move(self, x: float, y: float) -> None:
+        self.xt.XTestFakeMotionEvent(self.display, -1, int(x), int(y), 0)
+        self.x.XFlush(self.display)
+
+    def click(self, x: float, y: float) -> None:
+        self.move(x, y)
+        time.sleep(0.05)
+        for down in (1, 0):
+            self.xt.XTestFakeButtonEvent(self.display, 1, down, 0)
+            self.x.XFlush(self.display)
+            time.sleep(0.05)
+
+    def key(self, char: str) -> None:
+        code = self.x.XKeysymToKeycode(self.display, self.x.XStringToKeysym(char.encode()))
+        for down in (1, 0):
+            self.xt.XTestFakeKeyEvent(self.display, code, down, 0)
+            self.x.XFlush(self.display)
+            time.sleep(0.02)
 
 
 # ---------------------------------------------------------------------- the driver (runs under Xvfb)
@@ -75,6 +117,34 @@ def drive(work: Path) -> None:
         snap = app.session.snapshot()
         return snap.step if snap is not None else -1
 
+    def frames(n: int) -> Iterator[None]:
+        for _ in range(n):
+            yield
+
+    def screen_centre(tag: str) -> tuple[float, float]:
+        """Where `tag` is on the X screen (the viewport's position plus the item's)."""
+        (vx, vy), (ix, iy), (w, h) = dpg.get_viewport_pos(), dpg.get_item_rect_min(tag), dpg.get_item_rect_size(tag)
+        return vx + ix + min(40, w / 2), vy + iy + h / 2
+
+    def line_count(path: Path) -> int:
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    typed: dict[str, Any] = {"seen": [], "sent": []}
+
+    def type_into_prompt(text: str) -> None:
+        """Click into the prompt and type, one key after the other once the previous one is seen."""
+        keyboard = FakeInput()
+        keyboard.click(*typed["prompt_at"])
+        time.sleep(0.3)
+        for char in text:
+            before = len(typed["seen"])
+            typed["sent"].append(time.monotonic())
+            keyboard.key(char)
+            deadline = time.monotonic() + 10
+            while len(typed["seen"]) == before and time.monotonic() < deadline:
+                time.sleep(0.002)
+        typed["done"] = True
+
     def script() -> Iterator[None]:
         # a preset fills in its training settings; then back to the small test settings
         dpg.set_value(T.PRESET, "small")
@@ -106,6 +176,15 @@ def drive(work: Path) -> None:
         click(T.DATA_DIR)
         app.post("")
         yield from wait(lambda: enabled(T.START), "start enabled")
+        result["empty_grad_limits"] = list(dpg.get_axis_limits(T.GRAD_Y))  # no data yet
+        # a status that wraps onto more lines must not move the controls below it
+        app.post("short", "warn")
+        yield from frames(3)
+        below_before = dpg.get_item_rect_min(T.CKPT_PATH)[1]
+        app.post("a long warning " * 12, "warn")
+        yield from frames(3)
+        result["status_shift"] = dpg.get_item_rect_min(T.CKPT_PATH)[1] - below_before
+        app.post("")
 
         click(T.START)
         yield from wait(lambda: step() >= 10, "training from the dashboard")
@@ -115,6 +194,40 @@ def drive(work: Path) -> None:
         changed_at = step()
         yield from wait(lambda: app.session.snapshot().threads == 2 and step() >= changed_at + 5, "threads changed")
         result["threads_after"] = app.session.snapshot().threads
+
+        # type into the prompt with real key events while the spheres train on both cores
+        dpg.set_value(T.PROMPT, "")
+        typed["prompt_at"] = screen_centre(T.PROMPT)
+        typed["pacer_active"] = []
+        threading.Thread(target=type_into_prompt, args=("90817",), daemon=True).start()
+        yield from wait(lambda: typed.get("done", False), "typed while training", 60)
+        result["typed"] = dpg.get_value(T.PROMPT)
+        result["typing_latency_ms"] = [round(1000 * (seen - sent)) for sent, seen in zip(typed["sent"], typed["seen"])]
+        result["pacer_active_while_typing"] = typed["pacer_active"]
+
+        # the values under the mouse over the per-sphere loss plot
+        yield from wait(lambda: len(app.vm.history) > 5, "history to hover over")
+        mouse = FakeInput()
+        mouse.move(*screen_centre(T.LOSS_PLOT))
+        yield from wait(lambda: dpg.get_item_configuration(T.HOVER)["show"] and
+                        dpg.get_value(T.HOVER_TEXT).startswith("step"), "values under the mouse", 10)
+        result["hover_text"] = dpg.get_value(T.HOVER_TEXT)
+        app.request_screenshot(work / "hover.png")
+        yield from wait(lambda: work / "hover.png" in app.screenshots_taken, "hover screenshot")
+        mouse.move(*screen_centre(T.STATUS))
+        yield from wait(lambda: not dpg.get_item_configuration(T.HOVER)["show"], "hover hidden", 10)
+
+        # smoothing: what is drawn is the EMA of the raw values
+        dpg.set_value(T.SMOOTHING, 0.9)
+        click(T.SMOOTHING, 0.9)
+        yield from wait(lambda: app.plots_view is not None and app.plots_view.sphere_loss[0].y
+                        != app.plots_view.sphere_loss[0].raw, "smoothed", 10)
+        yield from frames(2)
+        drawn = dpg.get_value(T.sphere_loss(0))[1]
+        result["smoothed_drawn"] = drawn[: len(app.plots_view.sphere_loss[0].y)] == app.plots_view.sphere_loss[0].y
+        result["smoothed_differs"] = app.plots_view.sphere_loss[0].y != app.plots_view.sphere_loss[0].raw
+        dpg.set_value(T.SMOOTHING, 0.0)
+        click(T.SMOOTHING, 0.0)
 
         click(T.PAUSE)
         yield from wait(lambda: app.session.snapshot().paused and enabled(T.RESUME), "paused")
@@ -130,12 +243,14 @@ def drive(work: Path) -> None:
         result["save_status"] = status()
         yield from wait(lambda: len(app.vm.val_points) > 0, "periodic evaluation plotted")
 
-        dpg.set_value(T.PROMPT, "12+34=")
-        click(T.ASK)
-        yield from wait(lambda: bool(app.chat.turns) and app.chat.turns[-1].done, "chat answered")
-        for _ in range(3):
+        for prompt in ("1+2=", "3+4=", "5+6=", "7+8=", "12+34="):
+            dpg.set_value(T.PROMPT, prompt)
+            click(T.ASK)
+            yield from wait(lambda: bool(app.chat.turns) and app.chat.turns[-1].done, "chat answered")
+        for _ in range(4):
             yield
         result["transcript"] = dpg.get_value(T.TRANSCRIPT)
+        result["transcript_scroll"] = [dpg.get_y_scroll(T.TRANSCRIPT_BOX), dpg.get_y_scroll_max(T.TRANSCRIPT_BOX)]
 
         dpg.set_value(T.SPHERE_FILTER, "sphere s3")
         click(T.SPHERE_FILTER, "sphere s3")
@@ -165,6 +280,9 @@ def drive(work: Path) -> None:
         yield from wait(lambda: app.loaded is not None and "Continue from step" in
                         dpg.get_item_configuration(T.START)["label"], "checkpoint loaded")
         result["continue_label"] = dpg.get_item_configuration(T.START)["label"]
+        yield from frames(2)
+        result["start_label_fits"] = [dpg.get_text_size(result["continue_label"])[0],
+                                      dpg.get_item_rect_size(T.START)[0]]
         click(T.START)
         # the view-model polls the trainer once per frame: wait for its history too, not
         # only for the trainer's step (on an idle machine 10 tiny steps fit inside a frame)
@@ -174,9 +292,55 @@ def drive(work: Path) -> None:
         click(T.STOP)
         yield from wait(lambda: not app.session.active, "stopped again")
         result["continued_to"] = step()
+
+        # Start again into that folder: it holds a run, so the dashboard asks first
+        metrics, lines = run / "metrics.jsonl", line_count(run / "metrics.jsonl")
+        click(T.START)
+        yield from wait(lambda: dpg.get_item_configuration(T.RUN_DIALOG)["show"], "asked before overwriting")
+        result["dialog_text"] = dpg.get_value(T.RUN_DIALOG_TEXT)
+        result["dialog_new_label"] = dpg.get_item_configuration(T.DIALOG_NEW)["label"]
+        yield from frames(3)
+        app.request_screenshot(work / "dialog.png")
+        yield from wait(lambda: bool(app.screenshots_taken) and app.screenshots_taken[-1] == work / "dialog.png",
+                        "dialog screenshot")
+        click(T.DIALOG_CANCEL)
+        yield from frames(3)
+        result["after_cancel"] = [app.session.active, line_count(metrics) == lines, status()]
+        click(T.START)
+        yield from wait(lambda: dpg.get_item_configuration(T.RUN_DIALOG)["show"], "asked again")
+        click(T.DIALOG_NEW)  # a fresh folder next to it
+        yield from wait(lambda: app.session.active and step() >= 5, "trained in a new folder")
+        result["new_folder"] = dpg.get_value(T.RUN_DIR)
+        click(T.STOP)
+        yield from wait(lambda: not app.session.active, "stopped in the new folder")
+        result["old_run_kept"] = line_count(metrics) == lines
+        dpg.set_value(T.RUN_DIR, str(run))
+        click(T.RUN_DIR)
+        click(T.START)
+        yield from wait(lambda: dpg.get_item_configuration(T.RUN_DIALOG)["show"], "asked a third time")
+        click(T.DIALOG_CONTINUE)  # loads run/checkpoint and continues it
+        yield from wait(lambda: app.session.active and step() >= result["continued_to"] + 5
+                        and bool(app.vm.history.series("loss")[0]), "continued from the dialog")
+        result["dialog_continued_from"] = app.vm.history.series("loss")[0][0]
+        click(T.STOP)
+        yield from wait(lambda: not app.session.active, "stopped a third time")
+        result["final_continued_to"] = step()
         app.request_close()
 
     steps = script()
+    last_prompt = {"text": ""}
+    original_render = dpg.render_dearpygui_frame
+
+    def render_and_watch_the_prompt() -> None:
+        """A typed key shows in the frame that processed it: note when, right after drawing it."""
+        original_render()
+        text = dpg.get_value(T.PROMPT) or ""
+        if typed.get("prompt_at") and text != last_prompt["text"] and len(text) > len(last_prompt["text"]):
+            typed["seen"].append(time.monotonic())
+            typed["pacer_active"].append(app.pacer.active(time.monotonic()))
+        last_prompt["text"] = text
+
+    dpg.render_dearpygui_frame = render_and_watch_the_prompt
 
     def hook(now: float) -> None:
         try:
@@ -276,7 +440,7 @@ def test_dashboard_trains_changes_threads_stops_and_keeps_the_checkpoint(tmp_pat
     from odin.checkpoint import load_model_checkpoint
 
     proc = subprocess.run(XVFB + [sys.executable, __file__, str(tmp_path)], capture_output=True, text=True,
-                          timeout=90)
+                          timeout=240)
     result_file = tmp_path / "result.json"
     assert result_file.exists(), f"the driver wrote no result:\n{proc.stdout}\n{proc.stderr}"
     result = json.loads(result_file.read_text())
@@ -289,7 +453,18 @@ def test_dashboard_trains_changes_threads_stops_and_keeps_the_checkpoint(tmp_pat
     assert (result["threads_before"], result["threads_after"]) == (1, 2)
     assert result["steps_while_paused"] == 0
     assert result["save_status"].startswith("checkpoint saved at step")
-    assert result["transcript"].startswith("> 12+34=")
+    assert result["transcript"].startswith("> 1+2=") and "\n> 12+34=" in result["transcript"]
+    scroll, scroll_max = result["transcript_scroll"]
+    assert scroll_max > 0 and scroll == scroll_max  # the newest answer is in view
+    assert result["empty_grad_limits"] == pytest.approx([0.1, 10.0])  # not 1 ... 1e-306
+    assert result["status_shift"] == 0  # a wrapping status does not push the panel down
+    assert result["typed"] == "90817"  # every key typed while training arrived, in order
+    # the handler registry saw the input: frames were drawn back to back while typing
+    assert len(result["pacer_active_while_typing"]) == 5 and all(result["pacer_active_while_typing"])
+    assert result["hover_text"].startswith("step ") and len(result["hover_text"].splitlines()) == 13
+    assert result["smoothed_drawn"] and result["smoothed_differs"]
+    label_width, button_width = result["start_label_fits"]
+    assert label_width + 8 <= button_width  # "Continue from step N" is not clipped
     assert result["visible_loss_series"] == [2]
     assert min(result["points_per_sphere"]) > 10
     assert result["ring_items"] > 12 * 3  # circles, arcs and labels of 12 spheres, the root, the legend
@@ -300,9 +475,19 @@ def test_dashboard_trains_changes_threads_stops_and_keeps_the_checkpoint(tmp_pat
     assert result["stopped_checkpoint_step"] == result["final_step"] > 20  # saved at the step it stopped
     assert result["continue_label"] == f"Continue from step {result['final_step']:,}"
     assert result["continued_first_record"] == result["final_step"] + 1  # resumed, not restarted
+    # Start over a folder that holds a run: asked, cancel keeps it, "new folder" trains beside it,
+    # "continue it" resumes it exactly where it stopped
+    assert "already holds a run (a checkpoint at step" in result["dialog_text"]
+    assert result["dialog_new_label"] == f"New folder: {tmp_path / 'run-2'}"
+    assert png_size(tmp_path / "dialog.png") == (1280, 800)
+    assert result["after_cancel"][:2] == [False, True] and "not started" in result["after_cancel"][2]
+    assert result["new_folder"] == str(tmp_path / "run-2") and result["old_run_kept"]
+    assert load_model_checkpoint(tmp_path / "run-2" / "checkpoint").step > 0
+    assert result["dialog_continued_from"] == result["continued_to"] + 1
     checkpoint = load_model_checkpoint(tmp_path / "run" / "checkpoint")
-    assert checkpoint.step == result["continued_to"] > result["final_step"]
+    assert checkpoint.step == result["final_continued_to"] > result["continued_to"] > result["final_step"]
     assert checkpoint.run_config.preset == "tiny" and checkpoint.run_config.train.batch_size == 24
+    print("typing latency while training (ms):", result["typing_latency_ms"])
     assert result["frames"] / result["seconds"] <= 31  # the frame limiter holds
 
 

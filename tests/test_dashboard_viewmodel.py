@@ -29,7 +29,10 @@ from odin_dashboard.viewmodel.forms import (
     TrainForm, build_dataset_for, check_form, dataset_build_spec, dataset_status, describe_build_spec,
     form_with_preset, is_default_data_dir, run_config_from_form,
 )
-from odin_dashboard.viewmodel.formatting import compact_count, fmt_duration
+from odin_dashboard.viewmodel.formatting import compact_count, distinct_counts, fmt_duration
+from odin_dashboard.viewmodel.pacing import FramePacer
+from odin_dashboard.viewmodel.plotaxes import ema, hover_text, log_axis
+from odin_dashboard.viewmodel.runfolder import continue_problem, existing_run, final_test_score, fresh_run_dir
 from odin_dashboard.viewmodel.history import DecimatingHistory
 from odin_dashboard.viewmodel.pipeline import NO_PIPELINE, TrainingSummary, read_pipeline_state
 from odin_dashboard.viewmodel.ring import STATE_COLOURS, LoadMeter, build_ring
@@ -106,7 +109,7 @@ def test_ring_places_twelve_spheres_around_the_root_without_overlap() -> None:
     assert min(distances) - ring.spheres[0].radius > ring.root.radius  # nor do they touch the root
     for node in ring.spheres:
         assert 0 <= node.center[0] - node.radius and node.center[0] + node.radius <= 420
-        assert node.state == states[node.index] and node.label == "1.2k"
+        assert node.state == states[node.index] and node.label == "1234"
     assert ring.root.lines == ["root", "step 1,234 / 4,000", "loss 0.5000"]
     assert [name for name, _ in ring.legend] == ["idle", "forward", "backward", "waiting", "reducing"]
     assert all(spoke.colour == STATE_COLOURS["reducing"] for spoke in ring.spokes)  # the root reduces
@@ -190,8 +193,14 @@ def test_controls_follow_the_session_state() -> None:
     assert nan.status_level == "error" and "NaN" in nan.status and nan.start_enabled
     resume = controls_view(SessionState("idle", False, False, False, False, resume_from_step=4000))
     assert resume.start_label == "Continue from step 4,000" and not resume.continue_enabled
-    loaded = controls_view(SessionState("idle", False, False, False, False, has_loaded_checkpoint=True))
+    loaded = controls_view(SessionState("idle", False, False, False, False, has_loaded_checkpoint=True,
+                                        can_continue_loaded=True))
     assert loaded.continue_enabled and not training.load_enabled
+    # a loaded pipeline (BPE) model or a finished run: chat yes, "continue it" no
+    chat_only = controls_view(SessionState("idle", False, False, False, False, has_loaded_checkpoint=True,
+                                           has_model=True))
+    assert not chat_only.continue_enabled and chat_only.chat_enabled
+    assert not resume.schedule_enabled and resume.settings_enabled  # a continued run keeps its own settings
 
 
 def test_formatting() -> None:
@@ -341,6 +350,19 @@ def test_session_runs_to_the_end_and_evaluates(tmp_path: Path, tiny_dataset: Pat
     assert session.join(30)
     assert session.phase == Phase.FINISHED and session.snapshot().step == 30
     assert session.final_exact is not None and 0.0 <= session.final_exact <= 1.0
+
+
+def test_a_finished_session_writes_its_test_score_to_metrics_and_the_view_shows_it(
+        tmp_path: Path, tiny_dataset: Path) -> None:
+    session = TrainingSession()
+    session.start(StartRequest(tiny_config(steps=30, eval_every=0), tiny_dataset, tmp_path, threads=1,
+                               final_eval_examples=20))
+    assert session.join(30) and session.phase == Phase.FINISHED
+    assert final_test_score(tmp_path) == (30, session.final_exact)  # the run folder keeps its score
+    vm = DashboardViewModel()
+    vm.ingest_evals(session.new_evals())  # read from metrics.jsonl like the periodic evaluations
+    rows = dict(vm.metrics(None, 0.0, 30, 1.0, 1).rows)
+    assert rows["test exact"] == f"{100 * session.final_exact:.1f} % @ 30"
 
 
 def test_session_shows_a_nan_stop_and_bad_data_as_errors(tmp_path: Path) -> None:
@@ -495,3 +517,128 @@ def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--screenshot", "x.png"])
     assert exc.value.code == 2
+
+
+# ---------------------------------------------------------------------- issue 18: responsiveness, run folders, plots
+def test_pacer_draws_promptly_while_the_user_types_and_slowly_when_idle() -> None:
+    """The cause of seconds of typing lag: with a 100 ms frame (software OpenGL under load)
+    the loop waited 0.5 s between frames, and a key is only seen when a frame is drawn."""
+    pacer = FramePacer(fps=30)
+    for _ in range(200):
+        pacer.rendered(0.1)
+    assert pacer.interval(now=100.0) == pytest.approx(0.5)  # idle: drawing keeps under 20 % of a core
+    pacer.input_seen(100.0)  # a key press (seen through the handler registry)
+    assert pacer.interval(now=100.1) == pytest.approx(1 / 30)  # frames back to back while typing
+    assert pacer.sleep_before_next(now=100.2, frame_started=100.1) == 0.0  # a 100 ms frame: no sleep at all
+    assert pacer.interval(now=101.9) == pytest.approx(1 / 30)
+    assert pacer.interval(now=102.5) == pytest.approx(0.5)  # two seconds after the last input: idle again
+    # a text field with the keyboard: the first key after a pause waits at most 50 ms for a frame
+    assert pacer.interval(now=103.0, editing=True) == pytest.approx(0.05)
+    assert pacer.interval(now=200.0, editing=True) == pytest.approx(0.5)  # left focused for minutes: idle
+    with pytest.raises(ValueError, match="fps"):
+        FramePacer(fps=0)
+
+
+def test_a_run_folder_that_holds_a_run_is_recognised_and_a_fresh_name_offered(
+        tmp_path: Path, tiny_dataset: Path) -> None:
+    from odin.train import train
+
+    run = tmp_path / "run"
+    assert existing_run(run) is None and fresh_run_dir(run) == run
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    assert existing_run(run) is None  # an empty log is not a run
+    train(tiny_config(steps=12, eval_every=0), tiny_dataset, run, threads=1, progress=False, final_eval_splits=())
+    found = existing_run(run)
+    assert found is not None and found.checkpoint_step == 12 and found.metrics_lines == 12
+    assert found.total_steps == 12 and "finished (step 12 of 12)" in found.continue_problem
+    assert found.describe() == f"{run} already holds a run (a checkpoint at step 12 and 12 lines of metrics.jsonl)"
+    assert fresh_run_dir(run) == tmp_path / "run-2"
+    (tmp_path / "run-2").mkdir()
+    assert fresh_run_dir(run) == tmp_path / "run-3"  # an existing folder is never reused, even an empty one
+    assert fresh_run_dir(tmp_path / "run-3") == tmp_path / "run-3"
+    only_log = tmp_path / "log-only"
+    only_log.mkdir()
+    (only_log / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    assert existing_run(only_log).continue_problem == "there is no checkpoint to continue"
+
+
+def test_continue_is_offered_only_for_checkpoints_the_dashboard_can_train(
+        tmp_path: Path, tiny_dataset: Path) -> None:
+    from odin.checkpoint import load_model_checkpoint, model_from_config, save_model_checkpoint
+    from odin.tokenizers import BPETokenizer
+    from odin.train import train
+
+    train(tiny_config(steps=40, eval_every=0), tiny_dataset, tmp_path / "stopped", threads=1, progress=False,
+          final_eval_splits=(), on_trainer=lambda trainer: trainer.stop())  # stopped early: can continue
+    stopped = load_model_checkpoint(tmp_path / "stopped" / "checkpoint")
+    assert stopped.step < 40 and continue_problem(stopped) is None
+    train(tiny_config(steps=8, eval_every=0), tiny_dataset, tmp_path / "done", threads=1, progress=False,
+          final_eval_splits=())
+    assert "nothing is left to train" in continue_problem(load_model_checkpoint(tmp_path / "done" / "checkpoint"))
+
+    # a pipeline model: BPE tokenizer (the dashboard trains char models on reasoning sets)
+    bpe = BPETokenizer.train(["the quick brown fox jumps over the lazy dog"] * 20, vocab_size=300)
+    config = preset_config("tiny", vocab_size=bpe.vocab_size)
+    model = model_from_config(config)
+    model.init_weights(1)
+    save_model_checkpoint(tmp_path / "bpe", model, bpe, config, step=5, trainer_state={"pipeline": {"shard": 1}})
+    problem = continue_problem(load_model_checkpoint(tmp_path / "bpe"))
+    assert problem is not None and "BPE tokenizer" in problem and "odin-pipeline" in problem
+    export = tmp_path / "export"
+    save_model_checkpoint(export, model_from_config(preset_config("tiny")), stopped.tokenizer,
+                          preset_config("tiny"), step=0, with_optimizer=False)
+    assert "cannot be continued exactly" in continue_problem(load_model_checkpoint(export))
+
+
+def test_continuing_a_checkpoint_keeps_its_own_settings(tiny_dataset: Path) -> None:
+    base = tiny_config(steps=300, eval_every=30)
+    form = TrainForm(preset="small", data_dir=str(tiny_dataset), run_dir="runs/x", threads=3, lr=0.5,
+                     batch_size=7, steps=9, eval_every=1, resume=True)
+    config = check_form(form, base).run_config
+    assert config.model == base.model and config.train == dataclasses.replace(base.train, threads=3)
+
+
+def test_sphere_counts_that_differ_read_differently() -> None:
+    assert compact_count(2431) == compact_count(2436) == "2.4k"  # why the ring could not tell them apart
+    assert distinct_counts([2431, 2436, 2440, 7]) == ["2431", "2436", "2440", "7"]
+    assert distinct_counts([12_431_000, 12_436_000]) == ["12.43M", "12.44M"]  # as many digits as it takes
+    assert distinct_counts([5_000_000, 5_000_000]) == ["5.0M", "5.0M"]  # equal counts may read the same
+    ring = build_ring(420, 440, [type("S", (), {"state": "idle", "microbatches": 2400 + i, "rows": 1})()
+                                 for i in range(12)], [0.0] * 12)
+    assert len({node.label for node in ring.spheres}) == 12
+
+
+def test_log_axes_have_sane_limits_when_empty_and_enough_ticks() -> None:
+    empty = log_axis([[], [math.nan]])
+    assert (empty.low, empty.high) == (0.1, 10.0) and [t[0] for t in empty.ticks] == ["0.1", "1", "10"]
+    for values in ([0.31, 0.9], [0.41, 0.43], [2.0, 2.0], [1e-5, 40.0], [0.05, 0.07]):
+        axis = log_axis([values, [0.0, -1.0, math.inf]])  # non-positive and infinite values are ignored
+        assert axis.low <= min(values) and axis.high >= max(values)
+        labels = [label for label, _ in axis.ticks]
+        assert len(labels) >= 3 and len(set(labels)) == len(labels), (values, axis)
+        assert all(axis.low <= value <= axis.high for _, value in axis.ticks)
+    assert [t[0] for t in log_axis([[0.31, 0.9]]).ticks] == ["0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]
+    vm = DashboardViewModel()
+    view = vm.plots()  # no data yet: the gradient plot's axis is 0.1 .. 10, not 1e-306 .. 1
+    assert (view.grad_axis.low, view.grad_axis.high) == (0.1, 10.0)
+
+
+def test_smoothing_and_the_values_under_the_mouse() -> None:
+    assert ema([1.0, 3.0], 0.0) == [1.0, 3.0]
+    assert ema([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])  # bias-corrected: no pull towards 0
+    smoothed = ema([0.0, 10.0, math.nan, 10.0], 0.5)
+    assert smoothed[:2] == pytest.approx([0.0, 20 / 3]) and math.isnan(smoothed[2])
+    with pytest.raises(ValueError, match="smoothing"):
+        ema([1.0], 1.0)
+    vm = DashboardViewModel()
+    vm.ingest_records([record(step, loss=10.0 if step % 2 else 0.0) for step in range(1, 41)])
+    raw = vm.plots().sphere_loss[0]
+    vm.set_smoothing(0.9)
+    smooth = vm.plots().sphere_loss[0]
+    assert smooth.raw == raw.y and max(smooth.y[10:]) - min(smooth.y[10:]) < 0.5 * (max(raw.y) - min(raw.y))
+    text = vm.hover("loss", 20.3).splitlines()  # nearest step 20 (loss 0 + i), highest value first
+    assert text[0] == "step 20" and text[1].split() == ["s12", "15.74", "(raw", "11)"] and len(text) == 13
+    vm.show_sphere(2)
+    assert vm.hover("grad", 1e9).splitlines()[:2][0] == "step 40" and len(vm.hover("grad", 1e9).splitlines()) == 2
+    assert hover_text([], 3.0) == ""

@@ -9,6 +9,7 @@ this class, which imports no GUI: the tests drive it directly.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ class StartRequest:
     out_dir: Path
     threads: int
     resume: bool = False
-    final_eval_examples: int = 500  # test examples scored after a run that was not stopped
+    overwrite: bool = False  # the user chose to start the run in out_dir over
+    final_eval_examples: int = 500  # test examples scored with the final weights (0: none)
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,13 @@ class TrainingSession:
 
     def _run(self, request: StartRequest) -> None:
         try:
+            options: dict[str, Any] = {"overwrite": True} if request.overwrite else {}
             self.result = self._train_fn(
                 request.run_config, request.data_dir, request.out_dir, resume=request.resume,
-                threads=request.threads, progress=False, final_eval_splits=(), on_trainer=self._attach)
+                threads=request.threads, progress=False, final_eval_splits=(), on_trainer=self._attach, **options)
             self.phase = Phase.FINISHING
+            # scored here rather than inside train(): a run the user stopped (or a closed
+            # window) must not wait for the evaluation of a large model
             if not self._stop_requested and request.final_eval_examples > 0:
                 self.final_exact = self._final_eval(request)
             self.phase = Phase.STOPPED if self._stop_requested else Phase.FINISHED
@@ -138,9 +143,11 @@ class TrainingSession:
             self.finished_at = time.monotonic()
 
     def _final_eval(self, request: StartRequest) -> Optional[float]:
-        """Exact match on the test split with the final weights (the trainer is idle now)."""
+        """Exact match on the test split with the final weights (the trainer is idle now),
+        appended to metrics.jsonl as odin train records it ({"kind": "final_eval", "split":
+        "test", "exact", ...}), so the run folder keeps its score."""
         from odin.data.dataset import load_manifest, load_split
-        from odin.evaluate import evaluate_examples
+        from odin.evaluate import eval_options, evaluate_examples
         from odin.tokenizers import CharTokenizer
 
         if self.trainer is None:
@@ -149,9 +156,20 @@ class TrainingSession:
             examples = load_split(request.data_dir, "test")[: request.final_eval_examples]
         except FileNotFoundError:
             return None
-        reverse = bool(load_manifest(request.data_dir).get("settings", {}).get("reverse_answer", False))
-        result = evaluate_examples(self.trainer.model, CharTokenizer(), examples, reverse_answer=reverse)
-        return result.exact
+        if not examples:
+            return None
+        scored = evaluate_examples(self.trainer.model, CharTokenizer(), examples,
+                                   **eval_options(load_manifest(request.data_dir)))
+
+        def number(value: float) -> Optional[float]:
+            return value if math.isfinite(value) else None  # JSON has no NaN
+
+        record = {"kind": "final_eval", "step": self.trainer.snapshot().step, "split": "test", "n": scored.n,
+                  "correct": scored.correct, "exact": number(scored.exact),
+                  "token_accuracy": number(scored.token_accuracy)}
+        with open(request.out_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")  # one write: a whole line
+        return scored.exact
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """Wait for the training thread; True when it has ended."""
@@ -217,8 +235,9 @@ class TrainingSession:
                 return records
 
     def new_evals(self) -> list[dict[str, Any]]:
-        """Periodic evaluation records ({"step", "val_loss", "val_exact"}) appended to
-        metrics.jsonl since the previous call; only whole lines are consumed."""
+        """Evaluation records appended to metrics.jsonl since the previous call: periodic
+        ({"step", "val_loss", "val_exact"}) and final ({"step", "split", "exact"}); only
+        whole lines are consumed."""
         if not self._metrics_ready or self.request is None:
             return []
         path = self.request.out_dir / "metrics.jsonl"
@@ -238,7 +257,7 @@ class TrainingSession:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict) and "val_loss" in record:
+            if isinstance(record, dict) and ("val_loss" in record or "split" in record):
                 evals.append(record)
         return evals
 

@@ -18,6 +18,9 @@ from odin_dashboard.viewmodel.forms import (
     TrainForm, build_dataset_for, check_form, dataset_build_spec, dataset_status, describe_build_spec,
     form_with_preset,
 )
+from odin_dashboard.viewmodel.runfolder import (
+    ExistingRun, continue_problem, existing_run, final_test_score, fresh_run_dir,
+)
 
 
 class Actions:
@@ -35,6 +38,9 @@ class Actions:
     model_source: str
     tasks: dict[str, BackgroundTask]
     screenshot_dir: Path
+    pacer: Any
+    start_after_load: bool
+    asked_run: Optional[ExistingRun]
 
     def post(self, message: str, level: str = "info") -> None: ...  # implemented by the app
     def request_screenshot(self, path: Path) -> None: ...
@@ -48,8 +54,11 @@ class Actions:
             # the field holds a float32: keep 6 digits so 2e-3 does not become 0.0020000000949949
             lr=float(f"{float(dpg.get_value(T.LR)):.6g}"), batch_size=int(dpg.get_value(T.BATCH)),
             steps=int(dpg.get_value(T.STEPS)), eval_every=int(dpg.get_value(T.EVAL_EVERY)),
-            resume=bool(dpg.get_value(T.CONTINUE)) and self.loaded is not None,
+            resume=bool(dpg.get_value(T.CONTINUE)) and self.can_continue_loaded(),
         )
+
+    def can_continue_loaded(self) -> bool:
+        return self.loaded is not None and continue_problem(self.loaded) is None
 
     def write_form(self, form: TrainForm) -> None:
         for tag, value in ((T.PRESET, form.preset), (T.DATA_DIR, form.data_dir), (T.RUN_DIR, form.run_dir),
@@ -79,6 +88,13 @@ class Actions:
         choice = str(value if value is not None else dpg.get_value(T.SPHERE_FILTER))
         self.vm.show_sphere(None if choice.startswith("all") else int(choice.split("s")[-1]) - 1)
 
+    def on_smoothing(self, _sender: Any = None, value: Any = None, _user: Any = None) -> None:
+        self.vm.set_smoothing(float(value if value is not None else dpg.get_value(T.SMOOTHING)))
+
+    def on_input(self, *_: Any) -> None:
+        """Any key, click, wheel or mouse move: keep frames coming promptly for a while."""
+        self.pacer.input_seen(time.monotonic())
+
     def on_log_loss(self, _sender: Any = None, value: Any = None, _user: Any = None) -> None:
         log = bool(value if value is not None else dpg.get_value(T.LOG_LOSS))
         for axis in (T.LOSS_Y, T.GLOBAL_Y):
@@ -97,6 +113,11 @@ class Actions:
 
     # ------------------------------------------------------------------ training
     def on_start(self, *_: Any) -> bool:
+        return self.start_run()
+
+    def start_run(self, *, overwrite: bool = False, unattended: bool = False) -> bool:
+        """Start (or continue) training as the form says. A fresh start into a folder that
+        holds a run asks first (the run dialog); unattended it takes a fresh folder name."""
         if self.session.active:
             return False
         form = self.read_form()
@@ -111,16 +132,73 @@ class Actions:
             except (OSError, ValueError) as error:
                 self.post(str(error), "error")
                 return False
+        elif not overwrite:
+            existing = existing_run(run_dir)
+            if existing is not None and unattended:
+                run_dir = fresh_run_dir(run_dir)
+                dpg.set_value(T.RUN_DIR, str(run_dir))
+                self.post(f"{existing.describe()}: training in {run_dir} instead")
+            elif existing is not None:
+                self.ask_about_run(existing)
+                return False
         self.vm.reset_run()
         status = dataset_status(form.data_dir)
         self.reverse_answer, self.prompt_width = status.reverse_answer, status.prompt_width
         self.session.start(StartRequest(check.run_config, Path(form.data_dir), run_dir, form.threads,
-                                        resume=form.resume))
+                                        resume=form.resume, overwrite=overwrite and not form.resume))
         self.model_source = "session"
+        if form.resume:  # continued: from now on the run folder's checkpoint is the newer one
+            self.loaded = None
+            dpg.set_value(T.CONTINUE, False)
         self.total_steps = check.run_config.train.steps
+        self.screenshot_dir = run_dir
         dpg.set_value(T.CKPT_PATH, str(run_dir / "checkpoint"))
-        self.post("continuing from the checkpoint" if form.resume else "training started")
+        if not (unattended and run_dir != Path(form.run_dir)):
+            self.post("continuing from the checkpoint" if form.resume else
+                      f"training started over in {run_dir}" if overwrite else "training started")
         return True
+
+    # ------------------------------------------------------------------ the run dialog
+    def ask_about_run(self, existing: ExistingRun) -> None:
+        """Start would overwrite `existing`: ask what to do (nothing is touched until then)."""
+        self.asked_run = existing
+        problem = existing.continue_problem
+        dpg.set_value(T.RUN_DIALOG_TEXT, f"{existing.describe()}. Starting a new run there would replace its "
+                                         f"checkpoint and metrics.jsonl."
+                      + (f"\nIt cannot be continued: {problem}." if problem else ""))
+        dpg.configure_item(T.DIALOG_CONTINUE, enabled=problem is None,
+                           label="Continue it" if problem is None else "Continue it (not possible)")
+        dpg.configure_item(T.DIALOG_NEW, label=f"New folder: {fresh_run_dir(existing.folder)}")
+        dpg.configure_item(T.RUN_DIALOG, show=True)
+
+    def _close_dialog(self) -> Optional[ExistingRun]:
+        dpg.configure_item(T.RUN_DIALOG, show=False)
+        existing, self.asked_run = self.asked_run, None
+        return existing
+
+    def on_dialog_continue(self, *_: Any) -> None:
+        existing = self._close_dialog()
+        if existing is None or existing.continue_problem is not None:
+            return
+        dpg.set_value(T.CKPT_PATH, str(existing.folder / "checkpoint"))
+        self.start_after_load = True  # loaded_checkpoint() starts it
+        self.on_load()
+
+    def on_dialog_overwrite(self, *_: Any) -> None:
+        if self._close_dialog() is not None:
+            self.start_run(overwrite=True)
+
+    def on_dialog_new_folder(self, *_: Any) -> None:
+        existing = self._close_dialog()
+        if existing is not None:
+            dpg.set_value(T.RUN_DIR, str(fresh_run_dir(existing.folder)))
+            self.on_form_changed()
+            self.start_run()
+
+    def on_dialog_cancel(self, *_: Any) -> None:
+        existing = self._close_dialog()
+        if existing is not None:
+            self.post(f"not started: {existing.folder} is kept as it is")
 
     def on_pause(self, *_: Any) -> None:
         self.session.pause()
@@ -167,18 +245,33 @@ class Actions:
         self.post(f"loading {path} ...")
 
     def loaded_checkpoint(self, loaded: Any) -> None:
-        """A checkpoint finished loading: it becomes the chat model and the form continues it."""
+        """A checkpoint finished loading: it becomes the chat model and, when the dashboard
+        can continue it, the form continues it (its own settings; a pipeline model, an
+        export or a finished run is only offered for the chat)."""
         self.loaded, self.model_source = loaded, "loaded"
+        start = self.start_after_load
+        self.start_after_load = False
+        problem = continue_problem(loaded)
+        if problem is not None:
+            dpg.set_value(T.CONTINUE, False)
+            self.on_form_changed()
+            self.post(f"loaded {loaded.path} (step {loaded.step:,}); ask it below. It cannot be continued "
+                      f"here: {problem}", "error" if start else "info")
+            return
         config = loaded.run_config
         form = self.read_form()
         data_dir = loaded.trainer_state.get("data_dir") or form.data_dir
-        steps = config.train.steps if config.train.steps > loaded.step else loaded.step + 1000
         run_dir = str(loaded.path.parent) if loaded.path.name == "checkpoint" else form.run_dir
         self.write_form(dataclasses.replace(
             form, preset=config.preset or form.preset, data_dir=str(data_dir), run_dir=run_dir,
-            lr=config.train.lr, batch_size=config.train.batch_size, steps=steps,
+            lr=config.train.lr, batch_size=config.train.batch_size, steps=config.train.steps,
             eval_every=config.train.eval_every, resume=True))
-        self.total_steps = steps
+        self.total_steps = config.train.steps
+        self.vm.final_test = final_test_score(loaded.path.parent) if loaded.path.name == "checkpoint" else None
+        if start:
+            self.form_dirty = True
+            self.start_run()
+            return
         self.post(f"loaded {loaded.path} (step {loaded.step:,}); ask it below or continue training it")
 
     # ------------------------------------------------------------------ chat

@@ -2,9 +2,11 @@
 runs (autostart / exit-after / screenshot) and a clean shutdown.
 
 The loop draws at most `fps` frames per second and sleeps the rest of each frame: Xvfb
-has no vsync, and an uncapped loop would take a core from the trainer. Cheap things (the
-ring, the figures) update every frame; history and plots ~4x a second; CPU, pipeline
-and the form check once a second.
+has no vsync, and an uncapped loop would take a core from the trainer. How long it sleeps
+is the FramePacer's call (viewmodel/pacing.py): long while nobody touches the window,
+short while someone types or moves the mouse (input is only seen when a frame is drawn).
+Cheap things (the ring, the figures) update every frame; history and plots ~4x a second;
+CPU, pipeline and the form check once a second.
 """
 from __future__ import annotations
 
@@ -24,31 +26,17 @@ from odin_dashboard.gui.painter import Painter
 from odin_dashboard.gui.theme import apply_global_theme, load_fonts
 from odin_dashboard.session import Phase, TrainingSession
 from odin_dashboard.tasks import BackgroundTask
-from odin_dashboard.viewmodel.dashboard import DashboardViewModel, SessionState, controls_view
+from odin_dashboard.viewmodel.dashboard import DashboardViewModel, PlotsView, SessionState, controls_view
 from odin_dashboard.viewmodel.formatting import fmt_duration
 from odin_dashboard.viewmodel.forms import TrainForm, check_form, is_default_data_dir
+from odin_dashboard.viewmodel.pacing import FramePacer
 from odin_dashboard.viewmodel.pipeline import read_pipeline_state
+from odin_dashboard.viewmodel.plotaxes import hover_text
 from odin_dashboard.viewmodel.system import SystemSampler
 
 PLOT_INTERVAL = 0.25
+PLOT_POINTS = 384  # per series at most (the per-sphere plots are ~400 px wide)
 SLOW_INTERVAL = 1.0
-
-
-class FrameLimiter:
-    """Frame interval: 1/fps, stretched so that drawing stays under `render_share` of one
-    core. With a GPU a frame draws in ~1 ms and the cap is the full fps; under Xvfb
-    (software OpenGL) a 1280x800 frame costs ~40 ms of CPU, and 30 fps would take most
-    of a core from the trainer, so the rate drops to ~5 fps instead."""
-
-    def __init__(self, fps: float, render_share: float = 0.2) -> None:
-        self.min_interval = 1.0 / max(1.0, fps)
-        self.render_share = render_share
-        self.render_seconds = 0.0  # moving average of one frame's drawing time
-        self.interval = self.min_interval
-
-    def rendered(self, seconds: float) -> None:
-        self.render_seconds += 0.1 * (seconds - self.render_seconds)
-        self.interval = min(0.5, max(self.min_interval, self.render_seconds / self.render_share))
 
 
 @dataclass
@@ -69,7 +57,9 @@ class DashboardApp(Actions):
         self.options = options
         self.session = session or TrainingSession()
         self.chat = ChatWorker()
-        self.vm = DashboardViewModel(ring_size=RING_SIZE)
+        # ~one point per pixel column of a plot: 24 series of 1024 points took half of a
+        # frame's drawing under software OpenGL, and a slow frame is a slow key press
+        self.vm = DashboardViewModel(ring_size=RING_SIZE, plot_capacity=PLOT_POINTS)
         self.painter = Painter()
         self.system = SystemSampler()
         self.loaded: Any = None
@@ -94,7 +84,10 @@ class DashboardApp(Actions):
         self._form_check = check_form(options.form)
         self.frames = 0
         self.opened_at = 0.0
-        self.limiter = FrameLimiter(options.fps)
+        self.pacer = FramePacer(options.fps)
+        self.start_after_load = False  # the run dialog's "Continue it": start once the checkpoint loaded
+        self.asked_run: Any = None  # the run the dialog is asking about
+        self.plots_view: Optional[PlotsView] = None
         # called once per frame after the update (the GUI test drives the app through these)
         self.frame_hooks: list[Callable[[float], None]] = []
 
@@ -145,14 +138,19 @@ class DashboardApp(Actions):
                     self.request_close()
                 drawn = time.monotonic()
                 dpg.render_dearpygui_frame()
-                self.limiter.rendered(time.monotonic() - drawn)
+                now = time.monotonic()
+                self.pacer.rendered(now - drawn)
                 self.frames += 1
                 if self.closing and not self.session.active and self._screenshot is None:
                     break
-                time.sleep(max(0.0, self.limiter.interval - (time.monotonic() - started)))
+                time.sleep(self.pacer.sleep_before_next(now, started, self.editing()))
         finally:
             self.shutdown()
         return self.exit_code()
+
+    def editing(self) -> bool:
+        """Whether a text field has the keyboard (the user may type any moment)."""
+        return any(dpg.is_item_active(tag) for tag in T.TEXT_FIELDS)
 
     def exit_code(self) -> int:
         if self.session.phase == Phase.FAILED:
@@ -193,22 +191,36 @@ class DashboardApp(Actions):
             self._last_plot = now
             self.vm.ingest_records(self.session.new_records())
             self.vm.ingest_evals(self.session.new_evals())
-            self.painter.plots(self.vm.plots())
+            self.plots_view = self.vm.plots()
+            self.painter.plots(self.plots_view)
             self.check_saved()
         if now - self._last_slow >= SLOW_INTERVAL or self.form_dirty:
             self.slow_updates(now)
         caption = f"{snapshot.threads} threads on 12 spheres" if snapshot is not None else "12 spheres, not training"
         self.painter.ring(self.vm.ring(snapshot, now, self.total_steps, caption))
         info = self.session.latest_checkpoint()
-        ckpt_text = (f"step {info.step:,}, {fmt_duration(time.time() - info.saved_at)} ago in {info.path}"
-                     if info else "")
+        saved = f"step {info.step:,}, {fmt_duration(time.time() - info.saved_at)} ago" if info else ""
+        ckpt_text = f"{saved} in {info.path}" if info else ""
         self.painter.metrics(self.vm.metrics(snapshot, now, self.total_steps, self.session.elapsed(now),
-                                             int(dpg.get_value(T.THREADS)), self.session.final_exact, ckpt_text))
+                                             int(dpg.get_value(T.THREADS)), self.session.final_exact, saved))
         if self.chat.drain():
             self.painter.transcript(self.chat.transcript())
+        self.hover()
         self.painter.controls(controls_view(self.session_state(snapshot, ckpt_text)))
         for hook in self.frame_hooks:
             hook(now)
+
+    def hover(self) -> None:
+        """Over a per-sphere plot: the series' values at the step nearest the mouse, in a
+        small window next to it (the plots' own corner text showed only the cursor)."""
+        text = ""
+        if self.plots_view is not None:
+            for plot, series in ((T.LOSS_PLOT, self.plots_view.sphere_loss),
+                                 (T.GRAD_PLOT, self.plots_view.sphere_grad)):
+                if dpg.is_item_hovered(plot):
+                    text = hover_text(series, dpg.get_plot_mouse_pos()[0])
+        mouse = dpg.get_mouse_pos(local=False)
+        self.painter.hover(text, (mouse[0], mouse[1]), (self.options.width, self.options.height))
 
     def slow_updates(self, now: float) -> None:
         self._last_slow = now
@@ -227,7 +239,7 @@ class DashboardApp(Actions):
     def session_state(self, snapshot: Any, ckpt_text: str) -> SessionState:
         session = self.session
         message = self.message if time.monotonic() - self.message_time < 8.0 or self.message_level == "error" else ""
-        if self.loaded is not None and bool(dpg.get_value(T.CONTINUE)) and not session.active:
+        if self.can_continue_loaded() and bool(dpg.get_value(T.CONTINUE)) and not session.active:
             resume_step: Optional[int] = self.loaded.step
         else:
             resume_step = None
@@ -238,7 +250,7 @@ class DashboardApp(Actions):
             step=snapshot.step if snapshot is not None else 0, error=session.error,
             form_problems=tuple(self._form_check.problems), dataset_can_build=self._form_check.dataset.can_build,
             building_dataset="dataset" in self.tasks, resume_from_step=resume_step,
-            has_loaded_checkpoint=self.loaded is not None,
+            has_loaded_checkpoint=self.loaded is not None, can_continue_loaded=self.can_continue_loaded(),
             has_model=self.chat_model_available(), can_save_idle=self.current_checkpoint_dir() is not None,
             chat_busy=self.chat.busy, final_exact=session.final_exact,
             checkpoint_text=f"checkpoint {ckpt_text}" if ckpt_text else "",
@@ -273,6 +285,7 @@ class DashboardApp(Actions):
                 self.form_dirty = True
             elif name == "load":
                 if task.error is not None:
+                    self.start_after_load = False
                     self.post(f"checkpoint does not load: {task.error}", "error")
                 else:
                     self.loaded_checkpoint(task.result)
@@ -287,7 +300,7 @@ class DashboardApp(Actions):
                 self.on_build_dataset()  # like `odin train`: the default recipe builds its data
             else:
                 self.autostart_done = True
-                self.autostart_failed = not self.on_start()
+                self.autostart_failed = not self.start_run(unattended=True)
         if self._screenshot is not None:
             self.poll_screenshot()
         exit_after = self.options.exit_after

@@ -11,7 +11,8 @@ from odin_dashboard.gui.layout import METRIC_LABELS, T
 from odin_dashboard.gui.theme import FONT_SIZE, MUTED, STATUS_COLOURS
 from odin_dashboard.viewmodel.dashboard import ControlsView, MetricsView, PlotsView
 from odin_dashboard.viewmodel.pipeline import STATUSES, PipelineView
-from odin_dashboard.viewmodel.ring import BACKGROUND, RingView, blend
+from odin_dashboard.viewmodel.plotaxes import AxisView
+from odin_dashboard.viewmodel.ring import BACKGROUND, RingView, blend, label_font_size
 from odin_dashboard.viewmodel.system import SystemView
 
 
@@ -50,7 +51,8 @@ class Painter:
             dpg.draw_circle(node.center, node.radius, fill=node.fill, color=node.outline, thickness=2, **draw)
             if node.load_arc:
                 dpg.draw_polyline(node.load_arc, color=(255, 255, 255, 230), thickness=3, **draw)
-            dpg.draw_text(node.label_pos, node.label, size=FONT_SIZE, color=(255, 255, 255, 255), **draw)
+            dpg.draw_text(node.label_pos, node.label, size=label_font_size(node.label, FONT_SIZE),
+                          color=(255, 255, 255, 255), **draw)
             dpg.draw_text(node.name_pos, node.name, size=FONT_SIZE - 1, color=node.outline, **draw)
         # legend: state colours, then what the arc means
         x, y = 6.0, view.height - 2.1 * FONT_SIZE
@@ -123,6 +125,15 @@ class Painter:
             dpg.configure_item(T.sphere_grad(i), show=grad.visible)
         dpg.set_value(T.TRAIN_SERIES, [view.train_loss.x, self._loss_values(view.train_loss.y)])
         dpg.set_value(T.VAL_SERIES, [view.val_loss.x, self._loss_values(view.val_loss.y)])
+        # log axes get their limits and ticks from the view-model (ImPlot's own: 1 ... 1e-306
+        # when empty, one labelled tick inside a decade); linear axes fit themselves
+        _log_axis(T.GRAD_Y, view.grad_axis)
+        for axis, log_view in ((T.LOSS_Y, view.loss_log_axis), (T.GLOBAL_Y, view.global_log_axis)):
+            if self.log_loss:
+                _log_axis(axis, log_view)
+            else:
+                dpg.set_axis_limits_auto(axis)
+                dpg.reset_axis_ticks(axis)
 
     def _loss_values(self, values: list[float]) -> list[float]:
         return _positive(values) if self.log_loss else values
@@ -134,8 +145,10 @@ class Painter:
                              (T.SAVE, view.save_enabled), (T.LOAD, view.load_enabled),
                              (T.ASK, view.chat_enabled), (T.CONTINUE, view.continue_enabled)):
             self._configure(tag, enabled=enabled)
-        for tag in (T.PRESET, T.DATA_DIR, T.RUN_DIR, T.LR, T.BATCH, T.STEPS, T.EVAL_EVERY, T.CKPT_PATH):
+        for tag in (T.DATA_DIR, T.RUN_DIR, T.CKPT_PATH):
             self._configure(tag, enabled=view.settings_enabled)
+        for tag in (T.PRESET, T.LR, T.BATCH, T.STEPS, T.EVAL_EVERY):
+            self._configure(tag, enabled=view.schedule_enabled)
         self._configure(T.START, label=view.start_label)
         self._configure(T.BUILD_DATA, show=view.build_dataset_visible)
         self._set(T.STATUS, view.status)
@@ -155,7 +168,26 @@ class Painter:
         self._configure(T.DATA_STATUS, color=(140, 200, 150, 255) if dataset_ready else STATUS_COLOURS["warn"])
 
     def transcript(self, text: str) -> None:
+        """New text, then scroll to the newest answer: -1 is "the end" for Dear PyGui, and
+        the delayed flag applies it after the new text's height is known."""
         self._set(T.TRANSCRIPT, text)
+        dpg.set_y_scroll(T.TRANSCRIPT_BOX, -1.0, when=dpg.mvSetScrollFlags_Delayed)
+
+    def hover(self, text: str, mouse: tuple[float, float], window: tuple[int, int]) -> None:
+        """Show `text` next to the mouse (left of it near the right edge), or hide it."""
+        self._configure(T.HOVER, show=bool(text))
+        if not text:
+            return
+        self._set(T.HOVER_TEXT, text)
+        width = 260 if "raw" in text else 130
+        x = mouse[0] + 16 if mouse[0] + 16 + width < window[0] else mouse[0] - 16 - width
+        y = min(mouse[1] + 12, window[1] - 18 * (text.count("\n") + 2))
+        self._configure(T.HOVER, pos=(int(x), int(max(0, y))))
+
+
+def _log_axis(axis: str, view: AxisView) -> None:
+    dpg.set_axis_limits(axis, view.low, view.high)
+    dpg.set_axis_ticks(axis, view.ticks)
 
 
 def _positive(values: list[float]) -> list[float]:

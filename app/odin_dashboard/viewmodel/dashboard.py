@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
 from odin_dashboard.viewmodel.formatting import (
     fmt_duration, fmt_loss, fmt_percent, fmt_rate, fmt_step_time,
 )
 from odin_dashboard.viewmodel.history import DecimatingHistory
+from odin_dashboard.viewmodel.plotaxes import AxisView, ema, hover_text, log_axis
 from odin_dashboard.viewmodel.ring import LoadMeter, RingView, build_ring
 
 N_SPHERES = 12
@@ -25,8 +26,9 @@ HISTORY_COLUMNS = ("loss", "grad_norm", "lr", "tokens_per_s") + SPHERE_LOSS + SP
 class Series:
     label: str
     x: list[float]
-    y: list[float]
+    y: list[float]  # as drawn (smoothed for the per-sphere plots)
     visible: bool = True
+    raw: list[float] = field(default_factory=list)  # before smoothing (empty: same as y)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class PlotsView:
     val_loss: Series
     steps_per_point: int
     version: int  # changes whenever any series changed
+    grad_axis: AxisView  # the per-sphere gradient norm plot is always log-scale
+    loss_log_axis: AxisView  # used when the loss plots are switched to log scale
+    global_log_axis: AxisView
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,8 @@ class ControlsView:
     pause_enabled: bool
     resume_enabled: bool
     stop_enabled: bool
-    settings_enabled: bool  # preset, dataset, lr, batch, steps: fixed while a run is active
+    settings_enabled: bool  # dataset, run folder, checkpoint field: fixed while a run is active
+    schedule_enabled: bool  # preset, lr, batch, steps, eval: also fixed when continuing a run (its own)
     save_enabled: bool
     load_enabled: bool
     continue_enabled: bool  # the "continue it" box: only with a loaded checkpoint
@@ -79,6 +85,7 @@ class SessionState:
     building_dataset: bool = False
     resume_from_step: Optional[int] = None  # the form continues a checkpoint at this step
     has_loaded_checkpoint: bool = False
+    can_continue_loaded: bool = False  # the loaded checkpoint can be trained on here (not a BPE/finished one)
     has_model: bool = False
     can_save_idle: bool = False  # a loaded checkpoint could be written to the run folder
     chat_busy: bool = False
@@ -120,6 +127,8 @@ class DashboardViewModel:
         self.loads = LoadMeter(N_SPHERES)
         self.rate = RateEstimator()
         self.shown_sphere: Optional[int] = None  # None: all 12; else 0..11
+        self.smoothing = 0.0  # EMA weight for the per-sphere plots (0: raw)
+        self.final_test: Optional[tuple[int, float]] = None  # (step, exact) from metrics.jsonl
         self._version = 0
 
     # ------------------------------------------------------------------ inputs
@@ -128,6 +137,7 @@ class DashboardViewModel:
         self.val_points.clear()
         self.loads.reset()
         self.rate.reset()
+        self.final_test = None
         self._version += 1
 
     def ingest_records(self, records: Iterable[Any]) -> int:
@@ -144,8 +154,17 @@ class DashboardViewModel:
         return added
 
     def ingest_evals(self, evals: Iterable[dict[str, Any]]) -> int:
+        """metrics.jsonl records: periodic evaluations ({"step", "val_loss", "val_exact"})
+        and the final test score ({"step", "split": "test", "exact"})."""
+        from odin_dashboard.viewmodel.runfolder import test_score_of
+
         added = 0
         for record in evals:
+            score = test_score_of(record)
+            if score is not None:
+                self.final_test = score
+                added += 1
+                continue
             try:
                 point = (int(record["step"]), float(record["val_loss"]), float(record.get("val_exact", math.nan)))
             except (KeyError, TypeError, ValueError):
@@ -161,6 +180,14 @@ class DashboardViewModel:
         if index is not None and not 0 <= index < N_SPHERES:
             raise ValueError(f"sphere index must be in 0..{N_SPHERES - 1}, got {index}")
         self.shown_sphere = index
+        self._version += 1
+
+    def set_smoothing(self, smoothing: float) -> None:
+        """EMA weight for the per-sphere plots, 0 (raw) .. 0.99."""
+        smoothing = float(smoothing)
+        if not 0.0 <= smoothing <= 0.99:
+            raise ValueError(f"smoothing must be in 0..0.99, got {smoothing}")
+        self.smoothing = smoothing
         self._version += 1
 
     @property
@@ -182,17 +209,31 @@ class DashboardViewModel:
             out = []
             for i, column in enumerate(columns):
                 x, y = self.history.series(column)
-                out.append(Series(f"s{i + 1}", x, y, self.shown_sphere in (None, i)))
+                out.append(Series(f"s{i + 1}", x, ema(y, self.smoothing), self.shown_sphere in (None, i), y))
             return out
 
         x, y = self.history.series("loss")
         val = self.val_points
+        sphere_loss, sphere_grad = sphere_series(SPHERE_LOSS), sphere_series(SPHERE_GRAD)
+        val_loss = [p[1] for p in val]
+
+        def shown(series: list[Series]) -> list[list[float]]:
+            return [s.y for s in series if s.visible]
+
         return PlotsView(
-            sphere_loss=sphere_series(SPHERE_LOSS), sphere_grad=sphere_series(SPHERE_GRAD),
+            sphere_loss=sphere_loss, sphere_grad=sphere_grad,
             train_loss=Series("train", x, y),
-            val_loss=Series("validation", [float(p[0]) for p in val], [p[1] for p in val]),
+            val_loss=Series("validation", [float(p[0]) for p in val], val_loss),
             steps_per_point=self.history.stride, version=self._version,
+            grad_axis=log_axis(shown(sphere_grad)), loss_log_axis=log_axis(shown(sphere_loss)),
+            global_log_axis=log_axis([y, val_loss]),
         )
+
+    def hover(self, plot: str, x: float) -> str:
+        """Tooltip text for the mouse at step `x` over `plot` ("loss" or "grad"): the nearest
+        step and the shown spheres' values there."""
+        view = self.plots()
+        return hover_text(view.sphere_loss if plot == "loss" else view.sphere_grad, x)
 
     def metrics(self, snapshot: Any, now: float, total_steps: int, elapsed: float,
                 threads: int, final_exact: Optional[float] = None, checkpoint_text: str = "") -> MetricsView:
@@ -207,6 +248,10 @@ class DashboardViewModel:
             eta = "done"
         else:
             eta = fmt_duration(remaining / rate) if rate > 0 else "-"
+        if self.final_test is not None:  # the run's final score, as metrics.jsonl records it
+            test_exact = f"{fmt_percent(self.final_test[1])} @ {self.final_test[0]:,}"
+        else:
+            test_exact = fmt_percent(final_exact) if final_exact is not None else "-"
         exact = "-"
         if self.val_points and math.isfinite(self.val_points[-1][2]):
             exact = f"{fmt_percent(self.val_points[-1][2])} @ {self.val_points[-1][0]:,}"
@@ -214,7 +259,7 @@ class DashboardViewModel:
             ("loss", fmt_loss(snapshot.loss) if snapshot is not None else "-"),
             ("val loss", fmt_loss(self.val_points[-1][1]) if self.val_points else "-"),
             ("val exact", exact),
-            ("test exact", fmt_percent(final_exact) if final_exact is not None else "-"),
+            ("test exact", test_exact),
             ("tokens/s", fmt_rate(snapshot.tokens_per_s) if snapshot is not None else "-"),
             ("step time", fmt_step_time(snapshot.step_seconds) if snapshot is not None else "-"),
             ("ETA", eta),
@@ -269,9 +314,10 @@ def controls_view(state: SessionState) -> ControlsView:
         resume_enabled=training and state.pause_requested and not state.stop_requested,
         stop_enabled=active and not state.stop_requested,
         settings_enabled=not active,
+        schedule_enabled=not active and state.resume_from_step is None,
         save_enabled=training or (not active and state.can_save_idle),
         load_enabled=not active,
-        continue_enabled=not active and state.has_loaded_checkpoint,
+        continue_enabled=not active and state.can_continue_loaded,
         build_dataset_visible=not active and state.dataset_can_build and not state.building_dataset,
         chat_enabled=state.has_model and not state.chat_busy,
         status=status, status_level=level,

@@ -52,3 +52,28 @@ def fmt_bytes(n: float) -> str:
 
 def fmt_percent(fraction: float) -> str:
     return f"{100 * fraction:.1f} %" if math.isfinite(fraction) else "-"
+
+
+def distinct_counts(counts: list[float], max_chars: int = 6) -> list[str]:
+    """Labels for counts shown side by side (the spheres' micro-batches): exact while they
+    fit in `max_chars` ('2431', '2436'), else compact with as many digits as it takes for
+    different counts to read differently ('12.431M', '12.436M'): rounding them all to '2.4k'
+    hid exactly the differences the ring is there to show."""
+    values = [float(c) for c in counts]
+    exact = [f"{v:.0f}" if math.isfinite(v) else "-" for v in values]
+    if all(len(text) <= max_chars for text in exact):
+        return exact
+    for decimals in range(1, 7):
+        labels = [_compact(v, decimals) for v in values]
+        if len(set(labels)) == len(set(exact)):
+            return labels
+    return exact
+
+
+def _compact(n: float, decimals: int) -> str:
+    if not math.isfinite(n):
+        return "-"
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= limit:
+            return f"{n / limit:.{decimals}f}{suffix}"
+    return f"{n:.0f}"

@@ -78,11 +78,14 @@ def build_dataset_for(folder: str | Path, spec: dict[str, Any]) -> dict[str, Any
 
 
 def run_config_from_form(form: TrainForm, base: Optional[RunConfig] = None) -> RunConfig:
-    """Preset (or `base`, a loaded checkpoint's config, when continuing it) + the form's
-    overrides. The reasoning sets use the char tokenizer, so a preset's vocabulary is
-    always the char vocabulary (odin-100m's 32k BPE vocab does not apply here)."""
-    if base is None:
-        base = preset_config(form.preset, vocab_size=CHAR_VOCAB_SIZE)
+    """The preset + the form's overrides; or, when continuing a loaded checkpoint (`base`,
+    its config), that run's own settings with only the thread count from the form: a
+    resumed run keeps its schedule (odin train refuses other settings on --resume). The
+    reasoning sets use the char tokenizer, so a preset's vocabulary is always the char
+    vocabulary (odin-100m's 32k BPE vocab does not apply here)."""
+    if base is not None:
+        return dataclasses.replace(base, train=dataclasses.replace(base.train, threads=int(form.threads)))
+    base = preset_config(form.preset, vocab_size=CHAR_VOCAB_SIZE)
     train = dataclasses.replace(base.train, lr=float(form.lr), batch_size=int(form.batch_size),
                                 steps=int(form.steps), eval_every=int(form.eval_every),
                                 threads=int(form.threads))

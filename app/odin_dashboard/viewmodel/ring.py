@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from odin_dashboard.viewmodel.formatting import compact_count, fmt_loss
+from odin_dashboard.viewmodel.formatting import distinct_counts, fmt_loss
 
 RGBA = tuple[int, int, int, int]
 Point = tuple[float, float]
@@ -136,6 +136,11 @@ def _text_offset(text: str, size: float) -> Point:
     return (0.3 * size * len(text), 0.5 * size)
 
 
+def label_font_size(label: str, font_size: float) -> float:
+    """Counts of 5+ characters are drawn smaller so they stay inside the sphere."""
+    return font_size if len(label) <= 4 else font_size - 2
+
+
 def build_ring(width: int, height: int, spheres: Sequence[object] | None, loads: Sequence[float],
                *, root_state: str = "idle", step: int = 0, total_steps: int = 0, loss: float = float("nan"),
                font_size: float = 15.0, caption: str = "") -> RingView:
@@ -152,6 +157,11 @@ def build_ring(width: int, height: int, spheres: Sequence[object] | None, loads:
 
     nodes: list[SphereNode] = []
     spokes: list[Spoke] = []
+    counts = [getattr(spheres[i], "microbatches", 0) if spheres is not None and i < len(spheres) else None
+              for i in range(12)]
+    # one formatting for all 12, so that different counts read differently
+    labels = distinct_counts([c for c in counts if c is not None]) if any(c is not None for c in counts) else []
+    label_of = iter(labels)
     for i in range(12):
         angle = 2 * math.pi * i / 12  # sphere 1 at 12 o'clock, clockwise
         sx, sy = cx + ring_r * math.sin(angle), cy - ring_r * math.cos(angle)
@@ -159,8 +169,8 @@ def build_ring(width: int, height: int, spheres: Sequence[object] | None, loads:
         state = getattr(stats, "state", "idle") if stats is not None else "idle"
         load = float(loads[i]) if i < len(loads) else 0.0
         fill = blend(BACKGROUND, STATE_COLOURS.get(state, STATE_COLOURS["idle"]), 0.45 + 0.55 * load)
-        label = compact_count(getattr(stats, "microbatches", 0)) if stats is not None else "-"
-        dx, dy = _text_offset(label, font_size)
+        label = next(label_of) if counts[i] is not None else "-"
+        dx, dy = _text_offset(label, label_font_size(label, font_size))
         name = f"s{i + 1}"
         name_r = ring_r + sphere_r + 0.9 * font_size
         ndx, ndy = _text_offset(name, font_size * 0.9)
