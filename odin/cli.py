@@ -112,6 +112,13 @@ def _recorded_data_dir(trainer_state: dict, run_config, checkpoint: Path) -> Pat
         raise FileNotFoundError(f"{checkpoint} records no dataset: pass --data DIR")
     data_dir = Path(recorded)
     if (data_dir / "dataset.json").exists():
+        from odin.data.dataset import load_manifest
+
+        trained_on, manifest = trainer_state.get("dataset"), load_manifest(data_dir)
+        if isinstance(trained_on, dict) and (trained_on.get("seed"), trained_on.get("settings")) != \
+                (manifest.get("seed"), manifest.get("settings")):
+            raise ValueError(f"{data_dir} no longer holds the dataset {checkpoint} was trained on (its seed or build "
+                             f"settings differ): pass --data DIR")
         return data_dir
     preset = run_config.preset
     if preset in PRESETS and preset_data_spec(preset) is not None:

@@ -54,7 +54,13 @@ def test_eval_finds_the_runs_dataset_from_any_directory(tmp_path):
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["test"]["n"] == 10
 
+    build_dataset(work / "other", seed=3, n_examples=100, ops=["add"], max_digits=1, reverse_answer=True,
+                  n_heldout=0)
     (work / "d").rename(work / "moved")
+    (work / "other").rename(work / "d")  # another dataset where the run's was
+    replaced = one_line_error(odin("eval", str(work / "run" / "checkpoint"), cwd=elsewhere))
+    assert f"{work / 'd'} no longer holds the dataset" in replaced and "pass --data DIR" in replaced
+    (work / "d").rename(work / "other")
     gone = one_line_error(odin("eval", str(work / "run" / "checkpoint"), cwd=elsewhere))
     assert f"({work / 'd'}) is not there: pass --data DIR" in gone
     assert odin("eval", str(work / "run" / "checkpoint"), "--data", str(work / "moved"), "--splits", "test",
