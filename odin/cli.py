@@ -61,7 +61,11 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
 def _run_config(args: argparse.Namespace):
     from odin.config import load_config, preset_config
 
-    cfg = load_config(args.config) if args.config else preset_config(args.preset)
+    from odin.tokenizers import CHAR_VOCAB_SIZE
+
+    # odin train's datasets are char-tokenized, so a preset takes the char vocabulary (as in
+    # the dashboard); odin-100m's 32k vocabulary is for a BPE tokenizer (odin-pipeline)
+    cfg = load_config(args.config) if args.config else preset_config(args.preset, vocab_size=CHAR_VOCAB_SIZE)
     overrides = {}
     if args.steps is not None:
         overrides["steps"] = args.steps

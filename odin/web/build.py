@@ -42,8 +42,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-CSRC = ROOT / "csrc"
-WEB = ROOT / "web"
+CSRC = ROOT / "csrc"  # only in a source checkout: `odin wasm build` needs it
+# The page, odin.js and the .wasm builds: web/ of the checkout, reached through the symlink
+# odin/web/static -> ../../web, so that the same files are package data of odin and ship in
+# the wheel (in an installed package, static/ is a real folder holding copies).
+WEB = (Path(__file__).resolve().parent / "static").resolve()
 DEFAULT_OUT = WEB / "wasm"
 MANIFEST = "odin-wasm.json"
 VARIANTS = ("simd128", "scalar")

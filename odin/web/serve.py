@@ -1,8 +1,10 @@
 """``odin serve-web``: the demo page, the JS runtime, the wasm module and an exported model
 over HTTP on localhost (Python's http.server; static files only, nothing is executed).
 
-    /            -> the web directory (web/ of a source checkout: index.html, odin.js, wasm/)
-    /model/...   -> the exported model directory (``--model DIR``; default web/model/)
+    /            -> the web directory (index.html, odin.js, wasm/: the package's odin/web/static,
+                    which is web/ of a source checkout)
+    /model/...   -> the exported model directory (``--model DIR``; default ./web/model/, the
+                    README's ``odin export web CHECKPOINT web/model``, else web/model/ of the checkout)
 
 The web runtime needs a real origin (fetch and ES modules do not work from file://) and
 ``application/wasm`` for streaming compilation; both come from here. Bound to 127.0.0.1 by
@@ -10,7 +12,6 @@ default: it is a development server, not something to expose.
 """
 from __future__ import annotations
 
-import functools
 import http.server
 import os
 import posixpath
@@ -22,10 +23,17 @@ from typing import Optional
 
 from odin.web.build import WEB
 
-DEFAULT_MODEL = WEB / "model"
 TYPES = {".wasm": "application/wasm", ".js": "text/javascript", ".mjs": "text/javascript",
          ".json": "application/json", ".bin": "application/octet-stream", ".html": "text/html; charset=utf-8",
          ".css": "text/css", ".svg": "image/svg+xml"}
+
+
+def default_model_dir() -> Optional[Path]:
+    """./web/model (where the README exports to, from any folder), else the checkout's web/model."""
+    for candidate in (Path("web") / "model", WEB / "model"):
+        if (candidate / "model.json").is_file():
+            return candidate
+    return None
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -63,14 +71,14 @@ def make_server(host: str = "127.0.0.1", port: int = 8000, *, web_dir: Path = WE
     web_dir = Path(web_dir).resolve()
     if not (web_dir / "index.html").is_file():
         raise FileNotFoundError(f"{web_dir} has no index.html: pass --web DIR (the web/ directory of ODIN)")
-    if model_dir is None and DEFAULT_MODEL.is_dir():
-        model_dir = DEFAULT_MODEL
+    if model_dir is None:
+        model_dir = default_model_dir()
     if model_dir is not None:
         model_dir = Path(model_dir).resolve()
         if not (model_dir / "model.json").is_file():
             raise FileNotFoundError(f"{model_dir} has no model.json: create it with `odin export web CHECKPOINT {model_dir}`")
     handler = type("OdinWebHandler", (_Handler,), {"web_dir": web_dir, "model_dir": model_dir, "quiet": quiet})
-    server = http.server.ThreadingHTTPServer((host, port), functools.partial(handler))
+    server = http.server.ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
 
@@ -88,7 +96,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_dir: Path = WEB, mod
     try:
         server = make_server(host, port, web_dir=web_dir, model_dir=model_dir, quiet=quiet)
     except (FileNotFoundError, OSError) as error:
-        print(f"odin serve-web: {error}", file=sys.stderr)
+        print(f"odin serve-web: error: {error}", file=sys.stderr)
         return 2
     bound_host, bound_port = server.server_address[:2]
     model = server.RequestHandlerClass.model_dir
