@@ -183,6 +183,16 @@ def test_llama_cpp_reads_the_bpe_tokenizer(bpe, tmp_path):
     assert stats["max_abs_prob"] < 1e-3 and stats["max_abs_logprob"] < 0.05, stats
 
 
+@needs_llama
+def test_llama_cpp_runs_a_position_free_gpt_over_its_context(tmp_path):
+    """positions = "none": the all-zero position table makes llama.cpp's gpt2 compute the
+    same model over the trained context (random weights: any difference shows)."""
+    checkpoint = _save(tmp_path, "nope", positions="none")
+    assert not load_checkpoint(checkpoint).params["wpe"].any()
+    stats = _compare_with_llama(checkpoint, export(checkpoint, tmp_path / "nope.gguf"), ["1+1=", "abc", "x"], tmp_path)
+    assert stats["max_abs_prob"] < 1e-3 and stats["max_abs_logprob"] < 0.05, stats
+
+
 # ------------------------------------------------------------------ import: the round trip
 def test_round_trip_f32_gives_identical_weights_and_tokens(arith, tmp_path):
     gguf_file = export(arith, tmp_path / "arith.gguf")
@@ -346,7 +356,7 @@ def _bad_files(good: Path, tmp: Path) -> list[tuple[Path, str]]:
                                                               "gpt2.feed_forward_length": 256}),
         "has shape")
     add("vocab.gguf", rewrite(good, tmp / "vocab.gguf", tensors={"token_embd.weight": wte[:-1]}),
-        "tensor 'token_embd.weight' has shape [101, 48], expected [102, 48]")
+        "the vocabulary has 102 tokens but 'token_embd.weight' has 101 rows")
     add("missing.gguf", rewrite(good, tmp / "missing.gguf", tensors={"blk.1.ffn_down.weight": None}),
         "tensor 'blk.1.ffn_down.weight' is missing")
     add("q8.gguf", rewrite(good, tmp / "q8.gguf", tensors={"blk.0.ffn_down.weight": q8},

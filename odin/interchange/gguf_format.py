@@ -283,6 +283,8 @@ def _read_tensors(reader: Any, gguf: Any, source: Path, n_layer: int,
                             f"f16 GGUF files (block-quantized types are not supported yet)")
         expected = shapes["wte" if odin_name == "output" else odin_name]
         shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))  # GGUF lists the fastest axis first
+        if odin_name in ("wte", "output") and len(shape) == 2 and shape[0] != expected[0]:
+            raise GGUFError(f"{source}: the vocabulary has {expected[0]} tokens but {gguf_name!r} has {shape[0]} rows")
         if shape != expected:
             raise GGUFError(f"{source}: tensor {gguf_name!r} has shape {list(shape)}, expected {list(expected)} "
                             f"from the metadata")
