@@ -233,6 +233,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     ckpt = Path(args.checkpoint)
     loaded = load_model_checkpoint(ckpt, with_optimizer=False)
+    if "pipeline" in loaded.trainer_state and not args.data:  # a text model: scored on its pipeline's val shards
+        return _eval_pipeline_checkpoint(args, ckpt, loaded)
     refuse_text_model(loaded, ckpt)  # before anything is read or written for it
     data_dir = Path(args.data) if args.data else _recorded_data_dir(loaded.trainer_state, loaded.run_config, ckpt)
     splits = args.splits.split(",") if args.splits else None
@@ -244,6 +246,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(format_summary(results))
         print(f"wrong answers written to {errors_dir}/<split>.errors.jsonl")
+    return 0
+
+
+def _eval_pipeline_checkpoint(args: argparse.Namespace, ckpt: Path, loaded) -> int:
+    from odin.eval_text import score_pipeline_checkpoint
+
+    if args.splits or args.context or args.errors:
+        raise ValueError("an odin-pipeline model is scored on its pipeline's validation shards: --splits, "
+                         "--context and --errors are for the reasoning datasets of odin train")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive number of windows, got {args.limit}")
+    score = score_pipeline_checkpoint(ckpt, loaded, max_windows=args.limit)
+    if args.json:
+        print(json.dumps(score.to_dict(), indent=2))
+    else:
+        print(f"{ckpt} (odin-pipeline model, step {loaded.step}): loss {score.loss:.4f}, perplexity "
+              f"{score.perplexity:.2f} on {score.tokens:,} held-out tokens of {score.shards} shards in {score.folder}")
     return 0
 
 

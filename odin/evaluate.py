@@ -713,7 +713,7 @@ def refuse_text_model(loaded: Any, checkpoint_dir: str | os.PathLike[str]) -> No
         return
     kind = type(loaded.tokenizer).__name__.replace("Tokenizer", "") or "its own"
     made = "an odin-pipeline model" if pipeline else "a text model"
-    where = "; its validation loss per shard is in `odin-pipeline status FOLDER`" if pipeline else ""
+    where = " (`odin eval CHECKPOINT` without --data scores it on its pipeline's validation shards)" if pipeline else ""
     raise ValueError(f"{checkpoint_dir} is {made} ({kind} tokenizer, {loaded.tokenizer.vocab_size} tokens): "
                      f"odin eval scores the reasoning datasets of odin train{where}; talk to it with "
                      f"odin-infer -m {checkpoint_dir}")

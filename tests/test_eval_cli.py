@@ -4,6 +4,7 @@ dataset is gone, and refuses a text model (odin-pipeline, BPE) before writing an
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -67,19 +68,46 @@ def test_eval_finds_the_runs_dataset_from_any_directory(tmp_path):
                 cwd=elsewhere).returncode == 0
 
 
-def test_eval_refuses_a_pipeline_model_and_writes_nothing(tmp_path):
+def test_eval_scores_a_pipeline_model_on_its_validation_shards(tmp_path):
+    """What the pipeline reports after its last shard (the held-out loss over every trained
+    shard) is what `odin eval` finds for the checkpoint; and nothing is written beside it."""
+    from pipeline_helpers import config_text, db_rows, run_once, write_docs
+
+    folder, config = tmp_path / "pipe", tmp_path / "pipeline.toml"
+    config.write_text(config_text(train={"steps_per_shard": 20}), encoding="utf-8")
+    write_docs(folder / "inbox", 8)
+    ran = run_once(folder, config, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    (reported, shards), = db_rows(folder, "SELECT val_loss, (SELECT COUNT(*) FROM shards WHERE status = 'trained') "
+                                          "FROM shards WHERE status = 'trained' ORDER BY step_end DESC LIMIT 1")
+    ckpt = folder / "checkpoints" / "latest"
+    before = sorted(p.name for p in (folder / "checkpoints").iterdir())
+    scored = odin("eval", str(ckpt), "--json", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    score = json.loads(scored.stdout)
+    assert score["shards"] == shards >= 1 and score["tokens"] > 0
+    assert abs(score["loss"] - reported) < 1e-4 * max(1.0, reported)  # the pipeline's cap is not reached here
+    assert abs(score["perplexity"] - math.exp(score["loss"])) < 1e-6 * score["perplexity"]
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == before  # no error files beside it
+    line = one_line_error(odin("eval", str(ckpt), "--data", str(tmp_path), cwd=tmp_path))
+    assert re.search(r"is an odin-pipeline model \(BPE tokenizer, \d+ tokens\)", line), line
+
+
+def test_eval_refuses_a_text_model_away_from_a_pipeline_and_writes_nothing(tmp_path):
     cfg = RunConfig.from_dict({"model": {"n_layer": 1, "d_model": 32, "n_head": 2, "context": 16,
                                          "vocab_size": 300}})
     model = model_from_config(cfg)
     model.init_weights(0)
-    folder = tmp_path / "pipe" / "checkpoints"
-    ckpt = save_model_checkpoint(folder / "latest", model, BPETokenizer.train(["the cat sat on the mat\n"] * 30, 300),
-                                 cfg, step=3, trainer_state={"pipeline": {"trained": [], "history": []}})
-    before = sorted(p.name for p in folder.iterdir())
-    line = one_line_error(odin("eval", str(ckpt), cwd=tmp_path))
-    assert re.search(r"is an odin-pipeline model \(BPE tokenizer, \d+ tokens\)", line), line
-    assert "odin-pipeline status" in line and f"odin-infer -m {ckpt}" in line
-    assert sorted(p.name for p in folder.iterdir()) == before  # no error files beside it
+    tokenizer = BPETokenizer.train(["the cat sat on the mat\n"] * 30, 300)
+    moved = save_model_checkpoint(tmp_path / "moved", model, tokenizer, cfg, step=3,
+                                  trainer_state={"pipeline": {"trained": [], "history": []}})
+    imported = save_model_checkpoint(tmp_path / "imported", model, tokenizer, cfg, step=0)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    line = one_line_error(odin("eval", str(moved), cwd=tmp_path))
+    assert "away from its pipeline folder" in line and f"odin-infer -m {moved}" in line
+    line = one_line_error(odin("eval", str(imported), cwd=tmp_path))
+    assert re.search(r"is a text model \(BPE tokenizer, \d+ tokens\)", line) and f"odin-infer -m {imported}" in line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
 def test_eval_rebuilds_the_missing_dataset_of_a_preset_run(tmp_path):
