@@ -219,7 +219,12 @@ def test_demo_page_generates_and_trains(site, browser, tmp_path):
     native_answer = tok.decode(expected)
     assert solved["answerText"].startswith(prompt + native_answer)
     assert solved["correct"] == (native_answer == solved["expected"])  # the page checks arithmetic itself
-    assert "tokens/s" in solved["stats"]
+    # speed in two parts: the prompt (prefill) and each further token (decode)
+    stats = re.fullmatch(r"prefill: (\d+) prompt tokens in [\d.]+ ms · decode: (\d+) tokens in [\d.]+ ms, "
+                         r"([\d,]+|—) tokens/s \((\d+) tokens generated\)", solved["stats"])
+    assert stats, solved["stats"]
+    assert int(stats[1]) == 1 + len(tok.encode(prompt)) and int(stats[4]) == len(solved["tokens"])
+    assert int(stats[2]) == len(solved["tokens"]) - 1
 
     trained = browser.evaluate("""(async () => {
         const steps = await window.odinDemo.train(3);
@@ -310,7 +315,7 @@ def test_demo_prompt_takes_lines_and_enter_solves(site, browser, tmp_path):
     assert box == ["1+2\n3=", 2]
     _key(browser, "Enter", "\r")
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and "tokens in" not in browser.evaluate(
+    while time.monotonic() < deadline and "tokens generated" not in browser.evaluate(
             "document.getElementById('gen-stats').textContent"):
         time.sleep(0.05)
     page = browser.evaluate("""(() => ({ value: document.getElementById('prompt').value,

@@ -125,6 +125,37 @@ def test_runtime_matches_native(variant, export_dir, tmp_path, tmp_path_factory)
     check_sizes(got)
 
 
+def test_generations_at_once_take_turns(export_dir, tmp_path, tmp_path_factory):
+    """Two generate() calls at once on one model used to interleave token by token through
+    its one KV cache and sampler state, each corrupting the other's answer. They take turns
+    now: each gets exactly its tokens alone; a model's weights and buffers cannot change (or
+    be freed) under a running generation; prefill and decode are timed apart."""
+    wasm = wasm_path("simd128", tmp_path_factory, need_wasmtime=False)
+    runs = [{"prompt": "12+34=", "temperature": 1.3, "top_k": 0, "top_p": 1.0, "seed": 5, "max_new": 10},
+            {"prompt": "7+8=", "temperature": 0.9, "top_k": 5, "top_p": 0.9, "seed": 9, "max_new": 10}]
+    train_examples = [{"prompt": "1+2=", "answer": "3"}, {"prompt": "3+4=", "answer": "7"}]
+    spec = {"runtime": str(ROOT / "web" / "odin.js"), "wasm_dir": str(wasm.parent), "variant": "simd128",
+            "model_dir": str(export_dir), "concurrent": runs, "train_examples": train_examples}
+    got = run_node(spec, tmp_path)
+    assert got["alone"][0] != got["alone"][1]
+    assert got["together"] == got["alone"]
+    assert got["by_hand"] == got["alone"]
+    assert "second_ran_early" not in got  # the second stream waited for the first to end
+    for name, message in got["refused"].items():
+        assert message is not None and message.startswith("OdinError: ") and "while a generation is running" in message, name
+    assert got["after_break"] == got["alone"][1] and got["train_after"] is True
+    tok = tiny_arith_model()[2]
+    for stats, run, tokens in zip(got["together_stats"], runs, got["together"]):
+        assert stats["promptTokens"] == 1 + len(tok.encode(run["prompt"]))
+        assert stats["newTokens"] == len(tokens) == run["max_new"]
+        assert stats["decodeTokens"] == len(tokens) - 1  # the first token comes out of prefill
+        assert stats["prefillMs"] >= 0 and stats["decodeMs"] >= 0
+        if stats["decodeMs"] > 0:
+            assert stats["decodeTokensPerSecond"] == pytest.approx(stats["decodeTokens"] / (stats["decodeMs"] / 1e3))
+        else:
+            assert stats["decodeTokensPerSecond"] is None
+
+
 TEXTS = ["hello world", "  two  spaces ", "tabs\tand\nnewlines\n\n", "Zürich ünïcödé", "emoji 😀👍🏽 done",
          "it's we'll they've I'd", "x=1+2*3; y = f(x) // comment", "<bos>special<end> tokens<pad>", "",
          "数字 123456 ١٢٣", "a" * 40, "MiXeD CaSe 42nd"]

@@ -19,6 +19,16 @@ function showError(err) {
   $('error').textContent = String(err?.message ?? err);
 }
 
+// Generation speed in two parts: one short answer is mostly prefill (the prompt), so a single
+// tokens/s over both would say little about either. A rate is shown only where time was measured.
+function fmtStats(s, final) {
+  const ms = (v) => (v < 10 ? v.toFixed(2) : v.toFixed(1));
+  const rate = s.decodeTokensPerSecond;
+  return `prefill: ${s.promptTokens} prompt tokens in ${ms(s.prefillMs)} ms · decode: ${s.decodeTokens} tokens in `
+    + `${ms(s.decodeMs)} ms, ${rate === null ? '—' : Math.round(rate).toLocaleString('en-US')} tokens/s`
+    + (final ? ` (${s.newTokens} tokens generated)` : '');
+}
+
 function fmtBytes(n) { return n >= MiB ? `${(n / MiB).toFixed(1)} MiB` : `${(n / 1024).toFixed(1)} KiB`; }
 
 // answers trained least-significant digit first are shown in normal order
@@ -124,14 +134,15 @@ async function solve(promptText) {
       maxTokens: Number($('maxtokens').value), seed: Number($('seed').value),
     };
     const tokens = [];
+    let s = null;
     for await (const t of model.stream(prompt, opts)) {
       tokens.push(t.token);
       raw += t.text;
       $('raw').textContent = `model output: ${raw}${t.token === model.special.end ? ' <end>' : ''}`;
       $('answer').textContent = prompt + toDisplay(raw);
-      $('gen-stats').textContent = `${tokens.length} tokens · ${t.tokensPerSecond.toFixed(0)} tokens/s`;
+      $('gen-stats').textContent = fmtStats(t.stats, false);
+      s = t.stats;
     }
-    const s = model.lastStats;
     const want = expectedAnswer(prompt);
     const shown = toDisplay(raw);
     const verdict = want === null ? '' : shown === want ? ' ✓' : ` ✗ (expected ${want})`;
@@ -143,8 +154,7 @@ async function solve(promptText) {
       v.textContent = verdict;
       $('answer').append(v);
     }
-    $('gen-stats').textContent = `${s.newTokens} tokens in ${(s.seconds * 1000).toFixed(1)} ms · ${s.tokensPerSecond.toFixed(0)} tokens/s`
-      + ` (prompt: ${s.promptTokens} tokens in ${(s.prefillSeconds * 1000).toFixed(1)} ms)`;
+    if (s) $('gen-stats').textContent = fmtStats(s, true);
     updateMemory();
     return { prompt, raw, display: shown, expected: want, correct: want === null ? null : shown === want, tokens, stats: s };
   } catch (err) {

@@ -15,8 +15,12 @@
  *                   model.json's arch (the ARCHS table): stream() / generate() with
  *                   temperature / top-k / top-p and stop tokens (GPT through its KV cache,
  *                   RWKV through its recurrent state, with no length limit); trainStep()
- *                   runs forward, backward and AdamW in the page
+ *                   runs forward, backward and AdamW in the page. One model holds one
+ *                   generation state: generations on it run one at a time, in call order
+ *                   (a second stream() waits for the first to finish)
  *   CharTokenizer, BPETokenizer (byte-level BPE from a Hugging Face tokenizer.json)
+ *
+ * Types: odin.d.ts (TypeScript declarations of everything exported here).
  *
  * Pointers into wasm memory are byte offsets. Typed-array views of the memory are re-made
  * after every call that may allocate: growing the memory detaches the old ArrayBuffer.
@@ -725,6 +729,28 @@ export class OdinModel {
     this.gen = 0;
     this.genBuf = odin.malloc(32 + 4 * this.V);
     this.ws = 0; this.wsShape = [0, 0];
+    // genBuf and the generation state serve one sequence: generations take turns (a
+    // promise chain, in call order); `generating` is true while one runs
+    this._genTurn = Promise.resolve();
+    this.generating = false;
+    this.lastStats = null;
+  }
+
+  /** Wait for this model's earlier generations to finish; returns the function that ends this one's turn. */
+  async _takeGenerationTurn() {
+    let release;
+    const mine = new Promise((resolve) => { release = resolve; });
+    const before = this._genTurn;
+    this._genTurn = before.then(() => mine);
+    await before;
+    if (!this.h) { release(); throw new OdinError('the model was freed', 7); }
+    this.generating = true;
+    return () => { this.generating = false; release(); };
+  }
+
+  /** Weights and buffers must not change under a running generation (its tokens would mix two models). */
+  _refuseWhileGenerating(what) {
+    if (this.generating) throw new OdinError(`${what} while a generation is running on this model: finish or stop it first (break out of stream(), or pass a signal)`, 7);
   }
 
   /** Positions a batch of these examples needs (makeBatch's T), at most the context; 0 without examples. */
@@ -751,6 +777,7 @@ export class OdinModel {
 
   /** Back to the exported weights (and a fresh optimizer). */
   restoreWeights() {
+    this._refuseWhileGenerating('restoreWeights()');
     this.params().set(this.trainedWeights);
     this.resetOptimizer();
   }
@@ -759,6 +786,7 @@ export class OdinModel {
    * scheme for GPT; RWKV-4's per-layer decay / bonus / token-shift curves for RWKV; the same
    * formulas, not the same random numbers), and a fresh optimizer: training from scratch. */
   randomizeWeights(seed = 1) {
+    this._refuseWhileGenerating('randomizeWeights()');
     const uniform = makeRng(seed);
     const rng = {
       uniform,
@@ -783,6 +811,7 @@ export class OdinModel {
   }
 
   free() {
+    this._refuseWhileGenerating('free()');
     const { odin } = this;
     if (this.ws) this._c('wsFree', this.ws);
     if (this.gen) this._c('genFree', this.gen);
@@ -839,15 +868,21 @@ export class OdinModel {
   }
 
   /**
-   * Stream generated tokens: an async iterator of {token, text, index, tokensPerSecond}.
+   * Stream generated tokens: an async iterator of {token, text, index, stats}.
    * prompt: text (encoded as [<bos>] + prompt) or an array of token ids.
    * options: maxTokens (default: the model's context; GPT stops at the end of its context,
    *   RWKV has no length limit: its state is the same size at any length), temperature (0 = greedy),
    *   topK (0 = off), topP (1 = off), seed (sampler seed, as odin.model.Sampler), stop (token
    *   ids that end generation; default [<end>]; the stop token is yielded with text ''),
    *   stopStrings (texts that end generation), signal (an AbortSignal).
-   * The iterator's return value (and this.lastStats) has promptTokens, newTokens, seconds,
-   * tokensPerSecond (new tokens only), prefillSeconds.
+   * Generations on one model take turns: a stream started while another runs waits for it
+   * (call order), so each gets exactly the tokens it would get alone. Finish a stream, or
+   * leave it with break / return(), to let the next one run.
+   * Speed comes in two parts (GenerationStats): prefill (the prompt's tokens through the
+   * model, up to the first generated token) and decode (each further token), both timed
+   * around the engine's calls only — not the consumer's work between tokens, not the waits
+   * for the event loop. `stats` (per token) is the running count; the iterator's return
+   * value (and this.lastStats, of the last generation to finish) the final one.
    */
   async *stream(prompt, options = {}) {
     const { odin } = this, x = odin.x;
@@ -857,56 +892,62 @@ export class OdinModel {
     if (!ids.length) throw new OdinError('the prompt must hold at least one token', 2);
     if (ids.length > this.maxLength) throw new OdinError(`the prompt is ${ids.length} tokens, the context is ${this.context}`, 1);
     const maxTokens = Math.min(options.maxTokens ?? this.context, this.maxLength - ids.length + 1);
-    this._generationState();
-    this.impl.resetGeneration(this);
-    const rng = this.genBuf + 16, out = this.genBuf + 24;
-    const s64 = BigInt(Math.trunc(Number(seed) || 0)); // seeded as odin.model.Sampler: seed * golden + 1 (mod 2^64)
-    odin.dv().setBigUint64(rng, BigInt.asUintN(64, s64 * 0x9E3779B97F4A7C15n + 1n), true);
-    const t0 = now();
-    const promptIds = this.abacus ? this.abacusIds(ids) : null;
-    let logits = 0;
-    for (let p = 0; p < ids.length; p++) logits = this._decode(ids[p], p, promptIds ? promptIds[p] : 0);
-    const t1 = now();
-    let lastYield = t1, pos = ids.length, text = '', emitted = 0, prevDigit = false;
-    let lastId = promptIds ? promptIds[ids.length - 1] : 0;
+    const endTurn = await this._takeGenerationTurn();
     const generated = [];
+    let prefillMs = 0, decodeMs = 0;
     const stats = () => {
-      const s = (now() - t1) / 1000;
-      return { promptTokens: ids.length, newTokens: generated.length, seconds: s, prefillSeconds: (t1 - t0) / 1000,
-        tokensPerSecond: s > 0 ? generated.length / s : 0 };
+      const decodeTokens = Math.max(0, generated.length - 1); // the first token comes out of prefill
+      return { promptTokens: ids.length, prefillMs, newTokens: generated.length, decodeTokens, decodeMs,
+        decodeTokensPerSecond: decodeTokens > 0 && decodeMs > 0 ? decodeTokens / (decodeMs / 1000) : null };
     };
-    for (let i = 0; i < maxTokens; i++) {
-      if (signal?.aborted) break;
-      odin.check(x.odin_sample(logits, this.V, temperature, topK, topP, rng, out), 'odin_sample');
-      const token = odin.i32(out, 1)[0];
-      generated.push(token);
-      const isStop = stop.has(token);
-      let piece = '';
-      if (!isStop) {
-        const full = this.tokenizer.decode(generated);
-        // hold back an incomplete UTF-8 sequence (a BPE token can end inside a character)
-        const upto = full.endsWith('\uFFFD') ? full.length - 1 : full.length;
-        piece = full.slice(emitted, upto);
-        emitted = Math.max(emitted, upto);
-        text += piece;
+    try {
+      this._generationState();
+      this.impl.resetGeneration(this);
+      const rng = this.genBuf + 16, out = this.genBuf + 24;
+      const s64 = BigInt(Math.trunc(Number(seed) || 0)); // seeded as odin.model.Sampler: seed * golden + 1 (mod 2^64)
+      odin.dv().setBigUint64(rng, BigInt.asUintN(64, s64 * 0x9E3779B97F4A7C15n + 1n), true);
+      let started = now();
+      const promptIds = this.abacus ? this.abacusIds(ids) : null;
+      let logits = 0;
+      for (let p = 0; p < ids.length; p++) logits = this._decode(ids[p], p, promptIds ? promptIds[p] : 0);
+      let lastYield = now(), pos = ids.length, text = '', emitted = 0, prevDigit = false;
+      let lastId = promptIds ? promptIds[ids.length - 1] : 0;
+      for (let i = 0; i < maxTokens; i++) {
+        if (signal?.aborted) break;
+        odin.check(x.odin_sample(logits, this.V, temperature, topK, topP, rng, out), 'odin_sample');
+        const token = odin.i32(out, 1)[0];
+        if (i === 0) prefillMs = now() - started; else decodeMs += now() - started;
+        generated.push(token);
+        const isStop = stop.has(token);
+        let piece = '';
+        if (!isStop) {
+          const full = this.tokenizer.decode(generated);
+          // hold back an incomplete UTF-8 sequence (a BPE token can end inside a character)
+          const upto = full.endsWith('\uFFFD') ? full.length - 1 : full.length;
+          piece = full.slice(emitted, upto);
+          emitted = Math.max(emitted, upto);
+          text += piece;
+        }
+        yield { token, text: piece, index: i, stats: stats() };
+        if (isStop || pos >= this.maxLength) break;
+        if (stopStrings.some((s) => s && text.endsWith(s))) break;
+        let aid = 0;
+        if (this.abacus) { // as the C decoder: digits count up along a run, the first from the prompt's last id
+          const d0 = this.abacus.digit_first;
+          const isDigit = token >= d0 && token < d0 + 10;
+          const last = ids[ids.length - 1], promptDigit = last >= d0 && last < d0 + 10;
+          const start = i === 0 ? (promptDigit ? 1 : lastId + 1) : (prevDigit ? lastId + 1 : 1);
+          lastId = isDigit ? Math.min(start, this.abacus.n - 1) : 0;
+          prevDigit = isDigit;
+          aid = lastId;
+        }
+        if (now() - lastYield > 15) { await yieldToEventLoop(); lastYield = now(); }
+        started = now();
+        logits = this._decode(token, pos, aid);
+        pos++;
       }
-      this.lastStats = stats();
-      yield { token, text: piece, index: i, tokensPerSecond: this.lastStats.tokensPerSecond };
-      if (isStop || pos >= this.maxLength) break;
-      if (stopStrings.some((s) => s && text.endsWith(s))) break;
-      let aid = 0;
-      if (this.abacus) { // as the C decoder: digits count up along a run, the first from the prompt's last id
-        const d0 = this.abacus.digit_first;
-        const isDigit = token >= d0 && token < d0 + 10;
-        const last = ids[ids.length - 1], promptDigit = last >= d0 && last < d0 + 10;
-        const start = i === 0 ? (promptDigit ? 1 : lastId + 1) : (prevDigit ? lastId + 1 : 1);
-        lastId = isDigit ? Math.min(start, this.abacus.n - 1) : 0;
-        prevDigit = isDigit;
-        aid = lastId;
-      }
-      logits = this._decode(token, pos, aid);
-      pos++;
-      if (now() - lastYield > 15) { await yieldToEventLoop(); lastYield = now(); }
+    } finally {
+      endTurn();
     }
     this.lastStats = stats();
     return this.lastStats;
@@ -917,12 +958,18 @@ export class OdinModel {
     const tokens = [];
     let text = '';
     const it = this.stream(prompt, options);
-    for await (const t of it) {
-      tokens.push(t.token);
-      text += t.text;
-      options.onToken?.(t);
+    try {
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return { text, tokens, stats: r.value }; // this generation's stats, whatever ran after it
+        tokens.push(r.value.token);
+        text += r.value.text;
+        options.onToken?.(r.value);
+      }
+    } catch (err) {
+      await it.return(undefined); // onToken threw: end the stream, so the next generation gets its turn
+      throw err;
     }
-    return { text, tokens, stats: this.lastStats };
   }
 
   /** Greedy token ids after a prompt (stops after <end>, which is included), like
@@ -978,6 +1025,7 @@ export class OdinModel {
       batch = this.makeBatch(pick);
     }
     const { tokens, mask, B, T } = batch;
+    this._refuseWhileGenerating('trainStep()');
     const { odin } = this;
     const t0 = now();
     if (!this.ws || B > this.wsShape[0] || T > this.wsShape[1]) {

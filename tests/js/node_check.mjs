@@ -42,7 +42,38 @@ if (spec.model_dir) {
       maxTokens: s.max_new, stop: [] });
     out.sampled = r.tokens;
     out.sampled_text = r.text;
-    out.tokens_per_s = r.stats.tokensPerSecond;
+    out.sampled_stats = r.stats;
+  }
+  if (spec.concurrent) { // generations on one model at once: each must get what it gets alone
+    const opts = (r) => ({ temperature: r.temperature, topK: r.top_k, topP: r.top_p, seed: r.seed, maxTokens: r.max_new, stop: [] });
+    const runs = spec.concurrent;
+    out.alone = [];
+    for (const r of runs) out.alone.push((await model.generate(r.prompt, opts(r))).tokens);
+    const together = await Promise.all(runs.map((r) => model.generate(r.prompt, opts(r))));
+    out.together = together.map((g) => g.tokens);
+    out.together_stats = together.map((g) => g.stats);
+    // streams driven by hand: the second waits for its turn until the first ends
+    const first = model.stream(runs[0].prompt, opts(runs[0])), second = model.stream(runs[1].prompt, opts(runs[1]));
+    const firstTokens = [(await first.next()).value.token];
+    let secondStarted = false;
+    const secondFirst = second.next().then((r) => { secondStarted = true; return r; });
+    out.refused = {};
+    for (const [name, call] of [['trainStep', () => model.trainStep(spec.train_examples, { batchSize: 2 })],
+      ['randomizeWeights', () => model.randomizeWeights(3)], ['restoreWeights', () => model.restoreWeights()],
+      ['free', () => model.free()]]) {
+      try { call(); out.refused[name] = null; } catch (e) { out.refused[name] = `${e.name}: ${e.message}`; }
+    }
+    for (let r = await first.next(); !r.done; r = await first.next()) {
+      firstTokens.push(r.value.token);
+      if (secondStarted) out.second_ran_early = true;
+    }
+    const secondTokens = [(await secondFirst).value.token];
+    for await (const t of second) secondTokens.push(t.token);
+    out.by_hand = [firstTokens, secondTokens];
+    // a stream left early (break) hands the turn on; then the model trains again
+    for await (const t of model.stream(runs[0].prompt, opts(runs[0]))) { if (t.index === 1) break; }
+    out.after_break = (await model.generate(runs[1].prompt, opts(runs[1]))).tokens;
+    out.train_after = Number.isFinite(model.trainStep(spec.train_examples, { batchSize: 2 }).loss);
   }
   if (spec.train_examples) {
     const b = model.makeBatch(spec.train_examples);
