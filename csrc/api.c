@@ -83,7 +83,7 @@ odin_status odin_layernorm_forward(float *out, float *mean, float *rstd, const f
                                    const float *weight, const float *bias, int N, int C, float eps) {
     PTR(out, "out"); PTR(inp, "inp"); PTR(weight, "weight"); PTR(bias, "bias");
     POS(N, "N"); POS(C, "C");
-    if (!(eps >= 0.0f)) return odin_fail(ODIN_BAD_ARG, "eps must be >= 0 (got %g)", eps);
+    if (!(eps >= 0.0f) || !isfinite(eps)) return odin_fail(ODIN_BAD_ARG, "eps must be a finite number >= 0 (got %g)", eps);
     odin_kern->layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, eps);
     return ODIN_OK;
 }
@@ -102,7 +102,7 @@ odin_status odin_rmsnorm_forward(float *out, float *rstd, const float *inp, cons
                                  int N, int C, float eps) {
     PTR(out, "out"); PTR(inp, "inp"); PTR(weight, "weight");
     POS(N, "N"); POS(C, "C");
-    if (!(eps >= 0.0f)) return odin_fail(ODIN_BAD_ARG, "eps must be >= 0 (got %g)", eps);
+    if (!(eps >= 0.0f) || !isfinite(eps)) return odin_fail(ODIN_BAD_ARG, "eps must be a finite number >= 0 (got %g)", eps);
     odin_kern->rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
     return ODIN_OK;
 }
@@ -327,9 +327,10 @@ odin_status odin_adamw(float *params, const float *grads, float *m, float *v, si
     if (t < 1) return odin_fail(ODIN_BAD_ARG, "t (the step number) must be >= 1 (got %d)", t);
     if (!(beta1 >= 0.0f && beta1 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta1 must be in [0, 1) (got %g)", beta1);
     if (!(beta2 >= 0.0f && beta2 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta2 must be in [0, 1) (got %g)", beta2);
-    if (!(eps > 0.0f)) return odin_fail(ODIN_BAD_ARG, "eps must be > 0 (got %g)", eps);
+    if (!(eps > 0.0f) || !isfinite(eps)) return odin_fail(ODIN_BAD_ARG, "eps must be a finite number > 0 (got %g)", eps);
     if (!(lr >= 0.0f) || !isfinite(lr)) return odin_fail(ODIN_BAD_ARG, "lr must be a finite number >= 0 (got %g)", lr);
-    if (!(weight_decay >= 0.0f)) return odin_fail(ODIN_BAD_ARG, "weight_decay must be >= 0 (got %g)", weight_decay);
+    if (!(weight_decay >= 0.0f) || !isfinite(weight_decay))
+        return odin_fail(ODIN_BAD_ARG, "weight_decay must be a finite number >= 0 (got %g)", weight_decay);
     float bc1 = odin_bias_correction(beta1, t), bc2 = odin_bias_correction(beta2, t);
     odin_kern->adamw(params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2);
     return ODIN_OK;
@@ -343,7 +344,8 @@ odin_status odin_global_norm(float *out, const float *x, size_t n) {
 
 odin_status odin_clip_by_norm(float *x, size_t n, float max_norm, float *norm_out) {
     PTR(x, "x"); POSN(n, "n");
-    if (!(max_norm > 0.0f)) return odin_fail(ODIN_BAD_ARG, "max_norm must be > 0 (got %g)", max_norm);
+    if (!(max_norm > 0.0f) || !isfinite(max_norm))
+        return odin_fail(ODIN_BAD_ARG, "max_norm must be a finite number > 0 (got %g)", max_norm);
     double norm = sqrt(odin_kern->sumsq(x, n));
     if (norm_out) *norm_out = (float)norm;
     if (!isfinite(norm)) return odin_fail(ODIN_NAN_DETECTED, "gradient norm is not finite (NaN or Inf in the gradients)");

@@ -63,7 +63,10 @@ odin_status odin_clip_adamw(const odin_tensor_view *tensors, int n_tensors, floa
     if (t < 1) return odin_fail(ODIN_BAD_ARG, "t (the step number) must be >= 1 (got %d)", t);
     if (!(beta1 >= 0.0f && beta1 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta1 must be in [0, 1) (got %g)", beta1);
     if (!(beta2 >= 0.0f && beta2 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta2 must be in [0, 1) (got %g)", beta2);
-    if (!(eps > 0.0f)) return odin_fail(ODIN_BAD_ARG, "eps must be > 0 (got %g)", eps);
+    if (!(eps > 0.0f) || !isfinite(eps)) return odin_fail(ODIN_BAD_ARG, "eps must be a finite number > 0 (got %g)", eps);
+    if (!(weight_decay >= 0.0f) || !isfinite(weight_decay))
+        return odin_fail(ODIN_BAD_ARG, "weight_decay must be a finite number >= 0 (got %g)", weight_decay);
+    if (!isfinite(grad_clip)) return odin_fail(ODIN_BAD_ARG, "grad_clip must be finite, <= 0 = off (got %g)", grad_clip);
     if (!(lr >= 0.0f) || !isfinite(lr)) return odin_fail(ODIN_BAD_ARG, "lr must be a finite number >= 0 (got %g)", lr);
     const odin_kernel_table *k = odin_kern;
     double norm = sqrt(k->sumsq(grads, n_params));

@@ -422,9 +422,11 @@ odin_status odin_spheres_set_optimizer(odin_spheres *sp, float beta1, float beta
     ODIN_REQUIRE_PTR(sp, "trainer");
     if (!(beta1 >= 0.0f && beta1 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta1 must be in [0, 1) (got %g)", beta1);
     if (!(beta2 >= 0.0f && beta2 < 1.0f)) return odin_fail(ODIN_BAD_ARG, "beta2 must be in [0, 1) (got %g)", beta2);
-    if (!(eps > 0.0f)) return odin_fail(ODIN_BAD_ARG, "eps must be > 0 (got %g)", eps);
-    if (!(weight_decay >= 0.0f)) return odin_fail(ODIN_BAD_ARG, "weight_decay must be >= 0 (got %g)", weight_decay);
-    if (!(grad_clip >= 0.0f)) return odin_fail(ODIN_BAD_ARG, "grad_clip must be >= 0, 0 = off (got %g)", grad_clip);
+    if (!(eps > 0.0f) || !isfinite(eps)) return odin_fail(ODIN_BAD_ARG, "eps must be a finite number > 0 (got %g)", eps);
+    if (!(weight_decay >= 0.0f) || !isfinite(weight_decay))
+        return odin_fail(ODIN_BAD_ARG, "weight_decay must be a finite number >= 0 (got %g)", weight_decay);
+    if (!(grad_clip >= 0.0f) || !isfinite(grad_clip))
+        return odin_fail(ODIN_BAD_ARG, "grad_clip must be a finite number >= 0, 0 = off (got %g)", grad_clip);
     sp->beta1 = beta1; sp->beta2 = beta2; sp->eps = eps; sp->wd = weight_decay; sp->clip = grad_clip;
     return ODIN_OK;
 }

@@ -226,6 +226,8 @@ ADAMW_BAD = [
     (dict(lr=np.inf), "lr"),
     (dict(lr=np.nan), "lr"),
     (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(weight_decay=np.inf), "weight_decay"),
+    (dict(eps=np.inf), "eps"),
 ]
 
 
@@ -538,3 +540,26 @@ def test_fuzz_shapes_and_calls():
             except OdinError:
                 pass
     assert built > 20 and refused > 20
+
+
+@pytest.mark.parametrize("field", ["eps", "weight_decay", "grad_clip"])
+def test_optimizer_hyperparameters_must_be_finite(field):
+    m = _gpt()
+    hp = dict(lr=1e-3, step=1, eps=1e-8, weight_decay=0.0, grad_clip=1.0)
+    hp[field] = float("inf")
+    m.forward(np.array([[1, 2]], np.int32), np.array([[2, 3]], np.int32))
+    m.backward()
+    before = m.params.copy()
+    raises(lambda: m.adamw_step(**hp), ArgumentError, field)
+    assert np.array_equal(m.params, before)
+    from odin.spheres import SpheresTrainer
+
+    trainer = SpheresTrainer(m, batch=2, seq_len=4, threads=1)
+    opt = dict(eps=1e-8, weight_decay=0.0, grad_clip=1.0)
+    opt[field] = float("inf")
+    raises(lambda: trainer.configure(lr=1e-3, min_lr=1e-4, warmup_steps=0, total_steps=2, **opt), ArgumentError, field)
+
+
+def test_norm_eps_and_max_norm_must_be_finite():
+    raises(lambda: K.layernorm_forward(r(2, 3), r(3), r(3), eps=np.inf), ArgumentError, "eps")
+    raises(lambda: K.clip_by_norm(r(4), np.inf), ArgumentError, "max_norm")
