@@ -4,7 +4,8 @@
 replaces `checkpoint/`. A folder that holds a run already must never be overwritten
 without the user saying so: the dashboard asks (continue it / start over / a new folder /
 cancel), and unattended starts (`--autostart`) take a fresh folder name instead.
-`odin train` applies the same rule (odin.runlock.refuse_existing_run, --resume/--overwrite);
+What counts as a run is `odin train`'s rule (odin.runlock.existing_run: a `checkpoint/` or
+a non-empty `metrics.jsonl`; it refuses such a folder without --resume or --overwrite);
 this module adds what the dialog shows (the step, the log's length) and the new name.
 """
 from __future__ import annotations
@@ -49,8 +50,14 @@ class ExistingRun:
 
 
 def existing_run(folder: str | os.PathLike[str]) -> Optional[ExistingRun]:
-    """The run in `folder` that a fresh start would overwrite, or None when there is none."""
+    """The run in `folder` that a fresh start would overwrite, or None when there is none.
+    What counts as a run is odin train's rule (odin.runlock.existing_run), so the dashboard
+    asks exactly when `odin train` would refuse."""
+    from odin.runlock import existing_run as holds_a_run
+
     path = Path(folder)
+    if holds_a_run(path) is None:
+        return None
     checkpoint = path / CHECKPOINT_DIR
     has_checkpoint = checkpoint.exists()
     lines = 0
@@ -60,8 +67,6 @@ def existing_run(folder: str | os.PathLike[str]) -> Optional[ExistingRun]:
                 lines += block.count(b"\n")
     except OSError:
         pass
-    if not has_checkpoint and lines == 0 and not _nonempty(path / METRICS_FILE):
-        return None
     step = total = None
     if has_checkpoint:
         from odin.checkpoint_io import CheckpointError, read_progress
@@ -75,13 +80,6 @@ def existing_run(folder: str | os.PathLike[str]) -> Optional[ExistingRun]:
         except (OSError, ValueError, KeyError, TypeError):
             total = None
     return ExistingRun(path, has_checkpoint, step, lines, total)
-
-
-def _nonempty(path: Path) -> bool:
-    try:
-        return path.stat().st_size > 0
-    except OSError:
-        return False
 
 
 def fresh_run_dir(folder: str | os.PathLike[str]) -> Path:
