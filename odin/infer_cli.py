@@ -337,22 +337,25 @@ def _repl(generator: Generator, output: Output) -> None:
     lines = prompt_lines(_note)
     try:
         for prompt, problem in lines:
-            if problem is not None:
-                _error(problem)
-                continue
-            if prompt.strip() in ("exit", "quit"):
-                return
-            if not prompt:
-                continue
+            # from here to the next prompt, Ctrl-C (on a terminal) stops this line's answer
+            # and the loop goes on; at the prompt (inside `lines`) it ends the loop
             try:
+                if problem is not None:
+                    _error(problem)
+                    continue
+                if prompt.strip() in ("exit", "quit"):
+                    return
+                if not prompt:
+                    continue
                 _one(generator, prompt, output)
             except InferError as error:
                 _error(str(error))
             except KeyboardInterrupt:
                 if not interactive:
                     raise
-                sys.stdout.write("\n")  # Ctrl-C stops this answer; the loop goes on
+                sys.stdout.write("\n")
                 sys.stdout.flush()
+                _note("stopped")
     finally:
         lines.close()  # saves the history
 

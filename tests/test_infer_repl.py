@@ -128,3 +128,21 @@ def test_a_history_that_cannot_be_written_is_only_a_note(checkpoint, tmp_path):
     rest = term.seen.decode()
     assert f"odin-infer: note: history not saved to {blocker}/odin/infer_history" in rest
     assert "Traceback" not in rest and "error" not in rest
+
+
+def test_ctrl_c_during_an_answer_stops_only_that_answer(tmp_path):
+    # an RWKV model (no context limit) with all-zero weights: every logit is 0, greedy
+    # decoding picks <pad> forever, so with -n -1 the answer never ends by itself
+    config = RunConfig(model=ModelConfig(arch="rwkv", n_layer=1, d_model=16, n_head=1, context=16),
+                       train=TrainConfig(steps=1))
+    model = model_from_config(config)
+    model.params[...] = 0.0
+    save_model_checkpoint(tmp_path / "endless", model, CharTokenizer(), config, step=0, trainer_state={})
+    term = Terminal(["-m", str(tmp_path / "endless"), "-n", "-1"], str(tmp_path))
+    term.expect(b"> ")
+    term.type(b"1+1=\r")
+    term.expect(b"1+1=\r\n")  # readline accepted the line: the answer is being generated
+    term.type(b"\x03")
+    assert b"odin-infer: note: stopped" in term.expect(b"\n> ")
+    term.type(b"exit\r")
+    assert term.wait() == 0
