@@ -346,6 +346,8 @@ def _bad_files(good: Path, tmp: Path) -> list[tuple[Path, str]]:
     add("metadata.gguf", data[:600], "corrupt or truncated GGUF file")
     add("tensors.gguf", data[:len(data) - 1000], "corrupt or truncated GGUF file")
     add("empty.gguf", b"", "not a GGUF file")
+    assert data.count(b"<pad>") == 1
+    add("utf8.gguf", data.replace(b"<pad>", b"\xffpad>"), "metadata key 'tokenizer.ggml.tokens' is corrupt")
     add("foreign.gguf", b'{"not": "gguf"}\n' * 10, "not a GGUF file")
     add("llama.gguf", rewrite(good, tmp / "llama.gguf", arch="llama"), "architecture 'llama' is not supported")
     add("no_blocks.gguf", rewrite(good, tmp / "no_blocks.gguf", drop=("gpt2.block_count",)),

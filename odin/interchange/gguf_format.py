@@ -170,7 +170,10 @@ class _Fields:
             if required:
                 raise GGUFError(f"{self.path}: metadata key {key!r} is missing")
             return None
-        value = field.contents()
+        try:
+            value = field.contents()
+        except (UnicodeDecodeError, ValueError, IndexError) as error:  # decoded lazily, on first use
+            raise GGUFError(f"{self.path}: metadata key {key!r} is corrupt ({error})") from None
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -211,7 +214,7 @@ def _open_reader(path: Path) -> Any:
 
 def _decimal(value: float) -> float:
     """A float32 read back as the shortest decimal that gives it (1e-05, not 9.99999974e-06)."""
-    return float(repr(np.float32(value)).removeprefix("np.float32(").removesuffix(")"))
+    return float(str(np.float32(value)))
 
 
 def read_gguf(path: str | os.PathLike[str]) -> tuple[RunConfig, dict[str, np.ndarray], GGUFVocab]:
