@@ -146,3 +146,14 @@ def test_ctrl_c_during_an_answer_stops_only_that_answer(tmp_path):
     assert b"odin-infer: note: stopped" in term.expect(b"\n> ")
     term.type(b"exit\r")
     assert term.wait() == 0
+
+
+def test_a_typed_line_that_is_not_utf8_is_that_lines_error(checkpoint, tmp_path):
+    term = Terminal(["-m", str(checkpoint), "--json", "-n", "1"], str(tmp_path))
+    term.expect(b"> ")
+    term.type(b"1+\xff2=\r")
+    assert b"odin-infer: error: line 1 is not UTF-8 text: byte 0xff at byte offset 2" in term.expect(b"\n> ")
+    term.type(b"2+2=\r")
+    assert _answer(term)["prompt"] == "2+2="
+    term.type(b"exit\r")
+    assert term.wait() == 0
