@@ -4,6 +4,8 @@ Every K steps Python hands the C trainer K batches (one call, GIL released) and 
 does the bookkeeping: progress line, metrics log, periodic validation, checkpoints.
 Resuming restores weights, AdamW moments, the step (hence the schedule) and the batch
 sampler's position, so a resumed run ends with exactly the weights of an uninterrupted one.
+Before the run folder is touched everything is checked (odin.run_checks); the folder is then
+locked for the run (odin.runlock); SIGINT/SIGTERM save and stop (odin.run_control).
 """
 from __future__ import annotations
 
@@ -11,9 +13,7 @@ import dataclasses
 import json
 import math
 import shutil
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +24,14 @@ import numpy as np
 from odin.abacus import longest_digit_run, training_offsets
 from odin.blueprint import Blueprint
 from odin.checkpoint import model_from_config, save_model_checkpoint
+from odin.checkpoint_io import read_progress
 from odin.config import RunConfig
 from odin.data.batching import BatchSampler, encode_examples, max_sequence_length
 from odin.data.dataset import heldout_splits, load_manifest, load_split
 from odin.evaluate import EvalResult, eval_options, evaluate_examples, teacher_forced_stats
 from odin.model import GPT
 from odin.native import OdinError
+from odin.run_control import QuietWhenClosed, StopSignals, TrainingInterrupted  # noqa: F401 (re-exported)
 from odin.run_checks import check_same_dataset, init_weights_from, resolve_threads, resume_state
 from odin.runlock import FolderLock, lock_folder, refuse_busy_folder, refuse_existing_run
 from odin.spheres import N_SPHERES, SpheresTrainer
@@ -107,82 +109,6 @@ class ProgressLine:
             self.stream.flush()
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM ended train(); ``exit_status`` is 128 + the signal number (130, 143)."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
-        self.exit_status = 128 + signum
-
-
-class _StopSignals:
-    """SIGINT and SIGTERM during train(). While the trainer runs they ask it to stop at the next
-    step boundary (the C call in flight finishes first), so the loop ends normally and the
-    checkpoint is saved; before the trainer exists, or once the final checkpoint is saved, they
-    interrupt at once (nothing to save, or saved already). Handlers only exist in the main
-    thread (a GUI runs train() in a worker thread and stops it through the trainer)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self.trainer: Optional[SpheresTrainer] = None
-        self.saved_note = ""
-        self._old: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
-        if self.trainer is not None:
-            self.trainer.stop()
-        else:
-            raise self.interrupted(self.saved_note or "nothing was trained yet")
-
-    def interrupted(self, note: str) -> TrainingInterrupted:
-        signum = self.signum or signal.SIGINT
-        return TrainingInterrupted(signum, f"{signal.Signals(signum).name}: {note}")
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old = {}
-
-
-class _QuietWhenClosed:
-    """A progress stream that goes quiet when its reader is gone (`odin train | head`, or a
-    `tee` killed by the same Ctrl-C): a write to a closed pipe must never cost the checkpoint."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream: Optional[TextIO] = stream
-        self.encoding = getattr(stream, "encoding", None)
-
-    def isatty(self) -> bool:
-        try:
-            return self._stream is not None and self._stream.isatty()
-        except (OSError, ValueError):
-            return False
-
-    def write(self, text: str) -> None:
-        if self._stream is None:
-            return
-        try:
-            self._stream.write(text)
-        except (OSError, ValueError):  # EPIPE, or the stream was closed
-            self._stream = None
-
-    def flush(self) -> None:
-        if self._stream is None:
-            return
-        try:
-            self._stream.flush()
-        except (OSError, ValueError):
-            self._stream = None
-
-
 def _fmt_s(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "--:--"
@@ -252,11 +178,11 @@ def train(
     if run_config is None and not resume:
         raise ValueError("a run config is needed unless the run is resumed")
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)
-    stream = _QuietWhenClosed(stream)
+    stream = QuietWhenClosed(stream)
     refuse_busy_folder(out_dir)  # early, before the slow part
     refuse_existing_run(out_dir, resume=resume, overwrite=overwrite)
     ckpt_dir = out_dir / "checkpoint"
-    signals = _StopSignals()
+    signals = StopSignals()
     lock: Optional[FolderLock] = None
     try:
         tokenizer = CharTokenizer()
@@ -284,6 +210,9 @@ def train(
         created = not out_dir.exists()
         lock = lock_folder(out_dir, "odin train")
         refuse_existing_run(out_dir, resume=resume, overwrite=overwrite)  # again, under the lock
+        if resumed is not None and read_progress(ckpt_dir)[0] != resumed.step:
+            raise ValueError(f"cannot resume: {ckpt_dir} changed while this run was starting (another process "
+                             f"trained it meanwhile); start the resume again")
         if overwrite:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         return _run(run_config, data_dir, out_dir, manifest, tokenizer, setup, n_threads, signals, stream,
@@ -345,7 +274,7 @@ def _prepare_data(run_config: RunConfig, data_dir: Path, manifest: Mapping[str, 
 
 
 def _run(run_config: RunConfig, data_dir: Path, out_dir: Path, manifest: Mapping[str, Any],
-         tokenizer: CharTokenizer, data: _Data, n_threads: int, signals: _StopSignals, stream: Any, *,
+         tokenizer: CharTokenizer, data: _Data, n_threads: int, signals: StopSignals, stream: Any, *,
          resumed: Any, initial: Any, progress: bool, final_eval_splits: Optional[tuple[str, ...]],
          final_eval_limit: Optional[int], on_trainer: Optional[Callable[[SpheresTrainer], None]]) -> TrainResult:
     """The training itself, in a locked run folder whose settings were all checked."""
