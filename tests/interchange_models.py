@@ -34,10 +34,15 @@ def make_checkpoint(path: Path, arch: str = "gpt", *, tokenizer: str = "char", t
     config = RunConfig(model=ModelConfig(arch=arch, vocab_size=tok.vocab_size, init_seed=seed, **shape))
     net = model_from_config(config)
     net.init_weights(seed)
-    if arch == "rwkv" and not train_steps:
-        # RWKV's tiny initial embedding makes every logit ~1e-3: give the random model a spread
-        emb = net.named_params()["emb"]
-        emb[...] = np.random.default_rng(seed).normal(0.0, 0.5, emb.shape).astype(np.float32)
+    if not train_steps:
+        # noise on every tensor: a random model then matches no library's own initialisation
+        # (a tensor left out of a conversion would otherwise go unnoticed), and RWKV's tiny
+        # initial embedding (every logit ~1e-3) gets a spread
+        noise = np.random.default_rng(seed)
+        for name, array in net.named_params().items():
+            if name != "wpe" or model.get("positions", "learned") == "learned":
+                scale = 0.5 if name == "emb" else 0.1
+                array += noise.normal(0.0, scale, array.shape).astype(np.float32)
     if train_steps:
         rows = [[tok.bos_id, *tok.encode(line), tok.end_id] for line in TRAIN_LINES]
         width = max(map(len, rows))
