@@ -283,6 +283,18 @@ def test_export_refuses_what_llama_cpp_gpt2_cannot_run(tmp_path, name, model, re
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "out.gguf"])  # no temp file left
 
 
+def test_f16_export_refuses_weights_beyond_f16_range(tmp_path):
+    config = RunConfig(model=ModelConfig(n_layer=1, d_model=16, n_head=2, context=16))
+    net = model_from_config(config)
+    net.init_weights(1)
+    net.named_params()["h.0.fc_w"][0, 0] = 1e5  # f16 would make it inf, and llama.cpp's output NaN
+    checkpoint = save_model_checkpoint(tmp_path / "big", net, CharTokenizer(), config, step=0, with_optimizer=False)
+    proc = run_odin("export", "gguf", str(checkpoint), str(tmp_path / "big.gguf"), "--type", "f16", ok=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "'h.0.fc_w' has values beyond f16's range" in proc.stderr and not (tmp_path / "big.gguf").exists()
+    export(checkpoint, tmp_path / "big.gguf", "f32")  # f32 holds it
+
+
 def test_export_of_a_missing_checkpoint_is_one_line(tmp_path):
     proc = run_odin("export", "gguf", str(tmp_path / "nowhere"), str(tmp_path / "x.gguf"), ok=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1

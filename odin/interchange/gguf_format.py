@@ -32,6 +32,7 @@ from odin.interchange.gguf_vocab import GGUFVocab, VocabError, tokenizer_from_vo
 
 ARCH = "gpt2"
 TYPES = ("f32", "f16")
+F16_MAX = float(np.finfo(np.float16).max)
 GGUF_MAGIC = b"GGUF"
 PRE_TOKENIZER = "gpt-2"  # llama.cpp's name for the GPT-2 word-splitting regex
 
@@ -109,6 +110,12 @@ def export_gguf(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
         vocab = vocab_from_tokenizer(loaded.tokenizer, config.vocab_size)
     except VocabError as error:
         raise GGUFError(f"{Path(checkpoint) / 'tokenizer.json'}: {error}") from None
+    for name, array in loaded.params.items():
+        if not np.isfinite(array).all():
+            raise GGUFError(f"{Path(checkpoint) / 'model.safetensors'}: tensor {name!r} holds NaN or Inf")
+        if dtype == "f16" and array.ndim == 2 and np.abs(array).max(initial=0.0) > F16_MAX:
+            raise GGUFError(f"{checkpoint}: tensor {name!r} has values beyond f16's range (+-{F16_MAX:g}); "
+                            f"export it with --type f32")
     target = Path(out)
     if target.is_dir():
         raise GGUFError(f"{target} is a directory; give the path of the .gguf file to write")
