@@ -1,4 +1,4 @@
-"""DashboardApp: the window, the manual render loop with its frame limiter, unattended
+"""DashboardApp: the window, the manual render loop with its frame pacing, unattended
 runs (autostart / exit-after / screenshot) and a clean shutdown.
 
 The loop draws at most `fps` frames per second and sleeps the rest of each frame: Xvfb
