@@ -515,6 +515,26 @@ def test_unattended_run_trains_saves_a_screenshot_and_exits(tmp_path: Path) -> N
 
 
 @needs_xvfb
+def test_autostart_into_a_run_folder_that_holds_a_run_trains_beside_it(tmp_path: Path) -> None:
+    """Unattended, nobody can answer the run dialog: the run is kept and a fresh folder is used."""
+    from odin.checkpoint import load_model_checkpoint
+
+    build_tiny_dataset(tmp_path / "data")
+    entry_point = Path(sys.executable).with_name("odin-dashboard")  # the installed command
+    args = ["--autostart", "--exit-after", "4", "--preset", "tiny", "--data", str(tmp_path / "data"), "--out",
+            str(tmp_path / "run"), "--batch-size", "24", "--steps", "100000", "--eval-every", "0", "--threads", "2"]
+    first = subprocess.run(XVFB + [str(entry_point), *args], capture_output=True, text=True, timeout=90)
+    assert first.returncode == 0, first.stderr
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    step = load_model_checkpoint(tmp_path / "run" / "checkpoint").step
+    second = subprocess.run(XVFB + [str(entry_point), *args], capture_output=True, text=True, timeout=90)
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics  # the first run is untouched
+    assert load_model_checkpoint(tmp_path / "run" / "checkpoint").step == step
+    assert load_model_checkpoint(tmp_path / "run-2" / "checkpoint").step > 0  # trained beside it
+
+
+@needs_xvfb
 def test_autostart_with_a_missing_dataset_is_reported_with_status_2(tmp_path: Path) -> None:
     args = ["--autostart", "--exit-after", "2", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")]
     proc = subprocess.run(XVFB + [sys.executable, "-m", "odin_dashboard.main", *args], capture_output=True,
