@@ -559,7 +559,7 @@ odin_status odin_gpt_generate_greedy_ex(odin_gpt *g, odin_gpt_cache *c, const in
     for (int b = 0; b < B; b++) {
         if (prompt_lens[b] < 1 || prompt_lens[b] > max_prompt)
             return odin_fail(ODIN_BAD_ARG, "prompt_lens[%d] = %d must be in [1, %d]", b, (int)prompt_lens[b], max_prompt);
-        if (prompt_lens[b] + max_new - 1 > g->maxT)
+        if ((long long)prompt_lens[b] + max_new - 1 > g->maxT) /* in int this wraps for a max_new near INT_MAX */
             return odin_fail(ODIN_BAD_ARG, "prompt %d (%d tokens) + max_new (%d) exceeds the context (%d)",
                              b, (int)prompt_lens[b], max_new, g->maxT);
     }

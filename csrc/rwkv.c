@@ -499,7 +499,8 @@ odin_status odin_rwkv_generate_greedy(odin_rwkv *r, odin_rwkv_state *s, const in
      * (its output is frozen) so the batch stays one GEMM wide; the state makes each step
      * cost the same whatever the length so far. */
     const int V = r->V;
-    for (int step = 0; step < longest + max_new - 1; step++) {
+    const long long steps = (long long)longest + max_new - 1; /* in int this wraps for a max_new near INT_MAX */
+    for (long long step = 0; step < steps; step++) {
         int active = 0;
         for (int b = 0; b < B; b++) {
             const int L = prompt_lens[b];

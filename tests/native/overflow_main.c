@@ -51,6 +51,20 @@ int main(void) {
     expect("rwkv state B=2^31-1", odin_rwkv_state_create(&rs, r, 2147483647), ODIN_BAD_ARG, "B");
     if (gw || rw || gc || rs) { printf("a buffer was created from a bad size\n"); return 1; }
 
+    /* greedy generation with max_new near INT_MAX: prompt length + max_new wrapped an int */
+    int32_t prompt[2] = {1, 2}, prompt_len = 2, gen[2] = {-1, -1}, gen_len = 0;
+    expect("gpt greedy cache", odin_gpt_cache_create(&gc, g, 1), ODIN_OK, NULL);
+    expect("gpt greedy max_new=INT_MAX",
+           odin_gpt_generate_greedy(g, gc, prompt, &prompt_len, 1, 2, 2147483647, 0, gen, &gen_len), ODIN_BAD_ARG,
+           "context");
+    expect("rwkv greedy state", odin_rwkv_state_create(&rs, r, 1), ODIN_OK, NULL);
+    /* zero weights: every logit equal, argmax 0 = end_id, so one token is written */
+    expect("rwkv greedy max_new=INT_MAX",
+           odin_rwkv_generate_greedy(r, rs, prompt, &prompt_len, 1, 2, 2147483647, 0, gen, &gen_len), ODIN_OK, NULL);
+    if (gen_len != 1 || gen[0] != 0) { printf("rwkv greedy wrote %d tokens\n", (int)gen_len); failures++; }
+    odin_gpt_cache_free(gc);
+    odin_rwkv_state_free(rs);
+
     /* the sampler: NaN anywhere in the logits, a NaN temperature */
     float logits[4] = {0.0f, NAN, 1.0f, 2.0f};
     uint64_t rng = 1;
