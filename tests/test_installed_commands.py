@@ -26,7 +26,8 @@ once per session by the installed commands themselves (see ``Workspace``):
     {pipe}      a pipeline folder after one run --once     {pipe_ckpt} its checkpoint
 
 ``out`` is a regex the combined stdout+stderr must match, ``rc`` the exit status, ``stdin``
-text fed to the command, ``http`` paths a server (the last command of the row) must answer
+text fed to the command, ``env`` extra environment variables, ``one_line`` a refusal that
+must be exactly one line on stderr, ``http`` paths a server (the last command of the row) must answer
 with 200, ``slow`` marks rows too heavy for the default run (pytest -m slow).
 """
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Row:
     http: tuple[str, ...] = ()
     slow: bool = False
     one_line: bool = False  # a refusal: exactly one line on stderr, no traceback
+    env: tuple[tuple[str, str], ...] = ()  # extra environment variables
 
 
 ROWS: list[Row] = [
@@ -113,6 +115,10 @@ ROWS: list[Row] = [
     Row("odin-pipeline status {pipe}", out=r"shard|token"),
     Row("odin-pipeline status {pipe} --json", out=r"^\s*\{"),
     Row("odin-pipeline check-config {ptoml}", out=r"\[model\]"),
+    # ---- ODIN_ISA (README): any case works; a bad name is one line in every program
+    Row("odin info", env=(("ODIN_ISA", "SCALAR"),), out=r"ISA in use\s+scalar"),
+    *[Row(cmd, env=(("ODIN_ISA", "neon"),), rc=2, out=r"ODIN_ISA='neon'", one_line=True) for cmd in (
+        "odin info", "odin-infer -m {ckpt} -p 1+1=", "odin-pipeline status {pipe}", "odin-dashboard --help")],
     # ---- odin-dashboard: the window is tested in test_dashboard_gui.py; here the installed
     # entry point parses the documented flags and, with no display, says so in one line
     Row("odin-dashboard --help", out=r"usage: odin-dashboard"),
@@ -184,11 +190,12 @@ class Workspace:
         assert words and words[0] in PROGRAMS, f"{part!r}: a row runs installed ODIN programs only"
         return [str(self.bin / words[0]), *words[1:]]
 
-    def run(self, cmd: str, cwd: Path, stdin: Optional[str] = None, timeout: float = 600) -> Result:
+    def run(self, cmd: str, cwd: Path, stdin: Optional[str] = None, timeout: float = 600,
+            env: tuple[tuple[str, str], ...] = ()) -> Result:
         out, err = [], []
         for part in cmd.split(" && "):
-            res = subprocess.run(self.argv(part), cwd=cwd, env=self.env, input=stdin or "", capture_output=True,
-                                 text=True, timeout=timeout)
+            res = subprocess.run(self.argv(part), cwd=cwd, env={**self.env, **dict(env)}, input=stdin or "",
+                                 capture_output=True, text=True, timeout=timeout)
             out.append(res.stdout)
             err.append(res.stderr)
             if res.returncode != 0:
@@ -322,13 +329,18 @@ def test_the_installed_package_is_not_the_checkout(workspace):
         assert (static / name).is_file(), f"{name} is not in the installed package"
 
 
-@pytest.mark.parametrize("row", [pytest.param(r, id=r.cmd[:90], marks=[pytest.mark.slow] if r.slow else [])
+def _row_id(row: Row) -> str:
+    return " ".join([*(f"{k}={v}" for k, v in row.env), row.cmd])[:90]
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=_row_id(r), marks=[pytest.mark.slow] if r.slow else [])
                                  for r in ROWS])
 def test_installed_command(workspace, row: Row):
     row_dir = workspace.row_dir()
     cmd = workspace.substitute(row.cmd, row_dir)
-    res = workspace.serve(cmd, row_dir, row.http) if row.http else workspace.run(cmd, row_dir, row.stdin)
-    shown = f"$ {cmd}\nexit {res.rc}\n--- stdout\n{res.out[-3000:]}\n--- stderr\n{res.err[-3000:]}"
+    res = (workspace.serve(cmd, row_dir, row.http) if row.http
+           else workspace.run(cmd, row_dir, row.stdin, env=row.env))
+    shown = f"$ {' '.join(f'{k}={v}' for k, v in row.env)} {cmd}\nexit {res.rc}\n--- stdout\n{res.out[-3000:]}\n--- stderr\n{res.err[-3000:]}"
     assert res.rc == row.rc, shown
     assert "Traceback" not in res.err, shown
     if row.out:
