@@ -258,6 +258,7 @@ class KVCache:
     """Per-sequence key/value cache for token-by-token generation."""
 
     def __init__(self, model: GPT, batch: int) -> None:
+        batch = int_field(batch, "batch", 1)  # a C int; the C side checks what it multiplies to
         out = ffi.new("odin_gpt_cache **")
         check(lib.odin_gpt_cache_create(out, model._h, batch), "KVCache")
         self._h = ffi.gc(out[0], lib.odin_gpt_cache_free)
@@ -294,7 +295,7 @@ class Sampler:
             raise ArgumentError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if not (isinstance(top_p, Real) and 0.0 < top_p <= 1.0):
             raise ArgumentError(f"top_p must be in (0, 1], got {top_p!r}")
-        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        self.temperature, self.top_k, self.top_p = float(temperature), int_field(top_k, "top_k", 0), float(top_p)
         self._state = ffi.new("uint64_t *", (seed * 0x9E3779B97F4A7C15 + 1) & 0xFFFFFFFFFFFFFFFF)
         self._out = ffi.new("int32_t *")
 

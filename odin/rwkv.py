@@ -177,6 +177,7 @@ class RWKVState:
     accumulators per channel): the RWKV counterpart of odin.model.KVCache, constant in size."""
 
     def __init__(self, model: RWKV, batch: int) -> None:
+        batch = int_field(batch, "batch", 1)  # a C int; the C side checks what it multiplies to
         out = ffi.new("odin_rwkv_state **")
         check(lib.odin_rwkv_state_create(out, model._h, batch), "RWKVState")
         self._h = ffi.gc(out[0], lib.odin_rwkv_state_free)

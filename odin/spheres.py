@@ -16,7 +16,7 @@ from odin.model import GPT
 from odin.native import ShapeError, check, ffi, lib
 from odin.rwkv import RWKV
 from odin.validate import loss_mask as validated_mask
-from odin.validate import token_ids
+from odin.validate import int_field, token_ids
 
 N_SPHERES = int(lib.ODIN_SPHERES_N)
 STATE_NAMES = ("idle", "forward", "backward", "waiting", "reducing")
@@ -72,6 +72,9 @@ class StepRecord:
 
 class SpheresTrainer:
     def __init__(self, model: GPT | RWKV, batch: int, seq_len: int, threads: Optional[int] = None) -> None:
+        batch, seq_len = int_field(batch, "batch", 1), int_field(seq_len, "seq_len", 1)
+        if threads is not None:
+            threads = int_field(threads, "threads", -2**31)  # a C int; the C side checks the range
         if seq_len > model.shape.context:
             raise ShapeError(f"seq_len {seq_len} exceeds the model's context {model.shape.context}")
         self.model = model
@@ -135,7 +138,7 @@ class SpheresTrainer:
 
     # ---------------------------------------------------------------- control (any thread)
     def set_threads(self, n: int) -> None:
-        check(lib.odin_spheres_set_threads(self._h, n), "set_threads")
+        check(lib.odin_spheres_set_threads(self._h, int_field(n, "threads", -2**31)), "set_threads")
 
     def pause(self) -> None:
         lib.odin_spheres_pause(self._h)

@@ -563,3 +563,22 @@ def test_optimizer_hyperparameters_must_be_finite(field):
 def test_norm_eps_and_max_norm_must_be_finite():
     raises(lambda: K.layernorm_forward(r(2, 3), r(3), r(3), eps=np.inf), ArgumentError, "eps")
     raises(lambda: K.clip_by_norm(r(4), np.inf), ArgumentError, "max_norm")
+
+
+def test_python_ints_beyond_a_c_int_are_clean_errors():
+    # cffi raised OverflowError (not an OdinError) for these before
+    from odin.model import Sampler
+    from odin.spheres import SpheresTrainer
+
+    gpt, rwkv = _gpt(), _rwkv()
+    for call, word in [(lambda: gpt.new_cache(2**40), "batch"), (lambda: rwkv.new_cache(2**40), "batch"),
+                       (lambda: SpheresTrainer(gpt, batch=2**40, seq_len=4), "batch"),
+                       (lambda: SpheresTrainer(gpt, batch=2, seq_len=4, threads=2**40), "threads"),
+                       (lambda: Sampler(top_k=2**40), "top_k")]:
+        with pytest.raises(OdinError, match=word):
+            call()
+    trainer = SpheresTrainer(gpt, batch=2, seq_len=4, threads=1)
+    with pytest.raises(OdinError, match="threads"):
+        trainer.set_threads(2**40)
+    with pytest.raises(ArgumentError, match="threads"):
+        trainer.set_threads(0)  # in range of a C int: the C side's own check
