@@ -82,15 +82,15 @@ def parse(text: str, where: str, parser_of: dict[str, Callable[[], argparse.Argu
         if names:
             for name in names:
                 if name not in _option_strings(parser) and not problem:
-                    problem = f"{program} {' '.join(path)} has no option {name}".replace("  ", " ")
+                    problem = f"{' '.join((program, *path))} has no option {name}"
             flags.update(names)
             continue
         subs = _subparsers(parser)
         if subs and not flags and token in subs:
             path.append(token)
             parser = subs[token]
-        elif subs and not path and not flags and token.strip("[]().…") and not problem and program != "odin":
-            problem = f"{program} has no sub-command {token!r}"
+        elif subs and not flags and token.strip("[]().…") and not problem:
+            problem = f"{' '.join((program, *path))} has no sub-command {token!r}"
     return Command(where, text, program, tuple(path), frozenset(flags), problem)
 
 
