@@ -199,7 +199,7 @@ def test_round_trip_export_import_export_is_equal(tmp_path, arch, tokenizer):
     assert _saved_files(second) == _saved_files(first)
 
 
-def test_imported_checkpoint_scores_as_the_original_in_odin_eval(tmp_path):
+def test_imported_checkpoint_scores_as_the_original_in_odin_eval_and_fine_tunes(tmp_path):
     original = make_checkpoint(tmp_path / "ckpt", "gpt", train_steps=150, seed=1)
     _export(original, tmp_path / "hf")
     assert run("odin", "import", "hf", tmp_path / "hf", tmp_path / "back").returncode == 0
@@ -212,6 +212,11 @@ def test_imported_checkpoint_scores_as_the_original_in_odin_eval(tmp_path):
         assert proc.returncode == 0, proc.stderr
         scores.append({k: v for k, v in json.loads(proc.stdout)["test"].items() if "second" not in k})
     assert scores[0] == scores[1] and scores[0]["n"] > 0
+    # and fine-tuning starts from it
+    proc = run("odin", "train", "--init-from", tmp_path / "back", "--data", data, "--steps", 3, "--out",
+               tmp_path / "run", "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["steps"] == 3
 
 
 def _edit_config(directory: Path, **changes) -> None:
