@@ -331,3 +331,14 @@ def test_atomic_writer_follows_the_umask(tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "tokenizer.json").stat().st_mode) == 0o640
+
+
+def test_a_flipped_step_digit_is_caught(tmp_path):
+    # the metadata is covered too: '2' -> '3' is one bit, and would resume at another step
+    _save(tmp_path / "ckpt", _run_config())
+    path = tmp_path / "ckpt" / "optimizer.safetensors"
+    data = path.read_bytes()
+    assert data.count(b'\\"step\\": \\"42\\"') == 1
+    path.write_bytes(data.replace(b'\\"step\\": \\"42\\"', b'\\"step\\": \\"43\\"'))
+    with pytest.raises(CheckpointError, match=r"optimizer\.safetensors: checksum mismatch"):
+        load_checkpoint(tmp_path / "ckpt", require_optimizer=True)
