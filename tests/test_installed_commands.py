@@ -152,7 +152,8 @@ def _installed_venv(root: Path) -> Path:
                              check=True, capture_output=True, text=True).stdout.strip()
     # the running environment's packages (numpy, cffi, setuptools...) without installing them again
     # (its own editable odin is not importable from there: that needs its .pth, not processed here)
-    Path(purelib, "odin-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    ours = sysconfig.get_paths()
+    Path(purelib, "odin-test-deps.pth").write_text("\n".join(dict.fromkeys((ours["purelib"], ours["platlib"]))) + "\n")
     source = root / "source"  # a fresh copy: no stale build/ of the checkout in the wheel
     shutil.copytree(SRC, source, symlinks=True, ignore=_not_source)
     res = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
