@@ -291,6 +291,35 @@ def test_deleting_pipeline_lock_lets_no_second_pipeline_in(tmp_path):
         holder.wait()
 
 
+def test_pipeline_status_sees_the_runner_after_its_lock_file_is_deleted(tmp_path):
+    from pipeline_helpers import config_text
+
+    from odin.pipeline.status import collect_status
+
+    folder, cfg_path = tmp_path / "pipe", tmp_path / "pipeline.toml"
+    cfg_path.write_text(config_text(), encoding="utf-8")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import os, time\n"
+        "from odin.pipeline.config import load_pipeline_config\n"
+        "from odin.pipeline.runner import Runner\n"
+        "from odin.pipeline.store import Store\n"
+        f"r = Runner({str(folder)!r}, load_pipeline_config({str(cfg_path)!r}))\n"
+        "r.paths.make(); r._acquire_lock()\n"
+        "s = Store(r.paths.db); s.set_meta('pid', os.getpid()); s.close()\n"
+        "print('locked', flush=True); time.sleep(60)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert collect_status(folder)["running"]
+        (folder / "pipeline.lock").unlink()
+        info = collect_status(folder)
+        assert info["running"] and info["pid"] == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not collect_status(folder)["running"]
+
+
 # ---------------------------------------------------------------- item 24: the final score
 def test_the_final_test_score_is_a_metrics_record(tmp_path, data):
     run = tmp_path / "run"

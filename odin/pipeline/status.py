@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from odin.pipeline.store import STAGES, Store
+from odin.runlock import folder_in_use
 
 MARKS = {"info": ("✓", "ok"), "error": ("✗", "ERR"), "warn": ("!", "!")}
 
@@ -198,7 +199,7 @@ def collect_status(folder: str | Path, *, events: int = 10, listed: int = 20) ->
         pid = store.get_meta("pid")
     finally:
         store.close()
-    running_pid = pid if isinstance(pid, int) and _pid_alive(pid) and _lock_held(root) else None
+    running_pid = pid if isinstance(pid, int) and _pid_alive(pid) and folder_in_use(root) else None
     totals = {stage: sum(counts.get(stage, {}).values()) for stage in counts}
     return {
         "folder": str(root),
@@ -225,22 +226,6 @@ def collect_status(folder: str | Path, *, events: int = 10, listed: int = 20) ->
         "duplicate_files_dropped": duplicates_dropped,
         "events": recent,
     }
-
-
-def _lock_held(root: Path) -> bool:
-    """Whether some process holds the folder's pipeline.lock (without taking it)."""
-    import fcntl
-
-    try:
-        with open(root / "pipeline.lock", "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: fails only under a runner
-            except OSError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            return False
-    except OSError:
-        return False
 
 
 def format_status(info: dict[str, Any]) -> str:
