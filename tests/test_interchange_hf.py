@@ -235,6 +235,7 @@ def _edit_config(directory: Path, **changes) -> None:
     ("gpt2", {"n_embd": 64}, ["transformer.wte.weight", "[320, 32]", "[320, 64]"]),
     ("gpt2", {"vocab_size": 100}, ["tokenizer.json", "tokens, more than", "vocab_size 100"]),
     ("gpt2", {"n_layer": "two"}, ["'n_layer' must be an integer"]),
+    ("gpt2", {"n_head": 3}, ["n_head", "divisible"]),
     ("rwkv", {"attention_hidden_size": 16}, ["attention_hidden_size = 16"]),
     ("rwkv", {"layer_norm_epsilon": 1e-6}, ["layer_norm_epsilon"]),
 ])

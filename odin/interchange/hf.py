@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from odin.blueprint import Blueprint
 from odin.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 from odin.config import ConfigError, ModelConfig, RunConfig
 from odin.interchange.names import HF_ARCHITECTURE, HF_EMBEDDING, HF_HEAD, HF_MODEL_TYPE, tensor_names
@@ -168,36 +169,43 @@ def model_config_from_hf(config: Mapping[str, Any], where: str) -> ModelConfig:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise InterchangeError(f"{where}: 'layer_norm_epsilon' must be a number, got {eps!r}")
     try:
-        if model_type == "gpt2":
-            d_model = _int_option(config, "n_embd", where)
-            _refuse_options(config, where, {
-                "activation_function": ("gelu_new", _GPT2_GELU, "ODIN's MLP uses the tanh GELU"),
-                "n_inner": (None, (None, 4 * d_model), f"ODIN's MLP is 4 x n_embd = {4 * d_model} wide"),
-                "scale_attn_weights": (True, True, "ODIN scales attention scores by 1/sqrt(head size)"),
-                "scale_attn_by_inverse_layer_idx": (False, False, "ODIN does not scale attention by layer"),
-                "add_cross_attention": (False, False, "ODIN's GPT is decoder-only"),
-            })
-            return ModelConfig(arch="gpt", n_layer=_int_option(config, "n_layer", where), d_model=d_model,
-                               n_head=_int_option(config, "n_head", where),
-                               context=_int_option(config, "n_positions", where),
-                               vocab_size=_int_option(config, "vocab_size", where), ln_eps=float(eps))
-        d_model = _int_option(config, "hidden_size", where)
-        d_ffn = _int_option(config, "intermediate_size", where, 4 * d_model) if config.get(
-            "intermediate_size") is not None else 4 * d_model
-        _refuse_options(config, where, {
-            "attention_hidden_size": (d_model, d_model, f"ODIN's time-mix is hidden_size = {d_model} wide"),
-            "layer_norm_epsilon": (1e-5, RWKV_LN_OUT_EPS,
-                                   "transformers' RWKV uses eps 1e-5 in its final LayerNorm and the config's "
-                                   "elsewhere; ODIN has one eps for all"),
-        })
-        return ModelConfig(arch="rwkv", n_layer=_int_option(config, "num_hidden_layers", where), d_model=d_model,
-                           n_head=1, context=_int_option(config, "context_length", where, 1024),
-                           vocab_size=_int_option(config, "vocab_size", where), ln_eps=float(eps),
-                           d_ffn=0 if d_ffn == 4 * d_model else d_ffn)
+        model = _model_config(config, model_type, float(eps), where)
+        Blueprint(model)  # the shape rules (e.g. heads dividing the width) with their message
+        return model
     except (ConfigError, ValueError) as error:
         if isinstance(error, InterchangeError):
             raise
         raise InterchangeError(f"{where}: {error}") from None
+
+
+def _model_config(config: Mapping[str, Any], model_type: str, eps: float, where: str) -> ModelConfig:
+    """The ModelConfig of a gpt2 / rwkv config.json, refusing options ODIN's model does not have."""
+    if model_type == "gpt2":
+        d_model = _int_option(config, "n_embd", where)
+        _refuse_options(config, where, {
+            "activation_function": ("gelu_new", _GPT2_GELU, "ODIN's MLP uses the tanh GELU"),
+            "n_inner": (None, (None, 4 * d_model), f"ODIN's MLP is 4 x n_embd = {4 * d_model} wide"),
+            "scale_attn_weights": (True, True, "ODIN scales attention scores by 1/sqrt(head size)"),
+            "scale_attn_by_inverse_layer_idx": (False, False, "ODIN does not scale attention by layer"),
+            "add_cross_attention": (False, False, "ODIN's GPT is decoder-only"),
+        })
+        return ModelConfig(arch="gpt", n_layer=_int_option(config, "n_layer", where), d_model=d_model,
+                           n_head=_int_option(config, "n_head", where),
+                           context=_int_option(config, "n_positions", where),
+                           vocab_size=_int_option(config, "vocab_size", where), ln_eps=eps)
+    d_model = _int_option(config, "hidden_size", where)
+    d_ffn = _int_option(config, "intermediate_size", where, 4 * d_model) if config.get(
+        "intermediate_size") is not None else 4 * d_model
+    _refuse_options(config, where, {
+        "attention_hidden_size": (d_model, d_model, f"ODIN's time-mix is hidden_size = {d_model} wide"),
+        "layer_norm_epsilon": (1e-5, RWKV_LN_OUT_EPS,
+                               "transformers' RWKV uses eps 1e-5 in its final LayerNorm and the config's "
+                               "elsewhere; ODIN has one eps for all"),
+    })
+    return ModelConfig(arch="rwkv", n_layer=_int_option(config, "num_hidden_layers", where), d_model=d_model,
+                       n_head=1, context=_int_option(config, "context_length", where, 1024),
+                       vocab_size=_int_option(config, "vocab_size", where), ln_eps=eps,
+                       d_ffn=0 if d_ffn == 4 * d_model else d_ffn)
 
 
 def _read_json(path: Path) -> Any:
@@ -244,8 +252,6 @@ def _read_weights(directory: Path) -> dict[str, np.ndarray]:
 
 def odin_params(tensors: Mapping[str, np.ndarray], model: ModelConfig, source: Path) -> dict[str, np.ndarray]:
     """ODIN's tensors from HF's (``tensors``), checked name by name and shape by shape."""
-    from odin.blueprint import Blueprint
-
     shapes = dict(Blueprint(model).param_shapes())
     names = tensor_names(model.arch, model.n_layer)
     # a GPT2Model saved on its own has no "transformer." prefix
