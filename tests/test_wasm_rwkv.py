@@ -72,6 +72,17 @@ def batch(rng, B=3, T=12, V=102):
     return tokens, targets, mask
 
 
+def assert_adamw_params_close(was, nat, *, lr: float, steps: int, noisy: np.ndarray) -> None:
+    """Weights after AdamW steps agree to 1% of a step wherever every step's gradient was
+    above float noise. Where a step's gradient was at the rounding level of its sums
+    (``noisy``: under 1e-4 of the largest), Adam's normalised step g / (|g| + eps) turns
+    that noise into a visible part of a step (seen on AVX2 against wasm: a gradient of
+    -4.3e-9 vs -4.5e-9 moved one weight of 31968 by 0.30 vs 0.31 of lr); there only Adam's
+    bound of about lr per step is asserted."""
+    np.testing.assert_allclose(was.params[~noisy], nat.params[~noisy], rtol=0, atol=1e-2 * lr)
+    assert np.abs(was.params - nat.params).max() <= 2 * lr * steps
+
+
 def rel_l2(a, b):
     return float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b.astype(np.float64)), 1e-30))
 
@@ -80,6 +91,7 @@ def test_forward_backward_adamw(rt, rng, native_isa):
     nat, was = make_pair(rt)
     tokens, targets, mask = batch(rng)
     exact = native_isa == "scalar" and X86
+    noisy = np.zeros(nat.params.shape, bool)
     for step in (1, 2):
         before = nat.params.copy()
         loss_n = nat.forward(tokens, targets, mask)
@@ -94,6 +106,7 @@ def test_forward_backward_adamw(rt, rng, native_isa):
             assert np.array_equal(lw, ln), f"step {step}: scalar wasm logits differ from native scalar"
         assert loss_w == pytest.approx(loss_n, rel=1e-5)
         gw, gn = was.grads.copy(), nat.grads.copy()
+        noisy |= np.abs(gn) < 1e-4 * np.abs(gn).max()
         if exact:
             assert np.array_equal(gw, gn), f"step {step}: scalar wasm gradients differ from native scalar"
         for name, off, shp in nat.tensor_layout:
@@ -104,7 +117,7 @@ def test_forward_backward_adamw(rt, rng, native_isa):
         norm_w = was.adamw_step(lr=1e-2, step=step, weight_decay=0.1, grad_clip=1.0)
         assert norm_w == pytest.approx(norm_n, rel=1e-5)
         assert rel_l2(was.params - before, nat.params - before) <= 1e-3
-        np.testing.assert_allclose(was.params, nat.params, rtol=0, atol=1e-2 * 1e-2)
+        assert_adamw_params_close(was, nat, lr=1e-2, steps=step, noisy=noisy)
         assert rel_l2(was.adam_m, nat.adam_m) <= 1e-3 and rel_l2(was.adam_v, nat.adam_v) <= 1e-3
         if exact:
             assert np.array_equal(was.params, nat.params) and np.array_equal(was.adam_v, nat.adam_v)

@@ -285,6 +285,19 @@ class _WasmModel:
             self._ws_shape = (B2, T2)
         return self._ws
 
+    def _checked(self, tokens: object, targets: object, mask: object
+                 ) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+        """The int32 / uint8 buffers the module reads, checked as the native models check
+        them (odin.validate): no id wrapped, truncated or out of the vocabulary."""
+        from odin import validate
+
+        tokens = validate.token_ids(tokens, "tokens", self.vocab_size, ndim=2)
+        checked_mask = None if mask is None else validate.loss_mask(mask, "mask", tokens.shape)
+        if targets is not None:
+            targets = validate.token_ids(targets, "targets", self.vocab_size, shape=tokens.shape,
+                                         counted=checked_mask)
+        return tokens, targets, checked_mask
+
     def _set_inputs(self, *arrays: Optional[np.ndarray]) -> list[int]:
         for p in self._inputs:
             self.rt.free(p)
@@ -293,11 +306,10 @@ class _WasmModel:
 
     def forward(self, tokens: np.ndarray, targets: Optional[np.ndarray] = None,
                 mask: Optional[np.ndarray] = None) -> Optional[float]:
-        tokens = np.ascontiguousarray(tokens, np.int32)
+        tokens, targets, mask = self._checked(tokens, targets, mask)
         B, T = tokens.shape
         ws = self._workspace(B, T)
-        tp, gp, mp = self._set_inputs(tokens, None if targets is None else np.ascontiguousarray(targets, np.int32),
-                                      None if mask is None else np.ascontiguousarray(mask, np.uint8))
+        tp, gp, mp = self._set_inputs(tokens, targets, mask)
         loss_p = self._scratch + 8
         self.rt.check(self.rt.fn(f"{self.prefix}_forward")(self.h, ws, tp, gp, mp, B, T, loss_p),
                       f"{self.prefix}_forward")
@@ -333,11 +345,10 @@ class _WasmModel:
                    step: int, beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
                    weight_decay: float = 0.0, grad_clip: float = 1.0) -> tuple[float, float]:
         """odin_wasm_<arch>_train_step: zero grads, forward, backward, clip + AdamW. (loss, norm)."""
-        tokens = np.ascontiguousarray(tokens, np.int32)
+        tokens, targets, mask = self._checked(tokens, targets, mask)
         B, T = tokens.shape
         ws = self._workspace(B, T)
-        tp, gp, mp = self._set_inputs(tokens, np.ascontiguousarray(targets, np.int32),
-                                      None if mask is None else np.ascontiguousarray(mask, np.uint8))
+        tp, gp, mp = self._set_inputs(tokens, targets, mask)
         loss_p, norm_p = self._scratch + 8, self._scratch + 12
         hyper = (float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), float(grad_clip), int(step))
         self.rt.check(self._train_call(ws, tp, gp, mp, B, T, hyper, loss_p, norm_p), "wasm train step")
