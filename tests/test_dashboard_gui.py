@@ -133,6 +133,11 @@ def drive(work: Path) -> None:
     def line_count(path: Path) -> int:
         return len(path.read_text().splitlines()) if path.exists() else 0
 
+    def logged_steps(path: Path) -> list[int]:
+        """The steps of metrics.jsonl's per-step records (not its evaluation records)."""
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        return [r["step"] for r in records if "tokens_per_s" in r]
+
     typed: dict[str, Any] = {"seen": [], "sent": []}
 
     def type_into_prompt(text: str) -> None:
@@ -318,6 +323,16 @@ def drive(work: Path) -> None:
         click(T.STOP)
         yield from wait(lambda: not app.session.active, "stopped in the new folder")
         result["old_run_kept"] = line_count(metrics) == lines
+        # run-2 holds a run now: start it over, from step 0, when the user says so
+        second_metrics = Path(result["new_folder"]) / "metrics.jsonl"
+        click(T.START)
+        yield from wait(lambda: dpg.get_item_configuration(T.RUN_DIALOG)["show"], "asked about run-2")
+        click(T.DIALOG_OVERWRITE)
+        yield from wait(lambda: app.session.active and step() >= 3 and bool(app.vm.history.series("loss")[0]),
+                        "started over")
+        click(T.STOP)
+        yield from wait(lambda: not app.session.active, "stopped the restarted run")
+        result["started_over"] = [logged_steps(second_metrics), step(), app.vm.history.series("loss")[0][0]]
         dpg.set_value(T.RUN_DIR, str(run))
         click(T.RUN_DIR)
         click(T.START)
@@ -487,7 +502,9 @@ def test_dashboard_trains_changes_threads_stops_and_keeps_the_checkpoint(tmp_pat
     assert png_size(tmp_path / "dialog.png") == (1280, 800)
     assert result["after_cancel"][:2] == [False, True] and "not started" in result["after_cancel"][2]
     assert result["new_folder"] == str(tmp_path / "run-2") and result["old_run_kept"]
-    assert load_model_checkpoint(tmp_path / "run-2" / "checkpoint").step > 0
+    logged, restarted_to, first_step = result["started_over"]
+    assert first_step == 1 and logged == list(range(1, restarted_to + 1))  # from step 0, in a fresh log
+    assert load_model_checkpoint(tmp_path / "run-2" / "checkpoint").step == restarted_to
     assert result["dialog_continued_from"] == result["continued_to"] + 1
     checkpoint = load_model_checkpoint(tmp_path / "run" / "checkpoint")
     assert checkpoint.step == result["final_continued_to"] > result["continued_to"] > result["final_step"]

@@ -365,6 +365,24 @@ def test_a_finished_session_writes_its_test_score_to_metrics_and_the_view_shows_
     assert rows["test exact"] == f"{100 * session.final_exact:.1f} % @ 30"
 
 
+def test_session_starts_over_an_existing_run_only_when_told_to(tmp_path: Path, tiny_dataset: Path) -> None:
+    first = TrainingSession()
+    first.start(StartRequest(tiny_config(steps=20, eval_every=0), tiny_dataset, tmp_path, threads=1,
+                             final_eval_examples=0))
+    assert first.join(30) and first.phase == Phase.FINISHED
+    log = (tmp_path / "metrics.jsonl").read_bytes()
+    refused = TrainingSession()  # odin train's own refusal stands behind the dashboard's dialog
+    refused.start(StartRequest(tiny_config(steps=10, eval_every=0), tiny_dataset, tmp_path, threads=1))
+    assert refused.join(30) and refused.phase == Phase.FAILED and "already holds a run" in refused.error
+    assert (tmp_path / "metrics.jsonl").read_bytes() == log
+    again = TrainingSession()  # the dialog's "Start over (overwrite it)"
+    again.start(StartRequest(tiny_config(steps=10, eval_every=0), tiny_dataset, tmp_path, threads=1,
+                             overwrite=True, final_eval_examples=0))
+    assert again.join(30) and again.phase == Phase.FINISHED, again.error
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 10
+    assert again.latest_checkpoint().step == 10
+
+
 def test_session_shows_a_nan_stop_and_bad_data_as_errors(tmp_path: Path) -> None:
     def nan_train(*args, on_trainer=None, **kwargs):
         raise NanError("NaN/Inf in the loss of sphere 4 at step 17; training stopped, no checkpoint was written")
