@@ -23,6 +23,7 @@ once per session by the installed commands themselves (see ``Workspace``):
     {run_copy}  a private copy of {run} (to --resume)      {ckpt_rwkv} a short rwkv-tiny checkpoint
     {web}       odin export web of {ckpt}                  {static}   the installed page's folder
     {ptoml}     a small pipeline.toml                      {inbox}    a fresh pipeline folder with documents
+    {prompts}   a prompt file for odin-infer -f
     {pipe}      a pipeline folder after one run --once     {pipe_ckpt} its checkpoint
 
 ``out`` is a regex the combined stdout+stderr must match, ``rc`` the exit status, ``stdin``
@@ -103,6 +104,16 @@ ROWS: list[Row] = [
     Row("odin-infer -m {ckpt} -e -p 12+34= -n 8 --temperature 0.8 --top-k 5 --top-p 0.9 --seed 1 --stop 9"),
     Row("odin-infer -m {ckpt}", stdin="12+34=\n"),
     Row("odin-infer -m {pipe_ckpt} -p 'The pipeline' -n 20 --temperature 0.8"),
+    Row("odin-infer -m {ckpt} -f {prompts} -n 8", out=r"\d"),
+    # ---- interchange: each export read back by odin itself (the third-party readers are
+    # tests/test_interchange_*.py); the round trip answers like the original
+    Row("odin export gguf {ckpt} {tmp}/m.gguf --type f16 && odin import gguf {tmp}/m.gguf {tmp}/back && "
+        "odin-infer -m {tmp}/back -p 12+34= -n 8", out=r"\d"),
+    Row("odin export hf {ckpt} {tmp}/hf && odin import hf {tmp}/hf {tmp}/back && "
+        "odin-infer -m {tmp}/back -p 12+34= -n 8", out=r"\d"),
+    Row("odin export hf {ckpt_rwkv} {tmp}/hf"),
+    Row("odin export onnx {ckpt} {tmp}/m.onnx && odin export onnx {ckpt_rwkv} {tmp}/r.onnx"),
+    Row("odin export gguf {ckpt_rwkv} {tmp}/r.gguf", rc=2, out=r"RWKV", one_line=True),
     # ---- the browser runtime: export, then serve the page, odin.js, the .wasm builds and the model
     Row("odin export web {ckpt} web/model --examples 16 --demo-prompts 2 --data {data} --seed 1 && "
         "odin serve-web --port 0", http=SERVED + MODEL_SERVED),
@@ -277,6 +288,11 @@ class Workspace:
         data = self.value("data", self.shared)
         self.must(f"odin train --preset rwkv-tiny --data {data} --steps 5 --threads 2 --out {self.shared}/rwkv")
         return self.shared / "rwkv" / "checkpoint"
+
+    def _make_prompts(self) -> Path:
+        path = self.shared / "prompts.txt"
+        path.write_text("12+34=\n")
+        return path
 
     def _make_web(self) -> Path:
         self.must(f"odin export web {self.value('ckpt', self.shared)} {self.shared}/web --examples 8")

@@ -116,7 +116,7 @@ def test_cli_parses_the_three_commands(tmp_path):
     a = p.parse_args(["serve-web", "--port", "0", "--model", str(tmp_path)])
     assert a.port == 0 and a.model == tmp_path and a.host == "127.0.0.1"
     with pytest.raises(SystemExit):
-        p.parse_args(["export", "onnx", "x", "y"])
+        p.parse_args(["export", "tflite", "x", "y"])  # a format ODIN does not write
 
 
 def test_wasm_build_if_stale_is_a_no_op_when_fresh(capsys):

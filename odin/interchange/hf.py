@@ -28,6 +28,7 @@ import numpy as np
 from odin.blueprint import Blueprint
 from odin.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 from odin.config import ConfigError, ModelConfig, RunConfig
+from odin.fileio import user_mode
 from odin.interchange.names import HF_ARCHITECTURE, HF_EMBEDDING, HF_HEAD, HF_MODEL_TYPE, tensor_names
 from odin.interchange.tokenizer_json import SPECIAL_ROLES, hf_tokenizer, odin_tokenizer, tokenizer_config
 from odin.tokenizers import BPETokenizer, CharTokenizer, TokenizerFileError
@@ -98,7 +99,7 @@ def write_directory_atomically(target: Path, fill: Callable[[Path], None]) -> Pa
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        os.chmod(staging, 0o755)
+        os.chmod(staging, user_mode(0o777))  # mkdtemp makes 0700: follow the umask like mkdir
         fill(staging)
         if target.exists():
             target.rmdir()  # empty (checked above): rename cannot replace it otherwise on every OS

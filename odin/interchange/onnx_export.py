@@ -29,6 +29,7 @@ import numpy as np
 
 from odin.checkpoint_io import CheckpointError, load_checkpoint
 from odin.config import ConfigError, ModelConfig
+from odin.fileio import user_mode
 
 OPSET = 17
 RWKV_STATE = ("att_x", "num", "den", "max", "ffn_x")
@@ -261,7 +262,7 @@ def export_onnx(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str])
     os.close(handle)
     try:
         onnx.save_model(proto, staging)
-        os.chmod(staging, 0o644)
+        os.chmod(staging, user_mode())  # mkstemp makes 0600: follow the umask like open()
         os.replace(staging, target)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
