@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -147,9 +147,13 @@ class NativeModel:
     def adamw_step(self, *, lr: float, step: int, beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
                    weight_decay: float = 0.0, grad_clip: float = 1.0) -> float:
         """Clip, then AdamW (weight decay on matrices only). Returns the gradient norm before clipping."""
+        # the C side takes a C int and checks step >= 1; beyond an int cffi raised OverflowError
+        if isinstance(step, bool) or not isinstance(step, Integral) or abs(int(step)) > 2**31 - 1:
+            raise ArgumentError(f"step must be an integer in [1, {2**31 - 1}], got {step!r}")
+        step = int(step)
         norm = ffi.new("float *")
         check(self._c("adamw_step")(self._h, float(lr), float(beta1), float(beta2), float(eps),
-                                    float(weight_decay), float(grad_clip), int(step), norm), f"{self.NAME}.adamw_step")
+                                    float(weight_decay), float(grad_clip), step, norm), f"{self.NAME}.adamw_step")
         return float(norm[0])
 
 

@@ -582,3 +582,14 @@ def test_python_ints_beyond_a_c_int_are_clean_errors():
         trainer.set_threads(2**40)
     with pytest.raises(ArgumentError, match="threads"):
         trainer.set_threads(0)  # in range of a C int: the C side's own check
+
+
+@pytest.mark.parametrize("step", [2**31, 2**40, -2**40, 1.5, True])
+def test_adamw_step_number_beyond_a_c_int_is_an_argument_error(step):
+    # found by the issue-18 re-audit fuzz: step=2**40 reached cffi, which raised OverflowError
+    m = _gpt()
+    m.forward(np.array([[1, 2]], np.int32), np.array([[2, 3]], np.int32))
+    m.backward()
+    before = m.params.copy()
+    raises(lambda: m.adamw_step(lr=1e-3, step=step), ArgumentError, "step")
+    assert np.array_equal(m.params, before)
