@@ -145,8 +145,8 @@ class RWKV(NativeModel):
                         batch: int = 64) -> list[list[int]]:
         """Greedy continuation of many prompts, batched in C from the zero state. Returns the
         generated ids of each prompt (ending with end_id when it was produced)."""
-        if max_new < 1:
-            raise ArgumentError(f"max_new must be >= 1, got {max_new}")
+        # a C int; the output buffer is max_new per prompt (2**40 asked numpy for 4 TiB)
+        max_new = int_field(max_new, "max_new", 1)
         results: list[list[int]] = []
         state = None
         for start in range(0, len(prompts), batch):

@@ -90,11 +90,14 @@ class SpheresTrainer:
     def configure(self, *, lr: float, min_lr: float, warmup_steps: int, total_steps: int,
                   beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
                   weight_decay: float = 0.0, grad_clip: float = 1.0) -> None:
+        # C ints; the C side checks the ranges (beyond an int, cffi raised OverflowError)
+        warmup_steps = int_field(warmup_steps, "warmup_steps", -2**31)
+        total_steps = int_field(total_steps, "total_steps", -2**31)
         check(lib.odin_spheres_set_schedule(self._h, lr, min_lr, warmup_steps, total_steps), "configure")
         check(lib.odin_spheres_set_optimizer(self._h, beta1, beta2, eps, weight_decay, grad_clip), "configure")
 
     def set_step(self, step: int) -> None:
-        check(lib.odin_spheres_set_step(self._h, step), "set_step")
+        check(lib.odin_spheres_set_step(self._h, int_field(step, "step", -2**63, 2**63 - 1)), "set_step")
 
     def run(self, tokens: np.ndarray, loss_mask: Optional[np.ndarray] = None,
             ids: Optional[np.ndarray] = None) -> int:

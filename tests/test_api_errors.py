@@ -593,3 +593,20 @@ def test_adamw_step_number_beyond_a_c_int_is_an_argument_error(step):
     before = m.params.copy()
     raises(lambda: m.adamw_step(lr=1e-3, step=step), ArgumentError, "step")
     assert np.array_equal(m.params, before)
+
+
+def test_rwkv_generate_greedy_max_new_beyond_a_c_int_is_one_error():
+    # re-audit fuzz: max_new=2**40 reached numpy (a MemoryError for a 4 TiB output buffer)
+    raises(lambda: _rwkv().generate_greedy([[1, 2]], 2**40, end_id=0), OdinError, "max_new")
+
+
+@pytest.mark.parametrize("field", ["warmup_steps", "total_steps"])
+def test_spheres_schedule_beyond_a_c_int_is_one_error(field):
+    # re-audit fuzz: total_steps=2**40 reached cffi, which raised OverflowError
+    from odin.spheres import SpheresTrainer
+
+    trainer = SpheresTrainer(_gpt(), batch=2, seq_len=4, threads=1)
+    sched = dict(lr=1e-3, min_lr=1e-4, warmup_steps=0, total_steps=2)
+    sched[field] = 2**40
+    raises(lambda: trainer.configure(**sched), OdinError, field)
+    raises(lambda: trainer.set_step(2**64), OdinError, "step")
