@@ -197,7 +197,10 @@ def train(
         manifest = load_manifest(data_dir)
         if resumed is not None:
             check_same_dataset(resumed.trainer_state.get("dataset"), manifest, data_dir, ckpt_dir)
-        setup = _prepare_data(run_config, data_dir, manifest, tokenizer)
+        # a model from a checkpoint (--init-from, --resume) may carry a padded vocabulary (an imported
+        # HF model's rows beyond its tokenizer); a fresh config must match the tokenizer exactly
+        setup = _prepare_data(run_config, data_dir, manifest, tokenizer,
+                              padded_vocab=initial is not None or resumed is not None)
         sampler = setup.sampler
         if resumed is not None:
             try:
@@ -243,10 +246,11 @@ class _Data:
 
 
 def _prepare_data(run_config: RunConfig, data_dir: Path, manifest: Mapping[str, Any],
-                  tokenizer: CharTokenizer) -> _Data:
+                  tokenizer: CharTokenizer, padded_vocab: bool = False) -> _Data:
     """Load and encode the splits; check they fit the model. Reads only."""
     cfg_m, cfg_t = run_config.model, run_config.train
-    if cfg_m.vocab_size != tokenizer.vocab_size:
+    too_small = cfg_m.vocab_size < tokenizer.vocab_size
+    if too_small or (cfg_m.vocab_size != tokenizer.vocab_size and not padded_vocab):
         raise ValueError(f"[model].vocab_size is {cfg_m.vocab_size} but the char tokenizer has "
                          f"{tokenizer.vocab_size} tokens; set vocab_size = {tokenizer.vocab_size}")
     reverse = bool(manifest.get("settings", {}).get("reverse_answer", False))

@@ -219,6 +219,29 @@ def test_imported_checkpoint_scores_as_the_original_in_odin_eval_and_fine_tunes(
     assert json.loads(proc.stdout)["steps"] == 3
 
 
+def test_imported_model_with_a_padded_vocabulary_fine_tunes(tmp_path):
+    # many HF models carry embedding rows beyond their tokenizer (vocab padded to a multiple of 8/64):
+    # those rows import, and a run started from them trains with them
+    original = make_checkpoint(tmp_path / "ckpt", "gpt", seed=2)
+    hf_dir = _export(original, tmp_path / "hf")
+    model = _hf_model(hf_dir)
+    tokens = model.config.vocab_size
+    model.resize_token_embeddings(tokens + 13)
+    model.save_pretrained(str(hf_dir))
+    assert run("odin", "import", "hf", hf_dir, tmp_path / "back").returncode == 0
+    from odin.checkpoint_io import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "back").config["model"]["vocab_size"] == tokens + 13
+    data = tmp_path / "data"
+    build = run("odin", "data", "build", "--out", data, "--n", 200, "--max-digits", 2, "--seed", 3, "--no-progress")
+    assert build.returncode == 0, build.stderr
+    proc = run("odin", "train", "--init-from", tmp_path / "back", "--data", data, "--steps", 3, "--out",
+               tmp_path / "run", "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["steps"] == 3
+    assert load_checkpoint(tmp_path / "run" / "checkpoint").config["model"]["vocab_size"] == tokens + 13
+
+
 def _edit_config(directory: Path, **changes) -> None:
     path = directory / "config.json"
     config = json.loads(path.read_text())
