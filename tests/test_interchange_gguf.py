@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'odin[interchange]')")
+from interchange_models import in_ci, require_reader  # noqa: E402
+
+gguf = require_reader("gguf", "the gguf package is not installed (pip install 'odin[interchange]')")
 
 from odin.checkpoint import load_model_checkpoint, model_from_config, save_model_checkpoint  # noqa: E402
 from odin.checkpoint_io import load_checkpoint  # noqa: E402
@@ -31,8 +33,9 @@ NODE = shutil.which("node")
 BIN = Path(sys.executable).parent
 ODIN, ODIN_INFER = str(BIN / "odin"), str(BIN / "odin-infer")
 
+# in CI llama.cpp must be there: the tests run, and fail, when it is not
 needs_llama = pytest.mark.skipif(
-    NODE is None or not (LLAMA_DIR / "node_modules" / "node-llama-cpp").is_dir(),
+    not in_ci() and (NODE is None or not (LLAMA_DIR / "node_modules" / "node-llama-cpp").is_dir()),
     reason="llama.cpp through node-llama-cpp is not installed (cd tests/js/llama && npm ci --omit=optional)")
 
 

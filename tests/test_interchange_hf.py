@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from interchange_models import (PROMPTS, make_checkpoint, odin_infer_greedy, odin_logits, one_error_line,
-                                relative_difference, run)
+                                relative_difference, require_reader, run)
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = require_reader("torch", "torch is not installed (.ci/run installs the CPU build)")
+transformers = require_reader("transformers", "transformers is not installed (.ci/run installs it)")
 
 TOLERANCE = 1e-4  # relative (max abs difference over the largest logit)
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from interchange_models import (PROMPTS, make_checkpoint, odin_infer_greedy, odin_logits, one_error_line,
-                                relative_difference, run)
+                                relative_difference, require_reader, run)
 from odin.tokenizers import load_tokenizer
 
-ort = pytest.importorskip("onnxruntime")
+ort = require_reader("onnxruntime", "onnxruntime is not installed (.ci/run installs it)")
+require_reader("onnx", "onnx, the exporter's writer, is not installed (pip install 'odin[interchange]')")
 
 TOLERANCE = 1e-4  # relative (max abs difference over the largest logit)
 
