@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -341,6 +342,39 @@ def test_session_trains_changes_threads_stops_and_keeps_the_checkpoint(tmp_path:
     info = session.latest_checkpoint()
     assert info is not None and info.step == session.snapshot().step > 25
     assert load_model_checkpoint(info.path).step == info.step
+
+
+def task_ids() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/task")}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_session_trains_at_a_higher_nice_value_than_the_window(tmp_path: Path, tiny_dataset: Path) -> None:
+    """The training thread and every worker it spawns (also after a thread-count change
+    asked for from the window's thread) yield the CPU to the window's thread, which keeps
+    its own priority."""
+    window_thread = threading.get_native_id()
+    window_nice = os.getpriority(os.PRIO_PROCESS, window_thread)
+    before = task_ids()
+    session = TrainingSession()
+    session.start(StartRequest(tiny_config(steps=100_000, eval_every=0), tiny_dataset, tmp_path, threads=1))
+    deadline = time.monotonic() + 30
+    while (session.snapshot() is None or session.snapshot().step < 5) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    session.set_threads(2)  # from this (the window's) thread: the workers still inherit the trainer's nice
+    step_at_change = session.snapshot().step
+    while session.snapshot().step < step_at_change + 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert session.snapshot().threads == 2
+    training_threads = task_ids() - before
+    niceness = {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in training_threads}
+    assert session._thread is not None and session._thread.native_id in training_threads
+    assert len(training_threads) >= 3  # the training thread and two workers
+    assert set(niceness.values()) == {min(19, window_nice + 10)}, niceness
+    assert os.getpriority(os.PRIO_PROCESS, window_thread) == window_nice
+    session.stop()
+    assert session.join(30) and session.phase == Phase.STOPPED
+    assert os.getpriority(os.PRIO_PROCESS, window_thread) == window_nice
 
 
 def test_session_runs_to_the_end_and_evaluates(tmp_path: Path, tiny_dataset: Path) -> None:

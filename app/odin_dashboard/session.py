@@ -21,6 +21,7 @@ from odin.checkpoint_io import OPTIMIZER_FILE, CheckpointError, read_progress
 from odin.config import RunConfig
 from odin.native import OdinError
 from odin.spheres import Snapshot, SpheresTrainer, StepRecord
+from odin_dashboard.priority import lower_this_thread_priority
 
 TrainFn = Callable[..., Any]
 
@@ -57,7 +58,7 @@ class CheckpointInfo:
 
 
 class TrainingSession:
-    def __init__(self, train_fn: Optional[TrainFn] = None) -> None:
+    def __init__(self, train_fn: Optional[TrainFn] = None, lower_priority: bool = True) -> None:
         if train_fn is None:
             from odin.train import train as train_fn
         self._train_fn = train_fn
@@ -79,6 +80,9 @@ class TrainingSession:
         self._metrics_offset = 0
         self._metrics_ready = False
         self._ckpt_seen: Optional[tuple[float, CheckpointInfo]] = None
+        # the training thread and its workers run at a higher nice value than the window
+        self._lower_priority = lower_priority
+        self.lowered_priority = False
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -124,6 +128,8 @@ class TrainingSession:
                 trainer.stop()
 
     def _run(self, request: StartRequest) -> None:
+        # before the trainer spawns its workers from this thread, so that they inherit it
+        self.lowered_priority = self._lower_priority and lower_this_thread_priority()
         try:
             options: dict[str, Any] = {"overwrite": True} if request.overwrite else {}
             self.result = self._train_fn(
