@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from odin.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
+from odin.checkpoint_io import load_checkpoint, save_checkpoint
 from odin.config import ConfigError, ModelConfig, RunConfig
+from odin.interchange.common import InterchangeError, run_command, write_file_atomically
 from odin.interchange.gguf_vocab import GGUFVocab, VocabError, tokenizer_from_vocab, vocab_from_tokenizer
 
 ARCH = "gpt2"
@@ -37,7 +36,7 @@ GGUF_MAGIC = b"GGUF"
 PRE_TOKENIZER = "gpt-2"  # llama.cpp's name for the GPT-2 word-splitting regex
 
 
-class GGUFError(ValueError):
+class GGUFError(InterchangeError):
     """A model that cannot be written as GGUF, or a GGUF file ODIN cannot read (the message
     names the file and the reason)."""
 
@@ -117,11 +116,8 @@ def export_gguf(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
             raise GGUFError(f"{checkpoint}: tensor {name!r} has values beyond f16's range (+-{F16_MAX:g}); "
                             f"export it with --type f32")
     target = Path(out)
-    if target.is_dir():
-        raise GGUFError(f"{target} is a directory; give the path of the .gguf file to write")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
+
+    def write(staging: Path) -> None:
         writer = gguf.GGUFWriter(str(staging), ARCH)
         _write_metadata(writer, gguf, config, vocab, dtype, Path(checkpoint).name)
         for odin_name, gguf_name in tensor_names(config.n_layer).items():
@@ -131,12 +127,8 @@ def export_gguf(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        with open(staging, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(staging, target)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
+
+    write_file_atomically(target, write, GGUFError, ".gguf")
     n_params = sum(int(array.size) for array in loaded.params.values())
     return {"path": target, "n_params": n_params, "bytes": target.stat().st_size, "type": dtype}
 
@@ -327,26 +319,13 @@ def import_gguf(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> di
 
 
 # ------------------------------------------------------------------ command line
-def _run(prog: str, action: Callable[[], str]) -> int:
-    try:
-        message = action()
-    except (GGUFError, CheckpointError, VocabError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"{prog}: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
-        return 2
-    print(message)
-    return 0
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
     def action() -> str:
         summary = export_gguf(args.checkpoint, args.file, args.type)
         return (f"exported {summary['n_params']:,} parameters ({summary['bytes'] / 2**20:.2f} MiB, "
                 f"{summary['type']}) to {summary['path']} (llama.cpp architecture {ARCH})")
 
-    return _run("odin export gguf", action)
+    return run_command("export gguf", action)
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -357,7 +336,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
                 f"{model.n_head} heads, context {model.context}, vocab {model.vocab_size}, "
                 f"{summary['tokenizer']}) into {summary['path']}")
 
-    return _run("odin import gguf", action)
+    return run_command("import gguf", action)
 
 
 def add_export_parser(export_subparsers: "argparse._SubParsersAction") -> None:

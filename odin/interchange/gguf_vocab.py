@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
+from odin.interchange.common import InterchangeError
 from odin.tokenizers import SPECIAL_TOKENS, BPETokenizer, CharTokenizer
 
 # gguf.TokenType values (the package is imported lazily by the caller; these are the format's)
@@ -33,7 +34,7 @@ NORMAL, CONTROL, UNUSED = 1, 3, 5
 PAD_PREFIX = "[PAD"
 
 
-class VocabError(ValueError):
+class VocabError(InterchangeError):
     """A tokenizer that this GGUF vocabulary cannot express, or a GGUF vocabulary ODIN cannot read."""
 
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -26,9 +25,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from odin.blueprint import Blueprint
-from odin.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
+from odin.checkpoint_io import load_checkpoint, save_checkpoint
 from odin.config import ConfigError, ModelConfig, RunConfig
 from odin.fileio import user_mode
+from odin.interchange.common import InterchangeError, run_command
 from odin.interchange.names import HF_ARCHITECTURE, HF_EMBEDDING, HF_HEAD, HF_MODEL_TYPE, tensor_names
 from odin.interchange.tokenizer_json import SPECIAL_ROLES, hf_tokenizer, odin_tokenizer, tokenizer_config
 from odin.tokenizers import BPETokenizer, CharTokenizer, TokenizerFileError
@@ -40,10 +40,6 @@ RWKV_LN_OUT_EPS = 1e-5
 _GPT2_GELU = ("gelu_new", "gelu_pytorch_tanh")  # both are the tanh approximation ODIN uses
 # buffers older transformers versions saved with GPT-2 (the causal mask): not weights
 _GPT2_BUFFERS = (".attn.bias", ".attn.masked_bias")
-
-
-class InterchangeError(ValueError):
-    """A model, file or option that cannot be converted; the message names the file and why."""
 
 
 # ------------------------------------------------------------------------------ export
@@ -309,24 +305,20 @@ def import_hf(hf_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Pa
 
 
 # ------------------------------------------------------------------------------ command line
-def _run(command: str, action: Callable[[], Path], done: Callable[[Path], str]) -> int:
-    try:
-        written = action()
-    except (InterchangeError, CheckpointError, TokenizerFileError, ConfigError, OSError) as error:
-        print(f"odin {command}: error: {error}", file=sys.stderr)
-        return 2
-    print(done(written))
-    return 0
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
-    return _run("export hf", lambda: export_hf(args.checkpoint, args.out),
-                lambda out: f"wrote {out} (transformers: AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    def action() -> str:
+        out = export_hf(args.checkpoint, args.out)
+        return f"wrote {out} (transformers: AutoModelForCausalLM.from_pretrained({str(out)!r}))"
+
+    return run_command("export hf", action)
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    return _run("import hf", lambda: import_hf(args.directory, args.out),
-                lambda out: f"wrote checkpoint {out} (try: odin-infer -m {out} -p '...')")
+    def action() -> str:
+        out = import_hf(args.directory, args.out)
+        return f"wrote checkpoint {out} (try: odin-infer -m {out} -p '...')"
+
+    return run_command("import hf", action)
 
 
 def add_export_parser(esub: "argparse._SubParsersAction") -> None:

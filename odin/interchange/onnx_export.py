@@ -20,23 +20,21 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from odin.checkpoint_io import CheckpointError, load_checkpoint
-from odin.config import ConfigError, ModelConfig
-from odin.fileio import user_mode
+from odin.checkpoint_io import load_checkpoint
+from odin.config import ModelConfig
+from odin.interchange.common import InterchangeError, run_command, write_file_atomically
 
 OPSET = 17
 RWKV_STATE = ("att_x", "num", "den", "max", "ffn_x")
 RWKV_MAX_START = -1e38  # the exponent of an empty WKV sum
 
 
-class OnnxExportError(ValueError):
+class OnnxExportError(InterchangeError):
     """A model this exporter cannot express; the message names the file and why."""
 
 
@@ -251,40 +249,29 @@ def export_onnx(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str])
     if reason is not None:
         raise OnnxExportError(f"{Path(checkpoint) / 'config.json'}: cannot export to ONNX: {reason}")
     target = Path(out)
-    if target.is_dir():
+    if target.is_dir():  # before building the graph (write_file_atomically checks again)
         raise OnnxExportError(f"{target} is a directory; give the .onnx file to write")
     graph = gpt_graph(model, loaded.params) if model.arch == "gpt" else rwkv_graph(model, loaded.params)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="odin")
     proto.ir_version = 8  # readable by onnxruntime releases back to 1.14
     onnx.checker.check_model(proto, full_check=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(handle)
-    try:
-        onnx.save_model(proto, staging)
-        os.chmod(staging, user_mode())  # mkstemp makes 0600: follow the umask like open()
-        os.replace(staging, target)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-    return target
+    return write_file_atomically(target, lambda staging: onnx.save_model(proto, str(staging)), OnnxExportError,
+                                 ".onnx")
 
 
-def _run(action: Callable[[], Path]) -> int:
-    try:
-        written = action()
-    except (OnnxExportError, CheckpointError, ConfigError, OSError) as error:
-        print(f"odin export onnx: error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {written} ({written.stat().st_size / 2**20:.2f} MiB; onnxruntime.InferenceSession({str(written)!r}))")
-    return 0
+def _cmd_export(args: argparse.Namespace) -> int:
+    def action() -> str:
+        written = export_onnx(args.checkpoint, args.out)
+        return f"wrote {written} ({written.stat().st_size / 2**20:.2f} MiB; onnxruntime.InferenceSession({str(written)!r}))"
+
+    return run_command("export onnx", action)
 
 
 def add_export_parser(esub: "argparse._SubParsersAction") -> None:
     p = esub.add_parser("onnx", help="an ONNX graph (GPT with past key/values, RWKV with its state)")
     p.add_argument("checkpoint", help="ODIN checkpoint directory")
     p.add_argument("out", help="the .onnx file to write")
-    p.set_defaults(func=lambda args: _run(lambda: export_onnx(args.checkpoint, args.out)))
+    p.set_defaults(func=_cmd_export)
 
 
 __all__ = ["OnnxExportError", "RWKV_STATE", "RWKV_MAX_START", "export_onnx", "gpt_graph", "onnx_unsupported",
