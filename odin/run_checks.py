@@ -6,13 +6,15 @@ Each problem is a ValueError / FileNotFoundError of one line that says what to d
 """
 from __future__ import annotations
 
+import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from odin.checkpoint import LoadedModel, load_model_checkpoint
-from odin.config import RunConfig
+from odin.config import RunConfig, TrainConfig
 from odin.spheres import N_SPHERES, default_threads
 from odin.tokenizers import CharTokenizer
 
@@ -38,6 +40,21 @@ def _differences(given: Mapping[str, Any], saved: Mapping[str, Any], table: str,
             for key in sorted(set(given) | set(saved)) if key not in ignore and given.get(key) != saved.get(key)]
 
 
+def _require_recorded_settings(ckpt_dir: Path) -> None:
+    """odin train records every [train] setting in config.json; where some are gone (a damaged
+    or hand-edited file), RunConfig would fill them with defaults and the resumed run would
+    silently train on other settings (another step count, batch size, schedule)."""
+    path = ckpt_dir / "config.json"
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("train")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"cannot resume: {path} is not readable JSON ({exc})") from None
+    missing = [f.name for f in fields(TrainConfig) if not isinstance(recorded, Mapping) or f.name not in recorded]
+    if missing:
+        raise ValueError(f"cannot resume: {path} does not record the run's [train] settings "
+                         f"({', '.join(missing)}); start a new run from its weights with --init-from {ckpt_dir}")
+
+
 def resume_state(ckpt_dir: Path, run_config: Optional[RunConfig]) -> LoadedModel:
     """The checkpoint a resume continues from, checked: weights and optimizer present, a
     trainer state odin train wrote, and (when a config is given) the run's own settings."""
@@ -53,6 +70,7 @@ def resume_state(ckpt_dir: Path, run_config: Optional[RunConfig]) -> LoadedModel
         raise ValueError(f"cannot resume: {ckpt_dir} has no batch sampler position in its trainer state (it was "
                          f"written by {made_by}); start a new run from its weights with --init-from {ckpt_dir}")
     saved = loaded.run_config
+    _require_recorded_settings(ckpt_dir)
     if run_config is not None:  # a run's settings are its own: asking for others is refused, not applied
         if run_config.model != saved.model:
             raise ValueError(f"cannot resume: {ckpt_dir} holds a different model config ({saved.model}) than "

@@ -224,6 +224,20 @@ def test_resume_of_an_incomplete_checkpoint_is_one_line(tmp_path, data):
         line = one_line_error(odin("train", "--out", str(run), "--data", str(data), "--resume"))
         assert says in line, line
         assert folder_state(run) == before
+    # a config.json whose [train] settings are gone (damaged, hand-edited): RunConfig's defaults would
+    # fill them and the run would go on with the preset's step count and batch size (re-audit sweep)
+    for name, drop in [("e", None), ("f", "batch_size")]:
+        run = saved(name, 10, {**full_state, "sampler": {"seed": 1, "epoch": 0, "position": 0}})
+        recorded = json.loads((run / "checkpoint" / "config.json").read_text())
+        if drop is None:
+            del recorded["train"]
+        else:
+            del recorded["train"][drop]
+        (run / "checkpoint" / "config.json").write_text(json.dumps(recorded))
+        before = folder_state(run)
+        line = one_line_error(odin("train", "--out", str(run), "--data", str(data), "--resume"))
+        assert "does not record the run's [train] settings" in line and (drop or "steps") in line, line
+        assert folder_state(run) == before
 
 
 # ---------------------------------------------------------------- item 8: one process per folder
