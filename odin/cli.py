@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -99,8 +100,8 @@ def _ensure_preset_data(preset: str, data_dir: Path) -> None:
     if spec is None:
         raise FileNotFoundError(f"preset {preset!r} names no dataset: pass --data DIR (see `odin data build`)")
     print(f"building the dataset of preset {preset!r} in {data_dir}: {spec} ...", file=sys.stderr)
-    if "tasks" in spec:  # algebra / code / mixed recipes
-        build_mixed_dataset(data_dir, **spec)
+    if "tasks" in spec:  # algebra / code / mixed recipes; the sandbox runs a worker per core
+        build_mixed_dataset(data_dir, **spec, jobs=os.cpu_count() or 1)
     else:
         build_dataset(data_dir, **spec)
 

@@ -12,6 +12,7 @@ Without ``--tasks`` the build is the arithmetic-only dataset of
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from odin.data.algebra import ALGEBRA_KINDS
@@ -118,7 +119,8 @@ def add_build_parser(data_subparsers: "argparse._SubParsersAction") -> argparse.
                             "(final result after '#')")
     mixed.add_argument("--reverse-algebra", action="store_true", help="write algebra answer digits reversed too")
     mixed.add_argument("--timeout", type=float, default=2.0, help="seconds per program in the sandbox (default 2)")
-    mixed.add_argument("--jobs", type=int, default=1, help="sandbox worker processes (default 1)")
+    mixed.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                       help="sandbox worker processes (default: one per CPU core; the data do not depend on it)")
     progress = mixed.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="draw progress bars on stderr (default: when stderr is a terminal)")
