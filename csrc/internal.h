@@ -72,7 +72,8 @@ typedef struct { const char *name; size_t offset; int rows, cols; int decay; } o
 void odin_tensor_append(odin_tensor_view *tensors, int *count, size_t *offset, const char *name, int rows,
                         int cols);
 /* 64-byte aligned, zeroed; NULL when out of memory. Free with free(). */
-void *odin_zalloc(size_t bytes);
+void *odin_zalloc(size_t bytes);  /* NULL also when bytes exceed the machine's RAM + swap */
+int odin_fits_in_memory(size_t bytes);
 /* The parameter, gradient and two AdamW moment blocks of n floats, zeroed; on failure none
  * is kept (all four NULL) and the error says how much was asked for. */
 odin_status odin_alloc_param_blocks(size_t n, float **params, float **grads, float **m, float **v);

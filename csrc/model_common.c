@@ -4,9 +4,31 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/sysinfo.h>
+#endif
 #include "internal.h"
 
+/* RAM + swap of the machine (0 where unknown). An allocation past it may still succeed on a
+ * Linux that overcommits, and the process is then killed while the block is being zeroed:
+ * refusing it up front turns that into an error the caller can report. */
+static size_t machine_memory_bytes(void) {
+#if defined(__linux__)
+    struct sysinfo info;
+    if (sysinfo(&info) != 0) return 0;
+    return odin_size_mul(odin_size_add((size_t)info.totalram, (size_t)info.totalswap), (size_t)info.mem_unit);
+#else
+    return 0;
+#endif
+}
+
+int odin_fits_in_memory(size_t bytes) {
+    size_t total = machine_memory_bytes();
+    return total == 0 || bytes <= total;
+}
+
 void *odin_zalloc(size_t bytes) {
+    if (!odin_fits_in_memory(bytes)) return NULL;
     void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
     if (p) memset(p, 0, bytes);
     return p;
@@ -26,6 +48,11 @@ odin_status odin_require_floats(size_t n, const char *what, const char *args) {
 odin_status odin_alloc_param_blocks(size_t n, float **params, float **grads, float **m, float **v) {
     *params = *grads = *m = *v = NULL;
     if (n > ODIN_MAX_FLOATS) return odin_fail(ODIN_BAD_ARG, "the parameter count would overflow");
+    size_t bytes = odin_size_mul(n, 4 * sizeof(float));  /* weights, gradients, two AdamW moments */
+    if (!odin_fits_in_memory(bytes))
+        return odin_fail(ODIN_NO_MEMORY, "%zu parameters need %.1f GiB (weights, gradients, AdamW moments): more "
+                         "than this machine's memory and swap (%.1f GiB)", n, bytes / 1073741824.0,
+                         machine_memory_bytes() / 1073741824.0);
     *params = odin_zalloc(n * sizeof(float));
     *grads = odin_zalloc(n * sizeof(float));
     *m = odin_zalloc(n * sizeof(float));

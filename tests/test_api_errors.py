@@ -610,3 +610,26 @@ def test_spheres_schedule_beyond_a_c_int_is_one_error(field):
     sched[field] = 2**40
     raises(lambda: trainer.configure(**sched), OdinError, field)
     raises(lambda: trainer.set_step(2**64), OdinError, "step")
+
+
+def test_a_model_larger_than_the_machine_is_an_error_not_a_killed_process():
+    """A shape within every size limit whose blocks exceed RAM + swap: Linux's overcommit let the
+    allocations succeed and the process was killed while zeroing them (found by the issue-18
+    fuzz, exit 137). The C core now refuses it up front. In a subprocess, so a regression shows
+    as a killed child instead of taking pytest down."""
+    import subprocess
+    import sys
+
+    code = ("from odin.model import GPT, GPTShape\n"
+            "from odin.rwkv import RWKV, RWKVShape\n"
+            "from odin.native import OdinError\n"
+            "for make in (lambda: GPT(GPTShape(vocab_size=16, context=357913942, n_layer=1, n_head=1, d_model=16)),\n"
+            "             lambda: RWKV(RWKVShape(vocab_size=357913942, context=16, n_layer=1, d_model=16))):\n"
+            "    try:\n"
+            "        make()\n"
+            "    except OdinError as error:\n"
+            "        print(type(error).__name__, error)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-500:])
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and all("more than this machine's memory" in line for line in lines), proc.stdout

@@ -56,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     isa_problem = native_load_error()
     if isa_problem:  # a bad ODIN_ISA: one line, not a traceback from the first native import
-        print(f"odin-pipeline: {isa_problem}", file=sys.stderr)
+        print(f"odin-pipeline: error: {isa_problem}", file=sys.stderr)
         return 2
     if args.command == "status":
         from odin.pipeline.status import collect_status, dumps, format_status
