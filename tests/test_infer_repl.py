@@ -40,6 +40,9 @@ class Terminal:
         argv = [sys.executable, "-m", "odin.infer_cli", *args]
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: exec at once
+            # as a user's shell does: Ctrl-C interrupts (a test runner started in the background,
+            # as CI may be, inherits SIGINT ignored, and an ignored signal stays ignored across exec)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execve(sys.executable, argv, env)
         self.seen = b""
 

@@ -105,6 +105,7 @@ ROWS: list[Row] = [
     Row("odin-infer -m {ckpt}", stdin="12+34=\n"),
     Row("odin-infer -m {pipe_ckpt} -p 'The pipeline' -n 20 --temperature 0.8"),
     Row("odin-infer -m {ckpt} -f {prompts} -n 8", out=r"\d"),
+    Row("odin-infer -m {ckpt} -p 12+34= -n 8 --raw", out=r"\d"),
     # ---- interchange: each export read back by odin itself (the third-party readers are
     # tests/test_interchange_*.py); the round trip answers like the original
     Row("odin export gguf {ckpt} {tmp}/m.gguf --type f16 && odin import gguf {tmp}/m.gguf {tmp}/back && "
