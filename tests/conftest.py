@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import zlib
 
@@ -20,6 +21,13 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import odin.native as native  # noqa: E402
+
+# A runner started in the background (`pytest &`, as a CI job may be) inherits SIGINT ignored, and
+# an ignored signal stays ignored across exec: every odin command the tests start would then
+# shrug off Ctrl-C and the tests of what Ctrl-C does would hang. A user's shell starts commands
+# with SIGINT at its default; so do the tests.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ISA_AT_IMPORT = native.current_isa()
 AVAILABLE_ISAS = native.available_isas()

@@ -19,7 +19,13 @@ const llama = await getLlama({
 const model = await llama.loadModel({modelPath: spec.model, gpuLayers: 0});
 // one slot beyond the model's context: node-llama-cpp shifts the context (drops early tokens)
 // before it fills the last slot, and no position past the model's is ever fed
-const context = await model.createContext({contextSize: spec.context + 1, batchSize: spec.context + 1, threads: 1});
+// f32 keys and values and no flash attention: llama.cpp's defaults (an f16 cache, and on some
+// CPUs an f16 attention kernel) round activations that ODIN keeps in f32, by an amount that
+// differs per CPU; without them the comparison checks the file, not llama.cpp's rounding
+const context = await model.createContext({
+    contextSize: spec.context + 1, batchSize: spec.context + 1, threads: 1,
+    flashAttention: false, experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32",
+});
 const sequence = context.getSequence();
 const bos = model.tokens.bos;
 
