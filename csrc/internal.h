@@ -9,6 +9,19 @@
 
 #define ODIN_VERSION "0.1.0"
 
+#if !defined(__wasm__)
+/* Profiling a training step (odin_spheres_profile): while a thread's clock is set,
+ * odin_gemm adds the nanoseconds it spends to it, so the trainer can split forward and
+ * backward into GEMM and the rest. NULL (off) costs one thread-local load per GEMM. */
+extern _Thread_local uint64_t *odin_gemm_clock;
+#include <time.h>
+static inline uint64_t odin_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+#endif
+
 /* Record a message for odin_last_error() (thread-local) and return code. */
 odin_status odin_fail(odin_status code, const char *fmt, ...)
 #if defined(__GNUC__)

@@ -382,6 +382,21 @@ void odin_spheres_snapshot_get(odin_spheres *sp, odin_spheres_snapshot *out);
 /* Copy up to max records with step > since_step, oldest first; returns how many. */
 int odin_spheres_history(odin_spheres *sp, long long since_step, odin_spheres_record *out, int max);
 int odin_spheres_history_capacity(void);
+/* Where the steps' time goes, counted while profiling is on. Thread-seconds summed over the
+ * worker threads: forward and backward, each split into GEMM and the rest; the slot gradient
+ * buffers (zeroing, the per-sphere norm); the reduce; clip + AdamW. Wall seconds of the root:
+ * the slots, reduce and update phases and whole steps (the rest of a step is the root's own
+ * work between phases). */
+typedef struct {
+    long long steps;
+    double fwd_gemm, fwd_other, bwd_gemm, bwd_other, slot_buffers, reduce, update;
+    double wall_slots, wall_reduce, wall_update, wall_steps;
+} odin_spheres_profile;
+/* enabled != 0: count from zero from the next step on; 0: stop counting (the figures stay).
+ * Between runs only. Off, the cost is one thread-local load per GEMM call. */
+odin_status odin_spheres_set_profiling(odin_spheres *sp, int enabled);
+/* The figures so far; between runs only. */
+odin_status odin_spheres_profile_get(odin_spheres *sp, odin_spheres_profile *out);
 /* ODIN_CDEF_END */
 
 

@@ -46,6 +46,10 @@ typedef struct { size_t start, len; int decay; } chunk_t;
 
 typedef enum { PH_NONE, PH_SLOTS, PH_REDUCE, PH_UPDATE, PH_EXIT } phase_t;
 
+/* profiling: a worker's thread-time per part of a step (ns), and the root's wall time */
+enum { PR_FWD_GEMM, PR_FWD_OTHER, PR_BWD_GEMM, PR_BWD_OTHER, PR_SLOT_BUFFERS, PR_REDUCE, PR_UPDATE, PR_N };
+enum { PW_SLOTS, PW_REDUCE, PW_UPDATE, PW_STEPS, PW_N };
+
 /* What the trainer needs from a model: its parameter layout and blocks, per-thread
  * workspaces, and forward/backward of one micro-batch into a caller's gradient buffer.
  * GPT and RWKV each fill one table; nothing below depends on the architecture. */
@@ -70,6 +74,8 @@ typedef struct worker {
     int id;
     pthread_t thread;
     void *ws;
+    uint64_t gemm_ns;            /* odin_gemm_clock points here while profiling */
+    uint64_t prof[PR_N];
 } worker_t;
 
 struct odin_spheres {
@@ -118,6 +124,10 @@ struct odin_spheres {
     pthread_mutex_t hist_mu;
     odin_spheres_record *hist;
     long long hist_count;
+    /* profiling (odin_spheres_set_profiling): switched between runs only */
+    int profiling;
+    uint64_t wall[PW_N];
+    long long prof_steps;
 };
 
 static double now_s(void) {
@@ -137,10 +147,23 @@ static void set_state(odin_spheres *sp, int s, int st) {
 }
 
 /* ---------------------------------------------------------------- phase work */
+/* clock reads only while profiling */
+static inline uint64_t prof_now(const odin_spheres *sp) { return sp->profiling ? odin_now_ns() : 0; }
+
+/* Charge the time since t0 to `part`, of which the GEMM time since gemm0 to `gemm_part`. */
+static void prof_split(const odin_spheres *sp, worker_t *w, uint64_t t0, uint64_t gemm0, int gemm_part, int part) {
+    if (!sp->profiling) return;
+    const uint64_t spent = odin_now_ns() - t0, gemm = w->gemm_ns - gemm0;
+    w->prof[gemm_part] += gemm;
+    w->prof[part] += spent - (gemm < spent ? gemm : spent);
+}
+
 static void run_slot(odin_spheres *sp, worker_t *w, int s) {
     const size_t P = sp->n_params;
     float *g = sp->slot_grads + (size_t)s * P;
+    uint64_t tp = prof_now(sp);
     memset(g, 0, P * sizeof(float));
+    if (sp->profiling) w->prof[PR_SLOT_BUFFERS] += odin_now_ns() - tp;
     sp->slot_status[s] = ODIN_OK;
     sp->slot_loss[s] = 0.0f;
     sp->slot_norm[s] = 0.0f;
@@ -150,13 +173,20 @@ static void run_slot(odin_spheres *sp, worker_t *w, int s) {
     const size_t off = (size_t)sp->slot_first[s] * sp->T;
     set_state(sp, s, ODIN_SPHERE_FORWARD);
     float loss = 0.0f;
+    uint64_t gemm0 = w->gemm_ns;
+    tp = prof_now(sp);
     odin_status st = sp->ops->forward(sp->model, w->ws, sp->in + off, sp->ids ? sp->ids + off : NULL,
                                       sp->tg + off, sp->mk ? sp->mk + off : NULL, rows, sp->T, &loss);
+    prof_split(sp, w, tp, gemm0, PR_FWD_GEMM, PR_FWD_OTHER);
     if (st == ODIN_OK && sp->slot_count[s] > 0) {
         set_state(sp, s, ODIN_SPHERE_BACKWARD);
+        gemm0 = w->gemm_ns;
+        tp = prof_now(sp);
         st = sp->ops->backward(sp->model, w->ws, g, (float)sp->slot_count[s] / (float)sp->total_count);
+        prof_split(sp, w, tp, gemm0, PR_BWD_GEMM, PR_BWD_OTHER);
     }
     float norm = 0.0f;
+    tp = prof_now(sp);
     if (st == ODIN_OK) {
         /* the slot gradient is the global-loss gradient's share; rescale its norm so it
          * reads as the gradient of this slot's own mean loss, comparable across spheres */
@@ -164,6 +194,7 @@ static void run_slot(odin_spheres *sp, worker_t *w, int s) {
         norm = sp->slot_count[s] ? (float)(sqrt(ss) * sp->total_count / sp->slot_count[s]) : 0.0f;
         if (!isfinite(ss)) st = odin_fail(ODIN_NAN_DETECTED, "its gradient contains NaN or Inf");
     }
+    if (sp->profiling) w->prof[PR_SLOT_BUFFERS] += odin_now_ns() - tp;
     if (st != ODIN_OK) {
         strncpy(sp->slot_error[s], odin_last_error(), sizeof sp->slot_error[s] - 1);
         sp->slot_error[s][sizeof sp->slot_error[s] - 1] = 0;
@@ -218,12 +249,15 @@ static void *worker_main(void *arg) {
         if (w->id >= sp->active) continue; /* parked: not a participant this phase */
         const int n_tasks = sp->n_tasks;
         pthread_mutex_unlock(&sp->mu);
+        odin_gemm_clock = sp->profiling ? &w->gemm_ns : NULL;
         for (;;) {
             int t = atomic_fetch_add(&sp->next_task, 1);
             if (t >= n_tasks) break;
+            const uint64_t tp = prof_now(sp);
             if (ph == PH_SLOTS) run_slot(sp, w, t);
             else if (ph == PH_REDUCE) run_reduce(sp, t);
             else run_update(sp, t);
+            if (sp->profiling && ph != PH_SLOTS) w->prof[ph == PH_REDUCE ? PR_REDUCE : PR_UPDATE] += odin_now_ns() - tp;
         }
         pthread_mutex_lock(&sp->mu);
         if (++sp->checked_in == sp->active) pthread_cond_signal(&sp->done_cv);
@@ -234,6 +268,7 @@ static void *worker_main(void *arg) {
 
 /* Run one phase on the active threads and wait for it (root side). */
 static void run_phase(odin_spheres *sp, phase_t ph, int n_tasks) {
+    const uint64_t tp = prof_now(sp);
     pthread_mutex_lock(&sp->mu);
     sp->phase = ph;
     sp->n_tasks = n_tasks;
@@ -243,6 +278,7 @@ static void run_phase(odin_spheres *sp, phase_t ph, int n_tasks) {
     pthread_cond_broadcast(&sp->work_cv);
     while (sp->checked_in < sp->active) pthread_cond_wait(&sp->done_cv, &sp->mu);
     pthread_mutex_unlock(&sp->mu);
+    if (sp->profiling) sp->wall[ph == PH_SLOTS ? PW_SLOTS : ph == PH_REDUCE ? PW_REDUCE : PW_UPDATE] += odin_now_ns() - tp;
 }
 
 /* Start threads up to the wanted count; park the surplus. Root side, between steps. */
@@ -458,6 +494,7 @@ static void set_root(odin_spheres *sp, int state) {
 static odin_status one_step(odin_spheres *sp, const int32_t *in, const int32_t *ids, const int32_t *tg,
                             const uint8_t *mk) {
     double t0 = now_s();
+    const uint64_t tp = prof_now(sp);
     const int T = sp->T;
     sp->in = in; sp->ids = ids; sp->tg = tg; sp->mk = mk;
     sp->total_count = 0;
@@ -517,6 +554,10 @@ static odin_status one_step(odin_spheres *sp, const int32_t *in, const int32_t *
     sp->hist[sp->hist_count % HISTORY] = rec;
     sp->hist_count++;
     pthread_mutex_unlock(&sp->hist_mu);
+    if (sp->profiling) {
+        sp->wall[PW_STEPS] += odin_now_ns() - tp;
+        sp->prof_steps++;
+    }
     return ODIN_OK;
 }
 
@@ -651,3 +692,37 @@ int odin_spheres_history(odin_spheres *sp, long long since_step, odin_spheres_re
 }
 
 int odin_spheres_history_capacity(void) { return HISTORY; }
+
+/* ---------------------------------------------------------------- profiling */
+odin_status odin_spheres_set_profiling(odin_spheres *sp, int enabled) {
+    ODIN_REQUIRE_PTR(sp, "trainer");
+    if (atomic_load(&sp->running)) return odin_fail(ODIN_STATE, "cannot switch profiling while training runs");
+    if (enabled) {
+        for (int i = 0; i < MAX_THREADS; i++) {
+            sp->workers[i].gemm_ns = 0;
+            memset(sp->workers[i].prof, 0, sizeof sp->workers[i].prof);
+        }
+        memset(sp->wall, 0, sizeof sp->wall);
+        sp->prof_steps = 0;
+    }
+    sp->profiling = enabled != 0;
+    return ODIN_OK;
+}
+
+odin_status odin_spheres_profile_get(odin_spheres *sp, odin_spheres_profile *out) {
+    ODIN_REQUIRE_PTR(sp, "trainer"); ODIN_REQUIRE_PTR(out, "out");
+    if (atomic_load(&sp->running)) return odin_fail(ODIN_STATE, "the profile can be read between runs only");
+    uint64_t part[PR_N] = {0};
+    for (int i = 0; i < sp->n_spawned; i++)
+        for (int k = 0; k < PR_N; k++) part[k] += sp->workers[i].prof[k];
+    const double s = 1e-9;
+    *out = (odin_spheres_profile){
+        .steps = sp->prof_steps,
+        .fwd_gemm = part[PR_FWD_GEMM] * s, .fwd_other = part[PR_FWD_OTHER] * s,
+        .bwd_gemm = part[PR_BWD_GEMM] * s, .bwd_other = part[PR_BWD_OTHER] * s,
+        .slot_buffers = part[PR_SLOT_BUFFERS] * s, .reduce = part[PR_REDUCE] * s, .update = part[PR_UPDATE] * s,
+        .wall_slots = sp->wall[PW_SLOTS] * s, .wall_reduce = sp->wall[PW_REDUCE] * s,
+        .wall_update = sp->wall[PW_UPDATE] * s, .wall_steps = sp->wall[PW_STEPS] * s,
+    };
+    return ODIN_OK;
+}

@@ -59,6 +59,28 @@ class Snapshot:
     spheres: list[SphereStats] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class StepProfile:
+    """Where the profiled steps' time went (SpheresTrainer.set_profiling). Thread-seconds
+    summed over the worker threads for the parts of the work; root wall-clock seconds for the
+    phases and the steps (whatever a step spent outside its three phases is the root's own
+    work: the global norm, the clip factor, statistics)."""
+
+    steps: int
+    threads: int
+    fwd_gemm: float
+    fwd_other: float
+    bwd_gemm: float
+    bwd_other: float
+    slot_buffers: float  # zeroing each slot's gradient buffer, its norm for the statistics
+    reduce: float  # summing the 12 buffers in slot order, chunk norms
+    update: float  # clip + AdamW
+    wall_slots: float
+    wall_reduce: float
+    wall_update: float
+    wall_steps: float
+
+
 @dataclass
 class StepRecord:
     step: int
@@ -157,6 +179,19 @@ class SpheresTrainer:
 
     def take_checkpoint_request(self) -> bool:
         return bool(lib.odin_spheres_take_checkpoint_request(self._h))
+
+    # ---------------------------------------------------------------- profiling (between runs)
+    def set_profiling(self, enabled: bool) -> None:
+        """On: count where the next runs' steps spend their time, from zero. Off: stop
+        counting (profile() keeps the figures)."""
+        check(lib.odin_spheres_set_profiling(self._h, 1 if enabled else 0), "set_profiling")
+
+    def profile(self) -> StepProfile:
+        p = ffi.new("odin_spheres_profile *")
+        check(lib.odin_spheres_profile_get(self._h, p), "profile")
+        threads = self.snapshot().threads
+        return StepProfile(p.steps, threads, p.fwd_gemm, p.fwd_other, p.bwd_gemm, p.bwd_other, p.slot_buffers,
+                           p.reduce, p.update, p.wall_slots, p.wall_reduce, p.wall_update, p.wall_steps)
 
     # ---------------------------------------------------------------- statistics (any thread)
     def snapshot(self) -> Snapshot:

@@ -178,3 +178,28 @@ def test_shorter_batches_train_like_the_model_on_their_own_length():
 
     with pytest.raises(native.ShapeError, match=r"T must be in \[1, 12\]"):
         check(lib.odin_spheres_set_seq_len(tr._h, 0), "set_seq_len")
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_profiling_accounts_for_the_steps_and_changes_no_weight(threads):
+    tokens, mask = _data(6)
+    plain, tr_plain = _trainer(threads)
+    tr_plain.run(tokens, mask)
+    model, tr = _trainer(threads)
+    tr.run(tokens[:2], mask[:2])  # not counted: profiling starts after it
+    tr.set_profiling(True)
+    tr.run(tokens[2:5], mask[2:5])
+    tr.set_profiling(False)
+    tr.run(tokens[5:], mask[5:])  # not counted either
+    assert np.array_equal(model.params, plain.params)  # the clocks never touch the numbers
+    p = tr.profile()
+    assert p.steps == 3 and p.threads == threads
+    parts = [p.fwd_gemm, p.fwd_other, p.bwd_gemm, p.bwd_other, p.slot_buffers, p.reduce, p.update]
+    assert all(x > 0 for x in parts), p
+    phases = p.wall_slots + p.wall_reduce + p.wall_update
+    assert 0 < phases <= p.wall_steps
+    # a thread cannot be busy longer than the phases it worked in lasted
+    assert p.fwd_gemm + p.fwd_other + p.bwd_gemm + p.bwd_other + p.slot_buffers <= p.wall_slots * threads * 1.001
+    assert p.reduce <= p.wall_reduce * threads * 1.001 and p.update <= p.wall_update * threads * 1.001
+    tr.set_profiling(True)  # on again: counted from zero
+    assert tr.profile().steps == 0 and tr.profile().wall_steps == 0.0
