@@ -308,9 +308,10 @@ odin_status odin_rwkv_generate_greedy(odin_rwkv *model, odin_rwkv_state *state,
 /* ---- the kissing-spheres trainer (spheres.c) -----------------------------------
  * A root and 12 worker spheres. Each global batch of B sequences is cut into 12
  * micro-batch slots (sizes differ by at most one row); N native threads (1..64,
- * changeable between steps) run the slots' forward + backward into per-slot gradient
- * buffers; the root sums the 12 buffers in slot order, clips, and applies AdamW with a
- * warmup + cosine schedule. Results do not depend on the thread count. */
+ * changeable between steps) run the slots' forward + backward into slot gradient buffers
+ * (one per slot with rows while they fit in 256 MiB, else one per thread, the slots then
+ * running in waves); the slot gradients are added in slot order, clipped, and AdamW
+ * applied with a warmup + cosine schedule. Results do not depend on the thread count. */
 typedef struct odin_spheres odin_spheres;
 
 enum { ODIN_SPHERES_N = 12 };
@@ -382,6 +383,11 @@ void odin_spheres_snapshot_get(odin_spheres *sp, odin_spheres_snapshot *out);
 /* Copy up to max records with step > since_step, oldest first; returns how many. */
 int odin_spheres_history(odin_spheres *sp, long long since_step, odin_spheres_record *out, int max);
 int odin_spheres_history_capacity(void);
+/* How many slot gradient buffers the trainer keeps (memory: n x the parameters): 1..12, capped
+ * at the slots with rows; 0 = automatic (all of them while they fit in 256 MiB, else one per
+ * thread). Any count gives the same weights. Between runs only. */
+odin_status odin_spheres_set_slot_buffers(odin_spheres *sp, int n);
+int odin_spheres_slot_buffers(odin_spheres *sp);
 /* Where the steps' time goes, counted while profiling is on. Thread-seconds summed over the
  * worker threads: forward and backward, each split into GEMM and the rest; the slot gradient
  * buffers (zeroing, the per-sphere norm); the reduce; clip + AdamW. Wall seconds of the root:

@@ -3,10 +3,16 @@
  * One optimizer step:
  *   1. slots  : the global batch is cut into 12 micro-batch slots, one per sphere. Pool
  *               threads take slots from a shared counter and run forward + backward into
- *               that slot's own gradient buffer (dloss = slot tokens / batch tokens, so
- *               the sum of the 12 buffers is the gradient of the global mean loss).
+ *               a slot gradient buffer (dloss = slot tokens / batch tokens, so the sum of
+ *               the slot gradients is the gradient of the global mean loss).
  *   2. reduce : the parameter range is cut into chunks (never crossing a tensor); each
- *               chunk sums the 12 slot buffers in slot order 0..11 and its squared norm.
+ *               chunk adds the slot buffers into the gradient in slot order 0, 1, 2, ...
+ *               Slots run in waves of as many slots as there are buffers (steps 1 and 2
+ *               alternate), so a large model needs one buffer per thread, not 12: the
+ *               additions are the same left fold g0 + g1 + ... whatever the waves, so the
+ *               buffer count never changes a bit. Slots without rows (batch < 12) hold no
+ *               buffer and add nothing. The last wave's reduce also takes each chunk's
+ *               squared norm.
  *   3. root   : global norm = chunk norms added in chunk order; NaN check; clip factor.
  *   4. update : AdamW per chunk (weight decay on matrices only).
  * Which thread ran a slot or chunk never changes a single rounding: every result is
@@ -33,6 +39,9 @@
 #define MAX_THREADS 64
 #define CHUNK 16384 /* floats per reduce/update chunk: 64 KiB, a few L2 lines per slot */
 #define HISTORY 8192
+/* All slots get a gradient buffer when they fit in this many floats (256 MiB: the fewest
+ * reduce passes); beyond it, one buffer per thread (the fewest that keep every thread busy). */
+#define SLOT_BUDGET_FLOATS ((size_t)64 << 20)
 
 typedef struct {
     atomic_uint seq;
@@ -83,7 +92,11 @@ struct odin_spheres {
     const model_ops *ops;
     int B, T, T_max, slot_rows[NS], slot_first[NS]; /* T: this run's length, <= T_max (workspaces) */
     size_t n_params;
-    float *slot_grads;           /* [NS, n_params] */
+    int n_work;                  /* slots with rows: 0 .. n_work-1 (min(B, 12)) */
+    int n_bufs;                  /* slot gradient buffers, 1..n_work */
+    int bufs_asked;              /* odin_spheres_set_slot_buffers: 0 = automatic */
+    float *slot_grads;           /* [n_bufs, n_params]: buffer t holds slot wave_first + t */
+    int wave_first, wave_count;  /* the slots of the current wave */
     chunk_t *chunks;
     int n_chunks;
     double *chunk_sumsq;
@@ -158,9 +171,10 @@ static void prof_split(const odin_spheres *sp, worker_t *w, uint64_t t0, uint64_
     w->prof[part] += spent - (gemm < spent ? gemm : spent);
 }
 
-static void run_slot(odin_spheres *sp, worker_t *w, int s) {
+static void run_slot(odin_spheres *sp, worker_t *w, int t) {
     const size_t P = sp->n_params;
-    float *g = sp->slot_grads + (size_t)s * P;
+    const int s = sp->wave_first + t;
+    float *g = sp->slot_grads + (size_t)t * P;
     uint64_t tp = prof_now(sp);
     memset(g, 0, P * sizeof(float));
     if (sp->profiling) w->prof[PR_SLOT_BUFFERS] += odin_now_ns() - tp;
@@ -168,7 +182,6 @@ static void run_slot(odin_spheres *sp, worker_t *w, int s) {
     sp->slot_loss[s] = 0.0f;
     sp->slot_norm[s] = 0.0f;
     const int rows = sp->slot_rows[s];
-    if (rows == 0) { set_state(sp, s, ODIN_SPHERE_WAITING); return; }
     double t0 = now_s();
     const size_t off = (size_t)sp->slot_first[s] * sp->T;
     set_state(sp, s, ODIN_SPHERE_FORWARD);
@@ -217,10 +230,14 @@ static void run_slot(odin_spheres *sp, worker_t *w, int s) {
 static void run_reduce(odin_spheres *sp, int c) {
     const chunk_t *ch = &sp->chunks[c];
     float *dst = sp->ops->grads(sp->model) + ch->start;
-    memcpy(dst, sp->slot_grads + ch->start, ch->len * sizeof(float));
-    for (int s = 1; s < NS; s++)
-        odin_kern->axpy(dst, 1.0f, sp->slot_grads + (size_t)s * sp->n_params + ch->start, (int)ch->len);
-    sp->chunk_sumsq[c] = odin_kern->sumsq(dst, ch->len);
+    const float *src = sp->slot_grads + ch->start;
+    int t = 0;
+    if (sp->wave_first == 0) { /* slot 0 starts the sum */
+        memcpy(dst, src, ch->len * sizeof(float));
+        t = 1;
+    }
+    for (; t < sp->wave_count; t++) odin_kern->axpy(dst, 1.0f, src + (size_t)t * sp->n_params, (int)ch->len);
+    if (sp->wave_first + sp->wave_count == sp->n_work) sp->chunk_sumsq[c] = odin_kern->sumsq(dst, ch->len);
 }
 
 static void run_update(odin_spheres *sp, int c) {
@@ -281,9 +298,35 @@ static void run_phase(odin_spheres *sp, phase_t ph, int n_tasks) {
     if (sp->profiling) sp->wall[ph == PH_SLOTS ? PW_SLOTS : ph == PH_REDUCE ? PW_REDUCE : PW_UPDATE] += odin_now_ns() - tp;
 }
 
+/* (Re)allocate the slot gradient buffers for `threads` threads (see SLOT_BUDGET_FLOATS).
+ * Root side, between steps. */
+static odin_status ensure_slot_buffers(odin_spheres *sp, int threads) {
+    int want = sp->n_work;
+    if (sp->bufs_asked > 0) {
+        if (sp->bufs_asked < want) want = sp->bufs_asked;
+    } else if (odin_size_mul((size_t)sp->n_work, sp->n_params) > SLOT_BUDGET_FLOATS && threads < sp->n_work) {
+        want = threads;
+    }
+    if (want == sp->n_bufs) return ODIN_OK;
+    const size_t floats = odin_size_mul((size_t)want, sp->n_params);
+    /* refused up front beyond RAM + swap: every slot zeroes its buffer, and zeroing an
+     * overcommitted allocation gets the process killed instead of an error */
+    float *bufs = floats > ODIN_MAX_FLOATS || !odin_fits_in_memory(floats * sizeof(float)) ? NULL
+                  : aligned_alloc(64, ((floats * sizeof(float)) + 63) & ~(size_t)63);
+    if (!bufs)
+        return odin_fail(ODIN_NO_MEMORY, "cannot allocate %d slot gradient buffers (%.1f MiB)", want,
+                         want * (double)sp->n_params * 4.0 / 1048576.0);
+    free(sp->slot_grads);
+    sp->slot_grads = bufs;
+    sp->n_bufs = want;
+    return ODIN_OK;
+}
+
 /* Start threads up to the wanted count; park the surplus. Root side, between steps. */
 static odin_status apply_threads(odin_spheres *sp) {
     int want = atomic_load(&sp->wanted_threads);
+    odin_status st = ensure_slot_buffers(sp, want);
+    if (st) return st;
     while (sp->n_spawned < want) {
         worker_t *w = &sp->workers[sp->n_spawned];
         w->sp = sp;
@@ -378,20 +421,18 @@ static odin_status spheres_create(odin_spheres **out, void *model, const model_o
         ops->tensor_info(model, i, NULL, &rows, &cols);
         n_chunks = odin_size_add(n_chunks, odin_size_add(odin_size_mul((size_t)rows, (size_t)cols), CHUNK - 1) / CHUNK);
     }
-    const size_t slot_floats = odin_size_mul(NS, sp->n_params);
-    if (n_chunks > INT_MAX || slot_floats > ODIN_MAX_FLOATS) {
+    sp->n_work = batch < NS ? batch : NS;
+    if (n_chunks > INT_MAX || sp->n_params > ODIN_MAX_FLOATS) {
         const size_t n_params = sp->n_params;
         free(sp);
-        return odin_fail(ODIN_BAD_ARG, "model: %zu parameters are too many for %d gradient slots", n_params, NS);
+        return odin_fail(ODIN_BAD_ARG, "model: %zu parameters are too many for the trainer", n_params);
     }
     sp->chunks = calloc(n_chunks, sizeof *sp->chunks);
     sp->chunk_sumsq = calloc(n_chunks, sizeof *sp->chunk_sumsq);
-    sp->slot_grads = aligned_alloc(64, ((slot_floats * sizeof(float)) + 63) & ~(size_t)63);
     sp->hist = calloc(HISTORY, sizeof *sp->hist);
-    if (!sp->chunks || !sp->chunk_sumsq || !sp->slot_grads || !sp->hist) {
-        const double mib = NS * sp->n_params * 4.0 / 1048576.0;
-        free(sp->chunks); free(sp->chunk_sumsq); free(sp->slot_grads); free(sp->hist); free(sp);
-        return odin_fail(ODIN_NO_MEMORY, "cannot allocate 12 slot gradient buffers (%.1f MiB)", mib);
+    if (!sp->chunks || !sp->chunk_sumsq || !sp->hist) {
+        free(sp->chunks); free(sp->chunk_sumsq); free(sp->hist); free(sp);
+        return odin_fail(ODIN_NO_MEMORY, "cannot allocate the trainer's tables");
     }
     for (int i = 0; i < ops->num_tensors(model); i++) {
         size_t off;
@@ -509,16 +550,26 @@ static odin_status one_step(odin_spheres *sp, const int32_t *in, const int32_t *
     if (sp->total_count == 0)
         return odin_fail(ODIN_BAD_ARG, "step %lld: the batch has no token with loss_mask = 1", t);
     set_root(sp, ODIN_SPHERE_WAITING);
-    run_phase(sp, PH_SLOTS, NS);
-    for (int s = 0; s < NS; s++) {
-        if (sp->slot_status[s] != ODIN_OK) {
-            for (int k = 0; k < NS; k++) set_state(sp, k, ODIN_SPHERE_IDLE);
-            return odin_fail(sp->slot_status[s], "sphere %d failed at step %lld: %s", s, t, sp->slot_error[s]);
-        }
+    for (int s = sp->n_work; s < NS; s++) { /* no rows: a zero gradient, nothing to add */
+        sp->slot_status[s] = ODIN_OK;
+        sp->slot_loss[s] = sp->slot_norm[s] = 0.0f;
+        set_state(sp, s, ODIN_SPHERE_WAITING);
     }
-    set_root(sp, ODIN_SPHERE_REDUCING);
-    for (int s = 0; s < NS; s++) set_state(sp, s, ODIN_SPHERE_REDUCING);
-    run_phase(sp, PH_REDUCE, sp->n_chunks);
+    for (int first = 0; first < sp->n_work; first += sp->n_bufs) {
+        sp->wave_first = first;
+        sp->wave_count = sp->n_work - first < sp->n_bufs ? sp->n_work - first : sp->n_bufs;
+        set_root(sp, ODIN_SPHERE_WAITING);
+        run_phase(sp, PH_SLOTS, sp->wave_count);
+        for (int s = first; s < first + sp->wave_count; s++) {
+            if (sp->slot_status[s] != ODIN_OK) {
+                for (int k = 0; k < NS; k++) set_state(sp, k, ODIN_SPHERE_IDLE);
+                return odin_fail(sp->slot_status[s], "sphere %d failed at step %lld: %s", s, t, sp->slot_error[s]);
+            }
+        }
+        set_root(sp, ODIN_SPHERE_REDUCING);
+        for (int s = first; s < first + sp->wave_count; s++) set_state(sp, s, ODIN_SPHERE_REDUCING);
+        run_phase(sp, PH_REDUCE, sp->n_chunks);
+    }
     double ss = 0.0;
     for (int c = 0; c < sp->n_chunks; c++) ss += sp->chunk_sumsq[c];
     double norm = sqrt(ss);
@@ -726,3 +777,16 @@ odin_status odin_spheres_profile_get(odin_spheres *sp, odin_spheres_profile *out
     };
     return ODIN_OK;
 }
+
+odin_status odin_spheres_set_slot_buffers(odin_spheres *sp, int n) {
+    ODIN_REQUIRE_PTR(sp, "trainer");
+    if (n < 0 || n > NS) return odin_fail(ODIN_BAD_ARG, "slot buffers must be in [0, %d] (0 = automatic), got %d", NS, n);
+    if (atomic_load(&sp->running)) return odin_fail(ODIN_STATE, "cannot change the slot buffers while training runs");
+    const int before = sp->bufs_asked;
+    sp->bufs_asked = n;
+    odin_status st = ensure_slot_buffers(sp, sp->active);
+    if (st) sp->bufs_asked = before;
+    return st;
+}
+
+int odin_spheres_slot_buffers(odin_spheres *sp) { return sp ? sp->n_bufs : 0; }

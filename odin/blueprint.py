@@ -141,17 +141,18 @@ class Blueprint:
             raise ValueError(f"seq_len ({seq_len}) must be <= [model].context ({self.context})")
         B, T, C, V, L, NH = batch, seq_len, self.d_model, self.vocab_size, self.n_layer, self.n_head
         BT = B * T
+        # exactly the workspace csrc/gpt.c allocates (odin_gpt_ws_bytes; a test compares them)
         parts = (
             ("embedding output", BT * C),
             ("layer norms (out + mean/rstd)", L * 2 * (BT * C + 2 * BT)),
             ("qkv", L * 3 * BT * C),
             ("attention weights", L * B * NH * T * T),
-            ("attention out + projection", L * 2 * BT * C),
+            ("attention out", L * BT * C),
             ("residuals", L * 2 * BT * C),
             ("mlp fc + gelu", L * 2 * 4 * BT * C),
-            ("mlp projection", L * BT * C),
             ("final layer norm", BT * C + 2 * BT),
-            ("logits", BT * V),
+            ("logits, losses", BT * V + 2 * BT),
+            ("backward buffers (shared by layers)", BT * (14 * C + V) + (T + 15) // 16 * 16 * (4 * (C // NH) + 2)),
         )
         parts_bytes = tuple((name, count * FLOAT_BYTES) for name, count in parts)
         param_bytes = self.n_params * FLOAT_BYTES
@@ -166,15 +167,79 @@ class Blueprint:
         )
 
 
+# the slot gradient buffers csrc/spheres.c keeps: one per slot with rows while they fit in this
+# many bytes, else one per thread (SLOT_BUDGET_FLOATS there)
+SLOT_BUDGET_BYTES = 256 << 20
+N_SPHERES = 12
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """What training on the spheres allocates (formula, float32): the model's four parameter
+    blocks, the slot gradient buffers, one workspace per thread for a slot's rows."""
+
+    threads: int
+    model_blocks: int  # parameters, gradients, AdamW m and v (bytes)
+    slot_buffers: int  # how many
+    slot_bytes: int
+    slot_rows: int  # rows of the largest slot: what each thread's workspace holds
+    workspace_bytes: int  # per thread
+
+    @property
+    def total(self) -> int:
+        return self.model_blocks + self.slot_bytes + self.threads * self.workspace_bytes
+
+
+def slot_buffer_count(n_params: int, batch: int, threads: int) -> int:
+    """csrc/spheres.c's automatic choice (odin_spheres_slot_buffers; a test compares them)."""
+    slots = min(batch, N_SPHERES)
+    if slots * n_params * FLOAT_BYTES > SLOT_BUDGET_BYTES and threads < slots:
+        return threads
+    return slots
+
+
 def _divisor_hint(d_model: int, n_head: int) -> int:
     divisors = [d for d in range(1, d_model + 1) if d_model % d == 0]
     return min(divisors, key=lambda d: (abs(d - n_head), d))
 
 
-def describe(blueprint: Blueprint, batch: int, seq_len: int) -> str:
+def training_memory(blueprint: Blueprint, batch: int, seq_len: int, threads: int) -> TrainingMemory:
+    """Memory of `odin train` on the spheres for this batch, sequence length and thread count."""
+    rows = -(-batch // N_SPHERES)
+    n_params = blueprint.n_params
+    buffers = slot_buffer_count(n_params, batch, threads)
+    return TrainingMemory(threads=threads, model_blocks=4 * n_params * FLOAT_BYTES, slot_buffers=buffers,
+                          slot_bytes=buffers * n_params * FLOAT_BYTES, slot_rows=rows,
+                          workspace_bytes=blueprint.memory_estimate(rows, seq_len).activations)
+
+
+def describe(blueprint: Blueprint, batch: int, seq_len: int, threads: int | None = None) -> str:
     """Human-readable summary for ``odin model info``."""
     lines = blueprint.describe_params() + [""] + _memory_lines(blueprint, batch, seq_len)
+    if threads is not None:
+        lines += [""] + _training_lines(blueprint, batch, seq_len, threads)
     return "\n".join(lines)
+
+
+def _training_lines(blueprint: Blueprint, batch: int, seq_len: int, threads: int) -> list[str]:
+    memory = training_memory(blueprint, batch, seq_len, threads)
+    P = blueprint.n_params
+    s = "s" if threads > 1 else ""
+    rows = [
+        ("parameters, gradients, AdamW m, v", f"4 x {P:,} x 4 B", memory.model_blocks),
+        (f"slot gradient buffers ({memory.slot_buffers})", f"{memory.slot_buffers} x {P:,} x 4 B", memory.slot_bytes),
+        (f"workspaces ({threads} thread{s})", f"{threads} x activations({memory.slot_rows} x {seq_len})",
+         threads * memory.workspace_bytes),
+        ("total", "", memory.total),
+    ]
+    lines = [f"training on the spheres: batch {batch} x {seq_len} tokens, {threads} thread{s} "
+             f"(what odin train allocates; its peak RSS adds the Python process, ~50-80 MiB)"]
+    for name, formula, size in rows:
+        lines.append(f"  {name:<36}{formula:<32}{size:>16,} B  {format_bytes(size):>11}")
+    lines.append(f"  slot buffers: one per slot with rows (min(batch, {N_SPHERES})) while they fit in "
+                 f"{format_bytes(SLOT_BUDGET_BYTES, 0)}, else one per thread; each thread's workspace "
+                 f"holds one slot (ceil(batch / {N_SPHERES}) rows)")
+    return lines
 
 
 def _gpt_param_lines(blueprint: Blueprint) -> list[str]:

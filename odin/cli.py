@@ -52,10 +52,14 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     cfg = preset_config(args.config) if args.config in PRESETS else load_config(args.config)
     from odin.blueprint import Blueprint
 
+    from odin.spheres import default_threads
+
+    if args.threads is not None and not 0 <= args.threads <= 64:
+        raise ValueError(f"--threads must be in 0..64 (0: min(12, cores)), got {args.threads}")
     bp = Blueprint(cfg.model)
     batch = args.batch or cfg.train.batch_size
     seq = args.seq_len or cfg.model.context
-    print(describe(bp, batch, seq))
+    print(describe(bp, batch, seq, args.threads or default_threads()))
     return 0
 
 
@@ -283,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("config", help="a TOML config file or a preset name")
     mi.add_argument("--batch", type=int, default=None)
     mi.add_argument("--seq-len", type=int, default=None)
+    mi.add_argument("--threads", type=int, default=None,
+                    help="training threads for the memory of odin train, 1..64; 0 or leaving it out: min(12, cores)")
     mi.set_defaults(func=_cmd_model_info)
 
     register_data(sub)

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from odin.native import ArgumentError, DTypeError, ShapeError, check, ffi, lib
-from odin.validate import int_field, loss_mask, positive_float, token_ids
+from odin.validate import ids_into, int_field, loss_mask, positive_float, token_ids
 
 
 @dataclass(frozen=True)
@@ -279,11 +279,11 @@ class KVCache:
         B = len(tokens)
         if B > self.batch:
             raise ShapeError(f"tokens has {B} entries but the cache holds {self.batch} sequences")
-        self._tok[:B] = token_ids(tokens, "tokens", self.model.shape.vocab_size, ndim=1)
-        self._pos[:B] = token_ids(positions, "positions", None, shape=(B,))
+        ids_into(self._tok, tokens, "tokens", self.model.shape.vocab_size)
+        ids_into(self._pos, positions, "positions", None, length=B)
         ip = ffi.NULL
         if ids is not None:
-            self._ids[:B] = token_ids(ids, "ids", None, shape=(B,))
+            ids_into(self._ids, ids, "ids", None, length=B)
             ip = ffi.cast("int32_t *", ffi.from_buffer(self._ids))
         check(lib.odin_gpt_decode_ex(self.model._h, self._h, ffi.cast("int32_t *", ffi.from_buffer(self._tok)),
                                      ffi.cast("int32_t *", ffi.from_buffer(self._pos)), ip, B,

@@ -17,7 +17,7 @@ import numpy as np
 
 from odin.model import NativeModel, _i32_2d
 from odin.native import ArgumentError, ShapeError, check, ffi, lib
-from odin.validate import int_field, positive_float, token_ids
+from odin.validate import ids_into, int_field, positive_float
 
 _GLOBAL_TENSORS = ("emb", "ln0_w", "ln0_b", "ln_out_w", "ln_out_b")
 
@@ -202,7 +202,7 @@ class RWKVState:
         B = len(tokens)
         if B > self.batch:
             raise ShapeError(f"tokens has {B} entries but the state holds {self.batch} sequences")
-        self._tok[:B] = token_ids(tokens, "tokens", self.model.shape.vocab_size, ndim=1)
+        ids_into(self._tok, tokens, "tokens", self.model.shape.vocab_size)
         check(lib.odin_rwkv_decode(self.model._h, self._h, ffi.cast("int32_t *", ffi.from_buffer(self._tok)), B,
                                    ffi.cast("float *", ffi.from_buffer(self._logits))), "RWKVState.step")
         return self._logits[:B]

@@ -180,6 +180,16 @@ class SpheresTrainer:
     def take_checkpoint_request(self) -> bool:
         return bool(lib.odin_spheres_take_checkpoint_request(self._h))
 
+    # ---------------------------------------------------------------- memory (between runs)
+    def set_slot_buffers(self, n: int) -> None:
+        """Keep n slot gradient buffers (1..12, capped at the slots that have rows; 0 =
+        automatic): memory n x the parameters. The weights are the same for any n."""
+        check(lib.odin_spheres_set_slot_buffers(self._h, int_field(n, "slot_buffers", -2**31)), "set_slot_buffers")
+
+    @property
+    def slot_buffers(self) -> int:
+        return int(lib.odin_spheres_slot_buffers(self._h))
+
     # ---------------------------------------------------------------- profiling (between runs)
     def set_profiling(self, enabled: bool) -> None:
         """On: count where the next runs' steps spend their time, from zero. Off: stop

@@ -30,6 +30,8 @@ def token_ids(x: object, name: str, vocab_size: Optional[int], *, ndim: Optional
     """`x` as a C-contiguous int32 array: an integer dtype (bool and floats refused), every id in
     [0, vocab_size) where `counted` (a mask of the same shape) is set or everywhere without one,
     and every id representable in int32 in any case. vocab_size None: the int32 check only."""
+    if type(x) in (list, tuple) and len(x) <= _SHORT and counted is None and all(type(v) is int for v in x):
+        return _short_ids(x, name, vocab_size, ndim, shape)
     arr = _as_array(x, name)
     if arr.dtype.kind not in "iu":
         raise DTypeError(f"{name} must be an integer array (token ids), got dtype {arr.dtype}")
@@ -51,6 +53,47 @@ def token_ids(x: object, name: str, vocab_size: Optional[int], *, ndim: Optional
                 raise ArgumentError(f"{name}[{flat}] = {int(arr.flat[flat])} is outside "
                                     f"the vocabulary [0, {vocab_size})")
     return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+# Generation feeds one token per sequence and step: checking a few Python ints in Python costs
+# a microsecond, the numpy round trip above ~15 (more than a small model's whole decode step).
+_SHORT = 64
+
+
+def ids_into(dst: np.ndarray, values: object, name: str, vocab_size: Optional[int],
+             length: Optional[int] = None) -> None:
+    """dst[:n] = the 1-D ids `values` (of length `length` when given), checked as token_ids
+    checks them; a short list of Python ints goes straight in (the per-token path of
+    generation, where a numpy round trip costs more than a small model's step)."""
+    shape = None if length is None else (length,)
+    if type(values) in (list, tuple) and len(values) <= _SHORT and all(type(v) is int for v in values):
+        _check_short_ids(values, name, vocab_size, 1, shape)
+        dst[:len(values)] = values
+        return
+    arr = token_ids(values, name, vocab_size, ndim=None if shape else 1, shape=shape)
+    dst[:len(arr)] = arr
+
+
+def _short_ids(values: list[int] | tuple[int, ...], name: str, vocab_size: Optional[int], ndim: Optional[int],
+               shape: Optional[tuple[int, ...]]) -> np.ndarray:
+    """token_ids for a short list of Python ints: the same checks and messages."""
+    _check_short_ids(values, name, vocab_size, ndim, shape)
+    return np.array(values, dtype=np.int32)
+
+
+def _check_short_ids(values: list[int] | tuple[int, ...], name: str, vocab_size: Optional[int],
+                     ndim: Optional[int], shape: Optional[tuple[int, ...]]) -> None:
+    if ndim is not None and ndim != 1:
+        raise ShapeError(f"{name} must be {ndim}-D, got shape {(len(values),)}")
+    if shape is not None and (len(values),) != tuple(shape):
+        raise ShapeError(f"{name} must have shape {tuple(shape)}, got {(len(values),)}")
+    for value in values:
+        if not _INT32.min <= value <= _INT32.max:
+            raise ArgumentError(f"{name} holds {value}, which is not a token id (int32 range)")
+    if vocab_size is not None:
+        for flat, value in enumerate(values):
+            if not 0 <= value < vocab_size:
+                raise ArgumentError(f"{name}[{flat}] = {value} is outside the vocabulary [0, {vocab_size})")
 
 
 def loss_mask(x: object, name: str, shape: Optional[tuple[int, ...]] = None) -> np.ndarray:

@@ -146,8 +146,12 @@ def test_memory_estimate_formula():
     blueprint = Blueprint(ModelConfig(n_layer=1, d_model=8, n_head=2, context=4, vocab_size=10))
     memory = blueprint.memory_estimate(batch=2, seq_len=4)
     B, T, C, V, NH = 2, 4, 8, 10, 2
-    per_layer = 18 * B * T * C + 4 * B * T + B * NH * T * T
-    expected = 4 * (B * T * C + per_layer + B * T * C + 2 * B * T + B * T * V)
+    # the workspace csrc/gpt.c allocates: per layer 16 activations of C floats a token, two
+    # (mean, rstd) pairs, attention probabilities; then the final norm, logits, losses and the
+    # backward buffers (14 C + V a token, attention scratch for T padded to 16)
+    per_layer = 16 * B * T * C + 4 * B * T + B * NH * T * T
+    backward = B * T * (14 * C + V) + 16 * (4 * (C // NH) + 2)
+    expected = 4 * (B * T * C + per_layer + B * T * C + 2 * B * T + B * T * V + 2 * B * T + backward)
     assert memory.activations == expected
     assert memory.parameters == memory.gradients == 4 * blueprint.n_params
     assert memory.adam_moments == 8 * blueprint.n_params

@@ -81,6 +81,8 @@ ROWS: list[Row] = [
     Row("odin info --json", out=r'"available_isas"'),
     *[Row(f"odin model info {name}", out=r"param") for name in PRESETS],
     Row("odin model info {config}", out=r"param"),
+    Row("odin model info odin-100m --batch 4 --seq-len 256 --threads 2", out=r"slot gradient buffers \(2\)"),
+    Row("odin model info arith-3digit --threads 99", out=r"--threads must be in 0..64", rc=2, one_line=True),
     # ---- odin data build
     Row("odin data build --out {tmp}/d --ops add,sub,mul,div --max-digits 3 --reverse --n 200 --seed 3",
         out=r"wrote .*train 160"),

@@ -203,3 +203,44 @@ def test_profiling_accounts_for_the_steps_and_changes_no_weight(threads):
     assert p.reduce <= p.wall_reduce * threads * 1.001 and p.update <= p.wall_update * threads * 1.001
     tr.set_profiling(True)  # on again: counted from zero
     assert tr.profile().steps == 0 and tr.profile().wall_steps == 0.0
+
+
+def test_weights_bit_identical_for_any_slot_buffer_count_and_thread_count():
+    # a large model keeps fewer slot buffers than slots and runs the slots in waves; the
+    # slot gradients are still added in slot order, so no count changes a bit
+    tokens, mask = _data(5, seed=4)
+    reference, tr = _trainer(1)
+    assert tr.slot_buffers == N_SPHERES  # this model is small: a buffer per slot
+    tr.run(tokens, mask)
+    for buffers in (1, 2, 5, 7, 12):
+        for threads in (1, 2, 3):
+            model, tr = _trainer(threads)
+            tr.set_slot_buffers(buffers)
+            assert tr.slot_buffers == buffers
+            tr.run(tokens[:2], mask[:2])
+            tr.set_threads(4 - threads)  # a thread change between runs too
+            tr.run(tokens[2:], mask[2:])
+            assert np.array_equal(model.params, reference.params), (buffers, threads)
+    with pytest.raises(native.OdinError, match=r"slot buffers must be in \[0, 12\]"):
+        tr.set_slot_buffers(13)
+
+
+def test_a_batch_smaller_than_the_spheres_keeps_buffers_only_for_slots_with_rows():
+    model = GPT(SHAPE)
+    model.init_weights(0)
+    tr = SpheresTrainer(model, 5, T, threads=2)
+    assert tr.slot_buffers == 5  # slots 5..11 have no rows: their gradient is zero, never stored
+    tr.configure(lr=1e-3, min_lr=1e-3, warmup_steps=0, total_steps=0, grad_clip=0.0)
+    tokens = np.random.default_rng(0).integers(0, SHAPE.vocab_size, (1, 5, T + 1)).astype(np.int32)
+    ref = GPT(SHAPE)
+    ref.params[...] = model.params
+    tr.run(tokens)
+    snap = tr.snapshot()
+    assert [s.microbatches for s in snap.spheres] == [1] * 5 + [0] * 7
+    assert [s.last_loss for s in snap.spheres][5:] == [0.0] * 7
+    # the summed slot gradients are the gradient of the 5 rows on the model alone
+    ref.zero_grad()
+    loss = ref.forward(tokens[0, :, :-1], tokens[0, :, 1:])
+    ref.backward()
+    np.testing.assert_allclose(model.grads, ref.grads, rtol=1e-4, atol=1e-7)
+    assert snap.loss == pytest.approx(loss, rel=1e-5)

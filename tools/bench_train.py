@@ -7,14 +7,18 @@
 Sections:
   * threads : training tokens/s of a compute-bound config for 1, 2, 4, 12 threads (ratios to 1)
   * isa     : the same step with scalar / AVX2 / AVX-512 kernels (ratios to scalar)
-  * torch   : ODIN vs PyTorch eager on the "tiny" (L=2, d=128, heads=4, T=32, B=64, V=16)
-              and "small" (L=4, d=256, heads=8, T=64, B=32, V=512) configs, same threads
-              (only when torch is importable; torch is never an ODIN dependency)
+  * torch   : ODIN vs PyTorch eager, same threads (1 and 2), on "tiny" (L=2, d=128, heads=4,
+              T=32, B=64, V=16), "small" (L=4, d=256, heads=8, T=64, B=32, V=512), "mini"
+              (L=6, d=384, heads=6, T=128, B=8, V=4096) and "gpt2" (GPT-2 124M: L=12, d=768,
+              heads=12, T=256, B=4, V=50257): runs alternate A B A B and the ratio is the
+              median of the pairs' ratios; plus the peak memory of training GPT-2 124M at 2
+              threads, each in a fresh process (only when torch is importable; torch is never
+              an ODIN dependency)
   * generate: batch-1 generation tokens/s with the KV cache, ODIN vs PyTorch eager (with its
               own KV cache), and ODIN's per-token time at growing positions
 
-Each figure is the best of a few repeats after a warm-up; a busy shared machine makes
-single runs noisy, and the best run is the one least disturbed.
+Elsewhere each figure is the best of a few repeats after a warm-up; a busy shared machine
+makes single runs noisy, and the best run is the one least disturbed.
 """
 from __future__ import annotations
 
@@ -40,7 +44,11 @@ from odin.spheres import SpheresTrainer  # noqa: E402
 CONFIGS = {
     "tiny": dict(shape=GPTShape(vocab_size=16, context=32, n_layer=2, n_head=4, d_model=128), B=64, T=32),
     "small": dict(shape=GPTShape(vocab_size=512, context=64, n_layer=4, n_head=8, d_model=256), B=32, T=64),
+    "mini": dict(shape=GPTShape(vocab_size=4096, context=128, n_layer=6, n_head=6, d_model=384), B=8, T=128),
+    "gpt2": dict(shape=GPTShape(vocab_size=50257, context=256, n_layer=12, n_head=12, d_model=768), B=4, T=256),
 }
+# steps per timed run against PyTorch: a few seconds each
+VS_TORCH_STEPS = {"tiny": 20, "small": 10, "mini": 6, "gpt2": 2}
 
 
 def _batches(shape, B: int, T: int, k: int, seed: int = 0):
@@ -146,6 +154,32 @@ def torch_tokens_per_s(cfg: dict, threads: int, steps: int, repeats: int = 3) ->
     return best
 
 
+def side_by_side(cfg: dict, threads: int, steps: int, pairs: int) -> tuple[float, float, float]:
+    """ODIN and PyTorch training tokens/s run alternately (A B A B ...): the medians of each and
+    the median of the pairs' ratios (ODIN / PyTorch), so a slow moment of a shared machine
+    weighs on both sides of one pair."""
+    import statistics
+
+    odin, torch_, ratios = [], [], []
+    for _ in range(pairs):
+        odin.append(odin_tokens_per_s(cfg, threads, steps, repeats=1))
+        torch_.append(torch_tokens_per_s(cfg, threads, steps, repeats=1))
+        ratios.append(odin[-1] / torch_[-1])
+    return statistics.median(odin), statistics.median(torch_), statistics.median(ratios)
+
+
+def peak_training_memory(who: str, name: str, threads: int) -> int:
+    """Peak resident bytes (VmHWM) of a fresh process that trains `name` for 2 steps with ODIN
+    or PyTorch (ru_maxrss would also count this parent's memory, copied at fork)."""
+    import subprocess
+
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'tools')!r}); import bench_train as b; "
+            f"b.{'odin' if who == 'odin' else 'torch'}_tokens_per_s(b.CONFIGS[{name!r}], {threads}, 2, repeats=1); "
+            "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1]) * 1024
+
+
 def odin_generate_tokens_per_s(shape: GPTShape, n_new: int, repeats: int = 3) -> float:
     model = GPT(shape)
     model.init_weights(0)
@@ -202,6 +236,28 @@ def machine() -> str:
             f"{info['compiler']}, Python {platform.python_version()}, {datetime.date.today().isoformat()}")
 
 
+def cpu_name() -> str:
+    """The CPU's model name with its family and model numbers (two machines may both say 'AMD EPYC')."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if not line.strip():
+                break
+    except OSError:
+        pass
+    name = fields.get("model name") or str(native.cpu_info()["cpu"])
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
+
+
+def cpu_slug() -> str:
+    """cpu_name() as a section marker: 'amd-epyc-family-26-model-2'."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", cpu_name()).strip("-").lower()
+
+
 def table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -230,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = 6 if args.quick else 20
     sections = args.sections.split(",")
     md = args.markdown or bool(args.out)
-    out: list[str] = [f"Machine: {machine()}", ""]
+    out: list[str] = [f"Machine: {cpu_name()}; {machine()}", ""]
     cores = os.cpu_count() or 1
 
     if "threads" in sections:
@@ -256,12 +312,23 @@ def main(argv: list[str] | None = None) -> int:
     if "torch" in sections and have_torch():
         import torch
         rows = []
+        pairs = 2 if args.quick else 3
         for name, cfg in CONFIGS.items():
+            n_steps = VS_TORCH_STEPS[name]
             for n in sorted({1, min(2, cores)}):
-                o, t = odin_tokens_per_s(cfg, n, steps), torch_tokens_per_s(cfg, n, steps)
-                rows.append([name, str(n), f"{o:,.0f}", f"{t:,.0f}", f"{o / t:.2f}x"])
+                o, t, ratio = side_by_side(cfg, n, n_steps, pairs)
+                rows.append([name, str(n), f"{o:,.0f}", f"{t:,.0f}", f"{ratio:.2f}x"])
+                print(f"  {name} {n} thread(s): ODIN {o:,.0f} tok/s, PyTorch {t:,.0f}, {ratio:.2f}x", file=sys.stderr)
         out += [f"### Training throughput vs PyTorch {torch.__version__} eager (CPU, same model, same threads)", "",
+                f"Interleaved A B A B, {pairs} pairs; tokens/s are medians, the ratio is the median of the pairs' "
+                "ratios.", "",
                 table(["config", "threads", "ODIN tok/s", "PyTorch tok/s", "ODIN / PyTorch"], rows, md), ""]
+        memory = {who: peak_training_memory(who, "gpt2", min(2, cores)) for who in ("odin", "torch")}
+        out += [f"### Peak memory training GPT-2 124M (B=4, T=256, AdamW), {min(2, cores)} threads", "",
+                "Peak resident memory of a fresh process that trains 2 steps (VmHWM), Python included.", "",
+                table(["", "ODIN", "PyTorch", "ODIN / PyTorch"],
+                      [["peak RSS", f"{memory['odin'] / 2**30:.2f} GiB", f"{memory['torch'] / 2**30:.2f} GiB",
+                        f"{memory['odin'] / memory['torch']:.2f}x"]], md), ""]
     elif "torch" in sections:
         out += ["(PyTorch not installed: the side-by-side training comparison was skipped)", ""]
 
@@ -282,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
 
     text = "\n".join(out)
     print(text)
-    if args.out:
-        _replace_section(Path(args.out), "end-to-end", text)
+    if args.out:  # one section per CPU: a run on another CPU leaves this one's figures alone
+        _replace_section(Path(args.out), f"end-to-end {cpu_slug()}", text, heading=f"End to end: {cpu_name()}")
     return 0
 
 

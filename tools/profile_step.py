@@ -18,7 +18,6 @@ The rows add up to the measured time per step.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_train import _replace_section, machine, table  # noqa: E402
+from bench_train import _replace_section, cpu_name, cpu_slug, machine, table  # noqa: E402
 from odin.model import GPT, GPTShape  # noqa: E402
 from odin.spheres import SpheresTrainer, StepProfile  # noqa: E402
 
@@ -49,26 +48,9 @@ PARTS = [
     ("backward GEMMs", "bwd_gemm"),
     ("other backward kernels", "bwd_other"),
     ("slot gradient buffers (zero, norm)", "slot_buffers"),
-    ("reduce (12 buffers, slot order)", "reduce"),
+    ("reduce (slot buffers into the gradient)", "reduce"),
     ("clip + AdamW", "update"),
 ]
-
-
-def cpu_name() -> str:
-    """The CPU's model name with its family and model numbers (two machines may both say 'AMD EPYC')."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-            if not line.strip():
-                break
-    except OSError:
-        pass
-    name = fields.get("model name") or machine().split(",")[0]
-    if "cpu family" in fields and "model" in fields:
-        name += f" (family {fields['cpu family']} model {fields['model']})"
-    return name
 
 
 def measure(model, B: int, T: int, threads: int, steps: int, per_call: int = 1) -> tuple[StepProfile, float]:
@@ -154,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(text)
             del model
     if args.markdown and args.out:
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", cpu).strip("-").lower()
-        _replace_section(Path(args.out), f"profile {slug}", "\n\n".join(parts), tool="profile_step.py",
+        _replace_section(Path(args.out), f"profile {cpu_slug()}", "\n\n".join(parts), tool="profile_step.py",
                          heading="Where a training step's time goes")
     return 0
 
