@@ -232,8 +232,8 @@ def _training_lines(blueprint: Blueprint, batch: int, seq_len: int, threads: int
          threads * memory.workspace_bytes),
         ("total", "", memory.total),
     ]
-    lines = [f"training on the spheres: batch {batch} x {seq_len} tokens, {threads} thread{s} "
-             f"(what odin train allocates; its peak RSS adds the Python process, ~50-80 MiB)"]
+    lines = [f"training on the spheres: batch {batch} x {seq_len} tokens, {threads} thread{s} (what odin "
+             f"train allocates; its peak RSS adds the Python process: ~34 MiB with odin imported, plus the data)"]
     for name, formula, size in rows:
         lines.append(f"  {name:<36}{formula:<32}{size:>16,} B  {format_bytes(size):>11}")
     lines.append(f"  slot buffers: one per slot with rows (min(batch, {N_SPHERES})) while they fit in "
