@@ -208,22 +208,6 @@ def test_dashboard_model_picker_offers_and_sizes_rwkv_presets(tmp_path):
     assert f"{params / 1e6:.2f}M params" in check.model_summary
 
 
-def test_blueprint_memory_estimate_is_the_workspace_the_c_model_allocates():
-    from odin.native import ffi, lib
-
-    config = RunConfig.from_dict({"model": {"arch": "rwkv", "n_layer": 3, "d_model": 40, "n_head": 1,
-                                            "context": 24, "d_ffn": 72, "vocab_size": 50}})
-    model = model_from_config(config)
-    for batch, seq in ((1, 1), (5, 24), (3, 7)):
-        out = ffi.new("odin_rwkv_ws **")
-        native.check(lib.odin_rwkv_ws_create(out, model._h, batch, seq), "ws")
-        try:
-            allocated = lib.odin_rwkv_ws_bytes(out[0])
-        finally:
-            lib.odin_rwkv_ws_free(out[0])
-        assert Blueprint(config.model).memory_estimate(batch, seq).activations == allocated
-
-
 def test_pipeline_trains_an_rwkv_model_from_its_model_setting(tmp_path):
     """pipeline.toml's [model] preset may name an RWKV preset: shards train it, checkpoints hold it."""
     from pipeline_helpers import checkpoint_state, config_text, run_once, write_docs

@@ -24,16 +24,20 @@ def _model(**fields):
     return config.model, model_from_config(config)
 
 
-@pytest.mark.parametrize("positions", ["learned", "alibi"])
-def test_gpt_workspace_formula_is_what_the_c_model_allocates(positions):
-    config, model = _model(n_layer=3, d_model=40, n_head=5, context=33, vocab_size=50, positions=positions)
-    for batch, seq in ((1, 1), (5, 33), (3, 7), (2, 17)):
-        out = ffi.new("odin_gpt_ws **")
-        native.check(lib.odin_gpt_ws_create(out, model._h, batch, seq), "ws")
+@pytest.mark.parametrize("arch, fields", [
+    ("gpt", {"n_layer": 3, "d_model": 40, "n_head": 5, "context": 33, "vocab_size": 50}),
+    ("gpt", {"n_layer": 3, "d_model": 40, "n_head": 5, "context": 33, "vocab_size": 50, "positions": "alibi"}),
+    ("rwkv", {"n_layer": 3, "d_model": 40, "n_head": 1, "context": 24, "d_ffn": 72, "vocab_size": 50}),
+])
+def test_workspace_formula_is_what_the_c_model_allocates(arch, fields):
+    config, model = _model(arch=arch, **fields)
+    for batch, seq in ((1, 1), (5, 24), (3, 7), (2, 17)):
+        out = ffi.new(f"odin_{arch}_ws **")
+        native.check(getattr(lib, f"odin_{arch}_ws_create")(out, model._h, batch, seq), "ws")
         try:
-            allocated = lib.odin_gpt_ws_bytes(out[0])
+            allocated = getattr(lib, f"odin_{arch}_ws_bytes")(out[0])
         finally:
-            lib.odin_gpt_ws_free(out[0])
+            getattr(lib, f"odin_{arch}_ws_free")(out[0])
         assert Blueprint(config).memory_estimate(batch, seq).activations == allocated, (batch, seq)
 
 
