@@ -73,7 +73,7 @@ class StepProfile:
     bwd_gemm: float
     bwd_other: float
     slot_buffers: float  # zeroing each slot's gradient buffer, its norm for the statistics
-    reduce: float  # summing the 12 buffers in slot order, chunk norms
+    reduce: float  # adding the slot buffers into the gradient in slot order, chunk norms
     update: float  # clip + AdamW
     wall_slots: float
     wall_reduce: float

@@ -30,7 +30,7 @@ def token_ids(x: object, name: str, vocab_size: Optional[int], *, ndim: Optional
     """`x` as a C-contiguous int32 array: an integer dtype (bool and floats refused), every id in
     [0, vocab_size) where `counted` (a mask of the same shape) is set or everywhere without one,
     and every id representable in int32 in any case. vocab_size None: the int32 check only."""
-    if type(x) in (list, tuple) and len(x) <= _SHORT and counted is None and all(type(v) is int for v in x):
+    if counted is None and _short_int_list(x):
         return _short_ids(x, name, vocab_size, ndim, shape)
     arr = _as_array(x, name)
     if arr.dtype.kind not in "iu":
@@ -60,13 +60,17 @@ def token_ids(x: object, name: str, vocab_size: Optional[int], *, ndim: Optional
 _SHORT = 64
 
 
+def _short_int_list(x: object) -> bool:
+    return type(x) in (list, tuple) and len(x) <= _SHORT and all(type(v) is int for v in x)
+
+
 def ids_into(dst: np.ndarray, values: object, name: str, vocab_size: Optional[int],
              length: Optional[int] = None) -> None:
     """dst[:n] = the 1-D ids `values` (of length `length` when given), checked as token_ids
     checks them; a short list of Python ints goes straight in (the per-token path of
     generation, where a numpy round trip costs more than a small model's step)."""
     shape = None if length is None else (length,)
-    if type(values) in (list, tuple) and len(values) <= _SHORT and all(type(v) is int for v in values):
+    if _short_int_list(values):
         _check_short_ids(values, name, vocab_size, 1, shape)
         dst[:len(values)] = values
         return

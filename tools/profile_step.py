@@ -28,17 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_train import _replace_section, cpu_name, cpu_slug, machine, table  # noqa: E402
+from bench_train import CONFIGS, _replace_section, cpu_name, cpu_slug, machine, table  # noqa: E402
 from odin.model import GPT, GPTShape  # noqa: E402
 from odin.spheres import SpheresTrainer, StepProfile  # noqa: E402
 
-# the shapes issue 17 measures (B sequences of T tokens per step)
-CONFIGS = {
-    "tiny": (GPTShape(vocab_size=16, context=32, n_layer=2, n_head=4, d_model=128), 64, 32),
-    "small": (GPTShape(vocab_size=512, context=64, n_layer=4, n_head=8, d_model=256), 32, 64),
-    "mini": (GPTShape(vocab_size=4096, context=128, n_layer=6, n_head=6, d_model=384), 8, 128),
-    "gpt2": (GPTShape(vocab_size=50257, context=256, n_layer=12, n_head=12, d_model=768), 4, 256),
-}
 # steps measured per config (after warm-up steps), so every config takes a few seconds
 DEFAULT_STEPS = {"tiny": 40, "small": 20, "mini": 10, "gpt2": 3}
 
@@ -124,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset:
         jobs = [(args.preset, lambda: preset_model(args.preset))]
     else:
-        jobs = [(name, lambda name=name: (GPT(CONFIGS[name][0]), *CONFIGS[name][1:]))
+        jobs = [(name, lambda name=name: (GPT(CONFIGS[name]["shape"]), CONFIGS[name]["B"], CONFIGS[name]["T"]))
                 for name in (args.config or list(CONFIGS))]
     for name, build in jobs:
         for threads in args.threads:
