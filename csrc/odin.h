@@ -403,6 +403,34 @@ typedef struct {
 odin_status odin_spheres_set_profiling(odin_spheres *sp, int enabled);
 /* The figures so far; between runs only. */
 odin_status odin_spheres_profile_get(odin_spheres *sp, odin_spheres_profile *out);
+/* ---- shards: one process's part of a step (odin/distributed, MPI) ---------------------
+ * A step over several processes: each runs the forward + backward of its slots [lo, hi)
+ * (odin_spheres_shard_slots). The gradient is the same left fold g0 + g1 + ... as in one
+ * process: the process with lo = 0 starts it; each next process receives the partial sum into
+ * the model's gradient block and adds its own slots chunk range by chunk range
+ * (odin_spheres_shard_fold, any ranges, each chunk once) before passing it on; the finished
+ * gradient reaches every process, which then runs odin_spheres_shard_finish with every
+ * slot's outcome (norm, clip, AdamW, statistics). Same weights, bit for bit, as
+ * odin_spheres_run. A shard with lo > 0 keeps hi - lo slot gradient buffers. The transport
+ * is the caller's. */
+typedef struct {
+    float loss[12];           /* each slot's mean loss (its sphere's statistics) */
+    float grad_norm[12];      /* each slot's gradient norm */
+    double seconds[12];       /* each slot's forward + backward time */
+} odin_spheres_slot_report;
+/* This process's slots: 0 <= lo < hi <= min(batch, 12). Default: all. Between runs only. */
+odin_status odin_spheres_set_shard(odin_spheres *sp, int lo, int hi);
+/* Reduce/update chunks (never crossing a tensor) and the parameter span [start, end) of chunks [c0, c1). */
+int odin_spheres_num_chunks(odin_spheres *sp);
+odin_status odin_spheres_chunk_span(odin_spheres *sp, int c0, int c1, size_t *start, size_t *end);
+/* One step's own slots (inputs as one step of odin_spheres_run_ex); *own gets their outcome
+ * (the other slots' entries 0). lo = 0: the gradient block then holds g0 + ... + g(hi-1). */
+odin_status odin_spheres_shard_slots(odin_spheres *sp, const int32_t *inputs, const int32_t *ids,
+                                     const int32_t *targets, const uint8_t *mask, odin_spheres_slot_report *own);
+/* lo > 0: add the own slots to the partial sum in the gradient block, chunks [c0, c1). */
+odin_status odin_spheres_shard_fold(odin_spheres *sp, int c0, int c1);
+/* The gradient block holds the full gradient; *all: every slot's outcome. Completes the step. */
+odin_status odin_spheres_shard_finish(odin_spheres *sp, const odin_spheres_slot_report *all);
 /* ODIN_CDEF_END */
 
 

@@ -53,7 +53,7 @@ typedef struct {
 
 typedef struct { size_t start, len; int decay; } chunk_t;
 
-typedef enum { PH_NONE, PH_SLOTS, PH_REDUCE, PH_UPDATE, PH_EXIT } phase_t;
+typedef enum { PH_NONE, PH_SLOTS, PH_REDUCE, PH_NORM, PH_UPDATE, PH_EXIT } phase_t;
 
 /* profiling: a worker's thread-time per part of a step (ns), and the root's wall time */
 enum { PR_FWD_GEMM, PR_FWD_OTHER, PR_BWD_GEMM, PR_BWD_OTHER, PR_SLOT_BUFFERS, PR_REDUCE, PR_UPDATE, PR_N };
@@ -83,6 +83,7 @@ typedef struct worker {
     int id;
     pthread_t thread;
     void *ws;
+    unsigned long long born;     /* the phase generation when it was started */
     uint64_t gemm_ns;            /* odin_gemm_clock points here while profiling */
     uint64_t prof[PR_N];
 } worker_t;
@@ -97,6 +98,12 @@ struct odin_spheres {
     int bufs_asked;              /* odin_spheres_set_slot_buffers: 0 = automatic */
     float *slot_grads;           /* [n_bufs, n_params]: buffer t holds slot wave_first + t */
     int wave_first, wave_count;  /* the slots of the current wave */
+    int shard_lo, shard_hi;      /* odin_spheres_set_shard: this process's slots (default all) */
+    int reduce_c0;               /* the first chunk of a reduce phase */
+    int sumsq_ready;             /* chunk_sumsq holds the finished gradient's chunk norms */
+    int shard_open;              /* a shard step's slots ran; fold/finish may follow */
+    double step_t0;
+    uint64_t step_tp;
     chunk_t *chunks;
     int n_chunks;
     double *chunk_sumsq;
@@ -122,6 +129,8 @@ struct odin_spheres {
     float clip_scale, lr_now, bc1, bc2;
     /* per-slot outcome */
     float slot_loss[NS], slot_norm[NS];
+    double slot_seconds[NS];
+    int folded;                  /* chunks folded by odin_spheres_shard_fold this step */
     odin_status slot_status[NS];
     char slot_error[NS][256];
     /* control */
@@ -216,6 +225,7 @@ static void run_slot(odin_spheres *sp, worker_t *w, int t) {
     sp->slot_loss[s] = loss;
     sp->slot_norm[s] = norm;
     double dt = now_s() - t0;
+    sp->slot_seconds[s] = dt;
     sphere_live *l = &sp->live[s];
     live_begin(l);
     atomic_store_explicit(&l->state, ODIN_SPHERE_WAITING, RLX);
@@ -228,6 +238,7 @@ static void run_slot(odin_spheres *sp, worker_t *w, int t) {
 }
 
 static void run_reduce(odin_spheres *sp, int c) {
+    c += sp->reduce_c0;
     const chunk_t *ch = &sp->chunks[c];
     float *dst = sp->ops->grads(sp->model) + ch->start;
     const float *src = sp->slot_grads + ch->start;
@@ -238,6 +249,12 @@ static void run_reduce(odin_spheres *sp, int c) {
     }
     for (; t < sp->wave_count; t++) odin_kern->axpy(dst, 1.0f, src + (size_t)t * sp->n_params, (int)ch->len);
     if (sp->wave_first + sp->wave_count == sp->n_work) sp->chunk_sumsq[c] = odin_kern->sumsq(dst, ch->len);
+}
+
+/* A chunk's squared norm, for a gradient finished elsewhere (another process's fold). */
+static void run_norm(odin_spheres *sp, int c) {
+    const chunk_t *ch = &sp->chunks[c];
+    sp->chunk_sumsq[c] = odin_kern->sumsq(sp->ops->grads(sp->model) + ch->start, ch->len);
 }
 
 static void run_update(odin_spheres *sp, int c) {
@@ -256,7 +273,9 @@ static void run_update(odin_spheres *sp, int c) {
 static void *worker_main(void *arg) {
     worker_t *w = arg;
     odin_spheres *sp = w->sp;
-    unsigned long long seen = 0;
+    /* not 0: a thread started between runs would otherwise take the last phase as new and,
+     * once counted active, claim a task of the next phase with the old phase's code */
+    unsigned long long seen = w->born;
     pthread_mutex_lock(&sp->mu);
     for (;;) {
         while (sp->generation == seen) pthread_cond_wait(&sp->work_cv, &sp->mu);
@@ -273,8 +292,9 @@ static void *worker_main(void *arg) {
             const uint64_t tp = prof_now(sp);
             if (ph == PH_SLOTS) run_slot(sp, w, t);
             else if (ph == PH_REDUCE) run_reduce(sp, t);
+            else if (ph == PH_NORM) run_norm(sp, t);
             else run_update(sp, t);
-            if (sp->profiling && ph != PH_SLOTS) w->prof[ph == PH_REDUCE ? PR_REDUCE : PR_UPDATE] += odin_now_ns() - tp;
+            if (sp->profiling && ph != PH_SLOTS) w->prof[ph == PH_UPDATE ? PR_UPDATE : PR_REDUCE] += odin_now_ns() - tp;
         }
         pthread_mutex_lock(&sp->mu);
         if (++sp->checked_in == sp->active) pthread_cond_signal(&sp->done_cv);
@@ -295,14 +315,18 @@ static void run_phase(odin_spheres *sp, phase_t ph, int n_tasks) {
     pthread_cond_broadcast(&sp->work_cv);
     while (sp->checked_in < sp->active) pthread_cond_wait(&sp->done_cv, &sp->mu);
     pthread_mutex_unlock(&sp->mu);
-    if (sp->profiling) sp->wall[ph == PH_SLOTS ? PW_SLOTS : ph == PH_REDUCE ? PW_REDUCE : PW_UPDATE] += odin_now_ns() - tp;
+    if (sp->profiling) sp->wall[ph == PH_SLOTS ? PW_SLOTS : ph == PH_UPDATE ? PW_UPDATE : PW_REDUCE] += odin_now_ns() - tp;
 }
 
 /* (Re)allocate the slot gradient buffers for `threads` threads (see SLOT_BUDGET_FLOATS).
  * Root side, between steps. */
 static odin_status ensure_slot_buffers(odin_spheres *sp, int threads) {
     int want = sp->n_work;
-    if (sp->bufs_asked > 0) {
+    if (sp->shard_lo > 0) {
+        /* a shard that does not start the fold keeps all its slots until the partial sum
+         * from the process before it arrives */
+        want = sp->shard_hi - sp->shard_lo;
+    } else if (sp->bufs_asked > 0) {
         if (sp->bufs_asked < want) want = sp->bufs_asked;
     } else if (odin_size_mul((size_t)sp->n_work, sp->n_params) > SLOT_BUDGET_FLOATS && threads < sp->n_work) {
         want = threads;
@@ -331,6 +355,7 @@ static odin_status apply_threads(odin_spheres *sp) {
         worker_t *w = &sp->workers[sp->n_spawned];
         w->sp = sp;
         w->id = sp->n_spawned;
+        w->born = sp->generation; /* only the root changes it, and this is the root */
         int rows_max = (sp->B + NS - 1) / NS;
         odin_status st = sp->ops->ws_create(&w->ws, sp->model, rows_max, sp->T_max);
         if (st) return st;
@@ -422,6 +447,8 @@ static odin_status spheres_create(odin_spheres **out, void *model, const model_o
         n_chunks = odin_size_add(n_chunks, odin_size_add(odin_size_mul((size_t)rows, (size_t)cols), CHUNK - 1) / CHUNK);
     }
     sp->n_work = batch < NS ? batch : NS;
+    sp->shard_lo = 0;
+    sp->shard_hi = sp->n_work;
     if (n_chunks > INT_MAX || sp->n_params > ODIN_MAX_FLOATS) {
         const size_t n_params = sp->n_params;
         free(sp);
@@ -532,13 +559,16 @@ static void set_root(odin_spheres *sp, int state) {
     atomic_fetch_add_explicit(&sp->root_seq, 1, memory_order_release);
 }
 
-static odin_status one_step(odin_spheres *sp, const int32_t *in, const int32_t *ids, const int32_t *tg,
-                            const uint8_t *mk) {
-    double t0 = now_s();
-    const uint64_t tp = prof_now(sp);
+/* A step's inputs and the tokens each slot counts (every process of a distributed run
+ * sees the whole batch, so all agree on the loss weights). */
+static odin_status step_prepare(odin_spheres *sp, const int32_t *in, const int32_t *ids, const int32_t *tg,
+                                const uint8_t *mk) {
+    sp->step_t0 = now_s();
+    sp->step_tp = prof_now(sp);
     const int T = sp->T;
     sp->in = in; sp->ids = ids; sp->tg = tg; sp->mk = mk;
     sp->total_count = 0;
+    sp->sumsq_ready = 0;
     for (int s = 0; s < NS; s++) {
         int c = 0;
         const size_t a = (size_t)sp->slot_first[s] * T, n = (size_t)sp->slot_rows[s] * T;
@@ -546,35 +576,60 @@ static odin_status one_step(odin_spheres *sp, const int32_t *in, const int32_t *
         sp->slot_count[s] = c;
         sp->total_count += c;
     }
-    const long long t = sp->step + 1;
     if (sp->total_count == 0)
-        return odin_fail(ODIN_BAD_ARG, "step %lld: the batch has no token with loss_mask = 1", t);
+        return odin_fail(ODIN_BAD_ARG, "step %lld: the batch has no token with loss_mask = 1", sp->step + 1);
     set_root(sp, ODIN_SPHERE_WAITING);
     for (int s = sp->n_work; s < NS; s++) { /* no rows: a zero gradient, nothing to add */
         sp->slot_status[s] = ODIN_OK;
         sp->slot_loss[s] = sp->slot_norm[s] = 0.0f;
         set_state(sp, s, ODIN_SPHERE_WAITING);
     }
-    for (int first = 0; first < sp->n_work; first += sp->n_bufs) {
+    return ODIN_OK;
+}
+
+static void all_idle(odin_spheres *sp) {
+    for (int s = 0; s < NS; s++) set_state(sp, s, ODIN_SPHERE_IDLE);
+}
+
+/* Forward + backward of slots [lo, hi), in waves of as many slots as there are buffers.
+ * lo == 0: each wave is added into the gradient as it finishes (the fold starts here);
+ * lo > 0: the slots stay in their buffers (hi - lo of them) for odin_spheres_shard_fold. */
+static odin_status step_slots(odin_spheres *sp, int lo, int hi) {
+    const long long t = sp->step + 1;
+    for (int first = lo; first < hi; first += sp->n_bufs) {
         sp->wave_first = first;
-        sp->wave_count = sp->n_work - first < sp->n_bufs ? sp->n_work - first : sp->n_bufs;
+        sp->wave_count = hi - first < sp->n_bufs ? hi - first : sp->n_bufs;
         set_root(sp, ODIN_SPHERE_WAITING);
         run_phase(sp, PH_SLOTS, sp->wave_count);
         for (int s = first; s < first + sp->wave_count; s++) {
             if (sp->slot_status[s] != ODIN_OK) {
-                for (int k = 0; k < NS; k++) set_state(sp, k, ODIN_SPHERE_IDLE);
+                all_idle(sp);
                 return odin_fail(sp->slot_status[s], "sphere %d failed at step %lld: %s", s, t, sp->slot_error[s]);
             }
         }
+        if (lo > 0) break; /* all of them in one wave (ensure_slot_buffers) */
         set_root(sp, ODIN_SPHERE_REDUCING);
         for (int s = first; s < first + sp->wave_count; s++) set_state(sp, s, ODIN_SPHERE_REDUCING);
+        sp->reduce_c0 = 0;
         run_phase(sp, PH_REDUCE, sp->n_chunks);
+        if (first + sp->wave_count == sp->n_work) sp->sumsq_ready = 1;
+    }
+    return ODIN_OK;
+}
+
+/* The gradient is complete: global norm, clip, AdamW, statistics, history. */
+static odin_status step_finish(odin_spheres *sp) {
+    const long long t = sp->step + 1;
+    const int T = sp->T;
+    if (!sp->sumsq_ready) {
+        sp->reduce_c0 = 0;
+        run_phase(sp, PH_NORM, sp->n_chunks);
     }
     double ss = 0.0;
     for (int c = 0; c < sp->n_chunks; c++) ss += sp->chunk_sumsq[c];
     double norm = sqrt(ss);
     if (!isfinite(norm)) {
-        for (int s = 0; s < NS; s++) set_state(sp, s, ODIN_SPHERE_IDLE);
+        all_idle(sp);
         return odin_fail(ODIN_NAN_DETECTED, "root: the reduced gradient norm is not finite at step %lld", t);
     }
     sp->clip_scale = (sp->clip > 0.0f && norm > sp->clip) ? (float)(sp->clip / norm) : 1.0f;
@@ -582,12 +637,12 @@ static odin_status one_step(odin_spheres *sp, const int32_t *in, const int32_t *
     sp->bc1 = odin_bias_correction(sp->beta1, t);
     sp->bc2 = odin_bias_correction(sp->beta2, t);
     run_phase(sp, PH_UPDATE, sp->n_chunks);
-    for (int s = 0; s < NS; s++) set_state(sp, s, ODIN_SPHERE_IDLE);
+    all_idle(sp);
     double loss = 0.0;
     for (int s = 0; s < NS; s++) loss += (double)sp->slot_loss[s] * sp->slot_count[s];
     loss /= sp->total_count;
     sp->step = t;
-    double dt = now_s() - t0, tps = (double)sp->B * T / (dt > 0 ? dt : 1e-9);
+    double dt = now_s() - sp->step_t0, tps = (double)sp->B * T / (dt > 0 ? dt : 1e-9);
     /* publish root stats */
     atomic_fetch_add_explicit(&sp->root_seq, 1, memory_order_acq_rel);
     atomic_store_explicit(&sp->r_step, t, RLX);
@@ -606,10 +661,17 @@ static odin_status one_step(odin_spheres *sp, const int32_t *in, const int32_t *
     sp->hist_count++;
     pthread_mutex_unlock(&sp->hist_mu);
     if (sp->profiling) {
-        sp->wall[PW_STEPS] += odin_now_ns() - tp;
+        sp->wall[PW_STEPS] += odin_now_ns() - sp->step_tp;
         sp->prof_steps++;
     }
     return ODIN_OK;
+}
+
+static odin_status one_step(odin_spheres *sp, const int32_t *in, const int32_t *ids, const int32_t *tg,
+                            const uint8_t *mk) {
+    odin_status st = step_prepare(sp, in, ids, tg, mk);
+    if (!st) st = step_slots(sp, 0, sp->n_work);
+    return st ? st : step_finish(sp);
 }
 
 odin_status odin_spheres_run(odin_spheres *sp, const int32_t *inputs, const int32_t *targets,
@@ -790,3 +852,109 @@ odin_status odin_spheres_set_slot_buffers(odin_spheres *sp, int n) {
 }
 
 int odin_spheres_slot_buffers(odin_spheres *sp) { return sp ? sp->n_bufs : 0; }
+
+/* ---------------------------------------------------------------- shards (odin/distributed) */
+/* Claim the trainer for one call (as a run does); ODIN_STATE if a run holds it. */
+static odin_status claim(odin_spheres *sp) {
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&sp->running, &expected, 1))
+        return odin_fail(ODIN_STATE, "the trainer is already running on another thread");
+    return ODIN_OK;
+}
+
+odin_status odin_spheres_set_shard(odin_spheres *sp, int lo, int hi) {
+    ODIN_REQUIRE_PTR(sp, "trainer");
+    if (!(lo >= 0 && lo < hi && hi <= sp->n_work))
+        return odin_fail(ODIN_BAD_ARG, "the shard must be slots [lo, hi) with 0 <= lo < hi <= %d (the slots with "
+                         "rows), got [%d, %d)", sp->n_work, lo, hi);
+    odin_status st = claim(sp);
+    if (st) return st;
+    const int lo0 = sp->shard_lo, hi0 = sp->shard_hi;
+    sp->shard_lo = lo;
+    sp->shard_hi = hi;
+    sp->shard_open = 0;
+    st = ensure_slot_buffers(sp, sp->active);
+    if (st) { sp->shard_lo = lo0; sp->shard_hi = hi0; ensure_slot_buffers(sp, sp->active); }
+    atomic_store(&sp->running, 0);
+    return st;
+}
+
+int odin_spheres_num_chunks(odin_spheres *sp) { return sp ? sp->n_chunks : 0; }
+
+odin_status odin_spheres_chunk_span(odin_spheres *sp, int c0, int c1, size_t *start, size_t *end) {
+    ODIN_REQUIRE_PTR(sp, "trainer"); ODIN_REQUIRE_PTR(start, "start"); ODIN_REQUIRE_PTR(end, "end");
+    if (!(c0 >= 0 && c0 < c1 && c1 <= sp->n_chunks))
+        return odin_fail(ODIN_BAD_ARG, "chunks must be [c0, c1) with 0 <= c0 < c1 <= %d, got [%d, %d)", sp->n_chunks, c0, c1);
+    *start = sp->chunks[c0].start;
+    *end = sp->chunks[c1 - 1].start + sp->chunks[c1 - 1].len;
+    return ODIN_OK;
+}
+
+odin_status odin_spheres_shard_slots(odin_spheres *sp, const int32_t *inputs, const int32_t *ids,
+                                     const int32_t *targets, const uint8_t *mask, odin_spheres_slot_report *own) {
+    ODIN_REQUIRE_PTR(sp, "trainer"); ODIN_REQUIRE_PTR(inputs, "inputs"); ODIN_REQUIRE_PTR(targets, "targets");
+    ODIN_REQUIRE_PTR(own, "own");
+    if (ids && sp->ops == &rwkv_ops)
+        return odin_fail(ODIN_BAD_ARG, "ids must be NULL for an RWKV model (Abacus ids are a GPT option)");
+    odin_status st = claim(sp);
+    if (st) return st;
+    sp->shard_open = 0;
+    sp->folded = 0;
+    if (atomic_load(&sp->wanted_threads) != sp->active) st = apply_threads(sp);
+    if (!st) st = step_prepare(sp, inputs, ids, targets, mask);
+    if (!st) st = step_slots(sp, sp->shard_lo, sp->shard_hi);
+    memset(own, 0, sizeof *own);
+    for (int s = sp->shard_lo; s < sp->shard_hi && !st; s++) {
+        own->loss[s] = sp->slot_loss[s];
+        own->grad_norm[s] = sp->slot_norm[s];
+        own->seconds[s] = sp->slot_seconds[s];
+    }
+    sp->shard_open = st == ODIN_OK;
+    atomic_store(&sp->running, 0);
+    return st;
+}
+
+odin_status odin_spheres_shard_fold(odin_spheres *sp, int c0, int c1) {
+    ODIN_REQUIRE_PTR(sp, "trainer");
+    if (!sp->shard_open || sp->shard_lo == 0)
+        return odin_fail(ODIN_STATE, "fold: only after odin_spheres_shard_slots, on a shard that does not start at slot 0");
+    if (!(c0 >= 0 && c0 < c1 && c1 <= sp->n_chunks))
+        return odin_fail(ODIN_BAD_ARG, "chunks must be [c0, c1) with 0 <= c0 < c1 <= %d, got [%d, %d)", sp->n_chunks, c0, c1);
+    odin_status st = claim(sp);
+    if (st) return st;
+    sp->wave_first = sp->shard_lo;
+    sp->wave_count = sp->shard_hi - sp->shard_lo;
+    sp->reduce_c0 = c0;
+    set_root(sp, ODIN_SPHERE_REDUCING);
+    for (int s = sp->shard_lo; s < sp->shard_hi; s++) set_state(sp, s, ODIN_SPHERE_REDUCING);
+    run_phase(sp, PH_REDUCE, c1 - c0);
+    sp->folded += c1 - c0;
+    if (sp->shard_hi == sp->n_work && sp->folded == sp->n_chunks) sp->sumsq_ready = 1;
+    atomic_store(&sp->running, 0);
+    return ODIN_OK;
+}
+
+odin_status odin_spheres_shard_finish(odin_spheres *sp, const odin_spheres_slot_report *all) {
+    ODIN_REQUIRE_PTR(sp, "trainer"); ODIN_REQUIRE_PTR(all, "all");
+    if (!sp->shard_open) return odin_fail(ODIN_STATE, "finish: only after odin_spheres_shard_slots");
+    odin_status st = claim(sp);
+    if (st) return st;
+    for (int s = 0; s < sp->n_work; s++) {
+        if (s >= sp->shard_lo && s < sp->shard_hi) continue;
+        /* another process ran this slot: its outcome joins the statistics and the loss */
+        sp->slot_loss[s] = all->loss[s];
+        sp->slot_norm[s] = all->grad_norm[s];
+        sphere_live *l = &sp->live[s];
+        live_begin(l);
+        atomic_store_explicit(&l->microbatches, atomic_load_explicit(&l->microbatches, RLX) + 1, RLX);
+        atomic_store_explicit(&l->tokens, atomic_load_explicit(&l->tokens, RLX) + (long long)sp->slot_rows[s] * sp->T, RLX);
+        atomic_store_explicit(&l->last_loss, all->loss[s], RLX);
+        atomic_store_explicit(&l->last_grad_norm, all->grad_norm[s], RLX);
+        atomic_store_explicit(&l->busy_seconds, atomic_load_explicit(&l->busy_seconds, RLX) + all->seconds[s], RLX);
+        live_end(l);
+    }
+    st = step_finish(sp);
+    sp->shard_open = 0;
+    atomic_store(&sp->running, 0);
+    return st;
+}
