@@ -32,6 +32,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     info = native.cpu_info()
     info["python"] = platform.python_version()
     info["platform"] = platform.platform()
+    from odin.distributed.world import mpi_status
+
+    info["mpi"] = mpi_status()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -42,6 +45,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"  ISA in use      {info['isa']}   (override with ODIN_ISA=scalar|avx2|avx512)")
     print(f"  compiler        {info['compiler']}")
     print(f"  python          {info['python']} on {info['platform']}")
+    print(f"  MPI             {info['mpi']}")
     return 0
 
 
@@ -154,6 +158,24 @@ def _resume_config(args: argparse.Namespace, ckpt_dir: Path):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from odin.distributed import world as mpi_world
+
+    world = mpi_world()  # None unless started by mpirun with 2+ ranks
+    if world is not None and world.rank > 0:  # rank 0 checks, builds and writes; this one follows
+        from odin.distributed.run import follow
+
+        return follow(world, args.threads)
+    try:
+        return _train_as_root(args, world)
+    except BaseException:
+        if world is not None:
+            from odin.distributed.run import refuse_plan
+
+            refuse_plan(world)
+        raise
+
+
+def _train_as_root(args: argparse.Namespace, world) -> int:
     from odin.evaluate import format_summary
     from odin.run_checks import resolve_threads
     from odin.runlock import refuse_busy_folder, refuse_existing_run
@@ -192,7 +214,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             data_dir = Path("data") / preset
             _ensure_preset_data(preset, data_dir)
     result = train(cfg, data_dir, out_dir, resume=args.resume, overwrite=args.overwrite, init_from=args.init_from,
-                   threads=args.threads, progress=not args.json)
+                   threads=args.threads, progress=not args.json, world=world)
     summary = {
         "checkpoint": str(result.checkpoint), "steps": result.steps, "final_loss": result.final_loss,
         "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens_per_s, 1),
@@ -345,23 +367,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:  # Ctrl-C (130) or, from odin train, SIGTERM (143)
+        if _mpi_follower_rank():
+            return int(getattr(exc, "exit_status", 130))
         _say(f"\ninterrupted{': ' + str(exc) if str(exc) else ''}")
         return int(getattr(exc, "exit_status", 130))
     except BrokenPipeError:  # the reader of our output went away (`| head`): nothing more to say
         _silence_closed_streams()
         return 1
     except Exception as exc:
+        from odin.distributed.world import MPIError, PeerLost
         from odin.native import OdinError
 
-        if isinstance(exc, OdinError):  # a failure inside the engine (NaN, memory): status 1
+        if isinstance(exc, MPIError):  # one line; a lost rank cannot join a clean exit: end them all
+            if not isinstance(exc, PeerLost) and _mpi_follower_rank():
+                return 2  # the same on every rank (no mpi4py, a bad setting): rank 0 says it
             _say(f"odin {args.command}: error: {exc}")
-            return 1
-        if isinstance(exc, (ValueError, OSError)):  # bad config, data, paths: the user's to fix
-            _say(f"odin {args.command}: error: {exc}")
+            if isinstance(exc, PeerLost):
+                _abort_mpi_world(1)
             return 2
+        if isinstance(exc, (OdinError, ValueError, OSError)):
+            status = 1 if isinstance(exc, OdinError) else 2  # the engine's failure / the user's to fix
+            follower = _mpi_follower_rank()
+            if follower and getattr(exc, "every_rank", False):
+                return status  # every rank has it at the same point: rank 0 says it
+            _say(f"odin {args.command}: error: {f'rank {follower}: ' if follower else ''}{exc}")
+            return status
         raise
     finally:
         _silence_closed_streams()
+
+
+def _mpi_follower_rank() -> int:
+    """This process's rank in an MPI run when it is not rank 0, else 0."""
+    from odin.distributed.world import current, launched_rank
+
+    return current().rank if current() is not None else launched_rank()
+
+
+def _abort_mpi_world(code: int) -> None:
+    """End every rank of the MPI run now (a lost rank cannot take part in a clean exit)."""
+    from odin.distributed.world import current
+
+    if current() is not None:
+        current().abort(code)
 
 
 def _say(line: str) -> None:

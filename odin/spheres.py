@@ -82,6 +82,30 @@ class StepProfile:
 
 
 @dataclass
+class _Steps:
+    """K steps' arrays [K, B, T] and C pointers to them."""
+    count: int
+    per_step: int  # B x T
+    inputs_array: np.ndarray
+    targets_array: np.ndarray
+    mask_array: Optional[np.ndarray]
+    ids_array: Optional[np.ndarray] = None
+
+    def pointers(self) -> "_Steps":
+        self.inputs = ffi.cast("int32_t *", ffi.from_buffer(self.inputs_array))
+        self.targets = ffi.cast("int32_t *", ffi.from_buffer(self.targets_array))
+        self.mask = ffi.NULL if self.mask_array is None else ffi.cast("uint8_t *", ffi.from_buffer(self.mask_array))
+        self.ids = ffi.NULL if self.ids_array is None else ffi.cast("int32_t *", ffi.from_buffer(self.ids_array))
+        return self
+
+    def at(self, i: int) -> tuple:
+        """Step i's (inputs, ids, targets, mask) pointers."""
+        o = i * self.per_step
+        return (self.inputs + o, ffi.NULL if self.ids == ffi.NULL else self.ids + o, self.targets + o,
+                ffi.NULL if self.mask == ffi.NULL else self.mask + o)
+
+
+@dataclass
 class StepRecord:
     step: int
     loss: float
@@ -127,6 +151,14 @@ class SpheresTrainer:
         and `loss_mask[K, batch, T]` (and Abacus `ids[K, batch, T]` of the
         inputs for Abacus models). Returns the number of steps done (< K after a stop or
         checkpoint request)."""
+        steps = self._steps(tokens, loss_mask, ids)
+        done = ffi.new("int *")
+        check(lib.odin_spheres_run_ex(self._h, steps.inputs, steps.ids, steps.targets, steps.mask, steps.count, done),
+              "train step")
+        return int(done[0])
+
+    def _steps(self, tokens: np.ndarray, loss_mask: Optional[np.ndarray], ids: Optional[np.ndarray]) -> "_Steps":
+        """K steps' inputs, checked, as C pointers (kept alive by the returned object)."""
         tokens = token_ids(tokens, "tokens", None)  # integer, int32-sized; the vocabulary below
         if tokens.ndim == 2:
             tokens = tokens[None]
@@ -147,19 +179,11 @@ class SpheresTrainer:
             loss_mask = validated_mask(loss_mask, "loss_mask", (K, B, T1 - 1))
             counted[:, :, -1] = loss_mask[:, :, -1]
         token_ids(tokens, "tokens", self.model.shape.vocab_size, counted=counted)
-        inputs = np.ascontiguousarray(tokens[:, :, :-1], dtype=np.int32)
-        targets = np.ascontiguousarray(tokens[:, :, 1:], dtype=np.int32)
-        mp = ffi.NULL
-        if loss_mask is not None:
-            mp = ffi.cast("uint8_t *", ffi.from_buffer(loss_mask))
-        ip = ffi.NULL
+        steps = _Steps(K, B * (T1 - 1), np.ascontiguousarray(tokens[:, :, :-1], dtype=np.int32),
+                       np.ascontiguousarray(tokens[:, :, 1:], dtype=np.int32), loss_mask)
         if ids is not None:
-            ids = token_ids(ids, "ids", None).reshape(K, B, T1 - 1)
-            ip = ffi.cast("int32_t *", ffi.from_buffer(ids))
-        done = ffi.new("int *")
-        check(lib.odin_spheres_run_ex(self._h, ffi.cast("int32_t *", ffi.from_buffer(inputs)), ip,
-                                      ffi.cast("int32_t *", ffi.from_buffer(targets)), mp, K, done), "train step")
-        return int(done[0])
+            steps.ids_array = token_ids(ids, "ids", None).reshape(K, B, T1 - 1)
+        return steps.pointers()
 
     # ---------------------------------------------------------------- control (any thread)
     def set_threads(self, n: int) -> None:

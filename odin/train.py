@@ -109,6 +109,10 @@ class ProgressLine:
             self.stream.flush()
 
 
+def _ranks_note(world: Any) -> str:
+    return f" x {world.size} MPI ranks" if world is not None else ""
+
+
 def _fmt_s(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "--:--"
@@ -162,6 +166,7 @@ def train(
     final_eval_splits: Optional[tuple[str, ...]] = None,
     final_eval_limit: Optional[int] = 1000,
     on_trainer: Optional[Callable[[SpheresTrainer], None]] = None,
+    world: Optional[Any] = None,
 ) -> TrainResult:
     """Train `run_config` on the dataset in `data_dir`; checkpoints go to `out_dir/checkpoint`.
 
@@ -172,6 +177,10 @@ def train(
     a new run from the weights of a checkpoint (its model config replaces ``run_config``'s;
     fresh optimizer, step 0). SIGINT/SIGTERM stop at a step boundary, save the checkpoint and
     raise :class:`TrainingInterrupted`.
+
+    ``world`` (an :class:`odin.distributed.World`, this process as rank 0 of an MPI run):
+    the other ranks follow with :func:`odin.distributed.run.follow`; this rank alone reads the
+    checkpoint, writes the run folder and evaluates.
     """
     if resume and init_from is not None:
         raise ValueError("--init-from starts a new run and --resume continues one: give one of them")
@@ -218,9 +227,14 @@ def train(
                              f"trained it meanwhile); start the resume again")
         if overwrite:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if world is not None:  # everything is checked: the other ranks may start
+            from odin.distributed.run import send_plan
+
+            send_plan(world, run_config, data_dir, resumed, initial, sampler.state_dict(),
+                      padded_vocab=initial is not None or resumed is not None)
         return _run(run_config, data_dir, out_dir, manifest, tokenizer, setup, n_threads, signals, stream,
                     resumed=resumed, initial=initial, progress=progress, final_eval_splits=final_eval_splits,
-                    final_eval_limit=final_eval_limit, on_trainer=on_trainer)
+                    final_eval_limit=final_eval_limit, on_trainer=on_trainer, world=world)
     except BaseException:
         if lock is not None and created and not ckpt_dir.exists():  # a new folder that got nothing: remove it
             metrics = out_dir / "metrics.jsonl"
@@ -280,8 +294,12 @@ def _prepare_data(run_config: RunConfig, data_dir: Path, manifest: Mapping[str, 
 def _run(run_config: RunConfig, data_dir: Path, out_dir: Path, manifest: Mapping[str, Any],
          tokenizer: CharTokenizer, data: _Data, n_threads: int, signals: StopSignals, stream: Any, *,
          resumed: Any, initial: Any, progress: bool, final_eval_splits: Optional[tuple[str, ...]],
-         final_eval_limit: Optional[int], on_trainer: Optional[Callable[[SpheresTrainer], None]]) -> TrainResult:
-    """The training itself, in a locked run folder whose settings were all checked."""
+         final_eval_limit: Optional[int], on_trainer: Optional[Callable[[SpheresTrainer], None]],
+         world: Optional[Any] = None) -> TrainResult:
+    """The training itself, in a locked run folder whose settings were all checked. In an MPI
+    run every rank runs this loop in step; rank 0 alone writes, prints and evaluates."""
+    writer = world is None or world.rank == 0
+    progress = progress and writer
     cfg_m, cfg_t = run_config.model, run_config.train
     ckpt_dir = out_dir / "checkpoint"
     metrics_path = out_dir / "metrics.jsonl"
@@ -296,9 +314,15 @@ def _run(run_config: RunConfig, data_dir: Path, out_dir: Path, manifest: Mapping
         else:
             model = model_from_config(run_config)
             model.init_weights(cfg_m.init_seed)
-        metrics_path.write_text("")
+        if writer:
+            metrics_path.write_text("")
 
-    trainer = SpheresTrainer(model, cfg_t.batch_size, T, threads=n_threads)
+    if world is not None:
+        from odin.distributed.spheres import DistributedSpheresTrainer
+
+        trainer: SpheresTrainer = DistributedSpheresTrainer(model, cfg_t.batch_size, T, world, threads=n_threads)
+    else:
+        trainer = SpheresTrainer(model, cfg_t.batch_size, T, threads=n_threads)
     trainer.configure(lr=cfg_t.lr, min_lr=cfg_t.lr * cfg_t.min_lr_frac, warmup_steps=cfg_t.warmup_steps,
                       total_steps=cfg_t.steps, beta1=cfg_t.beta1, beta2=cfg_t.beta2, eps=cfg_t.eps,
                       weight_decay=cfg_t.weight_decay, grad_clip=cfg_t.grad_clip)
@@ -323,6 +347,8 @@ def _run(run_config: RunConfig, data_dir: Path, out_dir: Path, manifest: Mapping
                 else "no checkpoint was written in this run")
 
     def checkpoint() -> Path:
+        if not writer:
+            return ckpt_dir
         try:
             path = save_model_checkpoint(ckpt_dir, model, tokenizer, run_config, step=step,
                                          trainer_state=trainer_state())
@@ -338,8 +364,8 @@ def _run(run_config: RunConfig, data_dir: Path, out_dir: Path, manifest: Mapping
     if progress:
         source = f", from the weights of {initial.path}" if initial is not None else ""
         stream.write(f"training {cfg_m.arch} L={cfg_m.n_layer} d={cfg_m.d_model} ({model.n_params:,} params) on "
-                     f"{len(data.train_set):,} examples, batch {cfg_t.batch_size} x T={T}, {n_threads} threads, "
-                     f"{N_SPHERES} spheres{source}\n")
+                     f"{len(data.train_set):,} examples, batch {cfg_t.batch_size} x T={T}, {n_threads} threads"
+                     f"{_ranks_note(world)}, {N_SPHERES} spheres{source}\n")
     last_loss = float("nan")
     tokens_done = 0  # input positions trained on (batches padded to their length)
     while step < cfg_t.steps and signals.signum is None:
@@ -378,14 +404,14 @@ def _run(run_config: RunConfig, data_dir: Path, out_dir: Path, manifest: Mapping
         step += done
         snap = trainer.snapshot()
         last_loss = snap.loss
-        for rec in trainer.history(since_step=step - done):
+        for rec in trainer.history(since_step=step - done) if writer else ():
             _append_jsonl(metrics_path, {"step": rec.step, "loss": rec.loss, "lr": rec.lr,
                                          "grad_norm": rec.grad_norm, "tokens_per_s": rec.tokens_per_s,
                                          "elapsed": time.perf_counter() - started})
         bar.update(step, start_step, snap)
         if signals.signum is not None:
             break
-        if cfg_t.eval_every and step % cfg_t.eval_every == 0 and step < cfg_t.steps:
+        if writer and cfg_t.eval_every and step % cfg_t.eval_every == 0 and step < cfg_t.steps:
             _periodic_eval(model, tokenizer, val_examples, eval_subset, eval_options(manifest), step, metrics_path,
                            stream, progress)
         wants_ckpt = trainer.take_checkpoint_request()
@@ -403,6 +429,8 @@ def _run(run_config: RunConfig, data_dir: Path, out_dir: Path, manifest: Mapping
     seconds = time.perf_counter() - started
     tps = tokens_done / max(seconds, 1e-9)
     result = TrainResult(out_dir, path, step, last_loss, seconds, tps)
+    if not writer:
+        final_eval_splits = ()
     if final_eval_splits is None:
         final_eval_splits = ("test", *heldout_splits(manifest))
     for split in final_eval_splits:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 PROGRAMS = ("odin", "odin-infer", "odin-pipeline", "odin-dashboard")
+LAUNCHERS = ("mpirun", "mpiexec")  # `mpirun -np 2 odin train ...`: the launcher is part of the command
 SHELL_FENCES = ("", "bash", "sh", "shell", "console")  # fenced blocks whose lines may be commands
 DIAGRAM = re.compile(r"[─│┌┐└┘├┤┬┴┼►▶→]")  # box drawing: a diagram naming a program, not a command
 
@@ -29,6 +30,7 @@ class Command:
     path: tuple[str, ...]  # sub-commands, e.g. ("export", "web")
     flags: frozenset[str]
     problem: str = ""  # an unknown sub-command or flag
+    launcher: str = ""  # mpirun / mpiexec when the program is started by one
 
 
 def parsers() -> dict[str, Callable[[], argparse.ArgumentParser]]:
@@ -70,6 +72,12 @@ def parse(text: str, where: str, parser_of: dict[str, Callable[[], argparse.Argu
         tokens = shlex.split(text, comments=True)
     except ValueError:  # unbalanced quotes in prose: whitespace is good enough for names and flags
         tokens = text.split(" #")[0].split()
+    launcher = ""
+    if tokens and tokens[0] in LAUNCHERS:  # its own options up to the program it starts
+        starts = [i for i, token in enumerate(tokens) if token in PROGRAMS]
+        if not starts:
+            return None
+        launcher, tokens = tokens[0], tokens[starts[0]:]
     if not tokens or tokens[0] not in PROGRAMS:
         return None
     program, rest = tokens[0], tokens[1:]
@@ -91,7 +99,7 @@ def parse(text: str, where: str, parser_of: dict[str, Callable[[], argparse.Argu
             parser = subs[token]
         elif subs and not flags and token.strip("[]().…") and not problem:
             problem = f"{' '.join((program, *path))} has no sub-command {token!r}"
-    return Command(where, text, program, tuple(path), frozenset(flags), problem)
+    return Command(where, text, program, tuple(path), frozenset(flags), problem, launcher)
 
 
 def _split(fragment: str) -> Iterator[str]:

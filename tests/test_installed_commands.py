@@ -33,6 +33,7 @@ with 200, ``slow`` marks rows too heavy for the default run (pytest -m slow).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -51,7 +52,8 @@ from typing import Optional
 
 import pytest
 
-from doc_commands import PROGRAMS, documented_commands, parse, parsers
+from doc_commands import LAUNCHERS, PROGRAMS, documented_commands, parse, parsers
+from interchange_models import in_ci
 from odin.config import PRESETS
 from pipeline_helpers import config_text, write_docs
 
@@ -73,7 +75,12 @@ class Row:
     slow: bool = False
     one_line: bool = False  # a refusal: exactly one line on stderr, no traceback
     env: tuple[tuple[str, str], ...] = ()  # extra environment variables
+    mpi: bool = False  # started by mpirun: needs OpenMPI and mpi4py (skips without them, fails in CI)
 
+
+# OpenMPI refuses to run as root (CI containers) unless told
+MPI_ENV = (("OMPI_ALLOW_RUN_AS_ROOT", "1"), ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
+           ("OMPI_MCA_btl_vader_single_copy_mechanism", "none"))
 
 ROWS: list[Row] = [
     # ---- odin info, odin model info (every preset, and a config file)
@@ -99,6 +106,11 @@ ROWS: list[Row] = [
           out=r"trained 1 steps", slow=name in HEAVY_PRESETS) for name in PRESETS],
     Row("odin train --preset tiny --steps 1", rc=2, out=r"names no dataset: pass --data DIR", one_line=True),
     # ---- odin eval
+    # over MPI ranks (docs: README "Training on several processes and hosts")
+    Row("mpirun --oversubscribe -np 2 odin train --preset arith-3digit --data {data} --steps 3 --threads 1 "
+        "--out {tmp}/r", env=MPI_ENV, out=r"x 2 MPI ranks", mpi=True),
+    Row("mpirun --oversubscribe -np 3 odin train --data {data} --out {run_copy} --resume --threads 1", env=MPI_ENV,
+        rc=2, out=r"^odin train: error: .*finished", mpi=True),  # (resuming over ranks: tests/test_mpi.py)
     Row("odin eval {ckpt} --data {data} --splits test --json", out=r'"test"'),
     Row("odin eval {ckpt_rwkv} --data {data} --splits val --context 64", out=r"val"),
     # ---- odin-infer: one prompt, the sampler's flags, the REPL, a pipeline (BPE) model
@@ -126,6 +138,8 @@ ROWS: list[Row] = [
     Row("odin wasm build --out {tmp}/wasm", rc=1, out=r"source checkout", one_line=True),
     # ---- odin-pipeline
     Row("odin-pipeline run {inbox} --config {ptoml} --once --quiet"),
+    Row("mpirun --oversubscribe -np 2 odin-pipeline run {inbox} --config {ptoml} --once --quiet", env=MPI_ENV,
+        out=r"trained \d+", mpi=True),
     Row("odin-pipeline status {pipe}", out=r"shard|token"),
     Row("odin-pipeline status {pipe} --json", out=r"^\s*\{"),
     Row("odin-pipeline check-config {ptoml}", out=r"\[model\]"),
@@ -202,6 +216,10 @@ class Workspace:
     # -- running
     def argv(self, part: str) -> list[str]:
         words = shlex.split(part)
+        if words and words[0] in LAUNCHERS:  # mpirun [options] PROGRAM ...: the installed PROGRAM
+            start = next(i for i, word in enumerate(words) if word in PROGRAMS)
+            return [shutil.which(words[0]) or words[0], *words[1:start], str(self.bin / words[start]),
+                    *words[start + 1:]]
         assert words and words[0] in PROGRAMS, f"{part!r}: a row runs installed ODIN programs only"
         return [str(self.bin / words[0]), *words[1:]]
 
@@ -356,6 +374,10 @@ def _row_id(row: Row) -> str:
 @pytest.mark.parametrize("row", [pytest.param(r, id=_row_id(r), marks=[pytest.mark.slow] if r.slow else [])
                                  for r in ROWS])
 def test_installed_command(workspace, row: Row):
+    if row.mpi and not (shutil.which("mpirun") and importlib.util.find_spec("mpi4py")):
+        if in_ci():
+            pytest.fail("CI must run the documented mpirun commands: install openmpi-bin and mpi4py")
+        pytest.skip("needs mpirun (apt install openmpi-bin libopenmpi-dev) and mpi4py (pip install 'odin[mpi]')")
     row_dir = workspace.row_dir()
     cmd = workspace.substitute(row.cmd, row_dir)
     res = (workspace.serve(cmd, row_dir, row.http) if row.http
@@ -395,13 +417,13 @@ def test_documented_commands_exist():
 def test_every_documented_command_has_a_row():
     """A command shown in README.md or docs/ (its program, sub-command and each of its flags)
     must be run by some row of ROWS: add a row (module docstring) when documenting one."""
-    tested: dict[tuple[str, tuple[str, ...]], set[str]] = {}
+    tested: dict[tuple[str, str, tuple[str, ...]], set[str]] = {}
     for command in _row_commands():
-        tested.setdefault((command.program, command.path), set()).update(command.flags)
+        tested.setdefault((command.launcher, command.program, command.path), set()).update(command.flags)
     missing = []
     for command in documented_commands(DOCS, SRC):
-        key = (command.program, command.path)
-        name = " ".join((command.program, *command.path))
+        key = (command.launcher, command.program, command.path)
+        name = " ".join(filter(None, (command.launcher, command.program, *command.path)))
         if key not in tested:
             missing.append(f"{command.where}: `{command.text}`: no row runs `{name}`")
         elif command.flags - tested[key]:

@@ -87,9 +87,41 @@ def main(argv: Optional[list[str]] = None) -> int:
     except PipelineConfigError as error:
         print(f"odin-pipeline: {error}", file=sys.stderr)
         return 2
+    from odin.distributed import MPIError, world as mpi_world
+
+    try:
+        world = mpi_world()  # None unless started by mpirun with 2+ ranks
+    except MPIError as error:
+        print(f"odin-pipeline: error: {error}", file=sys.stderr)
+        return 2
+    if world is not None and world.rank > 0:  # rank 0 is the pipeline; this rank trains with it
+        from odin.distributed.pipeline import follow
+
+        return _mpi_guarded(world, lambda: follow(world))
     from odin.pipeline.runner import Runner  # imports the native library: after the cheap checks
 
-    return Runner(args.folder, config, once=args.once, quiet=args.quiet).run()
+    if world is None:
+        return Runner(args.folder, config, once=args.once, quiet=args.quiet).run()
+    from odin.distributed.pipeline import end
+
+    status = 1
+    try:
+        status = _mpi_guarded(world, lambda: Runner(args.folder, config, once=args.once, quiet=args.quiet).run())
+    finally:
+        end(world, status)
+    return status
+
+
+def _mpi_guarded(world, body) -> int:
+    """A lost rank ends every rank with one line (it cannot take part in a clean exit)."""
+    from odin.distributed import PeerLost
+
+    try:
+        return body()
+    except PeerLost as error:
+        print(f"odin-pipeline: error: {error}", file=sys.stderr, flush=True)
+        world.abort(1)
+        return 1
 
 
 def _print_config(config) -> None:

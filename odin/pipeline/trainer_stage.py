@@ -42,6 +42,7 @@ from odin.pipeline.shards import (
 )
 from odin.pipeline.store import Store
 from odin.pipeline.tokenize_stage import PipelineStateError
+from odin.distributed.world import current as current_world
 from odin.spheres import SpheresTrainer, default_threads
 
 STEPS_PER_CALL = 8  # steps per C call: few enough that the status line and a stop stay prompt
@@ -145,8 +146,15 @@ class TrainerStage:
                                                 f"lists ({expected})")
         self._reconcile(state)
         cfg = self.config.train
-        self.trainer = SpheresTrainer(self.model, cfg.batch_size, self.run_config.model.context,
-                                      threads=cfg.threads or default_threads())
+        world = current_world()
+        if world is not None:  # rank 0 of an MPI run: the other ranks train each step with it
+            from odin.distributed.pipeline import PipelineLeader
+
+            self.trainer = PipelineLeader(self.model, self.run_config, cfg.batch_size, self.run_config.model.context,
+                                          world, cfg.threads)
+        else:
+            self.trainer = SpheresTrainer(self.model, cfg.batch_size, self.run_config.model.context,
+                                          threads=cfg.threads or default_threads())
         # constant learning rate after warm-up (total_steps 0): a stream has no planned end
         self.trainer.configure(lr=cfg.lr, min_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=0,
                                weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
