@@ -95,7 +95,7 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
     if (n_abacus > 0) ADD(T_WAB);
 #undef ADD
     g->n_params = off;
-    st = odin_alloc_param_blocks(off, &g->params, &g->grads, &g->m, &g->v);
+    st = odin_alloc_params(off, &g->params);
     if (st) {
         odin_gpt_free(g);
         return st;
@@ -132,9 +132,13 @@ odin_status odin_gpt_set_alibi(odin_gpt *g, int enabled) {
 
 int odin_gpt_num_tensors(const odin_gpt *g) { return g ? g->n_tensors : 0; }
 float *odin_gpt_params(odin_gpt *g) { return g->params; }
-float *odin_gpt_grads(odin_gpt *g) { return g->grads; }
-float *odin_gpt_adam_m(odin_gpt *g) { return g->m; }
-float *odin_gpt_adam_v(odin_gpt *g) { return g->v; }
+odin_status odin_gpt_enable_training(odin_gpt *g) {
+    ODIN_REQUIRE_PTR(g, "model");
+    return odin_alloc_training_blocks(g->n_params, &g->grads, &g->m, &g->v);
+}
+float *odin_gpt_grads(odin_gpt *g) { return g && !odin_gpt_enable_training(g) ? g->grads : NULL; }
+float *odin_gpt_adam_m(odin_gpt *g) { return g && !odin_gpt_enable_training(g) ? g->m : NULL; }
+float *odin_gpt_adam_v(odin_gpt *g) { return g && !odin_gpt_enable_training(g) ? g->v : NULL; }
 
 odin_status odin_gpt_tensor_info(const odin_gpt *g, int index, const char **name, size_t *offset,
                                  int *rows, int *cols) {
@@ -373,6 +377,8 @@ oom:
 odin_status odin_gpt_adamw_step(odin_gpt *g, float lr, float beta1, float beta2, float eps,
                                 float weight_decay, float grad_clip, int t, float *grad_norm) {
     ODIN_REQUIRE_PTR(g, "model");
+    odin_status st = odin_gpt_enable_training(g);
+    if (st) return st;
     return odin_clip_adamw(g->tensors, g->n_tensors, g->params, g->grads, g->m, g->v, g->n_params, lr, beta1, beta2,
                            eps, weight_decay, grad_clip, t, grad_norm);
 }

@@ -89,7 +89,10 @@ void *odin_zalloc(size_t bytes);  /* NULL also when bytes exceed the machine's R
 int odin_fits_in_memory(size_t bytes);
 /* The parameter, gradient and two AdamW moment blocks of n floats, zeroed; on failure none
  * is kept (all four NULL) and the error says how much was asked for. */
-odin_status odin_alloc_param_blocks(size_t n, float **params, float **grads, float **m, float **v);
+/* The parameter block of a new model; the training blocks (gradients, AdamW moments) are
+ * allocated zeroed on first use, so a model that only answers never holds them. */
+odin_status odin_alloc_params(size_t n, float **params);
+odin_status odin_alloc_training_blocks(size_t n, float **grads, float **m, float **v);
 /* ODIN_OK when n floats (a size from odin_size_mul/add) can be allocated and indexed, else
  * ODIN_BAD_ARG "<what> (<args>) would need ..." with args the caller's formatted arguments. */
 odin_status odin_require_floats(size_t n, const char *what, const char *args);

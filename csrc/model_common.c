@@ -45,22 +45,33 @@ odin_status odin_require_floats(size_t n, const char *what, const char *args) {
     return odin_fail(ODIN_BAD_ARG, "%s (%s) would need more memory than can be addressed", what, args);
 }
 
-odin_status odin_alloc_param_blocks(size_t n, float **params, float **grads, float **m, float **v) {
-    *params = *grads = *m = *v = NULL;
+odin_status odin_alloc_params(size_t n, float **params) {
+    *params = NULL;
     if (n > ODIN_MAX_FLOATS) return odin_fail(ODIN_BAD_ARG, "the parameter count would overflow");
-    size_t bytes = odin_size_mul(n, 4 * sizeof(float));  /* weights, gradients, two AdamW moments */
+    const size_t bytes = odin_size_mul(n, sizeof(float));
     if (!odin_fits_in_memory(bytes))
-        return odin_fail(ODIN_NO_MEMORY, "%zu parameters need %.1f GiB (weights, gradients, AdamW moments): more "
-                         "than this machine's memory and swap (%.1f GiB)", n, bytes / 1073741824.0,
+        return odin_fail(ODIN_NO_MEMORY, "%zu parameters need %.1f GiB: more than this machine's memory and swap "
+                         "(%.1f GiB)", n, bytes / 1073741824.0, machine_memory_bytes() / 1073741824.0);
+    *params = odin_zalloc(bytes);
+    if (!*params) return odin_fail(ODIN_NO_MEMORY, "cannot allocate %zu parameters (%.1f MiB)", n, n * 4.0 / 1048576.0);
+    return ODIN_OK;
+}
+
+odin_status odin_alloc_training_blocks(size_t n, float **grads, float **m, float **v) {
+    if (*grads && *m && *v) return ODIN_OK;
+    const size_t bytes = odin_size_mul(n, 3 * sizeof(float)); /* gradients, two AdamW moments */
+    if (!odin_fits_in_memory(bytes))
+        return odin_fail(ODIN_NO_MEMORY, "training %zu parameters needs %.1f GiB more (gradients, AdamW moments): "
+                         "more than this machine's memory and swap (%.1f GiB)", n, bytes / 1073741824.0,
                          machine_memory_bytes() / 1073741824.0);
-    *params = odin_zalloc(n * sizeof(float));
-    *grads = odin_zalloc(n * sizeof(float));
-    *m = odin_zalloc(n * sizeof(float));
-    *v = odin_zalloc(n * sizeof(float));
-    if (*params && *grads && *m && *v) return ODIN_OK;
-    free(*params); free(*grads); free(*m); free(*v);
-    *params = *grads = *m = *v = NULL;
-    return odin_fail(ODIN_NO_MEMORY, "cannot allocate %zu parameters (4 blocks of %.1f MiB)", n, n * 4.0 / 1048576.0);
+    float *g = odin_zalloc(n * sizeof(float)), *a = odin_zalloc(n * sizeof(float)), *b = odin_zalloc(n * sizeof(float));
+    if (!g || !a || !b) {
+        free(g); free(a); free(b);
+        return odin_fail(ODIN_NO_MEMORY, "cannot allocate the gradients and AdamW moments of %zu parameters "
+                         "(3 blocks of %.1f MiB)", n, n * 4.0 / 1048576.0);
+    }
+    *grads = g; *m = a; *v = b;
+    return ODIN_OK;
 }
 
 odin_status odin_check_tokens(const int32_t *t, size_t n, int V, const char *name, const uint8_t *mask) {

@@ -193,6 +193,10 @@ int odin_gpt_num_tensors(const odin_gpt *model);
 odin_status odin_gpt_tensor_info(const odin_gpt *model, int index, const char **name,
                                  size_t *offset, int *rows, int *cols);
 float *odin_gpt_params(odin_gpt *model);
+/* The training blocks (gradients, AdamW moments, zeroed) are allocated on first use: by this
+ * call, the accessors below (NULL when that allocation fails: see odin_last_error), the AdamW
+ * step or a trainer. A model that only answers holds its parameters alone. */
+odin_status odin_gpt_enable_training(odin_gpt *model);
 float *odin_gpt_grads(odin_gpt *model);
 float *odin_gpt_adam_m(odin_gpt *model);
 float *odin_gpt_adam_v(odin_gpt *model);
@@ -268,6 +272,7 @@ int odin_rwkv_num_tensors(const odin_rwkv *model);
 odin_status odin_rwkv_tensor_info(const odin_rwkv *model, int index, const char **name,
                                   size_t *offset, int *rows, int *cols);
 float *odin_rwkv_params(odin_rwkv *model);
+odin_status odin_rwkv_enable_training(odin_rwkv *model);  /* as odin_gpt_enable_training */
 float *odin_rwkv_grads(odin_rwkv *model);
 float *odin_rwkv_adam_m(odin_rwkv *model);
 float *odin_rwkv_adam_v(odin_rwkv *model);

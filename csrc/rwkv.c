@@ -94,7 +94,7 @@ odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_mode
     ADD(R_LNOB);
 #undef ADD
     r->n_params = off;
-    st = odin_alloc_param_blocks(off, &r->params, &r->grads, &r->m, &r->v);
+    st = odin_alloc_params(off, &r->params);
     if (st) {
         odin_rwkv_free(r);
         return st;
@@ -112,9 +112,13 @@ void odin_rwkv_free(odin_rwkv *r) {
 size_t odin_rwkv_num_params(const odin_rwkv *r) { return r ? r->n_params : 0; }
 int odin_rwkv_num_tensors(const odin_rwkv *r) { return r ? r->n_tensors : 0; }
 float *odin_rwkv_params(odin_rwkv *r) { return r ? r->params : NULL; }
-float *odin_rwkv_grads(odin_rwkv *r) { return r ? r->grads : NULL; }
-float *odin_rwkv_adam_m(odin_rwkv *r) { return r ? r->m : NULL; }
-float *odin_rwkv_adam_v(odin_rwkv *r) { return r ? r->v : NULL; }
+odin_status odin_rwkv_enable_training(odin_rwkv *r) {
+    ODIN_REQUIRE_PTR(r, "model");
+    return odin_alloc_training_blocks(r->n_params, &r->grads, &r->m, &r->v);
+}
+float *odin_rwkv_grads(odin_rwkv *r) { return r && !odin_rwkv_enable_training(r) ? r->grads : NULL; }
+float *odin_rwkv_adam_m(odin_rwkv *r) { return r && !odin_rwkv_enable_training(r) ? r->m : NULL; }
+float *odin_rwkv_adam_v(odin_rwkv *r) { return r && !odin_rwkv_enable_training(r) ? r->v : NULL; }
 
 odin_status odin_rwkv_tensor_info(const odin_rwkv *r, int index, const char **name, size_t *offset,
                                   int *rows, int *cols) {
@@ -358,6 +362,8 @@ oom:
 odin_status odin_rwkv_adamw_step(odin_rwkv *r, float lr, float beta1, float beta2, float eps,
                                  float weight_decay, float grad_clip, int t, float *grad_norm) {
     ODIN_REQUIRE_PTR(r, "model");
+    odin_status st = odin_rwkv_enable_training(r);
+    if (st) return st;
     return odin_clip_adamw(r->tensors, r->n_tensors, r->params, r->grads, r->m, r->v, r->n_params, lr, beta1, beta2,
                            eps, weight_decay, grad_clip, t, grad_norm);
 }

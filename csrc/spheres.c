@@ -427,6 +427,8 @@ static odin_status spheres_create(odin_spheres **out, void *model, const model_o
     ODIN_REQUIRE_POS(batch, "batch"); ODIN_REQUIRE_POS(T, "T");
     if (threads < 1 || threads > MAX_THREADS)
         return odin_fail(ODIN_BAD_ARG, "threads must be in [1, %d], got %d", MAX_THREADS, threads);
+    /* the model's training blocks, allocated on first use: here, before any worker reads them */
+    if (!ops->grads(model) || !ops->adam_m(model) || !ops->adam_v(model)) return ODIN_NO_MEMORY; /* message set */
     odin_spheres *sp = calloc(1, sizeof *sp);
     if (!sp) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the trainer");
     sp->model = model;

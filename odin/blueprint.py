@@ -134,6 +134,11 @@ class Blueprint:
                 f"is {self.context}; raise [model].context or shorten examples"
             )
 
+    def generation_floats(self, batch: int = 1) -> int:
+        """The KV cache of the whole context + a decode step's scratch (odin_gpt_cache_create)."""
+        B, C = batch, self.d_model
+        return 2 * self.n_layer * B * self.context * C + B * 14 * C + self.context + B * self.vocab_size
+
     def memory_estimate(self, batch: int, seq_len: int) -> MemoryEstimate:
         if batch < 1 or seq_len < 1:
             raise ValueError(f"batch and seq_len must be >= 1, got batch={batch}, seq_len={seq_len}")
@@ -213,12 +218,42 @@ def training_memory(blueprint: Blueprint, batch: int, seq_len: int, threads: int
                           workspace_bytes=blueprint.memory_estimate(rows, seq_len).activations)
 
 
+@dataclass(frozen=True)
+class AnsweringMemory:
+    """What a model that only answers allocates (odin-infer, odin eval, the chat): its weights
+    (no gradients, no AdamW moments) and one sequence's generation state."""
+
+    weights: int
+    state: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.state
+
+
+def answering_memory(blueprint: Blueprint) -> AnsweringMemory:
+    return AnsweringMemory(weights=blueprint.n_params * FLOAT_BYTES, state=blueprint.generation_floats(1) * FLOAT_BYTES)
+
+
 def describe(blueprint: Blueprint, batch: int, seq_len: int, threads: int | None = None) -> str:
     """Human-readable summary for ``odin model info``."""
-    lines = blueprint.describe_params() + [""] + _memory_lines(blueprint, batch, seq_len)
+    lines = blueprint.describe_params() + [""] + _answering_lines(blueprint) + [""]
+    lines += _memory_lines(blueprint, batch, seq_len)
     if threads is not None:
         lines += [""] + _training_lines(blueprint, batch, seq_len, threads)
     return "\n".join(lines)
+
+
+def _answering_lines(blueprint: Blueprint) -> list[str]:
+    memory = answering_memory(blueprint)
+    state = "KV cache of the whole context" if blueprint.config.arch == "gpt" else "recurrent state"
+    rows = [("weights (no gradients, no AdamW moments)", f"{blueprint.n_params:,} x 4 B", memory.weights),
+            (f"{state}, 1 sequence", "", memory.state), ("total", "", memory.total)]
+    lines = ["answering (odin-infer, odin eval, the dashboard chat): what the model allocates; the peak RSS "
+             "adds the Python process (~40 MiB with odin and its libraries imported)"]
+    for name, formula, size in rows:
+        lines.append(f"  {name:<42}{formula:<26}{size:>16,} B  {format_bytes(size):>11}")
+    return lines
 
 
 def _training_lines(blueprint: Blueprint, batch: int, seq_len: int, threads: int) -> list[str]:

@@ -84,6 +84,11 @@ class RWKVBlueprint(Blueprint):
             f"  {'total':<22}{'':>16}{self.n_params:>16,}",
         ]
 
+    def generation_floats(self, batch: int = 1) -> int:
+        """The recurrent state (L x 5 x C per sequence) + a decode step's scratch (odin_rwkv_state_create)."""
+        B, C, F = batch, self.d_model, self.d_ff
+        return self.n_layer * 5 * B * C + B * (12 * C + 2 * F + self.vocab_size) + 2 * B
+
     def memory_estimate(self, batch: int, seq_len: int) -> MemoryEstimate:
         if batch < 1 or seq_len < 1:
             raise ValueError(f"batch and seq_len must be >= 1, got batch={batch}, seq_len={seq_len}")

@@ -178,6 +178,11 @@ def save_model_checkpoint(
     return save_checkpoint(path, params=params, config=run_config, tokenizer=tokenizer, optimizer=optimizer)
 
 
+def _all_finite(block: np.ndarray, piece: int = 1 << 22) -> bool:
+    """np.isfinite piece by piece: a whole-block check would hold a byte per weight."""
+    return all(np.isfinite(block[i:i + piece]).all() for i in range(0, block.size, piece))
+
+
 def load_model_checkpoint(path: str | os.PathLike[str], *, with_optimizer: bool = True) -> LoadedModel:
     """Load a checkpoint into a new native model.
 
@@ -185,26 +190,27 @@ def load_model_checkpoint(path: str | os.PathLike[str], *, with_optimizer: bool 
     the checkpoint has no optimizer file). ``step`` and ``trainer_state`` come from the
     optimizer metadata whenever the file exists (0 and ``{}`` otherwise).
     """
-    checkpoint = load_checkpoint(path)
     config_file = Path(path) / "config.json"
-    try:
-        run_config = checkpoint.run_config()
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{config_file}: {error}") from None
-    try:
-        model = model_from_config(run_config)
-    except NotImplementedError as error:
-        raise CheckpointError(f"{config_file}: {error}") from None
-    blueprint = checkpoint.blueprint()
-    _check_layout(model, blueprint, str(config_file))
-    for name, view in model.named_params().items():
-        view[...] = checkpoint.params[name]
-    if not np.all(np.isfinite(model.params)):
+    made: dict[str, Any] = {}
+
+    def into_new_model(config: dict) -> Any:
+        """The model config.json describes; its views receive the weights as they are read."""
+        try:
+            made["run_config"] = RunConfig.from_dict(config)
+            made["model"] = model_from_config(made["run_config"])
+        except NotImplementedError as error:
+            raise CheckpointError(f"{config_file}: {error}") from None
+        except (ValueError, TypeError) as error:
+            raise CheckpointError(f"{config_file}: {error}") from None
+        _check_layout(made["model"], Blueprint(made["run_config"].model), str(config_file))
+        return made["model"].named_params().__getitem__
+
+    # the weights go straight into the model; the moments are read only when they are wanted
+    checkpoint = load_checkpoint(path, params_into=into_new_model, optimizer_tensors=with_optimizer)
+    model, run_config = made["model"], made["run_config"]
+    if not _all_finite(model.params):
         raise CheckpointError(f"{Path(path) / 'model.safetensors'}: weights contain NaN or Inf")
-    model.adam_m[...] = 0.0
-    model.adam_v[...] = 0.0
-    model.grads[...] = 0.0
-    step, state, has_optimizer = 0, {}, False
+    step, state, has_optimizer = 0, {}, False  # a new model's training blocks start at zero when first used
     if checkpoint.optimizer is not None:
         step, state = checkpoint.optimizer.step, dict(checkpoint.optimizer.state)
         if with_optimizer:

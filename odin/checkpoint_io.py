@@ -128,13 +128,24 @@ CHECKSUM_FIELD = "sha256"
 _FIELDS = {"odin_format", "format_version", "step", "state", CHECKSUM_FIELD}
 
 
-def _content_digest(tensors: Mapping[str, np.ndarray], fields: Mapping[str, str]) -> str:
+def _digest_begin(fields: Mapping[str, str]) -> Any:
+    """The content checksum: the metadata, then each tensor (sorted by name): its name, dtype
+    and shape, then its bytes."""
     digest = hashlib.sha256()
     covered = {key: value for key, value in fields.items() if key != CHECKSUM_FIELD}
     digest.update(json.dumps(covered, sort_keys=True).encode("utf-8"))
+    return digest
+
+
+def _digest_tensor_header(digest: Any, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    digest.update(json.dumps([name, np.dtype(dtype).str, list(shape)]).encode("utf-8"))
+
+
+def _content_digest(tensors: Mapping[str, np.ndarray], fields: Mapping[str, str]) -> str:
+    digest = _digest_begin(fields)
     for name in sorted(tensors):
         array = np.ascontiguousarray(tensors[name])
-        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode("utf-8"))
+        _digest_tensor_header(digest, name, array.dtype, array.shape)
         digest.update(array.reshape(-1).view(np.uint8))
     return digest.hexdigest()
 
@@ -268,6 +279,76 @@ def _read_safetensors(path: Path, with_tensors: bool = True) -> tuple[dict[str, 
     return tensors, fields
 
 
+@dataclass(frozen=True)
+class _TensorInfo:
+    """A stored tensor's shape and dtype, before (or without) reading it."""
+    shape: tuple[int, ...]
+    dtype: Any
+
+
+SAFETENSORS_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "F64": np.dtype(np.float64),
+                      "BF16": "bfloat16"}
+STREAM_BYTES = 4 << 20  # what streaming a tensor holds at once
+
+
+def _stream_safetensors(path: Path, blueprint: Blueprint, into: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read the model file straight into ``into(name)``'s arrays (the model's own views), a
+    piece of at most STREAM_BYTES at a time, checking the content checksum as it goes: the
+    weights are never held twice. Each piece is read through its own opening of the file, so
+    the pages safetensors maps for it leave this process's memory with it."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path.name} is missing from checkpoint {path.parent}")
+
+    def opened() -> Any:
+        try:
+            return safe_open(str(path), framework="numpy")
+        except Exception as error:  # safetensors raises its own (non-ValueError) error types
+            raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({error})") from None
+
+    try:
+        with opened() as handle:
+            metadata = handle.metadata() or {}
+            infos = {}
+            for name in handle.keys():
+                piece = handle.get_slice(name)
+                infos[name] = _TensorInfo(tuple(piece.get_shape()), SAFETENSORS_DTYPES.get(piece.get_dtype(), "?"))
+    except CheckpointError:
+        raise
+    except Exception as error:
+        raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({error})") from None
+    fields = _unpack_metadata(metadata, path)
+    _check_format(fields, "model", path)
+    try:
+        _check_tensors(infos, blueprint, str(path))
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} (config.json describes {_shape_summary(blueprint)})") from None
+    digest = _digest_begin(fields)
+    arrays: dict[str, np.ndarray] = {}
+    for name in sorted(infos):
+        target = into(name)
+        _digest_tensor_header(digest, name, np.float32, infos[name].shape)
+        rows = target.shape[0] if target.ndim else 1
+        per_piece = max(1, STREAM_BYTES // max(1, target.nbytes // max(1, rows)))
+        for start in range(0, rows, per_piece):
+            stop = min(start + per_piece, rows)  # safetensors refuses a slice past the end
+            try:
+                with opened() as handle:
+                    piece = np.ascontiguousarray(handle.get_slice(name)[start:stop])
+            except CheckpointError:
+                raise
+            except Exception as error:
+                raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({error})") from None
+            target[start:stop] = piece
+            digest.update(piece.reshape(-1).view(np.uint8))
+        arrays[name] = target
+    stored = fields.get(CHECKSUM_FIELD)
+    if stored is not None and digest.hexdigest() != stored:
+        raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt (its content is not what was saved)")
+    return arrays, fields
+
+
 def _check_format(metadata: Mapping[str, str], expected_kind: str, path: Path) -> None:
     if metadata.get("odin_format") != expected_kind:
         raise CheckpointError(f"{path}: metadata 'odin_format' is {metadata.get('odin_format')!r}, expected {expected_kind!r}")
@@ -319,8 +400,14 @@ def load_checkpoint(
     *,
     expected: Blueprint | None = None,
     require_optimizer: bool = False,
+    params_into: Any = None,
+    optimizer_tensors: bool = True,
 ) -> Checkpoint:
-    """Read and validate a checkpoint directory; any problem is a :class:`CheckpointError`."""
+    """Read and validate a checkpoint directory; any problem is a :class:`CheckpointError`.
+
+    ``params_into(config)`` (given the checked config.json) returns ``name -> array``: the
+    weights are then read straight into those arrays (a model's views), never held twice.
+    Without ``optimizer_tensors`` the optimizer file gives its step and state, not the moments."""
     directory = Path(path)
     if not directory.is_dir():
         leftovers = sorted(directory.parent.glob(f".{directory.name}.old-*"))
@@ -354,18 +441,25 @@ def load_checkpoint(
         )
 
     model_path = directory / MODEL_FILE
-    tensors, metadata = _read_safetensors(model_path)
-    _check_format(metadata, "model", model_path)
-    try:
-        _check_tensors(tensors, blueprint, str(model_path))
-    except CheckpointError as error:
-        raise CheckpointError(f"{error} (config.json describes {_shape_summary(blueprint)})") from None
+    if params_into is not None:
+        tensors, _ = _stream_safetensors(model_path, blueprint, params_into(config))
+    else:
+        tensors, metadata = _read_safetensors(model_path)
+        _check_format(metadata, "model", model_path)
+        try:
+            _check_tensors(tensors, blueprint, str(model_path))
+        except CheckpointError as error:
+            raise CheckpointError(f"{error} (config.json describes {_shape_summary(blueprint)})") from None
     params = {name: tensors[name] for name, _ in blueprint.param_shapes()}
 
     optimizer_path = directory / OPTIMIZER_FILE
     optimizer = None
     if optimizer_path.exists() or require_optimizer:
-        optimizer = _load_optimizer(optimizer_path, blueprint)
+        if optimizer_tensors:
+            optimizer = _load_optimizer(optimizer_path, blueprint)
+        else:
+            step, state = _optimizer_progress(_read_safetensors(optimizer_path, with_tensors=False)[1], optimizer_path)
+            optimizer = OptimizerState(step=step, m={}, v={}, state=state)
     return Checkpoint(path=directory, params=params, config=config, tokenizer=tokenizer, optimizer=optimizer)
 
 

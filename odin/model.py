@@ -68,9 +68,7 @@ class NativeModel:
         self._h = ffi.gc(handle, self._c("free"))
         self.n_params = int(self._c("num_params")(self._h))
         self.params = _block_view(self._c("params")(self._h), self.n_params)
-        self.grads = _block_view(self._c("grads")(self._h), self.n_params)
-        self.adam_m = _block_view(self._c("adam_m")(self._h), self.n_params)
-        self.adam_v = _block_view(self._c("adam_v")(self._h), self.n_params)
+        self._training_blocks: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
         self.tensor_layout: list[tuple[str, int, tuple[int, ...]]] = []
         name_p, off_p, rows_p, cols_p = ffi.new("char **"), ffi.new("size_t *"), ffi.new("int *"), ffi.new("int *")
         layer_of: dict[str, int] = {}
@@ -88,6 +86,32 @@ class NativeModel:
         self._ws = None
         self._ws_shape = (0, 0)
 
+    # ------------------------------------------------------------ training blocks
+    # Gradients and AdamW moments exist only once something trains (or reads them): a model
+    # that only answers holds its parameters alone (the C side allocates them on first use).
+    @property
+    def has_training_blocks(self) -> bool:
+        return self._training_blocks is not None
+
+    def _training(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._training_blocks is None:
+            check(self._c("enable_training")(self._h), f"{self.NAME} training memory")
+            self._training_blocks = tuple(_block_view(self._c(name)(self._h), self.n_params)
+                                          for name in ("grads", "adam_m", "adam_v"))  # type: ignore[assignment]
+        return self._training_blocks
+
+    @property
+    def grads(self) -> np.ndarray:
+        return self._training()[0]
+
+    @property
+    def adam_m(self) -> np.ndarray:
+        return self._training()[1]
+
+    @property
+    def adam_v(self) -> np.ndarray:
+        return self._training()[2]
+
     # ------------------------------------------------------------ tensor views
     def _views(self, block: np.ndarray) -> dict[str, np.ndarray]:
         return {name: block[off:off + math.prod(shp)].reshape(shp) for name, off, shp in self.tensor_layout}
@@ -102,9 +126,8 @@ class NativeModel:
         return self._views(self.adam_m), self._views(self.adam_v)
 
     def _reset_optimizer_state(self) -> None:
-        self.adam_m[...] = 0.0
-        self.adam_v[...] = 0.0
-        self.grads[...] = 0.0
+        for block in self._training_blocks or ():  # none yet: they start at zero when first used
+            block[...] = 0.0
 
     # ------------------------------------------------------------ training
     def _workspace(self, B: int, T: int):

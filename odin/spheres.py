@@ -126,6 +126,7 @@ class SpheresTrainer:
         self.model = model
         self.batch = batch
         self.seq_len = seq_len
+        model._training()  # the gradients and AdamW moments (a model that only answered has none yet)
         out = ffi.new("odin_spheres **")
         create = lib.odin_spheres_create_rwkv if isinstance(model, RWKV) else lib.odin_spheres_create
         check(create(out, model._h, batch, seq_len, default_threads() if threads is None else threads), "SpheresTrainer")

@@ -620,11 +620,12 @@ def test_a_model_larger_than_the_machine_is_an_error_not_a_killed_process():
     import subprocess
     import sys
 
+    # ~85 GiB of parameters alone (a model that only answers allocates nothing else up front)
     code = ("from odin.model import GPT, GPTShape\n"
             "from odin.rwkv import RWKV, RWKVShape\n"
             "from odin.native import OdinError\n"
-            "for make in (lambda: GPT(GPTShape(vocab_size=16, context=357913942, n_layer=1, n_head=1, d_model=16)),\n"
-            "             lambda: RWKV(RWKVShape(vocab_size=357913942, context=16, n_layer=1, d_model=16))):\n"
+            "for make in (lambda: GPT(GPTShape(vocab_size=16, context=357913942, n_layer=1, n_head=1, d_model=64)),\n"
+            "             lambda: RWKV(RWKVShape(vocab_size=357913942, context=16, n_layer=1, d_model=64))):\n"
             "    try:\n"
             "        make()\n"
             "    except OdinError as error:\n"

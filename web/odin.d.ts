@@ -221,6 +221,8 @@ export interface MemoryShape {
   seq?: number;
   /** Sequences of generation state (KV cache or recurrent state). */
   cacheBatch?: number;
+  /** Count the training blocks (gradients, AdamW moments: 3 x the parameters); default true. */
+  training?: boolean;
 }
 
 /** Bytes the C side allocates for a model, a training workspace and generation state. */
@@ -407,8 +409,11 @@ export class OdinModel {
   readonly nParams: number;
   /** Optimizer steps taken here. */
   step: number;
-  /** Bytes planned for this model when it was made. */
+  /** Bytes planned for this model: the weights and one generation state when it was made, plus
+   * the training blocks and workspace once it trains. */
   readonly plannedBytes: number;
+  /** Whether it has trained here (its gradients and AdamW moments exist then). */
+  readonly trained: boolean;
   readonly trainSeq: number;
   /** Set by loadModel. */
   loadInfo?: LoadInfo;

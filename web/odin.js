@@ -370,14 +370,15 @@ export function makeTokenizer(json) {
 
 /* ------------------------------------------------------------------ memory, cache, fetch */
 
-/** Bytes the C side allocates for a model (4 parameter-sized blocks), a training workspace
- * (batch x seq) and the generation state of `cacheBatch` sequences — a KV cache of the whole
- * context for GPT, the recurrent state for RWKV — by the formulas of csrc/gpt.c and
- * csrc/rwkv.c, plus the GEMM packing buffer. cfg: model.json's "model" (+ n_params). */
-export function estimateMemory(cfg, { batch = 0, seq = 0, cacheBatch = 1 } = {}) {
+/** Bytes the C side allocates for a model (its weights; with `training`, also the gradients
+ * and both AdamW moments: 4 parameter-sized blocks), a training workspace (batch x seq) and
+ * the generation state of `cacheBatch` sequences — a KV cache of the whole context for GPT,
+ * the recurrent state for RWKV — by the formulas of csrc/gpt.c and csrc/rwkv.c, plus the GEMM
+ * packing buffer. cfg: model.json's "model" (+ n_params). */
+export function estimateMemory(cfg, { batch = 0, seq = 0, cacheBatch = 1, training = true } = {}) {
   const arch = archOf(cfg);
   const nParams = cfg.n_params ?? arch.numParams(cfg);
-  const floats = 4 * nParams + (batch && seq ? arch.workspaceFloats(cfg, batch, seq) : 0)
+  const floats = (training ? 4 : 1) * nParams + (batch && seq ? arch.workspaceFloats(cfg, batch, seq) : 0)
     + (cacheBatch ? arch.generationFloats(cfg, cacheBatch) : 0);
   const packing = (132 * 256 + 2060 * 256) * 4; // gemm.c: (MC + MR) x KC + (NC + NR) x KC floats
   return floats * 4 + packing;
@@ -705,13 +706,14 @@ export class OdinModel {
     const x = odin.x;
     const missing = Object.values(this.impl.fn).filter((name) => typeof x[name] !== 'function');
     if (missing.length) throw new OdinError(`this wasm module cannot run ${this.impl.label} models (no ${missing.join(', ')}): rebuild it`, 5);
-    // memory sized from the model, once: 4 parameter blocks, the generation state, and a
-    // training workspace for trainBatch of the export's examples (not for the whole context:
-    // for a long-context model that could be gigabytes the page never uses; a longer batch
-    // grows the memory when it comes)
+    // memory sized from the model: the weights and one generation state now; the training
+    // blocks (gradients, AdamW moments: 3 x the weights) and a workspace for trainBatch of the
+    // export's examples when it first trains (a page that only answers never holds them; a
+    // longer batch grows the memory when it comes)
     this.trainSeq = this._exampleLength(manifest.examples ?? []);
-    this.plannedBytes = estimateMemory({ ...cfg, n_params: manifest.n_params },
-      { batch: this.trainSeq ? trainBatch : 0, seq: this.trainSeq, cacheBatch: 1 });
+    this.trainBatch = trainBatch;
+    this.trained = false;
+    this.plannedBytes = estimateMemory({ ...cfg, n_params: manifest.n_params }, { cacheBatch: 1, training: false });
     odin.reserve(this.plannedBytes + 2 * MiB);
     this.scratch = odin.malloc(64); // out-parameters
     odin.check(this.impl.create(x, this.scratch, cfg), `${this.impl.name} create`);
@@ -766,12 +768,21 @@ export class OdinModel {
   _c(op, ...args) { return this.odin.x[this.impl.fn[op]](...args); }
 
   params() { return this.odin.f32(this._c('params', this.h) >>> 0, this.nParams); }
-  grads() { return this.odin.f32(this._c('grads', this.h) >>> 0, this.nParams); }
+  /** The gradient block (allocated, with the AdamW moments, on first use). */
+  grads() {
+    const p = this._c('grads', this.h) >>> 0;
+    if (!p) throw new OdinError(`${this.impl.fn.grads}: ${this.odin.lastError()}`, 3);
+    return this.odin.f32(p, this.nParams);
+  }
 
-  /** Zero the AdamW moments and the step count (the next trainStep is step 1). */
+  /** Zero the AdamW moments and the step count (the next trainStep is step 1). A model that
+   * has not trained holds no moments (the C side allocates gradients and moments, zeroed, at
+   * the first trainStep): nothing to zero then. */
   resetOptimizer() {
-    this.odin.f32(this._c('adamM', this.h) >>> 0, this.nParams).fill(0);
-    this.odin.f32(this._c('adamV', this.h) >>> 0, this.nParams).fill(0);
+    if (this.step > 0 || this.trained) {
+      this.odin.f32(this._c('adamM', this.h) >>> 0, this.nParams).fill(0);
+      this.odin.f32(this._c('adamV', this.h) >>> 0, this.nParams).fill(0);
+    }
     this.step = 0;
   }
 
@@ -1028,6 +1039,13 @@ export class OdinModel {
     this._refuseWhileGenerating('trainStep()');
     const { odin } = this;
     const t0 = now();
+    if (!this.trained) { // the first step: room for the training blocks and the workspace, at once
+      const cfg = { ...this.config, n_params: this.nParams };
+      const extra = 3 * 4 * this.nParams + 4 * this.impl.workspaceFloats(cfg, Math.max(B, this.trainBatch),
+        Math.max(T, this.trainSeq || T));
+      odin.reserve(extra);
+      this.plannedBytes += extra;
+    }
     if (!this.ws || B > this.wsShape[0] || T > this.wsShape[1]) {
       if (this.ws) { this._c('wsFree', this.ws); this.ws = 0; }
       const B2 = Math.max(B, this.wsShape[0]), T2 = Math.max(T, this.wsShape[1]);
@@ -1053,6 +1071,7 @@ export class OdinModel {
       for (const p of Object.values(ptrs)) odin.free(p);
     }
     this.step += 1;
+    this.trained = true;
     const res = odin.f32(this.scratch + 8, 2);
     let counted = 0;
     for (const m of mask) counted += m;

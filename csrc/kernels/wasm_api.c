@@ -261,6 +261,8 @@ odin_status odin_wasm_gpt_train_step(odin_gpt *model, odin_gpt_ws *ws, const int
     ODIN_REQUIRE_PTR(model, "model");
     ODIN_REQUIRE_PTR(targets, "targets");
     float l = 0.0f, n = 0.0f;
+    odin_status s0 = odin_gpt_enable_training(model); /* the first step allocates the training blocks */
+    if (s0) return s0;
     memset(odin_gpt_grads(model), 0, odin_gpt_num_params(model) * sizeof(float));
     odin_status s = odin_gpt_forward_ex(model, ws, tokens, ids, targets, mask, B, T, &l);
     if (loss) *loss = l;
@@ -282,6 +284,8 @@ odin_status odin_wasm_rwkv_train_step(odin_rwkv *model, odin_rwkv_ws *ws, const 
     ODIN_REQUIRE_PTR(model, "model");
     ODIN_REQUIRE_PTR(targets, "targets");
     float l = 0.0f, n = 0.0f;
+    odin_status s0 = odin_rwkv_enable_training(model); /* the first step allocates the training blocks */
+    if (s0) return s0;
     memset(odin_rwkv_grads(model), 0, odin_rwkv_num_params(model) * sizeof(float));
     odin_status s = odin_rwkv_forward(model, ws, tokens, targets, mask, B, T, &l);
     if (loss) *loss = l;

@@ -113,7 +113,8 @@ if (spec.model_dir) {
   out.heap_in_use = odin.x.odin_wasm_heap_in_use();
   // the estimate for what was actually made: the workspace's shape, one generation state
   out.estimate_used = estimateMemory({ ...model.config, n_params: model.nParams },
-    { batch: model.wsShape[0], seq: model.wsShape[1], cacheBatch: model.gen ? 1 : 0 });
+    { batch: model.wsShape[0], seq: model.wsShape[1], cacheBatch: model.gen ? 1 : 0, training: model.trained });
+  out.trained = model.trained;
   model.free();
   out.heap_after_free = odin.x.odin_wasm_heap_in_use();
 }
