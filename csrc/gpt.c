@@ -389,6 +389,7 @@ struct odin_gpt_cache {
     float *k, *v;                       /* [L, B, maxT, C] */
     float *x, *ln, *qkv, *atty, *fch, *fch_gelu, *scores, *logits; /* step scratch */
     float *block;
+    odin_pool *pool;                    /* decoding threads (NULL: the caller's alone) */
 };
 
 odin_status odin_gpt_cache_create(odin_gpt_cache **out, const odin_gpt *g, int B) {
@@ -418,7 +419,13 @@ odin_status odin_gpt_cache_create(odin_gpt_cache **out, const odin_gpt *g, int B
 
 void odin_gpt_cache_free(odin_gpt_cache *c) {
     if (!c) return;
+    odin_pool_free(c->pool);
     free(c->block); free(c);
+}
+
+odin_status odin_gpt_cache_set_threads(odin_gpt_cache *c, int threads) {
+    ODIN_REQUIRE_PTR(c, "cache");
+    return odin_pool_set(&c->pool, threads);
 }
 
 odin_status odin_gpt_decode(odin_gpt *g, odin_gpt_cache *c, const int32_t *tokens, const int32_t *pos,
@@ -450,7 +457,7 @@ odin_status odin_gpt_decode_ex(odin_gpt *g, odin_gpt_cache *c, const int32_t *to
     const float scale = 1.0f / sqrtf((float)hs);
     for (int l = 0; l < g->L; l++) {
         k->layernorm_forward(c->ln, NULL, NULL, c->x, view(g, P, T_LN1W, l), view(g, P, T_LN1B, l), B, C, g->eps);
-        if (mm_fwd(c->qkv, c->ln, view(g, P, T_QKVW, l), view(g, P, T_QKVB, l), B, C, 3 * C, 0)) goto oom;
+        if (odin_pool_gemm(c->pool, c->qkv, c->ln, view(g, P, T_QKVW, l), view(g, P, T_QKVB, l), B, C, 3 * C, 0)) goto oom;
         for (int b = 0; b < B; b++) {
             float *kc = c->k + (((size_t)l * c->B + b) * maxT) * C, *vc = c->v + (((size_t)l * c->B + b) * maxT) * C;
             const float *q = c->qkv + (size_t)b * 3 * C;
@@ -468,14 +475,14 @@ odin_status odin_gpt_decode_ex(odin_gpt *g, odin_gpt_cache *c, const int32_t *to
                 for (int t = 0; t < n; t++) k->axpy(o + h * hs, c->scores[t], vc + (size_t)t * C + h * hs, hs);
             }
         }
-        if (mm_fwd(c->x, c->atty, view(g, P, T_PROJW, l), view(g, P, T_PROJB, l), B, C, C, 1)) goto oom;
+        if (odin_pool_gemm(c->pool, c->x, c->atty, view(g, P, T_PROJW, l), view(g, P, T_PROJB, l), B, C, C, 1)) goto oom;
         k->layernorm_forward(c->ln, NULL, NULL, c->x, view(g, P, T_LN2W, l), view(g, P, T_LN2B, l), B, C, g->eps);
-        if (mm_fwd(c->fch, c->ln, view(g, P, T_FCW, l), view(g, P, T_FCB, l), B, C, 4 * C, 0)) goto oom;
+        if (odin_pool_gemm(c->pool, c->fch, c->ln, view(g, P, T_FCW, l), view(g, P, T_FCB, l), B, C, 4 * C, 0)) goto oom;
         k->gelu_forward(c->fch_gelu, c->fch, (size_t)B * 4 * C);
-        if (mm_fwd(c->x, c->fch_gelu, view(g, P, T_FCPW, l), view(g, P, T_FCPB, l), B, 4 * C, C, 1)) goto oom;
+        if (odin_pool_gemm(c->pool, c->x, c->fch_gelu, view(g, P, T_FCPW, l), view(g, P, T_FCPB, l), B, 4 * C, C, 1)) goto oom;
     }
     k->layernorm_forward(c->ln, NULL, NULL, c->x, view(g, P, T_LNFW, 0), view(g, P, T_LNFB, 0), B, C, g->eps);
-    if (mm_fwd(logits ? logits : c->logits, c->ln, wte, NULL, B, C, V, 0)) goto oom;
+    if (odin_pool_gemm(c->pool, logits ? logits : c->logits, c->ln, wte, NULL, B, C, V, 0)) goto oom;
     return ODIN_OK;
 oom:
     return odin_fail(ODIN_NO_MEMORY, "decode: cannot allocate the GEMM packing buffers");

@@ -22,6 +22,19 @@ static inline uint64_t odin_now_ns(void) {
 }
 #endif
 
+/* Decoding threads (pool.c): out[M, N] (+)= inp[M, K] W[N, K]^T (+ bias[N]), its columns
+ * split over the pool's threads (NULL: this thread alone); the same result for any count.
+ * Returns nonzero when a GEMM packing buffer could not be allocated. */
+typedef struct odin_pool odin_pool;
+#if !defined(__wasm__)
+odin_status odin_pool_create(odin_pool **out, int threads);
+void odin_pool_free(odin_pool *pool);
+/* *slot becomes a pool of `threads` (NULL for 1); the old one is freed. On failure it stays. */
+odin_status odin_pool_set(odin_pool **slot, int threads);
+int odin_pool_gemm(odin_pool *pool, float *out, const float *inp, const float *W, const float *bias, int M, int K,
+                   int N, int acc);
+#endif
+
 /* Record a message for odin_last_error() (thread-local) and return code. */
 odin_status odin_fail(odin_status code, const char *fmt, ...)
 #if defined(__GNUC__)
@@ -106,5 +119,22 @@ odin_status odin_clip_adamw(const odin_tensor_view *tensors, int n_tensors, floa
                             float *m, float *v, size_t n_params, float lr, float beta1, float beta2, float eps,
                             float weight_decay, float grad_clip, int t, float *grad_norm);
 int odin_argmax(const float *x, int n);
+
+#if defined(__wasm__) /* no threads in the page: decoding runs on the caller's thread */
+static inline odin_status odin_pool_create(odin_pool **out, int threads) {
+    *out = NULL;
+    return threads == 1 ? ODIN_OK : odin_fail(ODIN_BAD_ARG, "threads must be 1 in WebAssembly (no threads), got %d", threads);
+}
+static inline void odin_pool_free(odin_pool *pool) { (void)pool; }
+static inline odin_status odin_pool_set(odin_pool **slot, int threads) { return odin_pool_create(slot, threads); }
+static inline int odin_pool_gemm(odin_pool *pool, float *out, const float *inp, const float *W, const float *bias,
+                                 int M, int K, int N, int acc) {
+    (void)pool;
+    if (odin_gemm(M, N, K, inp, K, 1, W, 1, K, acc, out, N)) return -1;
+    if (bias)
+        for (int r = 0; r < M; r++) odin_kern->axpy(out + (size_t)r * N, 1.0f, bias, N);
+    return 0;
+}
+#endif
 
 #endif

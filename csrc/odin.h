@@ -225,6 +225,10 @@ odin_status odin_gpt_adamw_step(odin_gpt *model, float lr, float beta1, float be
 /* Generation with a KV cache for B sequences; each sequence has its own position. */
 odin_status odin_gpt_cache_create(odin_gpt_cache **out, const odin_gpt *model, int B);
 void odin_gpt_cache_free(odin_gpt_cache *cache);
+/* Decode with `threads` threads (1 = the caller alone, the default): each matrix-vector
+ * product's output columns are split over them; the logits are the same for any count.
+ * Unavailable (threads > 1) in WebAssembly. */
+odin_status odin_gpt_cache_set_threads(odin_gpt_cache *cache, int threads);
 /* Feed tokens[b] at position pos[b] (0-based, < maxT) for each of the B sequences;
  * logits[B,V] receives the next-token logits (may be NULL). */
 odin_status odin_gpt_decode(odin_gpt *model, odin_gpt_cache *cache, const int32_t *tokens,
@@ -297,6 +301,8 @@ odin_status odin_rwkv_adamw_step(odin_rwkv *model, float lr, float beta1, float 
  * state proper, n_layer x B x 5 x d_model floats (not the per-step scratch). */
 odin_status odin_rwkv_state_create(odin_rwkv_state **out, const odin_rwkv *model, int B);
 void odin_rwkv_state_free(odin_rwkv_state *state);
+/* As odin_gpt_cache_set_threads. */
+odin_status odin_rwkv_state_set_threads(odin_rwkv_state *state, int threads);
 size_t odin_rwkv_state_bytes(const odin_rwkv_state *state);
 /* Back to the zero state: sequence b, or every sequence when b < 0. */
 odin_status odin_rwkv_state_reset(odin_rwkv_state *state, int b);

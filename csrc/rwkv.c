@@ -378,6 +378,7 @@ struct odin_rwkv_state {
     int32_t *tok;   /* greedy decoding: the token each sequence feeds next, and whether it is done */
     int32_t *done;
     float *block;
+    odin_pool *pool;   /* decoding threads (NULL: the caller's alone) */
 };
 
 #define LAYER_STATE(st, l) ((st)->state + (size_t)(l) * 5 * (st)->B * (st)->C)
@@ -415,7 +416,13 @@ odin_status odin_rwkv_state_create(odin_rwkv_state **out, const odin_rwkv *r, in
 
 void odin_rwkv_state_free(odin_rwkv_state *s) {
     if (!s) return;
+    odin_pool_free(s->pool);
     free(s->block); free(s);
+}
+
+odin_status odin_rwkv_state_set_threads(odin_rwkv_state *s, int threads) {
+    ODIN_REQUIRE_PTR(s, "state");
+    return odin_pool_set(&s->pool, threads);
 }
 
 /* The recurrent state proper (shift vectors and WKV accumulators), not the step scratch. */
@@ -460,25 +467,25 @@ odin_status odin_rwkv_decode(odin_rwkv *r, odin_rwkv_state *s, const int32_t *to
         k->tokenshift_forward(s->mv, s->ln, view(r, P, R_AMV, l), att_shift, B, 1, C);
         k->tokenshift_forward(s->mr, s->ln, view(r, P, R_AMR, l), att_shift, B, 1, C);
         memcpy(att_shift, s->ln, BC * sizeof(float));
-        if (mm_fwd(s->k, s->mk, view(r, P, R_AKW, l), B, C, C, 0)) goto oom;
-        if (mm_fwd(s->v, s->mv, view(r, P, R_AVW, l), B, C, C, 0)) goto oom;
-        if (mm_fwd(s->r, s->mr, view(r, P, R_ARW, l), B, C, C, 0)) goto oom;
+        if (odin_pool_gemm(s->pool, s->k, s->mk, view(r, P, R_AKW, l), NULL, B, C, C, 0)) goto oom;
+        if (odin_pool_gemm(s->pool, s->v, s->mv, view(r, P, R_AVW, l), NULL, B, C, C, 0)) goto oom;
+        if (odin_pool_gemm(s->pool, s->r, s->mr, view(r, P, R_ARW, l), NULL, B, C, C, 0)) goto oom;
         k->wkv_forward(s->wkv, wkv_state, view(r, P, R_TD, l), view(r, P, R_TF, l), s->k, s->v, B, 1, C);
         memset(s->gated, 0, BC * sizeof(float));
         k->sigmoid_gate_forward(s->gated, s->r, s->wkv, BC);
-        if (mm_fwd(s->x, s->gated, view(r, P, R_AOW, l), B, C, C, 1)) goto oom;
+        if (odin_pool_gemm(s->pool, s->x, s->gated, view(r, P, R_AOW, l), NULL, B, C, C, 1)) goto oom;
         k->layernorm_forward(s->ln, NULL, NULL, s->x, view(r, P, R_LN2W, l), view(r, P, R_LN2B, l), B, C, r->eps);
         k->tokenshift_forward(s->mk, s->ln, view(r, P, R_FMK, l), ffn_shift, B, 1, C);
         k->tokenshift_forward(s->mr, s->ln, view(r, P, R_FMR, l), ffn_shift, B, 1, C);
         memcpy(ffn_shift, s->ln, BC * sizeof(float));
-        if (mm_fwd(s->fk, s->mk, view(r, P, R_FKW, l), B, C, F, 0)) goto oom;
+        if (odin_pool_gemm(s->pool, s->fk, s->mk, view(r, P, R_FKW, l), NULL, B, C, F, 0)) goto oom;
         k->sqrelu_forward(s->fkk, s->fk, (size_t)B * F);
-        if (mm_fwd(s->fkv, s->fkk, view(r, P, R_FVW, l), B, F, C, 0)) goto oom;
-        if (mm_fwd(s->fr, s->mr, view(r, P, R_FRW, l), B, C, C, 0)) goto oom;
+        if (odin_pool_gemm(s->pool, s->fkv, s->fkk, view(r, P, R_FVW, l), NULL, B, F, C, 0)) goto oom;
+        if (odin_pool_gemm(s->pool, s->fr, s->mr, view(r, P, R_FRW, l), NULL, B, C, C, 0)) goto oom;
         k->sigmoid_gate_forward(s->x, s->fr, s->fkv, BC);
     }
     k->layernorm_forward(s->ln, NULL, NULL, s->x, view(r, P, R_LNOW, 0), view(r, P, R_LNOB, 0), B, C, r->eps);
-    if (mm_fwd(logits ? logits : s->logits, s->ln, view(r, P, R_EMB, 0), B, C, V, 0)) goto oom;
+    if (odin_pool_gemm(s->pool, logits ? logits : s->logits, s->ln, view(r, P, R_EMB, 0), NULL, B, C, V, 0)) goto oom;
     return ODIN_OK;
 oom:
     return odin_fail(ODIN_NO_MEMORY, "decode: cannot allocate the GEMM packing buffers");

@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-p", type=_top_p, default=1.0, metavar="P", help="nucleus sampling mass (default 1)")
     parser.add_argument("-s", "--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
     parser.add_argument("-t", "--threads", type=_threads, default=None, metavar="N",
-                        help="accepted as in llama.cpp and checked (1..64); ODIN decodes one sequence on one "
-                             "thread, so it does not change the speed")
+                        help="decoding threads, 1..64 (default: the cores, at most 4): each product's columns "
+                             "are split over them; the same tokens for any count")
     parser.add_argument("--stop", type=_stop_string, action="append", default=[], metavar="STRING",
                         help="stop when STRING appears in the output (trimmed; repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt and nothing else")

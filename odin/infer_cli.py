@@ -11,8 +11,8 @@ r"""``odin-infer``: generate from a checkpoint, streaming tokens as they are pro
   ``checkpoints/latest``); see :mod:`odin.checkpoint_locate`.
 * llama.cpp's habits work too: ``-n/--n-predict`` (``-1``: until ``<end>`` or the context),
   ``--temp``, ``-s/--seed``, ``-t/--threads``, ``-f/--file``, ``-e`` (escapes),
-  ``--no-perf``. ODIN decodes one sequence on one thread, so ``-t`` is checked (1..64) but
-  does not change the speed.
+  ``--no-perf``. ``-t N`` decodes on N threads (default: the cores, at most 4): each
+  matrix-vector product's columns are split over them (csrc/pool.c), the tokens the same.
 * The REPL on a terminal edits lines and recalls earlier prompts (readline), with a history
   kept in ``$XDG_STATE_HOME/odin/infer_history`` (:mod:`odin.infer_repl`). Ctrl-C during an
   answer stops that answer; at the prompt it ends the loop.
@@ -132,6 +132,16 @@ class Completion:
                 f"decode {_count(self.decode_tokens, 'token')} in {self.decode_seconds * 1e3:.2f} ms{speed}")
 
 
+DEFAULT_DECODE_THREADS = 4  # one sequence's products: past a few cores the memory bus is the limit
+
+
+def decode_threads() -> int:
+    """odin-infer's default: the cores this process may use, at most DEFAULT_DECODE_THREADS."""
+    from odin.spheres import default_threads
+
+    return min(DEFAULT_DECODE_THREADS, default_threads())
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
 
@@ -151,7 +161,7 @@ class Generator:
     """Streams one completion per prompt from a loaded checkpoint."""
 
     def __init__(self, loaded: Any, *, max_tokens: Optional[int], temperature: float, top_k: int, top_p: float,
-                 seed: int, stops: Sequence[str], raw: bool) -> None:
+                 seed: int, stops: Sequence[str], raw: bool, threads: int = 1) -> None:
         from odin.infer_scope import trained_scope
         from odin.model import Sampler
 
@@ -166,6 +176,7 @@ class Generator:
         self.prompt_width = loaded.prompt_width
         self.scope = trained_scope(loaded.trainer_state)
         self.sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        self.threads = threads  # decoding threads: the same tokens for any count
 
     def encode_prompt(self, prompt: str) -> list[int]:
         try:
@@ -214,7 +225,7 @@ class Generator:
         longest_stop = max((len(s) for s in self.stops), default=0)
         stopped_by = None
         limit = self.max_tokens if self.max_tokens is not None else sys.maxsize
-        tokens = stream_tokens(self.model, prompt_ids, limit, self.sampler, stop_ids=(end_id,))
+        tokens = stream_tokens(self.model, prompt_ids, limit, self.sampler, stop_ids=(end_id,), threads=self.threads)
         # engine time only: each next() is the model's work for one token (the first one
         # also feeds the prompt); decoding text and printing happen between them
         prefill = decode = 0.0
@@ -414,7 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (CheckpointError, OSError) as error:
             raise InferError(str(error)) from None
         generator = Generator(loaded, max_tokens=args.max_tokens, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p, seed=args.seed, stops=args.stop, raw=args.raw)
+                              top_k=args.top_k, top_p=args.top_p, seed=args.seed, stops=args.stop, raw=args.raw,
+                              threads=args.threads or decode_threads())
         output = Output(as_json=args.json, escapes=args.escapes, perf=not args.no_perf)
         if prompt is not None:
             _one(generator, prompt, output)

@@ -248,8 +248,8 @@ class GPT(NativeModel):
         return float(loss[0]) if targets is not None else None
 
     # ------------------------------------------------------------ generation
-    def new_cache(self, batch: int = 1) -> "KVCache":
-        return KVCache(self, batch)
+    def new_cache(self, batch: int = 1, threads: int = 1) -> "KVCache":
+        return KVCache(self, batch, threads)
 
     def generate_greedy(self, prompts: list[list[int]], max_new: int, end_id: int,
                         batch: int = 64) -> list[list[int]]:
@@ -284,11 +284,14 @@ class GPT(NativeModel):
 class KVCache:
     """Per-sequence key/value cache for token-by-token generation."""
 
-    def __init__(self, model: GPT, batch: int) -> None:
+    def __init__(self, model: GPT, batch: int, threads: int = 1) -> None:
         batch = int_field(batch, "batch", 1)  # a C int; the C side checks what it multiplies to
         out = ffi.new("odin_gpt_cache **")
         check(lib.odin_gpt_cache_create(out, model._h, batch), "KVCache")
         self._h = ffi.gc(out[0], lib.odin_gpt_cache_free)
+        threads = int_field(threads, "threads", 1, 64)
+        if threads != 1:  # decoding threads: each product's columns split over them, same logits
+            check(lib.odin_gpt_cache_set_threads(self._h, threads), "KVCache")
         self.model = model
         self.batch = batch
         self._logits = np.zeros((batch, model.shape.vocab_size), np.float32)
@@ -340,15 +343,15 @@ def position_limit(model: Any) -> Optional[int]:
 
 
 def stream_tokens(model: Any, prompt: list[int], max_new: int, sampler: Sampler,
-                  stop_ids: tuple[int, ...] = ()) -> Iterator[int]:
+                  stop_ids: tuple[int, ...] = (), threads: int = 1) -> Iterator[int]:
     """Yield generated token ids one at a time (GPT: KV cache; RWKV: recurrent state; each
-    step costs one token)."""
+    step costs one token), decoding on `threads` threads (the same tokens for any count)."""
     if not prompt:
         raise ValueError("prompt must contain at least one token (e.g. <bos>)")
     limit = position_limit(model)
     if limit is not None and len(prompt) > limit:
         raise ShapeError(f"prompt has {len(prompt)} tokens but the context is {limit}")
-    cache = model.new_cache(1)
+    cache = model.new_cache(1, threads)
     logits = None
     prompt_ids = model.abacus_ids(np.asarray(prompt, np.int32))
     for pos, tok in enumerate(prompt):

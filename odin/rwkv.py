@@ -138,8 +138,8 @@ class RWKV(NativeModel):
         return float(loss[0]) if targets is not None else None
 
     # ------------------------------------------------------------ generation
-    def new_cache(self, batch: int = 1) -> "RWKVState":
-        return RWKVState(self, batch)
+    def new_cache(self, batch: int = 1, threads: int = 1) -> "RWKVState":
+        return RWKVState(self, batch, threads)
 
     def generate_greedy(self, prompts: list[list[int]], max_new: int, end_id: int,
                         batch: int = 64) -> list[list[int]]:
@@ -176,11 +176,14 @@ class RWKVState:
     """Recurrent state of `batch` sequences (per layer: two token-shift vectors and the WKV
     accumulators per channel): the RWKV counterpart of odin.model.KVCache, constant in size."""
 
-    def __init__(self, model: RWKV, batch: int) -> None:
+    def __init__(self, model: RWKV, batch: int, threads: int = 1) -> None:
         batch = int_field(batch, "batch", 1)  # a C int; the C side checks what it multiplies to
         out = ffi.new("odin_rwkv_state **")
         check(lib.odin_rwkv_state_create(out, model._h, batch), "RWKVState")
         self._h = ffi.gc(out[0], lib.odin_rwkv_state_free)
+        threads = int_field(threads, "threads", 1, 64)
+        if threads != 1:  # decoding threads: each product's columns split over them, same logits
+            check(lib.odin_rwkv_state_set_threads(self._h, threads), "RWKVState")
         self.model = model
         self.batch = batch
         self._logits = np.zeros((batch, model.shape.vocab_size), np.float32)

@@ -115,7 +115,7 @@ ROWS: list[Row] = [
     Row("odin eval {ckpt_rwkv} --data {data} --splits val --context 64", out=r"val"),
     # ---- odin-infer: one prompt, the sampler's flags, the REPL, a pipeline (BPE) model
     Row("odin-infer -m {ckpt} -p 12+34= -n 8 --json", out=r'"completion"|"text"|"tokens"'),
-    Row("odin-infer -m {ckpt} -e -p 12+34= -n 8 --temperature 0.8 --top-k 5 --top-p 0.9 --seed 1 --stop 9"),
+    Row("odin-infer -m {ckpt} -e -p 12+34= -n 8 -t 2 --temperature 0.8 --top-k 5 --top-p 0.9 --seed 1 --stop 9"),
     Row("odin-infer -m {ckpt}", stdin="12+34=\n"),
     Row("odin-infer -m {pipe_ckpt} -p 'The pipeline' -n 20 --temperature 0.8"),
     Row("odin-infer -m {ckpt} -f {prompts} -n 8", out=r"\d"),

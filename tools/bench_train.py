@@ -15,7 +15,8 @@ Sections:
               threads, each in a fresh process (only when torch is importable; torch is never
               an ODIN dependency)
   * generate: batch-1 generation tokens/s with the KV cache, ODIN vs PyTorch eager (with its
-              own KV cache), and ODIN's per-token time at growing positions
+              own KV cache), the four configs at 1 and 2 threads, alternating (median of pairs),
+              and ODIN's per-token time at growing positions
 
 Elsewhere each figure is the best of a few repeats after a warm-up; a busy shared machine
 makes single runs noisy, and the best run is the one least disturbed.
@@ -180,21 +181,21 @@ def peak_training_memory(who: str, name: str, threads: int) -> int:
     return int(done.stdout.split()[-1]) * 1024
 
 
-def odin_generate_tokens_per_s(shape: GPTShape, n_new: int, repeats: int = 3) -> float:
+def odin_generate_tokens_per_s(shape: GPTShape, n_new: int, repeats: int = 3, threads: int = 1) -> float:
     model = GPT(shape)
     model.init_weights(0)
     best = 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        n = sum(1 for _ in stream_tokens(model, [1], n_new, Sampler(temperature=0.0)))
+        n = sum(1 for _ in stream_tokens(model, [1], n_new, Sampler(temperature=0.0), threads=threads))
         best = max(best, n / (time.perf_counter() - t0))
     return best
 
 
-def torch_generate_tokens_per_s(shape: GPTShape, n_new: int, repeats: int = 3) -> float:
+def torch_generate_tokens_per_s(shape: GPTShape, n_new: int, repeats: int = 3, threads: int = 1) -> float:
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     model = _torch_model(shape).eval()
     hs = shape.d_model // shape.n_head
     best = 0.0
@@ -209,6 +210,27 @@ def torch_generate_tokens_per_s(shape: GPTShape, n_new: int, repeats: int = 3) -
                 tok = logits[:, -1].argmax(-1, keepdim=True)
             best = max(best, n_new / (time.perf_counter() - t0))
     return best
+
+
+# tokens per timed generation (batch 1, from position 0)
+GENERATE_TOKENS = {"tiny": 60, "small": 60, "mini": 40, "gpt2": 20}
+
+
+def generation_side_by_side(name: str, threads: int, pairs: int) -> tuple[float, float, float]:
+    """Batch-1 decode tokens/s, ODIN and PyTorch alternately (A B A B ...): medians and the
+    median of the pairs' ratios. The config's shape with a context that holds the tokens."""
+    import dataclasses
+    import statistics
+
+    n_new = GENERATE_TOKENS[name]
+    shape = CONFIGS[name]["shape"]
+    shape = dataclasses.replace(shape, context=max(shape.context, n_new + 1))
+    odin, torch_, ratios = [], [], []
+    for _ in range(pairs):
+        odin.append(odin_generate_tokens_per_s(shape, n_new, repeats=1, threads=threads))
+        torch_.append(torch_generate_tokens_per_s(shape, n_new, repeats=1, threads=threads))
+        ratios.append(odin[-1] / torch_[-1])
+    return statistics.median(odin), statistics.median(torch_), statistics.median(ratios)
 
 
 def per_token_ms_at(shape: GPTShape, positions: list[int]) -> dict[int, float]:
@@ -334,13 +356,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if "generate" in sections:
         rows = []
-        n_new = 30 if args.quick else 60
-        for name, shape in (("tiny", GPTShape(16, 64, 2, 4, 128)), ("small", GPTShape(512, 64, 4, 8, 256))):
-            o = odin_generate_tokens_per_s(shape, n_new)
-            t = torch_generate_tokens_per_s(shape, n_new) if have_torch() else float("nan")
-            rows.append([name, f"{o:,.0f}", f"{t:,.0f}" if t == t else "n/a", f"{o / t:.1f}x" if t == t else "n/a"])
-        out += ["### Batch-1 generation with the KV cache, 1 thread", "",
-                table(["config", "ODIN tok/s", "PyTorch tok/s", "ODIN / PyTorch"], rows, md), ""]
+        for name in CONFIGS:
+            for threads in (1, 2):
+                if have_torch():
+                    o, t, ratio = generation_side_by_side(name, threads, 1 if args.quick else 3)
+                    rows.append([name, str(threads), f"{o:,.0f}", f"{t:,.0f}", f"{ratio:.2f}x"])
+                else:
+                    shape = CONFIGS[name]["shape"]
+                    o = odin_generate_tokens_per_s(shape, min(GENERATE_TOKENS[name], shape.context - 1), threads=threads)
+                    rows.append([name, str(threads), f"{o:,.0f}", "n/a", "n/a"])
+        out += ["### Batch-1 generation with the KV cache (decode tokens/s from position 0; ODIN and PyTorch "
+                "alternately, median of pairs)", "",
+                table(["config", "threads", "ODIN tok/s", "PyTorch tok/s", "ODIN / PyTorch"], rows, md), ""]
         shape = GPTShape(512, 1024, 4, 8, 256)
         ms = per_token_ms_at(shape, [0, 64, 256, 1023])
         rows = [[str(p), f"{v:.3f}"] for p, v in ms.items()]

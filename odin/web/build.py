@@ -50,8 +50,8 @@ WEB = (Path(__file__).resolve().parent / "static").resolve()
 DEFAULT_OUT = WEB / "wasm"
 MANIFEST = "odin-wasm.json"
 VARIANTS = ("simd128", "scalar")
-# csrc files the wasm module does not contain: the threaded trainer
-EXCLUDED = {"spheres.c", "avx2.c", "avx512.c"}  # + the x86-only ISA files (empty off x86)
+# csrc files the wasm module does not contain: threads (the trainer, the decoding pool)
+EXCLUDED = {"spheres.c", "pool.c", "avx2.c", "avx512.c"}  # threads; the x86-only ISA files (empty off x86)
 # compiled so that "scalar" stays one float at a time even in the SIMD build
 NO_VECTORIZE = {"scalar.c"}
 BUILD_FORMAT = 1  # bump when the flags or the file list change meaning

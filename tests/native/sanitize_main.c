@@ -508,6 +508,43 @@ static void check_gpt_direct_and_generation(void) {
     EXPECT(odin_gpt_decode(g, cache, dtok, dpos, B, logits) == ODIN_BAD_ARG);
     EXPECT(odin_gpt_decode(g, cache, dtok, dpos, B + 1, logits) == ODIN_BAD_SHAPE);
 
+    /* decoding threads (pool.c): a model wide enough to split its products, and the same
+     * logits as one thread; an RWKV state too */
+    {
+        enum { WV = 300, WC = 256 };
+        odin_gpt *w = NULL;
+        CHECK(odin_gpt_create(&w, WV, 8, 1, 2, WC, 1e-5f));
+        fill(odin_gpt_params(w), odin_gpt_num_params(w), 0.05f);
+        odin_gpt_cache *c1 = NULL, *c3 = NULL;
+        CHECK(odin_gpt_cache_create(&c1, w, 1));
+        CHECK(odin_gpt_cache_create(&c3, w, 1));
+        CHECK(odin_gpt_cache_set_threads(c3, 3));
+        float *l1 = xcalloc(WV, sizeof(float)), *l3 = xcalloc(WV, sizeof(float));
+        for (int t = 0; t < 5; t++) {
+            int32_t tk = t + 1, ps = t;
+            CHECK(odin_gpt_decode(w, c1, &tk, &ps, 1, l1));
+            CHECK(odin_gpt_decode(w, c3, &tk, &ps, 1, l3));
+            EXPECT(memcmp(l1, l3, WV * sizeof(float)) == 0);
+        }
+        EXPECT(odin_gpt_cache_set_threads(c3, 0) == ODIN_BAD_ARG);
+        odin_gpt_cache_free(c1); odin_gpt_cache_free(c3); odin_gpt_free(w);
+        odin_rwkv *r = NULL;
+        CHECK(odin_rwkv_create(&r, WV, 1, WC, 4 * WC, 1e-5f));
+        fill(odin_rwkv_params(r), odin_rwkv_num_params(r), 0.05f);
+        odin_rwkv_state *s1 = NULL, *s3 = NULL;
+        CHECK(odin_rwkv_state_create(&s1, r, 1));
+        CHECK(odin_rwkv_state_create(&s3, r, 1));
+        CHECK(odin_rwkv_state_set_threads(s3, 2));
+        for (int t = 0; t < 5; t++) {
+            int32_t tk = t + 1;
+            CHECK(odin_rwkv_decode(r, s1, &tk, 1, l1));
+            CHECK(odin_rwkv_decode(r, s3, &tk, 1, l3));
+            EXPECT(memcmp(l1, l3, WV * sizeof(float)) == 0);
+        }
+        odin_rwkv_state_free(s1); odin_rwkv_state_free(s3); odin_rwkv_free(r);
+        free(l1); free(l3);
+    }
+
     /* sampling: greedy, top-k / top-p, and a vocabulary large enough to allocate */
     uint64_t rng = 42;
     int32_t s = -1;
