@@ -53,6 +53,7 @@ class LoadedModel:
     trainer_state: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     has_optimizer: bool = False  # True when the moments were loaded into the model
+    optimizer_saved: bool = False  # the checkpoint holds moments and progress (loaded or not)
 
     @property
     def reverse_answer(self) -> bool:
@@ -220,7 +221,8 @@ def load_model_checkpoint(path: str | os.PathLike[str], *, with_optimizer: bool 
                 v[name][...] = checkpoint.optimizer.v[name]
             has_optimizer = True
     return LoadedModel(model=model, tokenizer=checkpoint.tokenizer, run_config=run_config, step=step,
-                       trainer_state=state, path=Path(path), has_optimizer=has_optimizer)
+                       trainer_state=state, path=Path(path), has_optimizer=has_optimizer,
+                       optimizer_saved=checkpoint.optimizer is not None)
 
 
 def with_context(loaded: LoadedModel, context: int) -> LoadedModel:

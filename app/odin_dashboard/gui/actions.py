@@ -241,7 +241,8 @@ class Actions:
         if self.session.active or "load" in self.tasks:
             return
         path = Path(dpg.get_value(T.CKPT_PATH).strip())
-        self.tasks["load"] = BackgroundTask("load", lambda: load_model_checkpoint(path, with_optimizer=True))
+        # the weights alone: the chat needs no moments, and continuing resumes from the folder on disk
+        self.tasks["load"] = BackgroundTask("load", lambda: load_model_checkpoint(path, with_optimizer=False))
         self.post(f"loading {path} ...")
 
     def loaded_checkpoint(self, loaded: Any) -> None:

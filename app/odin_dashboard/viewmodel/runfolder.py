@@ -106,7 +106,7 @@ def continue_problem(loaded: Any) -> Optional[str]:
     if not isinstance(loaded.tokenizer, CharTokenizer):
         return ("this model uses a BPE tokenizer (an odin-pipeline model): the pipeline continues it "
                 "(odin-pipeline run FOLDER); here you can ask it questions")
-    if not loaded.has_optimizer or "sampler" not in loaded.trainer_state:
+    if not loaded.optimizer_saved or "sampler" not in loaded.trainer_state:
         return "this checkpoint has no optimizer or sampler state (an export): it cannot be continued exactly"
     total = loaded.run_config.train.steps
     if loaded.step >= total:  # a resumed run keeps its own settings, steps included
