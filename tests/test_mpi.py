@@ -193,6 +193,20 @@ def test_a_killed_rank_stops_all_and_the_run_resumes_with_other_ranks_as_if_unin
     assert checkpoint_bytes(run) == checkpoint_bytes(whole)
 
 
+def test_ctrl_c_to_mpirun_stops_every_rank_after_one_step_and_saves(tmp_path, data):
+    # mpirun turns Ctrl-C into SIGTERM to every rank; the stop travels with the step's exchange,
+    # so all ranks stop after the same step and rank 0 (alone) saves and says so
+    run = tmp_path / "run"
+    launcher = _start_and_wait_for_checkpoint(tmp_path, data, run, 2, mpi_env())
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=60)
+    said = [line for line in err.replace("\r", "\n").splitlines() if "stopped at step" in line]
+    assert len(said) == 1, err[-2000:]
+    step = int(said[0].split("stopped at step ")[1].split(";")[0])
+    assert read_progress(run / "checkpoint")[0] == step
+    assert "Traceback" not in err
+
+
 def test_a_silent_rank_is_named_and_every_rank_stops(tmp_path, data):
     # a rank that hangs or whose host is gone kills nothing mpirun can see: the heartbeat does
     run = tmp_path / "run"
