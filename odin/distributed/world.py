@@ -128,6 +128,7 @@ class World:
                 time.sleep(0.05)
         finally:
             receive.Cancel()
+            receive.Wait()  # the cancellation completes: nothing pending when MPI finalizes
 
     def _check_alive(self, peer: int, waiting_for: str) -> None:
         silent = time.monotonic() - self._seen[peer]
@@ -167,7 +168,8 @@ class World:
     def broadcast_array(self, array: np.ndarray, root: int, what: str) -> None:
         """Root's contents of the contiguous `array` into every rank's (in place)."""
         requests = [self.comm.Ibcast(part, root=root) for part in _pieces(array)]
-        self.wait(requests, [root] if self.rank != root else [], what)
+        # any rank may be a link of the broadcast's tree: every other one is watched
+        self.wait(requests, [r for r in range(self.size) if r != self.rank], what)
         if self.rank == root:  # (size - 1) copies cross the wire, however MPI routes them: counted at the root
             self.bytes_sent += array.nbytes * (self.size - 1)
 
