@@ -23,9 +23,10 @@ import os
 import secrets
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -176,10 +177,15 @@ def _unpack_metadata(raw: Mapping[str, str], path: Path) -> dict[str, str]:
 
 
 def _verify_checksum(tensors: Mapping[str, np.ndarray], fields: Mapping[str, str], path: Path) -> None:
+    _verify_digest(lambda: _content_digest(tensors, fields), fields, path)
+
+
+def _verify_digest(computed: Any, fields: Mapping[str, str], path: Path) -> None:
+    """computed(): the content checksum as read, compared with the one the file stores."""
     stored = fields.get(CHECKSUM_FIELD)
     if stored is None:
         return  # written before checksums
-    if _content_digest(tensors, fields) != stored:
+    if computed() != stored:
         raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt (its content is not what was saved)")
 
 
@@ -261,18 +267,35 @@ def _swap_in(staging: Path, target: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+@contextmanager
+def _unreadable_as_checkpoint_error(path: Path) -> Iterator[None]:
+    """safetensors raises its own (non-ValueError) error types: one CheckpointError naming the file."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as error:
+        raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({error})") from None
+
+
+def _check_model_file(fields: Mapping[str, str], tensors: Mapping[str, Any], blueprint: Blueprint, path: Path) -> None:
+    """A model file's metadata and its tensors' names, shapes and dtypes against config.json's model."""
+    _check_format(fields, "model", path)
+    try:
+        _check_tensors(tensors, blueprint, str(path))
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} (config.json describes {_shape_summary(blueprint)})") from None
+
+
 def _read_safetensors(path: Path, with_tensors: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The file's tensors (none without ``with_tensors``: the header alone) and metadata."""
     from safetensors import safe_open
 
     if not path.is_file():
         raise CheckpointError(f"{path.name} is missing from checkpoint {path.parent}")
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()} if with_tensors else {}
-    except Exception as error:  # safetensors raises its own (non-ValueError) error types
-        raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({error})") from None
+    with _unreadable_as_checkpoint_error(path), safe_open(str(path), framework="numpy") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()} if with_tensors else {}
     fields = _unpack_metadata(metadata, path)
     if with_tensors:
         _verify_checksum(tensors, fields, path)
@@ -301,29 +324,14 @@ def _stream_safetensors(path: Path, blueprint: Blueprint, into: Any) -> tuple[di
     if not path.is_file():
         raise CheckpointError(f"{path.name} is missing from checkpoint {path.parent}")
 
-    def opened() -> Any:
-        try:
-            return safe_open(str(path), framework="numpy")
-        except Exception as error:  # safetensors raises its own (non-ValueError) error types
-            raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({error})") from None
-
-    try:
-        with opened() as handle:
-            metadata = handle.metadata() or {}
-            infos = {}
-            for name in handle.keys():
-                piece = handle.get_slice(name)
-                infos[name] = _TensorInfo(tuple(piece.get_shape()), SAFETENSORS_DTYPES.get(piece.get_dtype(), "?"))
-    except CheckpointError:
-        raise
-    except Exception as error:
-        raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({error})") from None
+    with _unreadable_as_checkpoint_error(path), safe_open(str(path), framework="numpy") as handle:
+        metadata = handle.metadata() or {}
+        infos = {}
+        for name in handle.keys():
+            piece = handle.get_slice(name)
+            infos[name] = _TensorInfo(tuple(piece.get_shape()), SAFETENSORS_DTYPES.get(piece.get_dtype(), "?"))
     fields = _unpack_metadata(metadata, path)
-    _check_format(fields, "model", path)
-    try:
-        _check_tensors(infos, blueprint, str(path))
-    except CheckpointError as error:
-        raise CheckpointError(f"{error} (config.json describes {_shape_summary(blueprint)})") from None
+    _check_model_file(fields, infos, blueprint, path)
     digest = _digest_begin(fields)
     arrays: dict[str, np.ndarray] = {}
     for name in sorted(infos):
@@ -333,19 +341,12 @@ def _stream_safetensors(path: Path, blueprint: Blueprint, into: Any) -> tuple[di
         per_piece = max(1, STREAM_BYTES // max(1, target.nbytes // max(1, rows)))
         for start in range(0, rows, per_piece):
             stop = min(start + per_piece, rows)  # safetensors refuses a slice past the end
-            try:
-                with opened() as handle:
-                    piece = np.ascontiguousarray(handle.get_slice(name)[start:stop])
-            except CheckpointError:
-                raise
-            except Exception as error:
-                raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({error})") from None
+            with _unreadable_as_checkpoint_error(path), safe_open(str(path), framework="numpy") as handle:
+                piece = np.ascontiguousarray(handle.get_slice(name)[start:stop])
             target[start:stop] = piece
             digest.update(piece.reshape(-1).view(np.uint8))
         arrays[name] = target
-    stored = fields.get(CHECKSUM_FIELD)
-    if stored is not None and digest.hexdigest() != stored:
-        raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt (its content is not what was saved)")
+    _verify_digest(digest.hexdigest, fields, path)
     return arrays, fields
 
 
@@ -445,11 +446,7 @@ def load_checkpoint(
         tensors, _ = _stream_safetensors(model_path, blueprint, params_into(config))
     else:
         tensors, metadata = _read_safetensors(model_path)
-        _check_format(metadata, "model", model_path)
-        try:
-            _check_tensors(tensors, blueprint, str(model_path))
-        except CheckpointError as error:
-            raise CheckpointError(f"{error} (config.json describes {_shape_summary(blueprint)})") from None
+        _check_model_file(metadata, tensors, blueprint, model_path)
     params = {name: tensors[name] for name, _ in blueprint.param_shapes()}
 
     optimizer_path = directory / OPTIMIZER_FILE

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -129,14 +130,23 @@ def test_the_trainer_api_matches_one_process_and_reports_every_sphere(tmp_path):
 
 
 def test_the_pipeline_over_ranks_trains_the_one_process_checkpoint(tmp_path):
-    # odin-pipeline run over 2 ranks: rank 0 is the pipeline, rank 1 trains every step with it
-    (tmp_path / "pipeline.toml").write_text(config_text())
+    # odin-pipeline run over 2 ranks: rank 0 is the pipeline, rank 1 trains every step with it.
+    # Which texts train the tokenizer and fill which shard depends on timing (a stream), so
+    # both runs start from one prepared folder without its checkpoints: the trainer then
+    # trains the same shards in the same order, and only the ranks differ
+    config = tmp_path / "pipeline.toml"
+    config.write_text(config_text())
+    base = tmp_path / "base"
+    write_docs(base / "inbox", 30)
+    prepared = subprocess.run(pipeline_cmd(base, "--config", str(config), "--once", "--quiet"),
+                              capture_output=True, text=True, timeout=300)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
     runs = {}
     for name, launcher in (("one", []), ("two", mpirun(2))):
         folder = tmp_path / name
-        write_docs(folder / "inbox", 30)
-        proc = subprocess.run([*launcher, *pipeline_cmd(folder, "--config", str(tmp_path / "pipeline.toml"),
-                                                        "--once", "--quiet")],
+        shutil.copytree(base, folder)
+        shutil.rmtree(folder / "checkpoints")
+        proc = subprocess.run([*launcher, *pipeline_cmd(folder, "--config", str(config), "--once", "--quiet")],
                               capture_output=True, text=True, timeout=300, env=mpi_env())
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = (folder / "checkpoints" / "latest" / "model.safetensors").read_bytes()
@@ -267,3 +277,20 @@ def test_odin_info_says_whether_mpi_is_available():
     assert proc.returncode == 0, proc.stderr
     line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("MPI"))
     assert "available: mpi4py" in line and "mpirun: " in line, line
+
+
+def test_bench_mpi_counts_the_bytes_the_cost_model_states(tmp_path):
+    # tools/bench_mpi.py as a user runs it, and its byte count against the model's 8 x P per
+    # link: (ranks - 1) links' worth of chain and of broadcast per step
+    tool = Path(__file__).resolve().parent.parent / "tools" / "bench_mpi.py"
+    for ranks in (2, 3):
+        done = subprocess.run(mpirun(ranks, sys.executable, str(tool), "--worker", "tiny", "--threads", "1",
+                                     "--steps", "3"), capture_output=True, text=True, timeout=120, env=mpi_env())
+        assert done.returncode == 0, done.stderr[-2000:]
+        got = json.loads(done.stdout.strip().splitlines()[-1])
+        assert got["bytes_per_step"] == 4 * got["params"] * 2 * (ranks - 1), (ranks, got)
+        assert len(got["peak_rss"]) == ranks
+    done = subprocess.run([sys.executable, str(tool), "--configs", "tiny", "--pairs", "1", "--markdown"],
+                          capture_output=True, text=True, timeout=300, env=mpi_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| tiny |" in done.stdout and "Cost model for N hosts" in done.stdout and "Machine:" in done.stdout

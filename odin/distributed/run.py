@@ -72,9 +72,13 @@ def follow(world: World, threads: Optional[int]) -> int:
                          f"host needs it at the same path") from None
     setup = _prepare_data(cfg, data_dir, manifest, tokenizer, padded_vocab=plan.padded_vocab)
     setup.sampler.load_state_dict(plan.sampler)
-    model = model_from_config(cfg)  # its weights come from rank 0
-    resumed = SimpleNamespace(model=model, step=plan.step, trainer_state=plan.trainer_state) if plan.step else None
-    initial = SimpleNamespace(model=model, path=plan.init_from) if plan.init_from and not plan.step else None
+    # a resumed run or --init-from brings its model here (a new run's _run makes one); either
+    # way the weights and moments come from rank 0 when the trainer starts
+    resumed = initial = None
+    if plan.step:
+        resumed = SimpleNamespace(model=model_from_config(cfg), step=plan.step, trainer_state=plan.trainer_state)
+    elif plan.init_from:
+        initial = SimpleNamespace(model=model_from_config(cfg), path=plan.init_from)
     signals = StopSignals()
     try:
         _run(cfg, data_dir, Path("."), manifest, tokenizer, setup, n_threads, signals,

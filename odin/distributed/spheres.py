@@ -88,7 +88,8 @@ class DistributedSpheresTrainer(SpheresTrainer):
         return done
 
     def _step(self, steps, i: int) -> None:
-        world, step = self.world, self.snapshot().step + 1
+        lib.odin_spheres_snapshot_get(self._h, self._snap)  # the step, without a Python snapshot
+        world, step = self.world, self._snap.step + 1
         own = ffi.new("odin_spheres_slot_report *")
         failure = None
         try:

@@ -145,25 +145,35 @@ class World:
                 self._check_alive(peer, waiting_for)
 
     # ------------------------------------------------------------ messages
+    def _objects(self, value: Any, senders: list[int], receivers: list[int], what: str) -> dict[int, Any]:
+        """Send `value` (pickled) to `receivers` and take one object from each of `senders`: its
+        size, then its bytes (a pair's messages arrive in the order they were sent)."""
+        payload = bytearray(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        sizes = {r: np.zeros(1, np.int64) for r in senders}
+        size = np.array([len(payload)], np.int64)
+        peers = sorted(set(senders) | set(receivers))
+        requests = [self.comm.Isend(size, dest=r, tag=TAG_OBJECT) for r in receivers]
+        requests += [self.comm.Irecv(sizes[r], source=r, tag=TAG_OBJECT) for r in senders]
+        self.wait(requests, peers, what)
+        buffers = {r: bytearray(int(sizes[r][0])) for r in senders}
+        requests = [self.comm.Isend(payload, dest=r, tag=TAG_OBJECT) for r in receivers]
+        requests += [self.comm.Irecv(buffers[r], source=r, tag=TAG_OBJECT) for r in senders]
+        self.wait(requests, peers, what)
+        return {r: pickle.loads(bytes(buffers[r])) for r in senders}
+
     def exchange(self, value: Any, what: str) -> list[Any]:
         """Every rank's `value` (a small picklable object), in rank order."""
-        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         peers = [r for r in range(self.size) if r != self.rank]
-        sizes = {r: np.zeros(1, np.int64) for r in peers}
-        mine = np.array([len(data)], np.int64)
-        requests = [self.comm.Isend(mine, dest=r, tag=TAG_OBJECT) for r in peers]
-        requests += [self.comm.Irecv(sizes[r], source=r, tag=TAG_OBJECT) for r in peers]
-        self.wait(requests, peers, what)
-        buffers = {r: bytearray(int(sizes[r][0])) for r in peers}
-        payload = bytearray(data)
-        requests = [self.comm.Isend(payload, dest=r, tag=TAG_OBJECT) for r in peers]
-        requests += [self.comm.Irecv(buffers[r], source=r, tag=TAG_OBJECT) for r in peers]
-        self.wait(requests, peers, what)
-        return [value if r == self.rank else pickle.loads(bytes(buffers[r])) for r in range(self.size)]
+        got = self._objects(value, peers, peers, what)
+        return [value if r == self.rank else got[r] for r in range(self.size)]
 
     def broadcast(self, value: Any, root: int, what: str) -> Any:
-        """Root's `value` on every rank (small objects: plans, settings)."""
-        return self.exchange(value if self.rank == root else None, what)[root]
+        """Root's `value` on every rank (plans, settings, the pipeline's batches): sent by the
+        root alone."""
+        if self.rank == root:
+            self._objects(value, [], [r for r in range(self.size) if r != root], what)
+            return value
+        return self._objects(None, [root], [], what)[root]
 
     def broadcast_array(self, array: np.ndarray, root: int, what: str) -> None:
         """Root's contents of the contiguous `array` into every rank's (in place)."""
