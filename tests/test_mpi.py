@@ -31,7 +31,8 @@ from test_train_runs import odin, odin_cmd
 
 MPIRUN = shutil.which("mpirun")
 HELPER = Path(__file__).with_name("mpi_trainer_check.py")
-LONG = 400  # steps of the runs that are stopped midway (a few ms each)
+LONG = 800  # steps of a run killed midway and then resumed to its end (a few ms each)
+ENDLESS = 100_000  # steps of a run that is stopped midway and never finished
 
 RUN = """
 [model]
@@ -163,9 +164,10 @@ def _rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process:
     raise AssertionError(f"no process of rank {rank} under mpirun")
 
 
-def _start_and_wait_for_checkpoint(tmp_path: Path, data: Path, run: Path, ranks: int, env: dict) -> subprocess.Popen:
+def _start_and_wait_for_checkpoint(tmp_path: Path, data: Path, run: Path, ranks: int, env: dict,
+                                   steps: int = ENDLESS) -> subprocess.Popen:
     launcher = subprocess.Popen(
-        mpirun(ranks, *odin_cmd("train", "--config", str(config(tmp_path, LONG, every=50)), "--data", str(data),
+        mpirun(ranks, *odin_cmd("train", "--config", str(config(tmp_path, steps, every=50)), "--data", str(data),
                                 "--out", str(run), "--threads", "1")),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
@@ -186,7 +188,7 @@ def test_a_killed_rank_stops_all_and_the_run_resumes_with_other_ranks_as_if_unin
                 str(whole), "--threads", "2", "--json", timeout=300)
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
-    launcher = _start_and_wait_for_checkpoint(tmp_path, data, run, 2, mpi_env())
+    launcher = _start_and_wait_for_checkpoint(tmp_path, data, run, 2, mpi_env(), steps=LONG)
     killed_at = time.monotonic()
     _rank_process(launcher, 1).send_signal(signal.SIGKILL)
     _, err = launcher.communicate(timeout=60)
