@@ -29,14 +29,47 @@ struct odin_gpt {
     int n_tensors;
     odin_tensor_view *tensors;
     float *params, *grads, *m, *v;
+    uint8_t *qblock;  /* the quantized tensors (NULL: none) */
+    size_t qbytes;
+    int quant_type;   /* the first quantized tensor's type, for messages (0: none) */
 };
 
-/* Pointer to tensor `kind` of layer `l` inside a block with the parameter layout. */
+static inline int tensor_index(const odin_gpt *g, int kind, int l) {
+    /* T_WAB follows lnf_w, lnf_b, so the last formula also lands on it */
+    return kind < T_LN1W ? kind : kind < T_LNFW ? 2 + l * PER_LAYER + (kind - T_LN1W)
+                                                 : 2 + g->L * PER_LAYER + (kind - T_LNFW);
+}
+/* Pointer to float32 tensor `kind` of layer `l` inside a block with the parameter layout. */
 static inline float *view(const odin_gpt *g, float *block, int kind, int l) {
-    int idx = kind < T_LN1W ? kind : kind < T_LNFW ? 2 + l * PER_LAYER + (kind - T_LN1W)
-                                                    : 2 + g->L * PER_LAYER + (kind - T_LNFW);
-    /* T_WAB follows lnf_w, lnf_b, so the formula above already lands on it */
-    return block + g->tensors[idx].offset;
+    return block + g->tensors[tensor_index(g, kind, l)].offset;
+}
+/* A weight matrix of the model, float32 or quantized. */
+static inline odin_weight wview(const odin_gpt *g, int kind, int l) {
+    const odin_tensor_view *t = &g->tensors[tensor_index(g, kind, l)];
+    if (t->type == ODIN_TYPE_F32) return odin_weight_f32(g->params + t->offset);
+    odin_weight w = {NULL, g->qblock + t->offset, t->type, odin_quant_row_bytes(t->type, t->cols)};
+    return w;
+}
+/* out[n, C] = wte[tokens[n]] (+ wpe[pos[n]]) whatever wte's type */
+static void embed(const odin_gpt *g, float *out, const int32_t *tokens, const int32_t *pos, int B, int T) {
+    const odin_weight wte = wview(g, T_WTE, 0);
+    const float *wpe = g->params + g->tensors[T_WPE].offset;
+    const int C = g->C;
+    if (wte.type == ODIN_TYPE_F32 && !pos) {
+        odin_kern->embedding_forward(out, tokens, wte.f, wpe, B, T, C);
+        return;
+    }
+    for (int i = 0; i < B * T; i++) {
+        float *o = out + (size_t)i * C;
+        const int p = pos ? pos[i] : i % T;
+        if (wte.type == ODIN_TYPE_F32) memcpy(o, wte.f + (size_t)tokens[i] * C, C * sizeof(float));
+        else odin_dequantize_row(wte.type, wte.q + (size_t)tokens[i] * wte.row_bytes, o, C);
+        for (int c = 0; c < C; c++) o[c] += wpe[(size_t)p * C + c];
+    }
+}
+static odin_status refuse_quantized(const odin_gpt *g) {
+    return odin_fail(ODIN_BAD_ARG, "this model's weights are quantized (%s): it answers but cannot train; train the "
+                     "float32 model it was made from", odin_qtype_name(g->quant_type));
 }
 
 odin_status odin_gpt_create(odin_gpt **out, int vocab, int max_t, int n_layer, int n_head,
@@ -46,6 +79,12 @@ odin_status odin_gpt_create(odin_gpt **out, int vocab, int max_t, int n_layer, i
 
 odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer, int n_head,
                                int d_model, float ln_eps, int n_abacus) {
+    return odin_gpt_create_q(out, vocab, max_t, n_layer, n_head, d_model, ln_eps, n_abacus, ODIN_TYPE_F32,
+                             ODIN_TYPE_F32);
+}
+
+odin_status odin_gpt_create_q(odin_gpt **out, int vocab, int max_t, int n_layer, int n_head, int d_model,
+                              float ln_eps, int n_abacus, int matrix_type, int embed_type) {
     ODIN_REQUIRE_PTR(out, "out");
     *out = NULL;
     ODIN_REQUIRE_POS(vocab, "vocab"); ODIN_REQUIRE_POS(max_t, "max_t");
@@ -60,6 +99,11 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
     if (!(ln_eps > 0.0f) || !isfinite(ln_eps))
         return odin_fail(ODIN_BAD_ARG, "ln_eps must be a finite number > 0 (got %g)", ln_eps);
     if (n_abacus < 0) return odin_fail(ODIN_BAD_ARG, "n_abacus must be >= 0 (got %d)", n_abacus);
+    odin_status st = odin_check_quant_types(matrix_type, embed_type);
+    if (st) return st;
+    if ((matrix_type || embed_type) && d_model % ODIN_QK)
+        return odin_fail(ODIN_BAD_SHAPE, "d_model (%d) must be a multiple of %d for %s weights: a block holds %d weights "
+                         "of a row", d_model, ODIN_QK, odin_qtype_name(matrix_type ? matrix_type : embed_type), ODIN_QK);
     const int C = d_model;
     const int rows[T_KINDS] = {vocab, max_t, C, C, 3 * C, 3 * C, C, C, C, C, 4 * C, 4 * C, C, C, C, C, n_abacus};
     const int cols[T_KINDS] = {C, C, 1, 1, C, 1, C, 1, 1, 1, C, 1, 4 * C, 1, 1, 1, C};
@@ -74,7 +118,7 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
     char args[128];
     snprintf(args, sizeof args, "vocab=%d, max_t=%d, n_layer=%d, d_model=%d, n_abacus=%d", vocab, max_t, n_layer,
              d_model, n_abacus);
-    odin_status st = odin_require_floats(n_params, "the model's parameters", args);
+    st = odin_require_floats(n_params, "the model's parameters", args);
     if (st) return st;
     odin_gpt *g = calloc(1, sizeof *g);
     if (!g) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the model");
@@ -83,9 +127,13 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
     g->n_tensors = 2 + n_layer * PER_LAYER + 2 + (n_abacus > 0);
     g->tensors = calloc((size_t)g->n_tensors, sizeof *g->tensors);
     if (!g->tensors) { free(g); return odin_fail(ODIN_NO_MEMORY, "cannot allocate the tensor table"); }
-    size_t off = 0;
+    size_t off = 0, qoff = 0;
     int idx = 0;
-#define ADD(kind) odin_tensor_append(g->tensors, &idx, &off, k_names[kind], rows[kind], cols[kind])
+    int types[T_KINDS] = {0};
+    types[T_WTE] = embed_type;
+    types[T_QKVW] = types[T_PROJW] = types[T_FCW] = types[T_FCPW] = matrix_type;
+    g->quant_type = matrix_type ? matrix_type : embed_type;
+#define ADD(kind) odin_tensor_append_typed(g->tensors, &idx, &off, &qoff, k_names[kind], rows[kind], cols[kind], types[kind])
     ADD(T_WTE);
     ADD(T_WPE);
     for (int l = 0; l < n_layer; l++)
@@ -95,7 +143,10 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
     if (n_abacus > 0) ADD(T_WAB);
 #undef ADD
     g->n_params = off;
+    g->qbytes = qoff;
     st = odin_alloc_params(off, &g->params);
+    if (!st && qoff && !(g->qblock = odin_zalloc(qoff)))
+        st = odin_fail(ODIN_NO_MEMORY, "cannot allocate %.1f MiB of quantized weights", qoff / 1048576.0);
     if (st) {
         odin_gpt_free(g);
         return st;
@@ -106,9 +157,19 @@ odin_status odin_gpt_create_ex(odin_gpt **out, int vocab, int max_t, int n_layer
 
 void odin_gpt_free(odin_gpt *g) {
     if (!g) return;
-    free(g->params); free(g->grads); free(g->m); free(g->v); free(g->tensors); free(g->alibi);
+    free(g->params); free(g->grads); free(g->m); free(g->v); free(g->tensors); free(g->alibi); free(g->qblock);
     free(g);
 }
+
+odin_status odin_gpt_tensor_type(const odin_gpt *g, int index, int *type) {
+    ODIN_REQUIRE_PTR(g, "model"); ODIN_REQUIRE_PTR(type, "type");
+    if (index < 0 || index >= g->n_tensors)
+        return odin_fail(ODIN_BAD_ARG, "tensor index %d is outside [0, %d)", index, g->n_tensors);
+    *type = g->tensors[index].type;
+    return ODIN_OK;
+}
+uint8_t *odin_gpt_qblock(odin_gpt *g) { return g ? g->qblock : NULL; }
+size_t odin_gpt_qbytes(const odin_gpt *g) { return g ? g->qbytes : 0; }
 
 size_t odin_gpt_num_params(const odin_gpt *g) { return g ? g->n_params : 0; }
 
@@ -134,6 +195,7 @@ int odin_gpt_num_tensors(const odin_gpt *g) { return g ? g->n_tensors : 0; }
 float *odin_gpt_params(odin_gpt *g) { return g->params; }
 odin_status odin_gpt_enable_training(odin_gpt *g) {
     ODIN_REQUIRE_PTR(g, "model");
+    if (g->qblock) return refuse_quantized(g);
     return odin_alloc_training_blocks(g->n_params, &g->grads, &g->m, &g->v);
 }
 float *odin_gpt_grads(odin_gpt *g) { return g && !odin_gpt_enable_training(g) ? g->grads : NULL; }
@@ -228,11 +290,8 @@ size_t odin_gpt_ws_bytes(const odin_gpt_ws *w) { return w ? w->bytes : 0; }
 float *odin_gpt_ws_logits(odin_gpt_ws *w) { return w->logits; }
 
 /* out[M,N] (+)= inp[M,K] W[N,K]^T (+ bias) */
-static int mm_fwd(float *out, const float *inp, const float *W, const float *bias, int M, int K, int N, int acc) {
-    if (odin_gemm(M, N, K, inp, K, 1, W, 1, K, acc, out, N)) return -1;
-    if (bias)
-        for (int i = 0; i < M; i++) odin_kern->axpy(out + (size_t)i * N, 1.0f, bias, N);
-    return 0;
+static int mm_fwd(float *out, const float *inp, odin_weight W, const float *bias, int M, int K, int N, int acc) {
+    return odin_linear(out, inp, W, bias, M, K, N, acc);
 }
 
 /* dinp += dout W ; dW += dout^T inp ; dbias += colsum dout */
@@ -286,29 +345,28 @@ odin_status odin_gpt_forward_ex(odin_gpt *g, odin_gpt_ws *w, const int32_t *toke
     const int C = g->C, NH = g->NH, V = g->V, M = (int)BT;
     const odin_kernel_table *k = odin_kern;
 
-    k->embedding_forward(w->encoded, tokens, g->params + g->tensors[T_WTE].offset,
-                         g->params + g->tensors[T_WPE].offset, B, T, C);
+    embed(g, w->encoded, tokens, NULL, B, T);
     if (ids) add_abacus(g, w->encoded, ids, BT);
     const float *res = w->encoded;
     for (int l = 0; l < g->L; l++) {
         layer_acts *a = &w->layers[l];
         float *P = g->params;
         k->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, res, view(g, P, T_LN1W, l), view(g, P, T_LN1B, l), M, C, g->eps);
-        if (mm_fwd(a->qkv, a->ln1, view(g, P, T_QKVW, l), view(g, P, T_QKVB, l), M, C, 3 * C, 0)) goto oom;
+        if (mm_fwd(a->qkv, a->ln1, wview(g, T_QKVW, l), view(g, P, T_QKVB, l), M, C, 3 * C, 0)) goto oom;
         k->attention_forward(a->atty, a->att, w->att_scratch, a->qkv, g->alibi, B, T, C, NH);
         /* res2 = res + atty Wproj^T + b : the residual add is fused into the GEMM's accumulate */
         memcpy(a->res2, res, BT * C * sizeof(float));
-        if (mm_fwd(a->res2, a->atty, view(g, P, T_PROJW, l), view(g, P, T_PROJB, l), M, C, C, 1)) goto oom;
+        if (mm_fwd(a->res2, a->atty, wview(g, T_PROJW, l), view(g, P, T_PROJB, l), M, C, C, 1)) goto oom;
         k->layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, view(g, P, T_LN2W, l), view(g, P, T_LN2B, l), M, C, g->eps);
-        if (mm_fwd(a->fch, a->ln2, view(g, P, T_FCW, l), view(g, P, T_FCB, l), M, C, 4 * C, 0)) goto oom;
+        if (mm_fwd(a->fch, a->ln2, wview(g, T_FCW, l), view(g, P, T_FCB, l), M, C, 4 * C, 0)) goto oom;
         k->gelu_forward(a->fch_gelu, a->fch, BT * 4 * C);
         memcpy(a->res3, a->res2, BT * C * sizeof(float));
-        if (mm_fwd(a->res3, a->fch_gelu, view(g, P, T_FCPW, l), view(g, P, T_FCPB, l), M, 4 * C, C, 1)) goto oom;
+        if (mm_fwd(a->res3, a->fch_gelu, wview(g, T_FCPW, l), view(g, P, T_FCPB, l), M, 4 * C, C, 1)) goto oom;
         res = a->res3;
     }
     k->layernorm_forward(w->lnf, w->lnf_mean, w->lnf_rstd, res, view(g, g->params, T_LNFW, 0),
                          view(g, g->params, T_LNFB, 0), M, C, g->eps);
-    if (mm_fwd(w->logits, w->lnf, g->params + g->tensors[T_WTE].offset, NULL, M, C, V, 0)) goto oom;
+    if (mm_fwd(w->logits, w->lnf, wview(g, T_WTE, 0), NULL, M, C, V, 0)) goto oom;
     if (targets) {
         int count = 0;
         for (size_t i = 0; i < BT; i++) count += mask ? (mask[i] != 0) : 1;
@@ -326,6 +384,7 @@ oom:
 
 odin_status odin_gpt_backward(odin_gpt *g, odin_gpt_ws *w, float *grads, float dloss) {
     ODIN_REQUIRE_PTR(g, "model"); ODIN_REQUIRE_PTR(w, "ws"); ODIN_REQUIRE_PTR(grads, "grads");
+    if (g->qblock) return refuse_quantized(g);
     if (!w->has_loss) return odin_fail(ODIN_STATE, "backward needs a forward pass with targets first");
     const int B = w->B, T = w->T, C = g->C, NH = g->NH, V = g->V, M = B * T;
     const size_t BT = (size_t)M;
@@ -449,15 +508,12 @@ odin_status odin_gpt_decode_ex(odin_gpt *g, odin_gpt_cache *c, const int32_t *to
     if (st) return st;
     const odin_kernel_table *k = odin_kern;
     float *P = g->params;
-    const float *wte = P + g->tensors[T_WTE].offset, *wpe = P + g->tensors[T_WPE].offset;
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < C; i++)
-            c->x[(size_t)b * C + i] = wte[(size_t)tokens[b] * C + i] + wpe[(size_t)pos[b] * C + i];
+    embed(g, c->x, tokens, pos, B, 1);
     if (ids) add_abacus(g, c->x, ids, (size_t)B);
     const float scale = 1.0f / sqrtf((float)hs);
     for (int l = 0; l < g->L; l++) {
         k->layernorm_forward(c->ln, NULL, NULL, c->x, view(g, P, T_LN1W, l), view(g, P, T_LN1B, l), B, C, g->eps);
-        if (odin_pool_gemm(c->pool, c->qkv, c->ln, view(g, P, T_QKVW, l), view(g, P, T_QKVB, l), B, C, 3 * C, 0)) goto oom;
+        if (odin_pool_gemm(c->pool, c->qkv, c->ln, wview(g, T_QKVW, l), view(g, P, T_QKVB, l), B, C, 3 * C, 0)) goto oom;
         for (int b = 0; b < B; b++) {
             float *kc = c->k + (((size_t)l * c->B + b) * maxT) * C, *vc = c->v + (((size_t)l * c->B + b) * maxT) * C;
             const float *q = c->qkv + (size_t)b * 3 * C;
@@ -475,14 +531,14 @@ odin_status odin_gpt_decode_ex(odin_gpt *g, odin_gpt_cache *c, const int32_t *to
                 for (int t = 0; t < n; t++) k->axpy(o + h * hs, c->scores[t], vc + (size_t)t * C + h * hs, hs);
             }
         }
-        if (odin_pool_gemm(c->pool, c->x, c->atty, view(g, P, T_PROJW, l), view(g, P, T_PROJB, l), B, C, C, 1)) goto oom;
+        if (odin_pool_gemm(c->pool, c->x, c->atty, wview(g, T_PROJW, l), view(g, P, T_PROJB, l), B, C, C, 1)) goto oom;
         k->layernorm_forward(c->ln, NULL, NULL, c->x, view(g, P, T_LN2W, l), view(g, P, T_LN2B, l), B, C, g->eps);
-        if (odin_pool_gemm(c->pool, c->fch, c->ln, view(g, P, T_FCW, l), view(g, P, T_FCB, l), B, C, 4 * C, 0)) goto oom;
+        if (odin_pool_gemm(c->pool, c->fch, c->ln, wview(g, T_FCW, l), view(g, P, T_FCB, l), B, C, 4 * C, 0)) goto oom;
         k->gelu_forward(c->fch_gelu, c->fch, (size_t)B * 4 * C);
-        if (odin_pool_gemm(c->pool, c->x, c->fch_gelu, view(g, P, T_FCPW, l), view(g, P, T_FCPB, l), B, 4 * C, C, 1)) goto oom;
+        if (odin_pool_gemm(c->pool, c->x, c->fch_gelu, wview(g, T_FCPW, l), view(g, P, T_FCPB, l), B, 4 * C, C, 1)) goto oom;
     }
     k->layernorm_forward(c->ln, NULL, NULL, c->x, view(g, P, T_LNFW, 0), view(g, P, T_LNFB, 0), B, C, g->eps);
-    if (odin_pool_gemm(c->pool, logits ? logits : c->logits, c->ln, wte, NULL, B, C, V, 0)) goto oom;
+    if (odin_pool_gemm(c->pool, logits ? logits : c->logits, c->ln, wview(g, T_WTE, 0), NULL, B, C, V, 0)) goto oom;
     return ODIN_OK;
 oom:
     return odin_fail(ODIN_NO_MEMORY, "decode: cannot allocate the GEMM packing buffers");

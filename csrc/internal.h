@@ -22,6 +22,21 @@ static inline uint64_t odin_now_ns(void) {
 }
 #endif
 
+/* A weight matrix W[N, K]: float32 rows (f) or quantized ones (q, row_bytes apart, type). */
+typedef struct { const float *f; const uint8_t *q; int type; size_t row_bytes; } odin_weight;
+static inline odin_weight odin_weight_f32(const float *W) { odin_weight w = {W, NULL, 0, 0}; return w; }
+/* quant.c: out[M, n0:n1] (row stride ldo) (+)= inp[M, K] W[n0:n1]^T. prepare (on the calling
+ * thread, once per product) quantizes the activations when the integer path applies (*act is
+ * NULL otherwise); product may then run on any thread for any column range. -1: no memory. */
+int odin_weight_prepare(odin_weight W, const float *inp, int M, int K, const odin_q8a **act);
+int odin_weight_product(float *out, int ldo, const float *inp, const odin_q8a *act, odin_weight W, int M, int K,
+                        int n0, int n1, int acc);
+/* both, single-threaded, + bias[N] */
+int odin_linear(float *out, const float *inp, odin_weight W, const float *bias, int M, int K, int N, int acc);
+int odin_qtype_known(int type);
+void odin_dequantize_row(int type, const uint8_t *q, float *y, int cols);
+void odin_quantize_act(odin_q8a *a, const float *x, int K);
+
 /* Decoding threads (pool.c): out[M, N] (+)= inp[M, K] W[N, K]^T (+ bias[N]), its columns
  * split over the pool's threads (NULL: this thread alone); the same result for any count.
  * Returns nonzero when a GEMM packing buffer could not be allocated. */
@@ -31,7 +46,7 @@ odin_status odin_pool_create(odin_pool **out, int threads);
 void odin_pool_free(odin_pool *pool);
 /* *slot becomes a pool of `threads` (NULL for 1); the old one is freed. On failure it stays. */
 odin_status odin_pool_set(odin_pool **slot, int threads);
-int odin_pool_gemm(odin_pool *pool, float *out, const float *inp, const float *W, const float *bias, int M, int K,
+int odin_pool_gemm(odin_pool *pool, float *out, const float *inp, odin_weight W, const float *bias, int M, int K,
                    int N, int acc);
 #endif
 
@@ -90,13 +105,20 @@ static inline float odin_bias_correction(float beta, long long t) {
 /* ---- shared by the models (model_common.c) ---- */
 /* One tensor of a model's parameter block: a named view; decay = 1 for matrices (weight
  * decay applies), 0 for vectors (biases, LayerNorm, RWKV decays / bonuses / mixes). */
-typedef struct { const char *name; size_t offset; int rows, cols; int decay; } odin_tensor_view;
+typedef struct { const char *name; size_t offset; int rows, cols; int decay; int type; } odin_tensor_view;
 
 /* Append the next tensor of a parameter block (rows x cols floats at *offset, which then
  * moves past it, with odin_size_mul/add); matrices (cols > 1) get weight decay. The caller
  * sized the table for *count + 1 entries: the models count their tensors before allocating. */
 void odin_tensor_append(odin_tensor_view *tensors, int *count, size_t *offset, const char *name, int rows,
                         int cols);
+/* The same for a tensor of `type`: a quantized one takes rows x row_bytes at *qoffset (bytes
+ * in the model's quantized block) instead. */
+void odin_tensor_append_typed(odin_tensor_view *tensors, int *count, size_t *offset, size_t *qoffset,
+                              const char *name, int rows, int cols, int type);
+/* Which tensors of a model with (matrix_type, embed_type) are quantized, checked: a known
+ * type, rows a multiple of 32 long. what names the model for the error. */
+odin_status odin_check_quant_types(int matrix_type, int embed_type);
 /* 64-byte aligned, zeroed; NULL when out of memory. Free with free(). */
 void *odin_zalloc(size_t bytes);  /* NULL also when bytes exceed the machine's RAM + swap */
 int odin_fits_in_memory(size_t bytes);
@@ -127,13 +149,10 @@ static inline odin_status odin_pool_create(odin_pool **out, int threads) {
 }
 static inline void odin_pool_free(odin_pool *pool) { (void)pool; }
 static inline odin_status odin_pool_set(odin_pool **slot, int threads) { return odin_pool_create(slot, threads); }
-static inline int odin_pool_gemm(odin_pool *pool, float *out, const float *inp, const float *W, const float *bias,
+static inline int odin_pool_gemm(odin_pool *pool, float *out, const float *inp, odin_weight W, const float *bias,
                                  int M, int K, int N, int acc) {
     (void)pool;
-    if (odin_gemm(M, N, K, inp, K, 1, W, 1, K, acc, out, N)) return -1;
-    if (bias)
-        for (int r = 0; r < M; r++) odin_kern->axpy(out + (size_t)r * N, 1.0f, bias, N);
-    return 0;
+    return odin_linear(out, inp, W, bias, M, K, N, acc);
 }
 #endif
 

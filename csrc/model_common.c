@@ -36,8 +36,28 @@ void *odin_zalloc(size_t bytes) {
 
 void odin_tensor_append(odin_tensor_view *tensors, int *count, size_t *offset, const char *name, int rows,
                         int cols) {
-    tensors[(*count)++] = (odin_tensor_view){name, *offset, rows, cols, cols > 1};
+    tensors[(*count)++] = (odin_tensor_view){name, *offset, rows, cols, cols > 1, ODIN_TYPE_F32};
     *offset = odin_size_add(*offset, odin_size_mul((size_t)rows, (size_t)cols));
+}
+
+void odin_tensor_append_typed(odin_tensor_view *tensors, int *count, size_t *offset, size_t *qoffset,
+                              const char *name, int rows, int cols, int type) {
+    if (type == ODIN_TYPE_F32) {
+        odin_tensor_append(tensors, count, offset, name, rows, cols);
+        return;
+    }
+    tensors[(*count)++] = (odin_tensor_view){name, *qoffset, rows, cols, cols > 1, type};
+    *qoffset = odin_size_add(*qoffset, odin_size_mul((size_t)rows, odin_quant_row_bytes(type, cols)));
+}
+
+odin_status odin_check_quant_types(int matrix_type, int embed_type) {
+    if (!odin_qtype_known(matrix_type))
+        return odin_fail(ODIN_BAD_ARG, "matrix_type %d is not a known type (0 f32, 8 q8_0, 2 q4_0, 3 q4_1, 6 q5_0, "
+                                       "7 q5_1)", matrix_type);
+    if (!odin_qtype_known(embed_type))
+        return odin_fail(ODIN_BAD_ARG, "embed_type %d is not a known type (0 f32, 8 q8_0, 2 q4_0, 3 q4_1, 6 q5_0, "
+                                       "7 q5_1)", embed_type);
+    return ODIN_OK;
 }
 
 odin_status odin_require_floats(size_t n, const char *what, const char *args) {

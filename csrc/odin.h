@@ -42,7 +42,8 @@ const char *odin_cpu_features(void);
 const char *odin_cpu_model(void);
 /* Comma-separated ISAs this build contains AND this CPU can run, best last. */
 const char *odin_available_isas(void);
-/* The ISA whose kernels are in use: "scalar", "avx2", "avx512" (or "wasm_simd128"). */
+/* The ISA whose kernels are in use: "scalar", "avx2", "avxvnni", "avx512", "avx512vnni" (or
+ * "wasm_simd128"); the VNNI rows differ from their base only in the quantized products. */
 const char *odin_current_isa(void);
 /* Switch the kernel table. Not to be called while another thread runs kernels. */
 odin_status odin_set_isa(const char *name);
@@ -253,6 +254,41 @@ odin_status odin_gpt_generate_greedy_ex(odin_gpt *model, odin_gpt_cache *cache,
                                         const int32_t *prompts, const int32_t *prompt_ids,
                                         const int32_t *prompt_lens, int B, int max_prompt, int max_new,
                                         int end_id, int digit_first, int32_t *out, int32_t *out_lens);
+/* ---- quantized weights (quant.c) ----------------------------------------------
+ * llama.cpp's block formats with ggml's type ids: a row of K weights (K a positive multiple
+ * of 32) is K / 32 blocks of 32 weights with an fp16 scale (and an fp16 minimum for the
+ * "_1" types), byte for byte as in a GGUF file. Quantizing rounds exactly as ggml's
+ * reference code. Non-finite weights are refused (ODIN_NAN_DETECTED). */
+typedef enum {
+    ODIN_TYPE_F32 = 0,
+    ODIN_TYPE_Q4_0 = 2,
+    ODIN_TYPE_Q4_1 = 3,
+    ODIN_TYPE_Q5_0 = 6,
+    ODIN_TYPE_Q5_1 = 7,
+    ODIN_TYPE_Q8_0 = 8
+} odin_type;
+/* Bytes of one row of `cols` weights; 0 for an unknown type or cols not a positive multiple of 32. */
+size_t odin_quant_row_bytes(int type, long long cols);
+/* "f32", "q8_0", "q4_0", ...; NULL for an unknown id. */
+const char *odin_qtype_name(int type);
+odin_status odin_quantize(int type, const float *x, void *out, long long rows, long long cols);
+odin_status odin_dequantize(int type, const void *q, float *out, long long rows, long long cols);
+/* out[M,N] = inp[M,K] . W[N,K]^T + bias[N] with W of `type` (f32 too). Up to 8 rows, the
+ * activations are quantized to 8 bits per block and the products are integer dot products
+ * (as llama.cpp); more rows, W is dequantized panel by panel into the float GEMM. */
+odin_status odin_qmatmul(int type, const void *weight, const float *inp, const float *bias, float *out,
+                         int M, int K, int N);
+/* A GPT (as odin_gpt_create_ex) whose matrices (qkv_w, attproj_w, fc_w, fcproj_w) are of
+ * matrix_type and whose token embedding (the tied head) is of embed_type; positions, norms,
+ * biases and the Abacus table stay float32. With any quantized tensor the model answers but
+ * does not train (enable_training, the AdamW step and backward refuse). Quantized tensors
+ * live in a second block (odin_gpt_qblock); their tensor_info offset is in bytes there. */
+odin_status odin_gpt_create_q(odin_gpt **out, int vocab, int max_t, int n_layer, int n_head, int d_model,
+                              float ln_eps, int n_abacus, int matrix_type, int embed_type);
+odin_status odin_gpt_tensor_type(const odin_gpt *model, int index, int *type);
+uint8_t *odin_gpt_qblock(odin_gpt *model);
+size_t odin_gpt_qbytes(const odin_gpt *model);
+
 /* ---- RWKV-4 model (rwkv.c) ---------------------------------------------------
  * A second architecture beside GPT: no attention and no positions; each layer is a
  * time-mixing block (token shift, WKV recurrence with per-channel decay) and a
@@ -269,6 +305,13 @@ typedef struct odin_rwkv_ws odin_rwkv_ws;
 typedef struct odin_rwkv_state odin_rwkv_state;
 
 odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_model, int d_ffn, float ln_eps);
+/* As odin_gpt_create_q: the eight matrices per layer of matrix_type, emb (the tied head) of
+ * embed_type, every vector float32. */
+odin_status odin_rwkv_create_q(odin_rwkv **out, int vocab, int n_layer, int d_model, int d_ffn, float ln_eps,
+                               int matrix_type, int embed_type);
+odin_status odin_rwkv_tensor_type(const odin_rwkv *model, int index, int *type);
+uint8_t *odin_rwkv_qblock(odin_rwkv *model);
+size_t odin_rwkv_qbytes(const odin_rwkv *model);
 void odin_rwkv_free(odin_rwkv *model);
 size_t odin_rwkv_num_params(const odin_rwkv *model);
 int odin_rwkv_num_tensors(const odin_rwkv *model);

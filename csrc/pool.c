@@ -24,7 +24,9 @@
 
 typedef struct {
     float *out;
-    const float *inp, *W, *bias;
+    const float *inp, *bias;
+    odin_weight W;
+    const odin_q8a *act; /* the activations quantized once, by the caller (quantized W, few rows) */
     int M, K, N, acc, parts;
 } pool_job;
 
@@ -55,8 +57,7 @@ static int run_part(const pool_job *j, int i) {
     int n0, n1;
     part_range(j->N, j->parts, i, &n0, &n1);
     if (n1 <= n0) return 0;
-    if (odin_gemm(j->M, n1 - n0, j->K, j->inp, j->K, 1, j->W + (size_t)n0 * j->K, 1, j->K, j->acc, j->out + n0, j->N))
-        return -1;
+    if (odin_weight_product(j->out, j->N, j->inp, j->act, j->W, j->M, j->K, n0, n1, j->acc)) return -1;
     if (j->bias)
         for (int r = 0; r < j->M; r++) odin_kern->axpy(j->out + (size_t)r * j->N + n0, 1.0f, j->bias + n0, n1 - n0);
     return 0;
@@ -144,14 +145,16 @@ odin_status odin_pool_set(odin_pool **slot, int threads) {
     return ODIN_OK;
 }
 
-int odin_pool_gemm(odin_pool *p, float *out, const float *inp, const float *W, const float *bias, int M, int K, int N,
+int odin_pool_gemm(odin_pool *p, float *out, const float *inp, odin_weight W, const float *bias, int M, int K, int N,
                    int acc) {
     int parts = p ? p->threads : 1;
     const size_t macs = (size_t)M * K * N;
     while (parts > 1 && macs / (size_t)parts < MIN_MACS_PER_THREAD) parts--;
     const int tiles = (N + COLUMN_ALIGN - 1) / COLUMN_ALIGN;
     if (parts > tiles) parts = tiles;
-    pool_job job = {out, inp, W, bias, M, K, N, acc, parts > 1 ? parts : 1};
+    const odin_q8a *act;
+    if (odin_weight_prepare(W, inp, M, K, &act)) return -1;
+    pool_job job = {out, inp, bias, W, act, M, K, N, acc, parts > 1 ? parts : 1};
     if (job.parts == 1) return run_part(&job, 0);
     pthread_mutex_lock(&p->mu);
     p->job = job;

@@ -42,17 +42,48 @@ struct odin_rwkv {
     int n_tensors;
     odin_tensor_view *tensors;
     float *params, *grads, *m, *v;
+    uint8_t *qblock;  /* the quantized tensors (NULL: none) */
+    size_t qbytes;
+    int quant_type;   /* the first quantized tensor's type, for messages (0: none) */
 };
 
-/* Pointer to tensor `kind` of layer `l` inside a block with the parameter layout. */
+static inline int tensor_index(const odin_rwkv *r, int kind, int l) {
+    return kind < FIRST_LAYER_KIND ? kind
+         : kind < R_LNOW ? FIRST_LAYER_KIND + l * PER_LAYER + (kind - FIRST_LAYER_KIND)
+                         : FIRST_LAYER_KIND + r->L * PER_LAYER + (kind - R_LNOW);
+}
+/* Pointer to float32 tensor `kind` of layer `l` inside a block with the parameter layout. */
 static inline float *view(const odin_rwkv *r, float *block, int kind, int l) {
-    int idx = kind < FIRST_LAYER_KIND ? kind
-            : kind < R_LNOW ? FIRST_LAYER_KIND + l * PER_LAYER + (kind - FIRST_LAYER_KIND)
-                            : FIRST_LAYER_KIND + r->L * PER_LAYER + (kind - R_LNOW);
-    return block + r->tensors[idx].offset;
+    return block + r->tensors[tensor_index(r, kind, l)].offset;
+}
+/* A weight matrix of the model, float32 or quantized. */
+static inline odin_weight wview(const odin_rwkv *r, int kind, int l) {
+    const odin_tensor_view *t = &r->tensors[tensor_index(r, kind, l)];
+    if (t->type == ODIN_TYPE_F32) return odin_weight_f32(r->params + t->offset);
+    odin_weight w = {NULL, r->qblock + t->offset, t->type, odin_quant_row_bytes(t->type, t->cols)};
+    return w;
+}
+/* out[n, C] = emb[tokens[n]] whatever emb's type */
+static void embed(const odin_rwkv *r, float *out, const int32_t *tokens, int n) {
+    const odin_weight emb = wview(r, R_EMB, 0);
+    if (emb.type == ODIN_TYPE_F32) {
+        odin_kern->embedding_forward(out, tokens, emb.f, NULL, 1, n, r->C);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        odin_dequantize_row(emb.type, emb.q + (size_t)tokens[i] * emb.row_bytes, out + (size_t)i * r->C, r->C);
+}
+static odin_status refuse_quantized(const odin_rwkv *r) {
+    return odin_fail(ODIN_BAD_ARG, "this model's weights are quantized (%s): it answers but cannot train; train the "
+                     "float32 model it was made from", odin_qtype_name(r->quant_type));
 }
 
 odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_model, int d_ffn, float ln_eps) {
+    return odin_rwkv_create_q(out, vocab, n_layer, d_model, d_ffn, ln_eps, ODIN_TYPE_F32, ODIN_TYPE_F32);
+}
+
+odin_status odin_rwkv_create_q(odin_rwkv **out, int vocab, int n_layer, int d_model, int d_ffn, float ln_eps,
+                               int matrix_type, int embed_type) {
     ODIN_REQUIRE_PTR(out, "out");
     *out = NULL;
     ODIN_REQUIRE_POS(vocab, "vocab"); ODIN_REQUIRE_POS(n_layer, "n_layer");
@@ -63,6 +94,14 @@ odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_mode
         return odin_fail(ODIN_BAD_ARG, "n_layer is too large (%d > %d)", n_layer, (ODIN_DIM_MAX - 5) / PER_LAYER);
     if (!(ln_eps > 0.0f) || !isfinite(ln_eps))
         return odin_fail(ODIN_BAD_ARG, "ln_eps must be a finite number > 0 (got %g)", ln_eps);
+    odin_status st = odin_check_quant_types(matrix_type, embed_type);
+    if (st) return st;
+    if ((matrix_type || embed_type) && d_model % ODIN_QK)
+        return odin_fail(ODIN_BAD_SHAPE, "d_model (%d) must be a multiple of %d for %s weights: a block holds %d weights "
+                         "of a row", d_model, ODIN_QK, odin_qtype_name(matrix_type ? matrix_type : embed_type), ODIN_QK);
+    if (matrix_type && d_ffn % ODIN_QK)
+        return odin_fail(ODIN_BAD_SHAPE, "d_ffn (%d) must be a multiple of %d for %s weights: a block holds %d weights "
+                         "of a row", d_ffn, ODIN_QK, odin_qtype_name(matrix_type), ODIN_QK);
     const int C = d_model, F = d_ffn;
     const int rows[R_KINDS] = {vocab, C, C, C, C, C, C, C, C, C, C, C, C, C, C, C, C, C, F, C, C, C, C};
     const int cols[R_KINDS] = {C, 1, 1, 1, 1, 1, 1, 1, 1, 1, C, C, C, C, 1, 1, 1, 1, C, C, F, 1, 1};
@@ -76,7 +115,7 @@ odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_mode
     n_params = odin_size_add(n_params, odin_size_mul((size_t)n_layer, per_layer));
     char args[128];
     snprintf(args, sizeof args, "vocab=%d, n_layer=%d, d_model=%d, d_ffn=%d", vocab, n_layer, d_model, d_ffn);
-    odin_status st = odin_require_floats(n_params, "the model's parameters", args);
+    st = odin_require_floats(n_params, "the model's parameters", args);
     if (st) return st;
     odin_rwkv *r = calloc(1, sizeof *r);
     if (!r) return odin_fail(ODIN_NO_MEMORY, "cannot allocate the model");
@@ -84,9 +123,14 @@ odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_mode
     r->n_tensors = FIRST_LAYER_KIND + n_layer * PER_LAYER + 2;
     r->tensors = calloc((size_t)r->n_tensors, sizeof *r->tensors);
     if (!r->tensors) { free(r); return odin_fail(ODIN_NO_MEMORY, "cannot allocate the tensor table"); }
-    size_t off = 0;
+    size_t off = 0, qoff = 0;
     int idx = 0;
-#define ADD(kind) odin_tensor_append(r->tensors, &idx, &off, k_names[kind], rows[kind], cols[kind])
+    int types[R_KINDS] = {0};
+    types[R_EMB] = embed_type;
+    types[R_AKW] = types[R_AVW] = types[R_ARW] = types[R_AOW] = matrix_type;
+    types[R_FKW] = types[R_FRW] = types[R_FVW] = matrix_type;
+    r->quant_type = matrix_type ? matrix_type : embed_type;
+#define ADD(kind) odin_tensor_append_typed(r->tensors, &idx, &off, &qoff, k_names[kind], rows[kind], cols[kind], types[kind])
     for (int kind = R_EMB; kind < FIRST_LAYER_KIND; kind++) ADD(kind);
     for (int l = 0; l < n_layer; l++)
         for (int kind = FIRST_LAYER_KIND; kind < R_LNOW; kind++) ADD(kind);
@@ -94,7 +138,10 @@ odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_mode
     ADD(R_LNOB);
 #undef ADD
     r->n_params = off;
+    r->qbytes = qoff;
     st = odin_alloc_params(off, &r->params);
+    if (!st && qoff && !(r->qblock = odin_zalloc(qoff)))
+        st = odin_fail(ODIN_NO_MEMORY, "cannot allocate %.1f MiB of quantized weights", qoff / 1048576.0);
     if (st) {
         odin_rwkv_free(r);
         return st;
@@ -105,15 +152,26 @@ odin_status odin_rwkv_create(odin_rwkv **out, int vocab, int n_layer, int d_mode
 
 void odin_rwkv_free(odin_rwkv *r) {
     if (!r) return;
-    free(r->params); free(r->grads); free(r->m); free(r->v); free(r->tensors);
+    free(r->params); free(r->grads); free(r->m); free(r->v); free(r->tensors); free(r->qblock);
     free(r);
 }
+
+odin_status odin_rwkv_tensor_type(const odin_rwkv *r, int index, int *type) {
+    ODIN_REQUIRE_PTR(r, "model"); ODIN_REQUIRE_PTR(type, "type");
+    if (index < 0 || index >= r->n_tensors)
+        return odin_fail(ODIN_BAD_ARG, "tensor index %d is outside [0, %d)", index, r->n_tensors);
+    *type = r->tensors[index].type;
+    return ODIN_OK;
+}
+uint8_t *odin_rwkv_qblock(odin_rwkv *r) { return r ? r->qblock : NULL; }
+size_t odin_rwkv_qbytes(const odin_rwkv *r) { return r ? r->qbytes : 0; }
 
 size_t odin_rwkv_num_params(const odin_rwkv *r) { return r ? r->n_params : 0; }
 int odin_rwkv_num_tensors(const odin_rwkv *r) { return r ? r->n_tensors : 0; }
 float *odin_rwkv_params(odin_rwkv *r) { return r ? r->params : NULL; }
 odin_status odin_rwkv_enable_training(odin_rwkv *r) {
     ODIN_REQUIRE_PTR(r, "model");
+    if (r->qblock) return refuse_quantized(r);
     return odin_alloc_training_blocks(r->n_params, &r->grads, &r->m, &r->v);
 }
 float *odin_rwkv_grads(odin_rwkv *r) { return r && !odin_rwkv_enable_training(r) ? r->grads : NULL; }
@@ -209,8 +267,8 @@ size_t odin_rwkv_ws_bytes(const odin_rwkv_ws *w) { return w ? w->bytes : 0; }
 float *odin_rwkv_ws_logits(odin_rwkv_ws *w) { return w ? w->logits : NULL; }
 
 /* out[M,N] (+)= inp[M,K] W[N,K]^T */
-static int mm_fwd(float *out, const float *inp, const float *W, int M, int K, int N, int acc) {
-    return odin_gemm(M, N, K, inp, K, 1, W, 1, K, acc, out, N);
+static int mm_fwd(float *out, const float *inp, odin_weight W, int M, int K, int N, int acc) {
+    return odin_linear(out, inp, W, NULL, M, K, N, acc);
 }
 
 /* dinp[M,K] += dout W ; dW[N,K] += dout^T inp */
@@ -236,7 +294,7 @@ odin_status odin_rwkv_forward(odin_rwkv *r, odin_rwkv_ws *w, const int32_t *toke
     const odin_kernel_table *k = odin_kern;
     float *P = r->params;
 
-    k->embedding_forward(w->emb, tokens, view(r, P, R_EMB, 0), NULL, B, T, C);
+    embed(r, w->emb, tokens, M);
     k->layernorm_forward(w->x0, w->x0_mean, w->x0_rstd, w->emb, view(r, P, R_LN0W, 0), view(r, P, R_LN0B, 0), M, C, r->eps);
     const float *res = w->x0;
     for (int l = 0; l < r->L; l++) {
@@ -246,28 +304,28 @@ odin_status odin_rwkv_forward(odin_rwkv *r, odin_rwkv_ws *w, const int32_t *toke
         k->tokenshift_forward(w->mk, a->ln1, view(r, P, R_AMK, l), NULL, B, T, C);
         k->tokenshift_forward(w->mv, a->ln1, view(r, P, R_AMV, l), NULL, B, T, C);
         k->tokenshift_forward(w->mr, a->ln1, view(r, P, R_AMR, l), NULL, B, T, C);
-        if (mm_fwd(a->k, w->mk, view(r, P, R_AKW, l), M, C, C, 0)) goto oom;
-        if (mm_fwd(a->v, w->mv, view(r, P, R_AVW, l), M, C, C, 0)) goto oom;
-        if (mm_fwd(a->r, w->mr, view(r, P, R_ARW, l), M, C, C, 0)) goto oom;
+        if (mm_fwd(a->k, w->mk, wview(r, R_AKW, l), M, C, C, 0)) goto oom;
+        if (mm_fwd(a->v, w->mv, wview(r, R_AVW, l), M, C, C, 0)) goto oom;
+        if (mm_fwd(a->r, w->mr, wview(r, R_ARW, l), M, C, C, 0)) goto oom;
         k->wkv_forward(a->wkv, NULL, view(r, P, R_TD, l), view(r, P, R_TF, l), a->k, a->v, B, T, C);
         memset(w->gated, 0, BT * C * sizeof(float));
         k->sigmoid_gate_forward(w->gated, a->r, a->wkv, BT * C);
         memcpy(a->res2, res, BT * C * sizeof(float)); /* the residual add, fused into the GEMM's accumulate */
-        if (mm_fwd(a->res2, w->gated, view(r, P, R_AOW, l), M, C, C, 1)) goto oom;
+        if (mm_fwd(a->res2, w->gated, wview(r, R_AOW, l), M, C, C, 1)) goto oom;
         /* channel mixing */
         k->layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, view(r, P, R_LN2W, l), view(r, P, R_LN2B, l), M, C, r->eps);
         k->tokenshift_forward(w->mk, a->ln2, view(r, P, R_FMK, l), NULL, B, T, C);
         k->tokenshift_forward(w->mr, a->ln2, view(r, P, R_FMR, l), NULL, B, T, C);
-        if (mm_fwd(a->fk, w->mk, view(r, P, R_FKW, l), M, C, F, 0)) goto oom;
+        if (mm_fwd(a->fk, w->mk, wview(r, R_FKW, l), M, C, F, 0)) goto oom;
         k->sqrelu_forward(w->fkk, a->fk, BT * F);
-        if (mm_fwd(a->fkv, w->fkk, view(r, P, R_FVW, l), M, F, C, 0)) goto oom;
-        if (mm_fwd(a->fr, w->mr, view(r, P, R_FRW, l), M, C, C, 0)) goto oom;
+        if (mm_fwd(a->fkv, w->fkk, wview(r, R_FVW, l), M, F, C, 0)) goto oom;
+        if (mm_fwd(a->fr, w->mr, wview(r, R_FRW, l), M, C, C, 0)) goto oom;
         memcpy(a->res3, a->res2, BT * C * sizeof(float));
         k->sigmoid_gate_forward(a->res3, a->fr, a->fkv, BT * C);
         res = a->res3;
     }
     k->layernorm_forward(w->lno, w->lno_mean, w->lno_rstd, res, view(r, P, R_LNOW, 0), view(r, P, R_LNOB, 0), M, C, r->eps);
-    if (mm_fwd(w->logits, w->lno, view(r, P, R_EMB, 0), M, C, V, 0)) goto oom;
+    if (mm_fwd(w->logits, w->lno, wview(r, R_EMB, 0), M, C, V, 0)) goto oom;
     if (targets) {
         int count = 0;
         for (size_t i = 0; i < BT; i++) count += mask ? (mask[i] != 0) : 1;
@@ -287,6 +345,7 @@ oom:
 
 odin_status odin_rwkv_backward(odin_rwkv *r, odin_rwkv_ws *w, float *grads, float dloss) {
     ODIN_REQUIRE_PTR(r, "model"); ODIN_REQUIRE_PTR(w, "ws"); ODIN_REQUIRE_PTR(grads, "grads");
+    if (r->qblock) return refuse_quantized(r);
     if (!w->has_loss) return odin_fail(ODIN_STATE, "backward needs a forward pass with targets first");
     const int B = w->B, T = w->T, C = r->C, F = r->F, V = r->V, M = B * T;
     const size_t BT = (size_t)M;
@@ -458,7 +517,7 @@ odin_status odin_rwkv_decode(odin_rwkv *r, odin_rwkv_state *s, const int32_t *to
     const size_t BC = (size_t)B * C;
     const odin_kernel_table *k = odin_kern;
     float *P = r->params;
-    k->embedding_forward(s->ln, tokens, view(r, P, R_EMB, 0), NULL, B, 1, C);
+    embed(r, s->ln, tokens, B);
     k->layernorm_forward(s->x, NULL, NULL, s->ln, view(r, P, R_LN0W, 0), view(r, P, R_LN0B, 0), B, C, r->eps);
     for (int l = 0; l < r->L; l++) {
         float *ls = LAYER_STATE(s, l), *att_shift = ls, *ffn_shift = ls + (size_t)Bn * C, *wkv_state = ls + 2 * (size_t)Bn * C;
@@ -467,25 +526,25 @@ odin_status odin_rwkv_decode(odin_rwkv *r, odin_rwkv_state *s, const int32_t *to
         k->tokenshift_forward(s->mv, s->ln, view(r, P, R_AMV, l), att_shift, B, 1, C);
         k->tokenshift_forward(s->mr, s->ln, view(r, P, R_AMR, l), att_shift, B, 1, C);
         memcpy(att_shift, s->ln, BC * sizeof(float));
-        if (odin_pool_gemm(s->pool, s->k, s->mk, view(r, P, R_AKW, l), NULL, B, C, C, 0)) goto oom;
-        if (odin_pool_gemm(s->pool, s->v, s->mv, view(r, P, R_AVW, l), NULL, B, C, C, 0)) goto oom;
-        if (odin_pool_gemm(s->pool, s->r, s->mr, view(r, P, R_ARW, l), NULL, B, C, C, 0)) goto oom;
+        if (odin_pool_gemm(s->pool, s->k, s->mk, wview(r, R_AKW, l), NULL, B, C, C, 0)) goto oom;
+        if (odin_pool_gemm(s->pool, s->v, s->mv, wview(r, R_AVW, l), NULL, B, C, C, 0)) goto oom;
+        if (odin_pool_gemm(s->pool, s->r, s->mr, wview(r, R_ARW, l), NULL, B, C, C, 0)) goto oom;
         k->wkv_forward(s->wkv, wkv_state, view(r, P, R_TD, l), view(r, P, R_TF, l), s->k, s->v, B, 1, C);
         memset(s->gated, 0, BC * sizeof(float));
         k->sigmoid_gate_forward(s->gated, s->r, s->wkv, BC);
-        if (odin_pool_gemm(s->pool, s->x, s->gated, view(r, P, R_AOW, l), NULL, B, C, C, 1)) goto oom;
+        if (odin_pool_gemm(s->pool, s->x, s->gated, wview(r, R_AOW, l), NULL, B, C, C, 1)) goto oom;
         k->layernorm_forward(s->ln, NULL, NULL, s->x, view(r, P, R_LN2W, l), view(r, P, R_LN2B, l), B, C, r->eps);
         k->tokenshift_forward(s->mk, s->ln, view(r, P, R_FMK, l), ffn_shift, B, 1, C);
         k->tokenshift_forward(s->mr, s->ln, view(r, P, R_FMR, l), ffn_shift, B, 1, C);
         memcpy(ffn_shift, s->ln, BC * sizeof(float));
-        if (odin_pool_gemm(s->pool, s->fk, s->mk, view(r, P, R_FKW, l), NULL, B, C, F, 0)) goto oom;
+        if (odin_pool_gemm(s->pool, s->fk, s->mk, wview(r, R_FKW, l), NULL, B, C, F, 0)) goto oom;
         k->sqrelu_forward(s->fkk, s->fk, (size_t)B * F);
-        if (odin_pool_gemm(s->pool, s->fkv, s->fkk, view(r, P, R_FVW, l), NULL, B, F, C, 0)) goto oom;
-        if (odin_pool_gemm(s->pool, s->fr, s->mr, view(r, P, R_FRW, l), NULL, B, C, C, 0)) goto oom;
+        if (odin_pool_gemm(s->pool, s->fkv, s->fkk, wview(r, R_FVW, l), NULL, B, F, C, 0)) goto oom;
+        if (odin_pool_gemm(s->pool, s->fr, s->mr, wview(r, R_FRW, l), NULL, B, C, C, 0)) goto oom;
         k->sigmoid_gate_forward(s->x, s->fr, s->fkv, BC);
     }
     k->layernorm_forward(s->ln, NULL, NULL, s->x, view(r, P, R_LNOW, 0), view(r, P, R_LNOB, 0), B, C, r->eps);
-    if (odin_pool_gemm(s->pool, logits ? logits : s->logits, s->ln, view(r, P, R_EMB, 0), NULL, B, C, V, 0)) goto oom;
+    if (odin_pool_gemm(s->pool, logits ? logits : s->logits, s->ln, wview(r, R_EMB, 0), NULL, B, C, V, 0)) goto oom;
     return ODIN_OK;
 oom:
     return odin_fail(ODIN_NO_MEMORY, "decode: cannot allocate the GEMM packing buffers");

@@ -49,6 +49,35 @@ def _block_view(ptr, n: int) -> np.ndarray:
     return np.frombuffer(ffi.buffer(ptr, n * 4), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class WeightTypes:
+    """What a model's weights are stored as: its matrices, and its token embedding (which is
+    also the tied output head). "f32" or a block format of odin.quant (q8_0, q4_0, q4_1,
+    q5_0, q5_1). Vectors (norms, biases, mixes, decays) and position tables stay float32."""
+    matrix: str = "f32"
+    embed: str = "f32"
+
+    def __post_init__(self) -> None:
+        from odin.quant import type_id
+        type_id(self.matrix), type_id(self.embed)  # raises QuantError naming an unknown type
+
+    @property
+    def quantized(self) -> bool:
+        return (self.matrix, self.embed) != ("f32", "f32")
+
+    def ids(self) -> tuple[int, int]:
+        from odin.quant import type_id
+        return type_id(self.matrix), type_id(self.embed)
+
+    def describe(self) -> str:
+        if not self.quantized:
+            return "f32"
+        return self.matrix if self.matrix == self.embed else f"{self.matrix} (embedding {self.embed})"
+
+
+F32 = WeightTypes()
+
+
 class NativeModel:
     """What the architectures share on the Python side: a handle on a C model whose API is
     `<C_PREFIX>_create ... _free`, one parameter block with numpy views of every tensor
@@ -69,11 +98,19 @@ class NativeModel:
         self.n_params = int(self._c("num_params")(self._h))
         self.params = _block_view(self._c("params")(self._h), self.n_params)
         self._training_blocks: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
+        # float32 tensors: (name, offset in floats into params, shape)
         self.tensor_layout: list[tuple[str, int, tuple[int, ...]]] = []
+        # quantized tensors: (name, offset in bytes into qblock, (rows, cols), type name)
+        self.quant_layout: list[tuple[str, int, tuple[int, int], str]] = []
+        qbytes = int(self._c("qbytes")(self._h))
+        self.qblock = (np.frombuffer(ffi.buffer(self._c("qblock")(self._h), qbytes), dtype=np.uint8)
+                       if qbytes else np.zeros(0, dtype=np.uint8))
         name_p, off_p, rows_p, cols_p = ffi.new("char **"), ffi.new("size_t *"), ffi.new("int *"), ffi.new("int *")
+        type_p = ffi.new("int *")
         layer_of: dict[str, int] = {}
         for i in range(self._c("num_tensors")(self._h)):
             check(self._c("tensor_info")(self._h, i, name_p, off_p, rows_p, cols_p), f"{self.NAME}.tensor_info")
+            check(self._c("tensor_type")(self._h, i, type_p), f"{self.NAME}.tensor_type")
             base = ffi.string(name_p[0]).decode()
             if base in self.GLOBAL_TENSORS:
                 name = base
@@ -81,10 +118,28 @@ class NativeModel:
                 layer = layer_of.get(base, 0)
                 layer_of[base] = layer + 1
                 name = f"h.{layer}.{base}"
+            if type_p[0] != 0:
+                from odin.quant import type_name
+                self.quant_layout.append((name, int(off_p[0]), (rows_p[0], cols_p[0]), type_name(type_p[0])))
+                continue
             shp = (rows_p[0],) if cols_p[0] == 1 else (rows_p[0], cols_p[0])
             self.tensor_layout.append((name, int(off_p[0]), shp))
         self._ws = None
         self._ws_shape = (0, 0)
+
+    # ------------------------------------------------------------ quantized weights
+    @property
+    def is_quantized(self) -> bool:
+        return bool(self.quant_layout)
+
+    def named_qtensors(self) -> dict[str, tuple[np.ndarray, str]]:
+        """name -> (uint8 [rows, row_bytes] view into the quantized block, type name)."""
+        from odin.quant import row_bytes
+        out = {}
+        for name, off, (rows, cols), tname in self.quant_layout:
+            rb = row_bytes(tname, cols)
+            out[name] = (self.qblock[off:off + rows * rb].reshape(rows, rb), tname)
+        return out
 
     # ------------------------------------------------------------ training blocks
     # Gradients and AdamW moments exist only once something trains (or reads them): a model
@@ -185,13 +240,14 @@ class GPT(NativeModel):
 
     C_PREFIX, NAME, GLOBAL_TENSORS = "odin_gpt", "GPT", ("wte", "wpe", "lnf_w", "lnf_b", "wab")
 
-    def __init__(self, shape: GPTShape) -> None:
+    def __init__(self, shape: GPTShape, weights: WeightTypes = F32) -> None:
         self.shape = shape
+        self.weights = weights
         handle = ffi.new("odin_gpt **")
         if shape.n_abacus and (shape.digit_first < 0 or shape.sep_id < 0):
             raise ValueError("a model with Abacus embeddings needs digit_first and sep_id (token ids of '0' and '=')")
-        check(lib.odin_gpt_create_ex(handle, shape.vocab_size, shape.context, shape.n_layer, shape.n_head,
-                                     shape.d_model, float(shape.ln_eps), shape.n_abacus), "GPT")
+        check(lib.odin_gpt_create_q(handle, shape.vocab_size, shape.context, shape.n_layer, shape.n_head,
+                                    shape.d_model, float(shape.ln_eps), shape.n_abacus, *weights.ids()), "GPT")
         self._attach(handle[0])
         check(lib.odin_gpt_set_learned_positions(self._h, int(shape.learned_positions)), "GPT")
         check(lib.odin_gpt_set_alibi(self._h, int(shape.alibi)), "GPT")

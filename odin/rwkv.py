@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from odin.model import NativeModel, _i32_2d
+from odin.model import F32, NativeModel, WeightTypes, _i32_2d
 from odin.native import ArgumentError, ShapeError, check, ffi, lib
 from odin.validate import ids_into, int_field, positive_float
 
@@ -62,11 +62,12 @@ class RWKV(NativeModel):
 
     C_PREFIX, NAME, GLOBAL_TENSORS = "odin_rwkv", "RWKV", _GLOBAL_TENSORS
 
-    def __init__(self, shape: RWKVShape) -> None:
+    def __init__(self, shape: RWKVShape, weights: WeightTypes = F32) -> None:
         self.shape = shape
+        self.weights = weights
         handle = ffi.new("odin_rwkv **")
-        check(lib.odin_rwkv_create(handle, shape.vocab_size, shape.n_layer, shape.d_model, shape.d_ffn,
-                                   float(shape.ln_eps)), "RWKV")
+        check(lib.odin_rwkv_create_q(handle, shape.vocab_size, shape.n_layer, shape.d_model, shape.d_ffn,
+                                     float(shape.ln_eps), *weights.ids()), "RWKV")
         self._attach(handle[0])
 
     def init_weights(self, seed: int) -> None:

@@ -1,13 +1,20 @@
-/* avx2.c — AVX2 + FMA kernels: 8-float vectors. */
+/* avx2.c — AVX2 + FMA kernels: 8-float vectors.
+ * avx2_vnni.c compiles this file again with AVX-VNNI for the quantized products. */
 #if defined(__x86_64__) || defined(_M_X64)
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC target("avx2,fma")
+#ifndef ODIN_ISA_NAME
+#define ODIN_ISA_NAME avx2
+#define ODIN_ISA_TARGET "avx2,fma"
+#define ODIN_QDOT_VNNI 0
 #endif
+#define ODIN_PRAGMA_(x) _Pragma(#x)
+#if defined(__clang__)
+#define ODIN_TARGET_PUSH(t) ODIN_PRAGMA_(clang attribute push(__attribute__((target(t))), apply_to = function))
+#else
+#define ODIN_TARGET_PUSH(t) ODIN_PRAGMA_(GCC target(t))
+#endif
+ODIN_TARGET_PUSH(ODIN_ISA_TARGET)
 #include <immintrin.h>
 
-#define ODIN_ISA_NAME avx2
 #define ODIN_ISA_AVX2 1
 #define VL 8
 typedef __m256 vf;
@@ -58,6 +65,9 @@ static inline float vhmax(vf a) {
 
 #include "kernel_body.h"
 #include "gemm_kernel.h"
+#include "quant.h"
+#include "quant_x86.h"
+#include "quant_body.h"
 #include "table.h"
 
 #if defined(__clang__)

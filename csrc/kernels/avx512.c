@@ -1,14 +1,21 @@
 /* avx512.c — AVX-512 (F/BW/VL/DQ + FMA) kernels: 16-float vectors.
- * Only this file is compiled for AVX-512; the target pragma confines EVEX code to it. */
+ * Only this file (and avx512_vnni.c, which compiles it again with AVX512-VNNI for the
+ * quantized products) is compiled for AVX-512; the target pragma confines EVEX code to it. */
 #if defined(__x86_64__) || defined(_M_X64)
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#ifndef ODIN_ISA_NAME
+#define ODIN_ISA_NAME avx512
+#define ODIN_ISA_TARGET "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"
+#define ODIN_QDOT_VNNI 0
 #endif
+#define ODIN_PRAGMA_(x) _Pragma(#x)
+#if defined(__clang__)
+#define ODIN_TARGET_PUSH(t) ODIN_PRAGMA_(clang attribute push(__attribute__((target(t))), apply_to = function))
+#else
+#define ODIN_TARGET_PUSH(t) ODIN_PRAGMA_(GCC target(t))
+#endif
+ODIN_TARGET_PUSH(ODIN_ISA_TARGET)
 #include <immintrin.h>
 
-#define ODIN_ISA_NAME avx512
 #define ODIN_ISA_AVX512 1
 #define VL 16
 typedef __m512 vf;
@@ -51,6 +58,9 @@ static inline float vhmax(vf a) { return _mm512_reduce_max_ps(a); }
 
 #include "kernel_body.h"
 #include "gemm_kernel.h"
+#include "quant.h"
+#include "quant_x86.h"
+#include "quant_body.h"
 #include "table.h"
 
 #if defined(__clang__)

@@ -13,7 +13,7 @@
 const odin_kernel_table *odin_kern = &odin_kernels_scalar;
 
 typedef struct {
-    int sse2, sse41, avx, fma, avx2, avx512f, avx512bw, avx512vl, avx512dq, os_avx, os_avx512;
+    int sse2, sse41, avx, fma, avx2, avx512f, avx512bw, avx512vl, avx512dq, avx512vnni, avxvnni, os_avx, os_avx512;
     char model[64];
 } cpu_info;
 
@@ -50,6 +50,12 @@ static void detect(cpu_info *c) {
         c->avx512dq = (b >> 17) & 1;
         c->avx512bw = (b >> 30) & 1;
         c->avx512vl = (b >> 31) & 1;
+        c->avx512vnni = (cx >> 11) & 1;
+        if (a >= 1) {
+            unsigned int a1, b1, c1, d1;
+            __cpuid_count(7, 1, a1, b1, c1, d1);
+            c->avxvnni = (a1 >> 4) & 1;
+        }
     }
     unsigned int ext = __get_cpuid_max(0x80000000, NULL);
     if (ext >= 0x80000004) {
@@ -69,6 +75,9 @@ static int can_avx2(void) { return g_cpu.avx && g_cpu.avx2 && g_cpu.fma && g_cpu
 static int can_avx512(void) {
     return can_avx2() && g_cpu.avx512f && g_cpu.avx512bw && g_cpu.avx512vl && g_cpu.avx512dq && g_cpu.os_avx512;
 }
+/* VNNI changes only the quantized products (avx2_vnni.c, avx512_vnni.c) */
+static int can_avxvnni(void) { return can_avx2() && g_cpu.avxvnni; }
+static int can_avx512vnni(void) { return can_avx512() && g_cpu.avx512vnni; }
 #else
 static void detect(cpu_info *c) { strcpy(c->model, "non-x86 CPU"); }
 #endif
@@ -80,7 +89,9 @@ static const isa_entry g_entries[] = {
     {"scalar", &odin_kernels_scalar, always},
 #if defined(__x86_64__) || defined(_M_X64)
     {"avx2", &odin_kernels_avx2, can_avx2},
+    {"avxvnni", &odin_kernels_avxvnni, can_avxvnni},
     {"avx512", &odin_kernels_avx512, can_avx512},
+    {"avx512vnni", &odin_kernels_avx512vnni, can_avx512vnni},
 #endif
 #if defined(__wasm_simd128__)
     {"wasm_simd128", &odin_kernels_wasm_simd128, always},
@@ -103,6 +114,7 @@ void odin_dispatch_init(void) {
 #define F(flag, name) if (g_cpu.flag) append(g_features, sizeof g_features, name)
     F(sse2, "sse2"); F(sse41, "sse4.1"); F(avx, "avx"); F(fma, "fma"); F(avx2, "avx2");
     F(avx512f, "avx512f"); F(avx512bw, "avx512bw"); F(avx512vl, "avx512vl"); F(avx512dq, "avx512dq");
+    F(avx512vnni, "avx512vnni"); F(avxvnni, "avxvnni");
     F(os_avx, "os-ymm-state"); F(os_avx512, "os-zmm-state");
 #undef F
     g_isas[0] = 0;
@@ -135,7 +147,7 @@ odin_status odin_set_isa(const char *name) {
     }
     return odin_fail(ODIN_UNSUPPORTED_ISA, "unknown ISA '%s' (this build knows: %s%s)", name, "scalar",
 #if defined(__x86_64__) || defined(_M_X64)
-                     ", avx2, avx512"
+                     ", avx2, avxvnni, avx512, avx512vnni"
 #elif defined(__wasm_simd128__)
                      ", wasm_simd128"
 #else

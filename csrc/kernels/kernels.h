@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "quant.h"
 
 /* The running maximum exponent of an empty WKV sum ("no term yet"): the pp row of an
  * empty RWKV state (wkv_forward's state[B,3,C] = aa, bb, pp). */
@@ -133,6 +134,12 @@ typedef struct odin_kernel_table {
                   float bc1, float bc2);   /* bc = 1 - beta^t, precomputed */
     double (*sumsq)(const float *x, size_t n);
     void (*scale)(float *x, size_t n, float s);
+
+    /* ---- quantized weights (quant.h; quant_body.h) ----
+     * qmatvec[type]: out[m * ldo + n] (+)= row n of w (nb blocks of `type`, row_bytes apart)
+     * . activations a[m * nb ...] for n < n_rows, m < M. NULL for f32 and unused ids. */
+    void (*qmatvec[ODIN_QTYPE_SLOTS])(float *out, int ldo, const uint8_t *w, size_t row_bytes, int n_rows,
+                                      const odin_q8a *a, int nb, int M, int acc);
 } odin_kernel_table;
 
 /* The table in use. Set once at start-up (ODIN_ISA or best available). */
@@ -142,7 +149,9 @@ extern const odin_kernel_table *odin_kern;
 extern const odin_kernel_table odin_kernels_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const odin_kernel_table odin_kernels_avx2;
+extern const odin_kernel_table odin_kernels_avxvnni;
 extern const odin_kernel_table odin_kernels_avx512;
+extern const odin_kernel_table odin_kernels_avx512vnni;
 #endif
 #if defined(__wasm_simd128__)
 extern const odin_kernel_table odin_kernels_wasm_simd128;

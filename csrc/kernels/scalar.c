@@ -47,6 +47,31 @@ static inline vf vpow2i(vf n) {
 static inline float vhsum(vf a) { return a; }
 static inline float vhmax(vf a) { return a; }
 
+/* quant_body.h's primitives: 32 lanes as bytes, an exact int32 sum per block */
+#include "quant.h"
+typedef struct { int8_t v[32]; } qv;
+typedef float qacc;
+static inline qv qv_load(const void *p) { qv r; memcpy(r.v, p, 32); return r; }
+static inline qv qv_nibbles(const uint8_t *p) {
+    qv r;
+    for (int j = 0; j < 16; j++) { r.v[j] = (int8_t)(p[j] & 0x0f); r.v[j + 16] = (int8_t)(p[j] >> 4); }
+    return r;
+}
+static inline qv qv_or_bit4(qv v, uint32_t h) {
+    for (int j = 0; j < 32; j++) v.v[j] = (int8_t)(v.v[j] | (((h >> j) & 1u) << 4));
+    return v;
+}
+static inline qv qv_sub(qv v, int c) { for (int j = 0; j < 32; j++) v.v[j] = (int8_t)(v.v[j] - c); return v; }
+static inline qacc qacc_zero(void) { return 0.0f; }
+static inline qacc qacc_dot_ss(qacc acc, qv x, qv y, float scale) {
+    int32_t sum = 0;
+    for (int j = 0; j < 32; j++) sum += (int32_t)x.v[j] * y.v[j];
+    return acc + (float)sum * scale;
+}
+static inline qacc qacc_dot_us(qacc acc, qv u, qv s, float scale) { return qacc_dot_ss(acc, u, s, scale); }
+static inline float qacc_sum(qacc a) { return a; }
+
 #include "kernel_body.h"
 #include "gemm_kernel.h"
+#include "quant_body.h"
 #include "table.h"

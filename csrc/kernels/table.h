@@ -39,4 +39,6 @@ const odin_kernel_table ODIN_TABLE_NAME(ODIN_ISA_NAME) = {
     .adamw = K(adamw),
     .sumsq = K(sumsq),
     .scale = K(scale),
+    .qmatvec = {[2] = K(qmatvec_q4_0), [3] = K(qmatvec_q4_1), [6] = K(qmatvec_q5_0), [7] = K(qmatvec_q5_1),
+                [8] = K(qmatvec_q8_0)},
 };

@@ -98,7 +98,47 @@ static inline float vhmax(vf a) {
 #define GV_NV 2
 #endif
 
+/* quant_body.h's primitives: a block is two v128 of 16 lanes; products widen to i16 and
+ * i32x4.dot_i16x8_s adds them in pairs (exact), four i32 lanes of partial sums per block */
+#include "quant.h"
+typedef struct { v128_t lo, hi; } qv;
+typedef v128_t qacc;
+static inline qv qv_load(const void *p) { qv r = {wasm_v128_load(p), wasm_v128_load((const uint8_t *)p + 16)}; return r; }
+static inline qv qv_nibbles(const uint8_t *p) {
+    const v128_t t = wasm_v128_load(p);
+    qv r = {wasm_v128_and(t, wasm_i8x16_splat(0x0f)), wasm_u8x16_shr(t, 4)};
+    return r;
+}
+static inline v128_t qv_bits16(uint32_t h16) {
+    /* lane j: bit j of the 16 bits, as 0x10 or 0 */
+    const v128_t spread = wasm_i8x16_swizzle(wasm_i32x4_splat((int32_t)h16),
+                                             wasm_i8x16_const(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+    const v128_t bit = wasm_u8x16_const(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
+    return wasm_v128_and(wasm_i8x16_eq(wasm_v128_and(spread, bit), bit), wasm_i8x16_splat(0x10));
+}
+static inline qv qv_or_bit4(qv v, uint32_t h) {
+    qv r = {wasm_v128_or(v.lo, qv_bits16(h & 0xffffu)), wasm_v128_or(v.hi, qv_bits16(h >> 16))};
+    return r;
+}
+static inline qv qv_sub(qv v, int c) {
+    const v128_t k = wasm_i8x16_splat((int8_t)c);
+    qv r = {wasm_i8x16_sub(v.lo, k), wasm_i8x16_sub(v.hi, k)};
+    return r;
+}
+static inline qacc qacc_zero(void) { return wasm_f32x4_const_splat(0.0f); }
+static inline v128_t qdot16(v128_t x, v128_t y) {
+    return wasm_i32x4_add(wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(x), wasm_i16x8_extend_low_i8x16(y)),
+                          wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(x), wasm_i16x8_extend_high_i8x16(y)));
+}
+static inline qacc qacc_dot_ss(qacc acc, qv x, qv y, float scale) {
+    const v128_t sum = wasm_i32x4_add(qdot16(x.lo, y.lo), qdot16(x.hi, y.hi));
+    return wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(sum), wasm_f32x4_splat(scale)));
+}
+static inline qacc qacc_dot_us(qacc acc, qv u, qv s, float scale) { return qacc_dot_ss(acc, u, s, scale); }
+static inline float qacc_sum(qacc a) { return vhsum(a); }
+
 #include "kernel_body.h"
 #include "gemm_kernel.h"
+#include "quant_body.h"
 #include "table.h"
 #endif
