@@ -42,7 +42,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"  CPU             {info['cpu']}")
     print(f"  features        {', '.join(info['features']) or '(none detected)'}")
     print(f"  ISAs available  {', '.join(info['available_isas'])}")
-    print(f"  ISA in use      {info['isa']}   (override with ODIN_ISA=scalar|avx2|avx512)")
+    print(f"  ISA in use      {info['isa']}   (override with ODIN_ISA=scalar|avx2|avxvnni|avx512|avx512vnni)")
     print(f"  compiler        {info['compiler']}")
     print(f"  python          {info['python']} on {info['platform']}")
     print(f"  MPI             {info['mpi']}")

@@ -62,7 +62,7 @@ def available_isas() -> list[str]:
 
 
 def set_isa(name: str) -> None:
-    """Switch every kernel to one instruction set ('scalar', 'avx2', 'avx512').
+    """Switch every kernel to one instruction set ('scalar', 'avx2', 'avxvnni', 'avx512', 'avx512vnni').
 
     Not thread-safe against kernels running on other threads: switch between calls.
     """

@@ -36,13 +36,18 @@ def _run_python(code: str, **env_overrides) -> subprocess.CompletedProcess:
 def test_available_isas_are_sane():
     assert ISAS[0] == "scalar", "scalar is always available and listed first"
     assert len(set(ISAS)) == len(ISAS)
-    assert set(ISAS) <= {"scalar", "avx2", "avx512", "wasm_simd128"}
+    assert set(ISAS) <= {"scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "wasm_simd128"}
     feats = native.cpu_info()["features"]
     if "avx512" in ISAS:
         assert {"avx512f", "avx512bw", "avx512vl", "avx512dq", "os-zmm-state"} <= set(feats)
         assert "avx2" in ISAS, "a CPU with the AVX-512 set also runs the AVX2 kernels"
     if "avx2" in ISAS:
-        assert {"avx2", "fma", "os-ymm-state"} <= set(feats)
+        assert {"avx2", "fma", "f16c", "os-ymm-state"} <= set(feats)
+    # the VNNI rows (quantized products with VNNI dot products) need their base and the feature
+    if "avx512vnni" in ISAS:
+        assert "avx512" in ISAS and "avx512vnni" in feats
+    if "avxvnni" in ISAS:
+        assert "avx2" in ISAS and "avxvnni" in feats
 
 
 def test_default_isa_is_best_or_env(isa_at_import):

@@ -206,3 +206,25 @@ def test_errors_match_native(rt, rng):
                np.zeros(64, np.float32), np.zeros(90, np.float32), None, 1, 3, 10, 3)
     with pytest.raises(WasmOdinError, match="unknown ISA 'avx512'"):
         rt.set_isa("avx512")
+
+
+# ---------------------------------------------------------------------------- quantized weights
+# The quantizer is the same scalar C in both builds: byte-identical blocks. The products: up to
+# 8 rows integer block dot products on 8-bit activations (exact integer sums; the per-block
+# scaling and the float sums differ in order and FMA), more rows dequantize-then-GEMM.
+# Relative to the largest |output|, the "_0" codes' offset (taken off at the end of a row's sum)
+# can cancel terms several times larger than it: 2e-5, measured <= 6.5e-7.
+QUANT = 2e-5
+
+
+@pytest.mark.parametrize("name,type_", [("q8_0", 8), ("q4_0", 2), ("q4_1", 3), ("q5_0", 6), ("q5_1", 7)])
+@pytest.mark.parametrize("M,K,N", [(1, 96, 33), (3, 64, 7), (9, 96, 13)])
+def test_quantized_products(rt, rng, name, type_, M, K, N):
+    W = f32(rng, N, K)
+    blocks = np.zeros((N, int(lib.odin_quant_row_bytes(type_, K))), np.uint8)
+    native_run("odin_quantize", type_, W, blocks, N, K)
+    in_wasm = np.zeros_like(blocks)
+    rt.run("odin_quantize", type_, W, in_wasm, N, K)
+    assert np.array_equal(blocks, in_wasm)
+    out = np.zeros((M, N), np.float32)
+    compare(rt, "odin_qmatmul", [type_, blocks, f32(rng, M, K), f32(rng, N), out, M, K, N], [4], QUANT)

@@ -2,6 +2,6 @@
  * matrix-vector products, for CPUs that have AVX-VNNI but not AVX-512 (the float kernels
  * are avx2.c's, compiled again). */
 #define ODIN_ISA_NAME avxvnni
-#define ODIN_ISA_TARGET "avx2,fma,avxvnni"
+#define ODIN_ISA_TARGET "avx2,fma,f16c,avxvnni"
 #define ODIN_QDOT_VNNI 2
 #include "avx2.c"

@@ -4,7 +4,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #ifndef ODIN_ISA_NAME
 #define ODIN_ISA_NAME avx512
-#define ODIN_ISA_TARGET "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"
+#define ODIN_ISA_TARGET "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"
 #define ODIN_QDOT_VNNI 0
 #endif
 #define ODIN_PRAGMA_(x) _Pragma(#x)

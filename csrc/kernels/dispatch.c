@@ -13,7 +13,7 @@
 const odin_kernel_table *odin_kern = &odin_kernels_scalar;
 
 typedef struct {
-    int sse2, sse41, avx, fma, avx2, avx512f, avx512bw, avx512vl, avx512dq, avx512vnni, avxvnni, os_avx, os_avx512;
+    int sse2, sse41, avx, fma, f16c, avx2, avx512f, avx512bw, avx512vl, avx512dq, avx512vnni, avxvnni, os_avx, os_avx512;
     char model[64];
 } cpu_info;
 
@@ -35,6 +35,7 @@ static void detect(cpu_info *c) {
         c->sse2 = (d >> 26) & 1;
         c->sse41 = (cx >> 19) & 1;
         c->fma = (cx >> 12) & 1;
+        c->f16c = (cx >> 29) & 1;
         c->avx = (cx >> 28) & 1;
         int osxsave = (cx >> 27) & 1;
         if (osxsave) {
@@ -71,7 +72,7 @@ static void detect(cpu_info *c) {
         strcpy(c->model, "unknown x86-64");
     }
 }
-static int can_avx2(void) { return g_cpu.avx && g_cpu.avx2 && g_cpu.fma && g_cpu.os_avx; }
+static int can_avx2(void) { return g_cpu.avx && g_cpu.avx2 && g_cpu.fma && g_cpu.f16c && g_cpu.os_avx; }
 static int can_avx512(void) {
     return can_avx2() && g_cpu.avx512f && g_cpu.avx512bw && g_cpu.avx512vl && g_cpu.avx512dq && g_cpu.os_avx512;
 }
@@ -112,7 +113,7 @@ void odin_dispatch_init(void) {
     detect(&g_cpu);
     g_features[0] = 0;
 #define F(flag, name) if (g_cpu.flag) append(g_features, sizeof g_features, name)
-    F(sse2, "sse2"); F(sse41, "sse4.1"); F(avx, "avx"); F(fma, "fma"); F(avx2, "avx2");
+    F(sse2, "sse2"); F(sse41, "sse4.1"); F(avx, "avx"); F(fma, "fma"); F(f16c, "f16c"); F(avx2, "avx2");
     F(avx512f, "avx512f"); F(avx512bw, "avx512bw"); F(avx512vl, "avx512vl"); F(avx512dq, "avx512dq");
     F(avx512vnni, "avx512vnni"); F(avxvnni, "avxvnni");
     F(os_avx, "os-ymm-state"); F(os_avx512, "os-zmm-state");

@@ -3,6 +3,7 @@
  * or, where the CPU has VNNI, one dpbusd (u8 x s8, four products into each i32):
  * ODIN_QDOT_VNNI 1 = AVX512-VNNI (EVEX, with AVX512VL), 2 = AVX-VNNI (VEX). Signed x signed
  * goes through |x| and sign(y, x). Operands stay within [-127, 127], so no pair saturates. */
+#define QF16(h) _cvtsh_ss(h) /* F16C: every AVX2 CPU has it (dispatch.c checks) */
 typedef __m256i qv;
 typedef __m256 qacc;
 
@@ -36,6 +37,7 @@ static inline qacc qacc_dot_us(qacc acc, qv u, qv s, float scale) {
 static inline qacc qacc_dot_ss(qacc acc, qv x, qv y, float scale) {
     return qacc_dot_us(acc, _mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x), scale);
 }
+static inline qacc qacc_add(qacc a, qacc b) { return _mm256_add_ps(a, b); }
 static inline float qacc_sum(qacc a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));

@@ -69,6 +69,7 @@ static inline qacc qacc_dot_ss(qacc acc, qv x, qv y, float scale) {
     return acc + (float)sum * scale;
 }
 static inline qacc qacc_dot_us(qacc acc, qv u, qv s, float scale) { return qacc_dot_ss(acc, u, s, scale); }
+static inline qacc qacc_add(qacc a, qacc b) { return a + b; }
 static inline float qacc_sum(qacc a) { return a; }
 
 #include "kernel_body.h"

@@ -135,6 +135,7 @@ static inline qacc qacc_dot_ss(qacc acc, qv x, qv y, float scale) {
     return wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(sum), wasm_f32x4_splat(scale)));
 }
 static inline qacc qacc_dot_us(qacc acc, qv u, qv s, float scale) { return qacc_dot_ss(acc, u, s, scale); }
+static inline qacc qacc_add(qacc a, qacc b) { return wasm_f32x4_add(a, b); }
 static inline float qacc_sum(qacc a) { return vhsum(a); }
 
 #include "kernel_body.h"
