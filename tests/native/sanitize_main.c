@@ -581,13 +581,105 @@ static void check_gpt_direct_and_generation(void) {
     odin_gpt_free(g);
 }
 
+/* quantized weights (quant.c): every type's quantize / dequantize / products on both paths
+ * (awkward row counts: 1, 7, 33), quantized GPT and RWKV decoding on 1 and 3 threads (the same
+ * logits), and the refusals (rows not whole blocks, unknown types, training a quantized model) */
+static void check_quantized(void) {
+    g_where = "quantized";
+    const int types[] = {ODIN_TYPE_Q8_0, ODIN_TYPE_Q4_0, ODIN_TYPE_Q4_1, ODIN_TYPE_Q5_0, ODIN_TYPE_Q5_1};
+    enum { K = 96, N = 33 };
+    float *w = xcalloc((size_t)N * K, sizeof(float)), *back = xcalloc((size_t)N * K, sizeof(float));
+    float *x = xcalloc(33 * K, sizeof(float)), *out = xcalloc(33 * N, sizeof(float)), *bias = xcalloc(N, sizeof(float));
+    fill(w, (size_t)N * K, 0.5f); fill(x, 33 * K, 1.0f); fill(bias, N, 0.1f);
+    for (int i = 0; i < 5; i++) {
+        const size_t rb = odin_quant_row_bytes(types[i], K);
+        EXPECT(rb > 0);
+        uint8_t *q = xcalloc((size_t)N, rb); /* exactly N rows: ASan sees any overrun */
+        CHECK(odin_quantize(types[i], w, q, N, K));
+        CHECK(odin_dequantize(types[i], q, back, N, K));
+        EXPECT(all_finite(back, (size_t)N * K));
+        const int rows[] = {1, 7, 33};
+        for (int r = 0; r < 3; r++) {
+            CHECK(odin_qmatmul(types[i], q, x, bias, out, rows[r], K, N));
+            EXPECT(all_finite(out, (size_t)rows[r] * N));
+        }
+        free(q);
+    }
+    EXPECT(odin_quant_row_bytes(ODIN_TYPE_Q8_0, 33) == 0 && odin_quant_row_bytes(5, 32) == 0);
+    EXPECT(odin_quantize(ODIN_TYPE_Q8_0, w, out, 1, 33) == ODIN_BAD_SHAPE);
+    EXPECT(odin_quantize(5, w, out, 1, 32) == ODIN_BAD_ARG);
+    w[7] = NAN;
+    EXPECT(odin_quantize(ODIN_TYPE_Q4_0, w, out, 1, 32) == ODIN_NAN_DETECTED);
+    free(w); free(back); free(x); free(out); free(bias);
+
+    enum { V = 100, C = 64 };
+    float *l1 = xcalloc(V, sizeof(float)), *l3 = xcalloc(V, sizeof(float));
+    odin_gpt *g = NULL;
+    EXPECT(odin_gpt_create_q(&g, V, 16, 1, 2, 48, 1e-5f, 0, ODIN_TYPE_Q8_0, ODIN_TYPE_F32) == ODIN_BAD_SHAPE);
+    EXPECT(odin_gpt_create_q(&g, V, 16, 1, 2, C, 1e-5f, 0, 4, ODIN_TYPE_F32) == ODIN_BAD_ARG);
+    CHECK(odin_gpt_create_q(&g, V, 16, 2, 2, C, 1e-5f, 0, ODIN_TYPE_Q4_1, ODIN_TYPE_Q8_0));
+    fill(odin_gpt_params(g), odin_gpt_num_params(g), 0.05f);
+    for (int i = 0; i < odin_gpt_num_tensors(g); i++) {
+        int type;
+        const char *name;
+        size_t off;
+        int rows, cols;
+        CHECK(odin_gpt_tensor_type(g, i, &type));
+        CHECK(odin_gpt_tensor_info(g, i, &name, &off, &rows, &cols));
+        if (type == ODIN_TYPE_F32) continue;
+        float *t = xcalloc((size_t)rows * cols, sizeof(float));
+        fill(t, (size_t)rows * cols, 0.05f);
+        EXPECT(off + (size_t)rows * odin_quant_row_bytes(type, cols) <= odin_gpt_qbytes(g));
+        CHECK(odin_quantize(type, t, odin_gpt_qblock(g) + off, rows, cols));
+        free(t);
+    }
+    EXPECT(odin_gpt_enable_training(g) == ODIN_BAD_ARG && odin_gpt_grads(g) == NULL);
+    odin_gpt_cache *c1 = NULL, *c3 = NULL;
+    CHECK(odin_gpt_cache_create(&c1, g, 1));
+    CHECK(odin_gpt_cache_create(&c3, g, 1));
+    CHECK(odin_gpt_cache_set_threads(c3, 3));
+    for (int t = 0; t < 5; t++) {
+        int32_t tk = t + 1, ps = t;
+        CHECK(odin_gpt_decode(g, c1, &tk, &ps, 1, l1));
+        CHECK(odin_gpt_decode(g, c3, &tk, &ps, 1, l3));
+        EXPECT(all_finite(l1, V) && memcmp(l1, l3, V * sizeof(float)) == 0);
+    }
+    odin_gpt_ws *ws = NULL;
+    int32_t toks[2 * 9];
+    for (int i = 0; i < 18; i++) toks[i] = i % V;
+    float loss;
+    CHECK(odin_gpt_ws_create(&ws, g, 2, 9));
+    CHECK(odin_gpt_forward(g, ws, toks, toks, NULL, 2, 9, &loss)); /* 18 rows: the dequantizing path */
+    EXPECT(isfinite(loss));
+    odin_gpt_ws_free(ws);
+    odin_gpt_cache_free(c1); odin_gpt_cache_free(c3); odin_gpt_free(g);
+
+    odin_rwkv *r = NULL;
+    EXPECT(odin_rwkv_create_q(&r, V, 1, C, 80, 1e-5f, ODIN_TYPE_Q5_0, ODIN_TYPE_F32) == ODIN_BAD_SHAPE);
+    CHECK(odin_rwkv_create_q(&r, V, 2, C, 128, 1e-5f, ODIN_TYPE_Q5_0, ODIN_TYPE_Q4_0));
+    fill(odin_rwkv_params(r), odin_rwkv_num_params(r), 0.05f);
+    EXPECT(odin_rwkv_enable_training(r) == ODIN_BAD_ARG);
+    odin_rwkv_state *s1 = NULL, *s3 = NULL;
+    CHECK(odin_rwkv_state_create(&s1, r, 1));
+    CHECK(odin_rwkv_state_create(&s3, r, 1));
+    CHECK(odin_rwkv_state_set_threads(s3, 3));
+    for (int t = 0; t < 5; t++) {
+        int32_t tk = t + 1;
+        CHECK(odin_rwkv_decode(r, s1, &tk, 1, l1));
+        CHECK(odin_rwkv_decode(r, s3, &tk, 1, l3));
+        EXPECT(all_finite(l1, V) && memcmp(l1, l3, V * sizeof(float)) == 0);
+    }
+    odin_rwkv_state_free(s1); odin_rwkv_state_free(s3); odin_rwkv_free(r);
+    free(l1); free(l3);
+}
+
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("odin %s, %s; CPU %s; ISAs %s\n", odin_version(), odin_compiler(), odin_cpu_model(),
            odin_available_isas());
-    const char *isas[] = {"scalar", "avx2", "avx512"};
+    const char *isas[] = {"scalar", "avx2", "avxvnni", "avx512", "avx512vnni"};
     int ran = 0;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 5; i++) {
         odin_status st = odin_set_isa(isas[i]);
         if (st == ODIN_UNSUPPORTED_ISA) { printf("isa %s: not available here, skipped\n", isas[i]); continue; }
         CHECK(st);
@@ -596,6 +688,7 @@ int main(void) {
         check_kernels();
         check_spheres();
         check_gpt_direct_and_generation();
+        check_quantized();
         printf("isa %s: ok\n", isas[i]);
         ran++;
     }
