@@ -57,6 +57,12 @@ MODELS: dict[str, Callable[[], Any]] = {
 PROMPT, NEW = 8, 64
 
 
+def weights(spec: str) -> WeightTypes:
+    """'q4_0' -> matrices q4_0, embedding DEFAULT_EMBED; 'q4_0/f32' -> embedding f32."""
+    matrix, _, embed = spec.partition("/")
+    return WeightTypes(matrix, embed or DEFAULT_EMBED)
+
+
 def decode_tokens_per_s(model: Any, threads: int, n_new: int = NEW) -> float:
     """Batch-1 decoding after a PROMPT-token prompt, one token at a time (as odin-infer)."""
     cache = model.new_cache(1, threads=threads)
@@ -124,13 +130,13 @@ def speed(args: argparse.Namespace) -> str:
         base = MODELS[name]()
         base.init_weights(0)
         for t in args.types:
-            q = quantized_copy(base, WeightTypes(t, DEFAULT_EMBED))
+            q = quantized_copy(base, weights(t))
             for th in threads:
                 f, v, r = side_by_side(lambda: decode_tokens_per_s(base, th), lambda: decode_tokens_per_s(q, th),
                                        args.pairs)
                 rows.append([name, t, str(th), f"{f:.1f}", f"{v:.1f}", f"**{r:.2f}x**"])
                 print(f"{name} {t} threads={th}: f32 {f:.1f}  {t} {v:.1f} tokens/s  {r:.2f}x", flush=True)
-            if args.llama and isinstance(base, GPT) and t in args.llama_types:
+            if args.llama and isinstance(base, GPT) and t in args.llama_types and "/" not in t:
                 with tempfile.TemporaryDirectory() as tmp:
                     gguf = export_gguf(base, t, Path(tmp))
                     for th in threads:
@@ -153,6 +159,7 @@ def speed(args: argparse.Namespace) -> str:
 
 def accuracy(args: argparse.Namespace) -> str:
     from odin.checkpoint import load_model_checkpoint
+    from odin.cli import _recorded_data_dir
     from odin.evaluate import evaluate_checkpoint
 
     rows = []
@@ -161,36 +168,68 @@ def accuracy(args: argparse.Namespace) -> str:
         if not (ckpt / "config.json").is_file():
             continue
         loaded = load_model_checkpoint(ckpt, with_optimizer=False)
-        data = loaded.run_config.data_dir if hasattr(loaded.run_config, "data_dir") else None
-        data = Path(args.runs) / "data" / run.name if data is None else Path(data)
+        data = _recorded_data_dir(loaded.trainer_state, loaded.run_config, ckpt)  # as odin eval finds it
         cells, scores = [run.name], {}
         for t in ["f32"] + args.types:
-            model = loaded.model if t == "f32" else quantized_copy(loaded.model, WeightTypes(t, DEFAULT_EMBED))
-            res = evaluate_checkpoint(ckpt, data, ["test"], args.limit, loaded=dataclasses.replace(loaded, model=model))
-            scores[t] = 100.0 * res["test"].exact_match
+            model = loaded.model if t == "f32" else quantized_copy(loaded.model, weights(t))
+            # batches of 8: every decoding product takes the integer path, as odin-infer's batch of 1
+            res = evaluate_checkpoint(ckpt, data, ["test"], args.limit, batch=8,
+                                      loaded=dataclasses.replace(loaded, model=model))
+            scores[t] = 100.0 * res["test"].correct / res["test"].n
             cells.append(f"{scores[t]:.2f}" if t == "f32" else f"{scores[t]:.2f} ({scores[t] - scores['f32']:+.2f})")
             print(f"{run.name} {t}: {scores[t]:.2f}%", flush=True)
         rows.append(cells)
     md = args.markdown
-    return "\n".join([f"CPU: {cpu_name()}", "",
-                      f"Exact match (%) on each test split{f' (first {args.limit})' if args.limit else ''}; "
-                      f"in brackets the change from float32 (embedding {DEFAULT_EMBED}):", "",
-                      table(["preset", "f32"] + args.types, rows, md)])
+    text = [f"CPU: {cpu_name()}", "",
+            f"Exact match (%) on each test split{f' (first {args.limit})' if args.limit else ''}; "
+            f"in brackets the change from float32 (embedding {DEFAULT_EMBED}):", "",
+            table(["preset", "f32"] + args.types, rows, md)]
+    if args.pipeline:
+        text += ["", perplexity(args)]
+    return "\n".join(text)
+
+
+def perplexity(args: argparse.Namespace) -> str:
+    """An odin-pipeline (BPE) checkpoint's perplexity on its validation shards, per type."""
+    from odin.checkpoint import load_model_checkpoint
+    from odin.eval_text import score_pipeline_checkpoint
+
+    ckpt = Path(args.pipeline) / "checkpoints" / "latest"
+    loaded = load_model_checkpoint(ckpt, with_optimizer=False)
+    cells, ppl = [], {}
+    for t in ["f32"] + args.types:
+        model = loaded.model if t == "f32" else quantized_copy(loaded.model, weights(t))
+        score = score_pipeline_checkpoint(ckpt, dataclasses.replace(loaded, model=model))
+        ppl[t] = float(np.exp(score.loss))
+        cells.append(f"{ppl[t]:.3f}" if t == "f32" else f"{ppl[t]:.3f} ({100 * (ppl[t] / ppl['f32'] - 1):+.2f}%)")
+        print(f"pipeline {t}: perplexity {ppl[t]:.3f} on {score.tokens} tokens", flush=True)
+    shape = loaded.run_config.model
+    return "\n".join([f"Perplexity of an odin-pipeline model ({shape.n_layer} layers of {shape.d_model}, BPE vocabulary "
+                      f"{loaded.model.shape.vocab_size}, step {loaded.step}) on its validation shards "
+                      f"({score.tokens} tokens); in brackets the change from float32:", "",
+                      table(["f32"] + args.types, [cells], args.markdown)])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("section", choices=["speed", "accuracy"])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--types", nargs="+", default=list(QUANT_TYPES), choices=list(QUANT_TYPES))
+    p.add_argument("--types", nargs="+", default=list(QUANT_TYPES),
+                   help="types of the matrices (embedding DEFAULT_EMBED), or MATRIX/EMBED, e.g. q4_0/f32")
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--llama", action="store_true", help="also llama.cpp on the same GGUF (node-llama-cpp)")
     p.add_argument("--llama-types", nargs="+", default=["q8_0", "q4_0"])
     p.add_argument("--runs", help="folder of run folders (accuracy)")
     p.add_argument("--limit", type=int, help="first N test examples (accuracy)")
+    p.add_argument("--pipeline", help="an odin-pipeline folder whose checkpoints/latest to score (accuracy)")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--out", type=Path, help="replace this section in a markdown file")
     args = p.parse_args(argv)
+    for spec in args.types:
+        try:
+            weights(spec)
+        except ValueError as error:
+            p.error(str(error))
     if args.llama and not have_llama():
         p.error(f"--llama needs node-llama-cpp in {LLAMA_DIR}/node_modules and {LLAMA_SCRIPT}")
     if args.section == "accuracy" and not args.runs:
