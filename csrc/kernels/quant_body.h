@@ -106,10 +106,40 @@ static inline float K(qrow_q5_1)(const uint8_t *w, const odin_q8a *a, int nb) {
     return qacc_sum(qacc_add(acc0, acc1)) + mins;
 }
 
+/* An ISA may also give QROWS8_<type>(s[8], w, row_bytes, a, nb): eight rows' products at
+ * once (quant_x86.h: the eight rows' per-block scales and sums handled as vectors); the
+ * rows past the last whole eight take the one-row path. */
+#ifndef QROWS8_q8_0
+#define QROWS8_q8_0 NULL
+#endif
+#ifndef QROWS8_q4_0
+#define QROWS8_q4_0 NULL
+#endif
+#ifndef QROWS8_q4_1
+#define QROWS8_q4_1 NULL
+#endif
+#ifndef QROWS8_q5_0
+#define QROWS8_q5_0 NULL
+#endif
+#ifndef QROWS8_q5_1
+#define QROWS8_q5_1 NULL
+#endif
+typedef void (*K(qrows8_fn))(float *s, const uint8_t *w, size_t row_bytes, const odin_q8a *a, int nb);
+
 #define ODIN_QMATVEC(type)                                                                                      \
     static void K(qmatvec_##type)(float *out, int ldo, const uint8_t *w, size_t row_bytes, int n_rows,        \
                                   const odin_q8a *a, int nb, int M, int acc) {                                  \
-        for (int n = 0; n < n_rows; n++) {                                                                     \
+        int n = 0;                                                                                             \
+        const K(qrows8_fn) rows8 = QROWS8_##type;                                                              \
+        if (rows8)                                                                                             \
+            for (; n + 8 <= n_rows; n += 8)                                                                    \
+                for (int m = 0; m < M; m++) {                                                                  \
+                    float s[8];                                                                                \
+                    rows8(s, w + (size_t)n * row_bytes, row_bytes, a + (size_t)m * nb, nb);                    \
+                    float *o = out + (size_t)m * ldo + n;                                                      \
+                    for (int r = 0; r < 8; r++) o[r] = acc ? o[r] + s[r] : s[r];                               \
+                }                                                                                              \
+        for (; n < n_rows; n++) {                                                                              \
             const uint8_t *row = w + (size_t)n * row_bytes;                                                    \
             for (int m = 0; m < M; m++) {                                                                      \
                 const float s = K(qrow_##type)(row, a + (size_t)m * nb, nb);                                   \
