@@ -53,7 +53,11 @@ MODELS: dict[str, Callable[[], Any]] = {
     "gpt2-124m": lambda: GPT(GPTShape(vocab_size=50257, context=1024, n_layer=12, n_head=12, d_model=768)),
     "rwkv-117m": lambda: RWKV(RWKVShape(vocab_size=_R["vocab_size"], context=1024, n_layer=_R["n_layer"],
                                         d_model=_R["d_model"])),
+    # small enough for a test of this tool
+    "gpt-tiny": lambda: GPT(GPTShape(vocab_size=300, context=128, n_layer=2, n_head=4, d_model=128)),
+    "rwkv-tiny": lambda: RWKV(RWKVShape(vocab_size=300, context=128, n_layer=2, d_model=128)),
 }
+DEFAULT_MODELS = ["gpt2-124m", "rwkv-117m"]
 PROMPT, NEW = 8, 64
 
 
@@ -213,7 +217,7 @@ def perplexity(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("section", choices=["speed", "accuracy"])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
     p.add_argument("--types", nargs="+", default=list(QUANT_TYPES),
                    help="types of the matrices (embedding DEFAULT_EMBED), or MATRIX/EMBED, e.g. q4_0/f32")
     p.add_argument("--pairs", type=int, default=3)
