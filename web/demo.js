@@ -55,8 +55,13 @@ function updateMemory() {
   const state = model.arch === 'rwkv'
     ? `recurrent state ${fmtBytes(model.generationStateBytes())}, the same at any length`
     : `KV cache ${fmtBytes(model.generationStateBytes())} for the ${model.context}-token context`;
+  const w = model.weightSizes;
+  const weights = model.quant
+    ? `weights ${fmtBytes(w.bytes)}: ${model.weightFormat()} blocks ${fmtBytes(w.quantBytes)} + float32 ${fmtBytes(w.floatBytes)}`
+    : `weights ${fmtBytes(w.bytes)} float32`;
   $('memory').textContent = `wasm memory: ${fmtBytes(model.memoryBytes())} (planned for this model: ${fmtBytes(model.plannedBytes)}; `
-    + `weights ${fmtBytes(model.manifest.weights.bytes)}; generation: ${state})`;
+    + `${weights}; generation: ${state})`;
+  $('memory').dataset.bytes = String(model.memoryBytes());
 }
 
 async function load() {
@@ -80,8 +85,14 @@ async function load() {
   $('arch').title = model.arch === 'rwkv'
     ? 'RWKV-4: a recurrent model. Generation carries a fixed-size state, so every token costs the same and there is no context limit.'
     : 'GPT: a transformer. Generation keeps a KV cache that grows with the sequence, up to the context length.';
+  $('wformat').textContent = model.weightFormat();
+  $('wformat').dataset.quant = String(!!model.quant);
+  $('wformat').title = model.quant
+    ? `weights in llama.cpp's ${model.quant.matrix} blocks (matrices) and ${model.quant.embed} (token embedding / output head), `
+      + 'vectors float32: the page answers with them but does not train them'
+    : 'float32 weights: the page answers and trains';
   $('engine').textContent = `ODIN ${odin.version()} · wasm ${odin.variant} · kernels ${odin.isa()} · `
-    + `${model.nParams.toLocaleString()} parameters (${model.describe()}) · `
+    + `${model.nWeights.toLocaleString()} parameters (${model.describe()}) · weights ${model.weightFormat()} · `
     + `${model.tokenizer.kind} tokenizer · loaded in ${info.seconds.toFixed(2)} s`;
   if (model.maxLength === Infinity) $('maxtokens').removeAttribute('max');
   else $('maxtokens').max = String(model.maxLength);
@@ -101,9 +112,14 @@ async function load() {
   if (manifest.demo_prompts?.length) setPrompt(manifest.demo_prompts[0]);
   $('lr').value = '0.0001'; // a trained model: small steps (fresh AdamW moves every weight by ~lr at first)
   $('solve').disabled = false;
-  $('train-btn').disabled = !(manifest.examples?.length);
-  $('random-btn').disabled = $('restore-btn').disabled = false;
-  if (!manifest.examples?.length) $('train-stats').textContent = 'this export has no training examples (odin export web --examples N)';
+  $('train-btn').disabled = !(manifest.examples?.length) || !model.canTrain;
+  $('random-btn').disabled = $('restore-btn').disabled = !model.canTrain;
+  if (!model.canTrain) {
+    $('train-stats').textContent = `a quantized model (${model.weightFormat()}) answers but does not train: `
+      + 'export the checkpoint without --quant to train it here';
+  } else if (!manifest.examples?.length) {
+    $('train-stats').textContent = 'this export has no training examples (odin export web --examples N)';
+  }
   updateMemory();
   drawPlot();
 }
@@ -223,7 +239,7 @@ async function train(nSteps) {
     throw err;
   } finally {
     busy = false;
-    $('train-btn').disabled = false; $('solve').disabled = false; $('stop-btn').disabled = true;
+    $('train-btn').disabled = !model.canTrain; $('solve').disabled = false; $('stop-btn').disabled = true;
   }
 }
 

@@ -174,7 +174,10 @@ export interface ModelConfig {
   abacus?: number;
   abacus_answer?: 'place' | 'next';
   positions?: 'learned' | 'none' | 'alibi';
+  /** Every weight (estimateMemory / weightBytes; default: the shape's formula). */
   n_params?: number;
+  /** Block types of a quantized model (estimateMemory / weightBytes); null / absent: float32. */
+  quant?: QuantTypes | null;
   [key: string]: unknown;
 }
 
@@ -192,6 +195,25 @@ export interface TaskInfo {
   [key: string]: unknown;
 }
 
+/** A block format of llama.cpp (32 weights per block, ggml's layout) or float32. */
+export type WeightType = 'f32' | 'q8_0' | 'q4_0' | 'q4_1' | 'q5_0' | 'q5_1';
+
+/** The block types of a quantized model: its matrices, and its token embedding (the tied head). */
+export interface QuantTypes {
+  matrix: WeightType;
+  embed: WeightType;
+}
+
+/** model.json's "quant" (a quantized export, `odin export web --quant TYPE`, format_version 2). */
+export interface QuantInfo extends QuantTypes {
+  /** float32 parameters (the first section of weights.bin, what odin_*_params holds). */
+  float_params: number;
+  float_bytes: number;
+  /** bytes of the quantized blocks (the second section, what odin_*_qblock holds). */
+  quant_bytes: number;
+  source: 'quantized at export' | 'quantized checkpoint';
+}
+
 /** model.json, written by `odin export web`. */
 export interface ModelManifest {
   format: 'odin-web';
@@ -200,9 +222,14 @@ export interface ModelManifest {
   created?: string;
   source?: { checkpoint: string; step: number | null };
   model: ModelConfig;
+  /** Every weight of the model, float32 or quantized. */
   n_params: number;
-  tensors: Array<{ name: string; offset: number; shape: number[] }>;
-  weights: { file: string; dtype: 'float32'; byte_order: 'little'; bytes: number; sha256: string };
+  /** offset: in floats into the float32 section; for a quantized tensor (type not 'f32') in
+   * bytes into the quantized section. */
+  tensors: Array<{ name: string; offset: number; shape: number[]; type?: WeightType }>;
+  weights: { file: string; dtype: 'float32' | 'quantized'; byte_order: 'little'; bytes: number; sha256: string };
+  /** null / absent: float32 weights. */
+  quant?: QuantInfo | null;
   tokenizer: TokenizerJSON;
   special?: { pad: number; bos: number; end: number };
   abacus?: { digit_first: number; sep_id: number; next: boolean } | null;
@@ -225,8 +252,25 @@ export interface MemoryShape {
   training?: boolean;
 }
 
-/** Bytes the C side allocates for a model, a training workspace and generation state. */
+/** Bytes the C side allocates for a model (float32 or quantized by cfg.quant), a training
+ * workspace and generation state. */
 export function estimateMemory(cfg: ModelConfig, shape?: MemoryShape): number;
+
+/** Sizes of a model's weights as the C side holds them. */
+export interface WeightSizes {
+  /** float32 parameters (all of them for a float32 model). */
+  floatParams: number;
+  floatBytes: number;
+  /** Bytes of quantized blocks (0 for a float32 model). */
+  quantBytes: number;
+  bytes: number;
+}
+
+/** The weights' sizes for a shape and block types (default cfg.quant; null: float32). */
+export function weightBytes(cfg: ModelConfig, quant?: QuantTypes | null): WeightSizes;
+
+/** ggml's type ids (odin.h's odin_type). */
+export const QUANT_TYPES: Readonly<Record<WeightType, number>>;
 
 /** The IndexedDB weight cache; keys are "URL#sha256". Without IndexedDB every call is a no-op. */
 export const weightCache: {
@@ -271,7 +315,12 @@ export interface ArchImpl {
   readonly label: string;
   readonly fn: Readonly<Record<'free' | 'numParams' | 'params' | 'grads' | 'adamM' | 'adamV' | 'wsCreate' | 'wsFree'
     | 'genCreate' | 'genFree' | 'trainStep', string>>;
-  create(x: OdinExports, out: number, cfg: ModelConfig): number;
+  /** C names of a quantized model's calls. */
+  readonly q: Readonly<Record<'create' | 'qblock' | 'qbytes' | 'tensorType' | 'tensorInfo', string>>;
+  /** Makes the model (odin_*_create_q with `types`: ggml type ids); returns the C status. */
+  create(x: OdinExports, out: number, cfg: ModelConfig, types?: { matrix: number; embed: number } | null): number;
+  /** [kind, rows, cols, count] of the tensors a quantized model holds in blocks. */
+  quantTensors(cfg: ModelConfig): Array<['embed' | 'matrix', number, number, number]>;
   setup(model: OdinModel): void;
   decode(model: OdinModel, token: number, pos: number, abacusId: number): number;
   resetGeneration(model: OdinModel): void;
@@ -406,7 +455,16 @@ export class OdinModel {
   readonly context: number;
   /** Prompt + generated tokens one generation can hold (Infinity for RWKV). */
   readonly maxLength: number;
+  /** Floats in the C parameter block (for a quantized model: its float32 tensors only). */
   readonly nParams: number;
+  /** Every weight of the model (model.json's n_params). */
+  readonly nWeights: number;
+  /** The block types of a quantized model; null for float32. */
+  readonly quant: QuantTypes | null;
+  /** What the weights take in wasm memory. */
+  readonly weightSizes: WeightSizes;
+  /** False for a quantized model: it answers, but trainStep / randomizeWeights throw. */
+  readonly canTrain: boolean;
   /** Optimizer steps taken here. */
   step: number;
   /** Bytes planned for this model: the weights and one generation state when it was made, plus
@@ -433,8 +491,10 @@ export class OdinModel {
   resetOptimizer(): void;
   /** Back to the exported weights (and a fresh optimizer). */
   restoreWeights(): void;
-  /** Fresh random weights, initialised as the native model's init_weights does. */
+  /** Fresh random weights, initialised as the native model's init_weights does (throws for a quantized model). */
   randomizeWeights(seed?: number): void;
+  /** 'f32', or the matrices' block type with the embedding's when it differs: 'q4_0 (embedding q8_0)'. */
+  weightFormat(): string;
   memoryBytes(): number;
   /** One line about the model: architecture and shape. */
   describe(): string;
@@ -456,8 +516,13 @@ export class OdinModel {
     options?: GenerationOptions & { onToken?: (token: GeneratedToken) => void }): Promise<GenerationResult>;
   /** Greedy token ids after prompt ids (stops after <end>, which is included). */
   greedy(promptIds: number[], maxNew?: number): Promise<number[]>;
+  /** Next-token logits after a prompt (text or ids), fed token by token; takes its turn like a generation. */
+  logits(prompt: string | number[] | ArrayLike<number>, options?: { all?: false }): Promise<Float32Array>;
+  /** The logits after every position of the prompt. */
+  logits(prompt: string | number[] | ArrayLike<number>, options: { all: true }): Promise<Float32Array[]>;
   /** A training batch from examples. */
   makeBatch(examples: Example[]): Batch;
-  /** One optimizer step on `batchSize` examples (default: the export's) or on a prepared batch. */
+  /** One optimizer step on `batchSize` examples (default: the export's) or on a prepared batch
+   * (throws an OdinError, STATE, for a quantized model). */
   trainStep(examplesOrBatch?: Example[] | Batch, options?: TrainStepOptions): TrainStepResult;
 }

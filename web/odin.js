@@ -10,7 +10,10 @@
  *                   the engine has no SIMD), with the few WASI functions it imports
  *   Odin            the instance: memory, malloc/free, status checks, ISA, the C exports (.x)
  *   loadModel()     fetch an `odin export web` directory (model.json + weights.bin) with
- *                   progress; the weights are cached in IndexedDB under their sha256
+ *                   progress; the weights are cached in IndexedDB under their sha256. A
+ *                   quantized export (`--quant q8_0|q4_0|...`) makes a quantized model
+ *                   (odin_*_create_q): its blocks go into wasm memory as they are, and it
+ *                   answers but does not train
  *   OdinModel       a GPT (csrc/gpt.c) or RWKV-4 (csrc/rwkv.c) model in wasm memory, by
  *                   model.json's arch (the ARCHS table): stream() / generate() with
  *                   temperature / top-k / top-p and stop tokens (GPT through its KV cache,
@@ -370,18 +373,52 @@ export function makeTokenizer(json) {
 
 /* ------------------------------------------------------------------ memory, cache, fetch */
 
-/** Bytes the C side allocates for a model (its weights; with `training`, also the gradients
- * and both AdamW moments: 4 parameter-sized blocks), a training workspace (batch x seq) and
- * the generation state of `cacheBatch` sequences — a KV cache of the whole context for GPT,
- * the recurrent state for RWKV — by the formulas of csrc/gpt.c and csrc/rwkv.c, plus the GEMM
- * packing buffer. cfg: model.json's "model" (+ n_params). */
+/** ggml's type ids of the block formats (odin.h's odin_type) and the bytes of one 32-weight block. */
+export const QUANT_TYPES = Object.freeze({ f32: 0, q4_0: 2, q4_1: 3, q5_0: 6, q5_1: 7, q8_0: 8 });
+const BLOCK_BYTES = { f32: 128, q4_0: 18, q4_1: 20, q5_0: 22, q5_1: 24, q8_0: 34 };
+
+function quantTypeId(name, what) {
+  const id = QUANT_TYPES[name];
+  if (id === undefined) throw new OdinError(`${what}: unknown weight type ${JSON.stringify(name)} (one of ${Object.keys(QUANT_TYPES).join(', ')})`, 2);
+  return id;
+}
+
+/** Bytes of a model's weights as the C side holds them: {floatParams, floatBytes, quantBytes,
+ * bytes}. cfg: model.json's "model" (+ n_params: every weight) and `quant` ({matrix, embed}
+ * block types, or null / absent for float32): the matrices and the token embedding in their
+ * block types (32 weights of a row per block), every other tensor float32. */
+export function weightBytes(cfg, quant = cfg.quant) {
+  const arch = archOf(cfg);
+  const total = cfg.n_params ?? arch.numParams(cfg);
+  let quantWeights = 0, quantBytes = 0;
+  if (quant) {
+    for (const [kind, rows, cols, count] of arch.quantTensors(cfg)) {
+      const type = kind === 'embed' ? quant.embed : quant.matrix;
+      quantTypeId(type, 'quant');
+      if (type === 'f32') continue;
+      if (cols % 32) throw new OdinError(`a ${type} row must be whole blocks of 32 weights: ${cols} is not`, 1);
+      quantWeights += count * rows * cols;
+      quantBytes += count * rows * (cols / 32) * BLOCK_BYTES[type];
+    }
+  }
+  const floatParams = total - quantWeights;
+  return { floatParams, floatBytes: 4 * floatParams, quantBytes, bytes: 4 * floatParams + quantBytes };
+}
+
+/** Bytes the C side allocates for a model (its weights — float32, or the quantized blocks
+ * and float32 vectors of cfg.quant; with `training`, also the gradients and both AdamW
+ * moments of a float32 model: 4 parameter-sized blocks), a training workspace (batch x seq)
+ * and the generation state of `cacheBatch` sequences — a KV cache of the whole context for
+ * GPT, the recurrent state for RWKV — by the formulas of csrc/gpt.c and csrc/rwkv.c, plus the
+ * GEMM packing buffer. cfg: model.json's "model" (+ n_params: every weight; + quant). */
 export function estimateMemory(cfg, { batch = 0, seq = 0, cacheBatch = 1, training = true } = {}) {
   const arch = archOf(cfg);
-  const nParams = cfg.n_params ?? arch.numParams(cfg);
-  const floats = (training ? 4 : 1) * nParams + (batch && seq ? arch.workspaceFloats(cfg, batch, seq) : 0)
+  const w = weightBytes(cfg);
+  const trainingFloats = training && !w.quantBytes ? 3 * w.floatParams : 0; // a quantized model never trains
+  const floats = trainingFloats + (batch && seq ? arch.workspaceFloats(cfg, batch, seq) : 0)
     + (cacheBatch ? arch.generationFloats(cfg, cacheBatch) : 0);
   const packing = (132 * 256 + 2060 * 256) * 4; // gemm.c: (MC + MR) x KC + (NC + NR) x KC floats
-  return floats * 4 + packing;
+  return w.bytes + floats * 4 + packing;
 }
 
 const IDB_NAME = 'odin-web', IDB_STORE = 'weights';
@@ -487,7 +524,7 @@ export async function loadModel(modelUrl, options = {}) {
   if (!mresp.ok) throw new OdinError(`cannot fetch ${manifestUrl}: HTTP ${mresp.status}`, 6);
   const manifest = await mresp.json();
   if (manifest.format !== 'odin-web') throw new OdinError(`${manifestUrl} is not an ODIN web export`, 6);
-  if (manifest.format_version > 1) throw new OdinError(`${manifestUrl}: format_version ${manifest.format_version} is newer than this runtime`, 6);
+  if (manifest.format_version > 2) throw new OdinError(`${manifestUrl}: format_version ${manifest.format_version} is newer than this runtime`, 6);
   const w = manifest.weights;
   const weightsUrl = new URL(w.file, manifestUrl);
   const key = `${weightsUrl.href.split('?')[0]}#${w.sha256}`;
@@ -525,7 +562,11 @@ export async function loadModel(modelUrl, options = {}) {
  * OdinModel calls its architecture's entry and is otherwise the same for both.
  *   fn            C names of the calls whose signatures the two share (handle, blocks,
  *                 training workspace, generation state)
- *   create / setup                        the model of model.json's "model"
+ *   create / setup                        the model of model.json's "model" (create_q with
+ *                                         the block types of a quantized export)
+ *   q             C names of a quantized model's calls (create_q, qblock, qbytes, tensor_type)
+ *   quantTensors(cfg)                     [kind, rows, cols, count] of the tensors a quantized
+ *                                         model stores in blocks ('embed': the token embedding)
  *   decode(m, token, pos, abacusId)       feed one token to the generation state (genBuf
  *                                         layout: see OdinModel), logits at genBuf + 32
  *   resetGeneration(m)                    before a new prompt
@@ -544,8 +585,11 @@ const GPT = {
     adamM: 'odin_gpt_adam_m', adamV: 'odin_gpt_adam_v', wsCreate: 'odin_gpt_ws_create', wsFree: 'odin_gpt_ws_free',
     genCreate: 'odin_gpt_cache_create', genFree: 'odin_gpt_cache_free', trainStep: 'odin_wasm_gpt_train_step',
   },
-  create(x, out, c) {
+  q: { create: 'odin_gpt_create_q', qblock: 'odin_gpt_qblock', qbytes: 'odin_gpt_qbytes', tensorType: 'odin_gpt_tensor_type',
+    tensorInfo: 'odin_gpt_tensor_info' },
+  create(x, out, c, types) {
     const eps = c.ln_eps ?? 1e-5;
+    if (types) return x.odin_gpt_create_q(out, c.vocab_size, c.context, c.n_layer, c.n_head, c.d_model, eps, c.abacus || 0, types.matrix, types.embed);
     return c.abacus ? x.odin_gpt_create_ex(out, c.vocab_size, c.context, c.n_layer, c.n_head, c.d_model, eps, c.abacus)
       : x.odin_gpt_create(out, c.vocab_size, c.context, c.n_layer, c.n_head, c.d_model, eps);
   },
@@ -573,6 +617,8 @@ const GPT = {
     B, T, ...h, out, out + 4),
   numParams: (c) => c.vocab_size * c.d_model + c.context * c.d_model + c.n_layer * (12 * c.d_model ** 2 + 13 * c.d_model)
     + 2 * c.d_model + (c.abacus || 0) * c.d_model,
+  quantTensors: (c) => { const C = c.d_model, L = c.n_layer; // wte; qkv_w, attproj_w, fc_w, fcproj_w
+    return [['embed', c.vocab_size, C, 1], ['matrix', 3 * C, C, L], ['matrix', C, C, L], ['matrix', 4 * C, C, L], ['matrix', C, 4 * C, L]]; },
   workspaceFloats(c, batch, seq) {
     const BT = batch * seq, C = c.d_model, V = c.vocab_size;
     const perLayer = BT * (16 * C + 4) + c.n_head * BT * seq;
@@ -603,7 +649,11 @@ const RWKV = {
     adamM: 'odin_rwkv_adam_m', adamV: 'odin_rwkv_adam_v', wsCreate: 'odin_rwkv_ws_create', wsFree: 'odin_rwkv_ws_free',
     genCreate: 'odin_rwkv_state_create', genFree: 'odin_rwkv_state_free', trainStep: 'odin_wasm_rwkv_train_step',
   },
-  create: (x, out, c) => x.odin_rwkv_create(out, c.vocab_size, c.n_layer, c.d_model, ffnWidth(c), c.ln_eps ?? 1e-5),
+  q: { create: 'odin_rwkv_create_q', qblock: 'odin_rwkv_qblock', qbytes: 'odin_rwkv_qbytes', tensorType: 'odin_rwkv_tensor_type',
+    tensorInfo: 'odin_rwkv_tensor_info' },
+  create: (x, out, c, types) => (types
+    ? x.odin_rwkv_create_q(out, c.vocab_size, c.n_layer, c.d_model, ffnWidth(c), c.ln_eps ?? 1e-5, types.matrix, types.embed)
+    : x.odin_rwkv_create(out, c.vocab_size, c.n_layer, c.d_model, ffnWidth(c), c.ln_eps ?? 1e-5)),
   setup() {},
   decode(m, token) {
     const b = m.genBuf;
@@ -616,6 +666,8 @@ const RWKV = {
   trainStep: (m, ws, p, B, T, h, out) => m.odin.x.odin_wasm_rwkv_train_step(m.h, ws, p.tokens, p.targets, p.mask,
     B, T, ...h, out, out + 4),
   numParams: (c) => { const C = c.d_model, F = ffnWidth(c); return c.vocab_size * C + 4 * C + c.n_layer * (5 * C * C + 2 * F * C + 11 * C); },
+  quantTensors: (c) => { const C = c.d_model, F = ffnWidth(c), L = c.n_layer; // emb; att key/value/receptance/output, ffn key/receptance/value
+    return [['embed', c.vocab_size, C, 1], ['matrix', C, C, 4 * L], ['matrix', F, C, L], ['matrix', C, C, L], ['matrix', C, F, L]]; },
   workspaceFloats(c, batch, seq) { // odin_rwkv_ws_create
     const BT = batch * seq, C = c.d_model, F = ffnWidth(c), V = c.vocab_size;
     return 2 * BT * C + 2 * BT + c.n_layer * BT * (10 * C + F + 4) + BT * C + 2 * BT + BT * V + 2 * BT
@@ -688,7 +740,8 @@ export function makeRng(seed = 1) {
 }
 
 export class OdinModel {
-  /** odin: an Odin; manifest: model.json; weights: bytes of weights.bin (little-endian float32) */
+  /** odin: an Odin; manifest: model.json; weights: bytes of weights.bin (little-endian float32;
+   * a quantized export: the float32 section, then the quantized blocks) */
   constructor(odin, manifest, weights, { trainBatch = 16 } = {}) {
     const cfg = manifest.model;
     this.odin = odin;
@@ -706,6 +759,18 @@ export class OdinModel {
     const x = odin.x;
     const missing = Object.values(this.impl.fn).filter((name) => typeof x[name] !== 'function');
     if (missing.length) throw new OdinError(`this wasm module cannot run ${this.impl.label} models (no ${missing.join(', ')}): rebuild it`, 5);
+    // weights: float32, or quantized (the matrices and the token embedding in llama.cpp's
+    // blocks, everything else float32): then the C model is made by create_q and holds a
+    // second, byte block; it answers but never trains
+    const q = manifest.quant ?? null;
+    this.quant = q ? { matrix: q.matrix, embed: q.embed } : null;
+    const types = q ? { matrix: quantTypeId(q.matrix, 'model.json quant.matrix'), embed: quantTypeId(q.embed, 'model.json quant.embed') } : null;
+    if (q) {
+      const qmissing = Object.values(this.impl.q).filter((name) => typeof x[name] !== 'function');
+      if (qmissing.length) throw new OdinError(`this wasm module cannot run quantized models (no ${qmissing.join(', ')}): rebuild it`, 5);
+    }
+    this.nWeights = manifest.n_params; // every weight, float32 or quantized
+    this.weightSizes = weightBytes({ ...cfg, n_params: manifest.n_params }, this.quant);
     // memory sized from the model: the weights and one generation state now; the training
     // blocks (gradients, AdamW moments: 3 x the weights) and a workspace for trainBatch of the
     // export's examples when it first trains (a page that only answers never holds them; a
@@ -713,18 +778,40 @@ export class OdinModel {
     this.trainSeq = this._exampleLength(manifest.examples ?? []);
     this.trainBatch = trainBatch;
     this.trained = false;
-    this.plannedBytes = estimateMemory({ ...cfg, n_params: manifest.n_params }, { cacheBatch: 1, training: false });
+    // memory planned from what the C side will hold: a quantized model's blocks, not floats
+    this.plannedBytes = estimateMemory({ ...cfg, n_params: manifest.n_params, quant: this.quant }, { cacheBatch: 1, training: false });
     odin.reserve(this.plannedBytes + 2 * MiB);
     this.scratch = odin.malloc(64); // out-parameters
-    odin.check(this.impl.create(x, this.scratch, cfg), `${this.impl.name} create`);
+    odin.check(this.impl.create(x, this.scratch, cfg, types), `${this.impl.name} create`);
     this.h = odin.u32(this.scratch, 1)[0];
     this.impl.setup(this);
-    this.nParams = this._c('numParams', this.h) >>> 0;
-    if (this.nParams !== manifest.n_params) throw new OdinError(`model.json has ${manifest.n_params} parameters, the wasm model ${this.nParams}`, 1);
-    const src = weights instanceof Float32Array ? weights : new Float32Array(weights.buffer ?? weights, weights.byteOffset ?? 0, this.nParams);
-    if (src.length < this.nParams) throw new OdinError(`weights hold ${src.length} floats, the model needs ${this.nParams}`, 1);
-    this.params().set(src.subarray(0, this.nParams));
-    this.trainedWeights = src.subarray(0, this.nParams); // for restoreWeights() (shares the download)
+    this.nParams = this._c('numParams', this.h) >>> 0; // floats in the parameter block
+    const floatParams = q ? q.float_params : manifest.n_params;
+    if (this.nParams !== floatParams) {
+      const what = q ? 'float32 parameters' : 'parameters';
+      throw new OdinError(`model.json has ${floatParams} ${what}, the wasm model ${this.nParams}`, 1);
+    }
+    const bytes = weights instanceof Uint8Array ? weights
+      : new Uint8Array(weights.buffer ?? weights, weights.byteOffset ?? 0, weights.byteLength ?? undefined);
+    const floatBytes = 4 * this.nParams;
+    if (q) {
+      const qbytes = this.odin.x[this.impl.q.qbytes](this.h) >>> 0;
+      if (qbytes !== q.quant_bytes) throw new OdinError(`model.json has ${q.quant_bytes} bytes of ${q.matrix} blocks, the wasm model ${qbytes}`, 1);
+      if (floatBytes !== q.float_bytes || bytes.length < floatBytes + qbytes) {
+        throw new OdinError(`weights hold ${bytes.length} bytes, the model needs ${floatBytes} + ${qbytes}`, 1);
+      }
+      this._checkLayout(manifest.tensors);
+      odin.u8(this._c('params', this.h) >>> 0, floatBytes).set(bytes.subarray(0, floatBytes));
+      odin.u8(this.odin.x[this.impl.q.qblock](this.h) >>> 0, qbytes).set(bytes.subarray(floatBytes, floatBytes + qbytes));
+      this.trainedWeights = null; // nothing changes a quantized model's weights in the page: no copy kept
+    } else {
+      const src = weights instanceof Float32Array ? weights
+        : bytes.byteOffset % 4 === 0 ? new Float32Array(bytes.buffer, bytes.byteOffset, Math.floor(bytes.length / 4))
+          : new Float32Array(bytes.slice().buffer);
+      if (src.length < this.nParams) throw new OdinError(`weights hold ${src.length} floats, the model needs ${this.nParams}`, 1);
+      this.params().set(src.subarray(0, this.nParams));
+      this.trainedWeights = src.subarray(0, this.nParams); // for restoreWeights() (shares the download)
+    }
     // generation: the state of one sequence (KV cache or recurrent state, made on first use)
     // and genBuf = token, position, Abacus id (+0, +4, +8), the sampler's xorshift64* state
     // (+16), the sampled token (+24), logits (+32)
@@ -764,6 +851,43 @@ export class OdinModel {
     return Math.min(T, this.context);
   }
 
+  /** A quantized export's tensor table (type and offset of each tensor, in order) must be the
+   * wasm model's (odin_*_tensor_info / tensor_type): the bytes are copied blindly. */
+  _checkLayout(tensors) {
+    const { odin } = this, x = odin.x, s = this.scratch, q = this.impl.q;
+    const n = this.odin.x[this.impl.name === 'gpt' ? 'odin_gpt_num_tensors' : 'odin_rwkv_num_tensors'](this.h);
+    if (!Array.isArray(tensors) || tensors.length !== n) throw new OdinError(`model.json lists ${tensors?.length} tensors, the wasm model has ${n}`, 1);
+    tensors.forEach((t, i) => {
+      odin.check(x[q.tensorInfo](this.h, i, s, s + 4, s + 8, s + 12), q.tensorInfo);
+      odin.check(x[q.tensorType](this.h, i, s + 16), q.tensorType);
+      const [offset, , , type] = odin.u32(s + 4, 4);
+      const name = odin.cstr(odin.u32(s, 1)[0]);
+      const want = QUANT_TYPES[t.type ?? 'f32'];
+      if (t.name.replace(/^h\.\d+\./, '') !== name || offset !== t.offset || type !== want) {
+        throw new OdinError(`model.json tensor ${i} (${t.name}, ${t.type} at ${t.offset}) is not the wasm model's (${name}, type ${type} at ${offset})`, 1);
+      }
+    });
+  }
+
+  /** How the weights are stored: 'f32', or the matrices' block type ('q8_0'), with the token
+   * embedding's when it differs ('q4_0 (embedding q8_0)'), as odin.model.WeightTypes.describe. */
+  weightFormat() {
+    if (!this.quant) return 'f32';
+    const { matrix, embed } = this.quant;
+    return matrix === embed ? matrix : `${matrix} (embedding ${embed})`;
+  }
+
+  /** Whether this model can train in the page (a quantized one answers only). */
+  get canTrain() { return !this.quant; }
+
+  _refuseQuantized(what) {
+    if (this.quant) {
+      const { matrix, embed } = this.quant;
+      throw new OdinError(`${what}: this model's weights are quantized (${matrix}${embed !== matrix ? `, embedding ${embed}` : ''}): it answers but cannot train; `
+        + 'export the float32 checkpoint (odin export web without --quant) to train in the page', 7);
+    }
+  }
+
   /** call the architecture's C function for a shared operation (see ARCHS) */
   _c(op, ...args) { return this.odin.x[this.impl.fn[op]](...args); }
 
@@ -786,10 +910,11 @@ export class OdinModel {
     this.step = 0;
   }
 
-  /** Back to the exported weights (and a fresh optimizer). */
+  /** Back to the exported weights (and a fresh optimizer). A quantized model's weights never
+   * change in the page (it neither trains nor takes random weights): nothing to restore. */
   restoreWeights() {
     this._refuseWhileGenerating('restoreWeights()');
-    this.params().set(this.trainedWeights);
+    if (this.trainedWeights) this.params().set(this.trainedWeights);
     this.resetOptimizer();
   }
 
@@ -797,6 +922,7 @@ export class OdinModel {
    * scheme for GPT; RWKV-4's per-layer decay / bonus / token-shift curves for RWKV; the same
    * formulas, not the same random numbers), and a fresh optimizer: training from scratch. */
   randomizeWeights(seed = 1) {
+    this._refuseQuantized('randomizeWeights()');
     this._refuseWhileGenerating('randomizeWeights()');
     const uniform = makeRng(seed);
     const rng = {
@@ -991,6 +1117,31 @@ export class OdinModel {
     return out;
   }
 
+  /** The next-token logits after a prompt (text, encoded as [<bos>] + text, or token ids),
+   * a Float32Array of the vocabulary's size: the prompt is fed token by token through the
+   * generation state, as stream() does. With {all: true}, the logits after every position
+   * (an array of them: scoring a sequence in one pass). Takes its turn like a generation. */
+  async logits(prompt, { all = false } = {}) {
+    const ids = Array.isArray(prompt) || ArrayBuffer.isView(prompt) ? Array.from(prompt) : this.encodePrompt(prompt);
+    if (!ids.length) throw new OdinError('the prompt must hold at least one token', 2);
+    if (ids.length > this.maxLength) throw new OdinError(`the prompt is ${ids.length} tokens, the context is ${this.context}`, 1);
+    const endTurn = await this._takeGenerationTurn();
+    try {
+      this._generationState();
+      this.impl.resetGeneration(this);
+      const abacusIds = this.abacus ? this.abacusIds(ids) : null;
+      const every = [];
+      let logits = 0;
+      for (let p = 0; p < ids.length; p++) {
+        logits = this._decode(ids[p], p, abacusIds ? abacusIds[p] : 0);
+        if (all) every.push(this.odin.f32(logits, this.V).slice());
+      }
+      return all ? every : this.odin.f32(logits, this.V).slice();
+    } finally {
+      endTurn();
+    }
+  }
+
   /**
    * A batch from {prompt, answer} examples, laid out as odin/data/batching.py does:
    * tokens [B, T+1] = <bos> prompt answer <end> <pad>..., mask [B, T] = 1 on answer and
@@ -1023,6 +1174,7 @@ export class OdinModel {
    * Returns {loss, gradNorm, step, tokens, ms}.
    */
   trainStep(examplesOrBatch = this.manifest.examples, options = {}) {
+    this._refuseQuantized('trainStep()');
     const tr = this.manifest.train ?? {};
     const {
       batchSize = Math.min(16, tr.batch_size ?? 16), rng = (this._rng ??= makeRng(1234)),

@@ -1,7 +1,7 @@
 """The web sub-commands of ``odin``; odin/cli.py calls :func:`register` on its sub-parsers.
 
     odin wasm build [--out DIR] [--variant simd128|scalar] [--cc zig|clang] [--if-stale]
-    odin export web CHECKPOINT OUT/ [--examples N] [--demo-prompts N] [--data DIR]
+    odin export web CHECKPOINT OUT/ [--quant q8_0|q4_0|q4_1|q5_0|q5_1] [--examples N] [--demo-prompts N] [--data DIR]
     odin serve-web [--port 8000] [--host 127.0.0.1] [--model DIR] [--web DIR]
 
 Each parser sets ``func`` (a callable taking the parsed namespace and returning an exit
@@ -26,14 +26,16 @@ def _cmd_export_web(args: argparse.Namespace) -> int:
 
     try:
         manifest = export_web(args.checkpoint, args.out, examples=args.examples, demo_prompts=args.demo_prompts,
-                              seed=args.seed, data_dir=args.data)
+                              seed=args.seed, data_dir=args.data, quant=args.quant)
     except (ExportError, OSError) as error:
         print(f"odin export web: error: {error}", file=sys.stderr)
         return 2
     out = Path(args.out)
     mib = manifest["weights"]["bytes"] / 2**20
     task = manifest["task"]["kind"] if manifest["task"] else "none"
-    print(f"exported {manifest['n_params']:,} parameters ({mib:.2f} MiB) to {out / 'weights.bin'} and "
+    q = manifest["quant"]
+    weights = (f"{q['matrix']}, embedding {q['embed']}, {q['source']}" if q else "float32")
+    print(f"exported {manifest['n_params']:,} parameters ({mib:.2f} MiB, {weights}) to {out / 'weights.bin'} and "
           f"{out / 'model.json'} (tokenizer: {manifest['tokenizer'].get('odin_kind', 'bpe')}, task: {task}, "
           f"{len(manifest['examples'])} training examples)")
     print(f"serve it:  odin serve-web --model {out}")
@@ -62,6 +64,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     ew = esub.add_parser("web", help="weights.bin + model.json for the browser runtime (web/odin.js)")
     ew.add_argument("checkpoint", help="checkpoint directory (model.safetensors, config.json, tokenizer.json)")
     ew.add_argument("out", help="output directory (e.g. web/model)")
+    ew.add_argument("--quant", default=None, metavar="TYPE",
+                    help="weights in a llama.cpp block format: q8_0, q4_0, q4_1, q5_0 or q5_1 (the matrices; the "
+                         "token embedding q8_0, vectors float32); default: as the checkpoint holds them")
     ew.add_argument("--examples", type=int, default=1024,
                     help="training examples to include for in-page training (default 1024)")
     ew.add_argument("--demo-prompts", type=int, default=8, help="test prompts to offer on the demo page (default 8)")

@@ -36,6 +36,34 @@ if (spec.model_dir) {
   out.from_cache = model.loadInfo.fromCache;
   out.greedy = [];
   for (const p of spec.prompts ?? []) out.greedy.push(await model.greedy(model.encodePrompt(p), spec.max_new));
+  if (spec.greedy_ids) out.greedy_ids = await model.greedy(spec.greedy_ids, spec.max_new);
+  if (spec.logits_prompts) { // next-token logits after each prompt (token ids), as base64 float32
+    out.logits = [];
+    for (const ids of spec.logits_prompts) {
+      const l = await model.logits(ids);
+      out.logits.push(Buffer.from(l.buffer, l.byteOffset, l.byteLength).toString('base64'));
+    }
+  }
+  out.quant = model.quant;
+  out.c_qbytes = odin.x[ARCHS[model.arch].q.qbytes](model.h) >>> 0; // what the C model holds
+  out.c_float_params = model.nParams;
+  out.estimate_loaded = estimateMemory({ ...model.config, n_params: model.nWeights, quant: model.quant }, { cacheBatch: 0, training: false });
+  out.weight_format = model.weightFormat();
+  out.weight_sizes = model.weightSizes;
+  out.can_train = model.canTrain;
+  out.n_weights = model.nWeights;
+  if (spec.try_train) { // a quantized model refuses to train (and to take random weights), in one line
+    out.refused_train = {};
+    for (const [name, call] of [['trainStep', () => model.trainStep(spec.try_train, { batchSize: 2 })],
+      ['randomizeWeights', () => model.randomizeWeights(3)]]) {
+      const before = odin.memoryBytes();
+      try { call(); out.refused_train[name] = null; } catch (e) {
+        out.refused_train[name] = { name: e.name, status: e.status, message: e.message, grew: odin.memoryBytes() - before };
+      }
+    }
+    out.restored = (() => { try { model.restoreWeights(); return true; } catch (e) { return e.message; } })();
+    out.after_refusal = await model.greedy(spec.greedy_ids ?? model.encodePrompt(spec.prompts[0]), spec.max_new);
+  }
   if (spec.sample) {
     const s = spec.sample;
     const r = await model.generate(s.prompt, { temperature: s.temperature, topK: s.top_k, topP: s.top_p, seed: s.seed,
@@ -112,7 +140,7 @@ if (spec.model_dir) {
   out.planned_bytes = model.plannedBytes;
   out.heap_in_use = odin.x.odin_wasm_heap_in_use();
   // the estimate for what was actually made: the workspace's shape, one generation state
-  out.estimate_used = estimateMemory({ ...model.config, n_params: model.nParams },
+  out.estimate_used = estimateMemory({ ...model.config, n_params: model.nWeights, quant: model.quant },
     { batch: model.wsShape[0], seq: model.wsShape[1], cacheBatch: model.gen ? 1 : 0, training: model.trained });
   out.trained = model.trained;
   model.free();

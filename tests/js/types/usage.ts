@@ -3,10 +3,11 @@
 // each @ts-expect-error line must be an error (a declaration loosened to `any` would not be).
 import {
   ARCHS, BPETokenizer, CharTokenizer, estimateMemory, loadModel, loadOdin, makeRng, makeTokenizer, Odin, OdinError,
-  OdinModel, simdSupported, weightCache,
+  OdinModel, QUANT_TYPES, simdSupported, weightBytes, weightCache,
 } from '../../../web/odin.js';
 import type {
-  Batch, GeneratedToken, GenerationResult, GenerationStats, LoadProgress, ModelManifest, Tokenizer, TrainStepResult,
+  Batch, GeneratedToken, GenerationResult, GenerationStats, LoadProgress, ModelManifest, QuantInfo, QuantTypes, Tokenizer,
+  TrainStepResult, WeightSizes, WeightType,
 } from '../../../web/odin.js';
 
 export async function demo(url: string, signal: AbortSignal): Promise<string> {
@@ -38,6 +39,19 @@ export async function demo(url: string, signal: AbortSignal): Promise<string> {
   ]);
   const decodeMs: number = a.stats.decodeMs + b.stats.decodeMs;
   const greedy: number[] = await model.greedy(model.encodePrompt('1+1='), 4);
+  const logits: Float32Array = await model.logits('1+1=');
+  const scored: Float32Array[] = await model.logits([1, 5, 6], { all: true });
+
+  // quantized weights: the export's block types, their sizes; such a model answers only
+  const quant: QuantInfo | null | undefined = manifest.quant;
+  const types: QuantTypes | null = model.quant;
+  const format: string = model.weightFormat();
+  const sizes: WeightSizes = model.weightSizes;
+  const q4: WeightSizes = weightBytes(model.config, { matrix: 'q4_0', embed: 'q8_0' });
+  const q8Id: number = QUANT_TYPES.q8_0;
+  const firstType: WeightType | undefined = manifest.tensors[0]?.type;
+  const planned: number = estimateMemory({ ...model.config, n_params: model.nWeights, quant: types }, { training: false });
+  const trains: boolean = model.canTrain;
 
   // training in the page
   const batch: Batch = model.makeBatch([{ prompt: '1+2=', answer: '3' }]);
@@ -71,9 +85,12 @@ export async function demo(url: string, signal: AbortSignal): Promise<string> {
   void (last as GenerationStats).tokensPerSecond;
   // @ts-expect-error generate() takes a prompt
   void model.generate();
+  // @ts-expect-error not a block type
+  void weightBytes(model.config, { matrix: 'q3_k', embed: 'q8_0' });
   // @ts-expect-error an unknown load phase
   const phase: LoadProgress['phase'] = 'compiling';
   void phase;
   return [isa, phases.join(), answer, prefill, rate, decodeMs, greedy, step.loss, drawn.gradNorm, weights.length,
-    text, kind, bytes, gptParams, generating].join(' ');
+    text, kind, bytes, gptParams, generating, logits.length, scored.length, quant?.source, format, sizes.quantBytes, q4.bytes, q8Id,
+    firstType, planned, trains].join(' ');
 }
