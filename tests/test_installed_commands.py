@@ -132,6 +132,9 @@ ROWS: list[Row] = [
     # ---- the browser runtime: export, then serve the page, odin.js, the .wasm builds and the model
     Row("odin export web {ckpt} web/model --examples 16 --demo-prompts 2 --data {data} --seed 1 && "
         "odin serve-web --port 0", http=SERVED + MODEL_SERVED),
+    # quantized weights for the page: the blocks in weights.bin; an unknown type is one line
+    Row("odin export web {ckpt} web/model --quant q8_0 && odin serve-web --port 0", http=SERVED + MODEL_SERVED),
+    Row("odin export web {ckpt} {tmp}/w --quant q3_k", rc=2, out=r"unknown quantization type 'q3_k'", one_line=True),
     Row("odin serve-web --port 0 --host 127.0.0.1 --model {web} --web {static}", http=SERVED + MODEL_SERVED),
     Row("odin serve-web --port 0", http=SERVED),  # no model exported yet: the page still loads
     # the wasm build needs the C sources: from an installed package, a one-line refusal
