@@ -17,12 +17,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from odin.config import ModelConfig
 
 FLOAT_BYTES = 4
+QUANT_BLOCK = 32  # weights per block of every quantized format (odin.quant)
+GPT_MATRICES: tuple[str, ...] = ("qkv_w", "attproj_w", "fc_w", "fcproj_w")  # per layer
+
+
+class TensorSpec(NamedTuple):
+    """A tensor as a checkpoint stores it: name, shape, dtype ("float32" or "uint8": a
+    quantized tensor's [rows, row bytes]) and weight type ("f32", "q8_0", ...)."""
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    type: str
+
 
 LAYER_PARAM_NAMES: tuple[str, ...] = (
     "ln1_w", "ln1_b", "qkv_w", "qkv_b", "attproj_w", "attproj_b",
@@ -103,6 +115,44 @@ class Blueprint:
         if self.abacus:
             shapes.append(("wab", (self.abacus, C)))
         return shapes
+
+    def quantizable(self) -> dict[str, str]:
+        """The tensors a quantized model keeps in block formats (csrc/gpt.c's odin_gpt_create_q):
+        name -> "embed" (the token embedding, which is also the tied head: WeightTypes.embed) or
+        "matrix" (the layers' matrices: WeightTypes.matrix). Every other tensor stays float32."""
+        roles = {"wte": "embed"}
+        for layer in range(self.n_layer):
+            roles.update({f"h.{layer}.{name}": "matrix" for name in GPT_MATRICES})
+        return roles
+
+    def tensor_specs(self, weights: Any = None) -> list[TensorSpec]:
+        """Every tensor as a checkpoint stores it, in parameter-block order: float32 of its
+        shape, or, for a tensor `weights` (odin.model.WeightTypes; None: all float32) quantizes,
+        uint8 [rows, bytes of a row of blocks]. A row that is not whole 32-weight blocks is a
+        ValueError naming the tensor, its row length and the dimension behind it."""
+        roles = self.quantizable() if weights is not None and weights.quantized else {}
+        specs = []
+        for name, shape in self.param_shapes():
+            kind = getattr(weights, roles[name]) if name in roles else "f32"
+            if kind == "f32":
+                specs.append(TensorSpec(name, shape, "float32", "f32"))
+                continue
+            from odin.quant.formats import row_bytes
+
+            rows, cols = shape
+            if cols % QUANT_BLOCK:
+                dim = "d_model" if cols == self.d_model else "d_ffn" if self.config.arch == "rwkv" else "4 x d_model"
+                raise ValueError(f"cannot store {name} as {kind}: its rows hold {cols} weights ({dim} = {cols}) and "
+                                 f"a {kind} block holds {QUANT_BLOCK}; {dim} must be a multiple of {QUANT_BLOCK}")
+            specs.append(TensorSpec(name, (rows, row_bytes(kind, cols)), "uint8", kind))
+        return specs
+
+    def weight_bytes(self, weights: Any = None) -> int:
+        """Bytes of every weight as stored with `weights` (None: float32)."""
+        if weights is None or not weights.quantized:
+            return self.n_params * FLOAT_BYTES
+        return sum(math.prod(spec.shape) * (1 if spec.dtype == "uint8" else FLOAT_BYTES)
+                   for spec in self.tensor_specs(weights))
 
     def param_offsets(self) -> dict[str, tuple[int, tuple[int, ...]]]:
         """name -> (offset in floats into the contiguous parameter block, shape)."""
@@ -231,23 +281,45 @@ class AnsweringMemory:
         return self.weights + self.state
 
 
-def answering_memory(blueprint: Blueprint) -> AnsweringMemory:
-    return AnsweringMemory(weights=blueprint.n_params * FLOAT_BYTES, state=blueprint.generation_floats(1) * FLOAT_BYTES)
+def answering_memory(blueprint: Blueprint, weights: Any = None) -> AnsweringMemory:
+    """`weights`: the odin.model.WeightTypes the model holds (None: float32)."""
+    return AnsweringMemory(weights=blueprint.weight_bytes(weights), state=blueprint.generation_floats(1) * FLOAT_BYTES)
 
 
-def describe(blueprint: Blueprint, batch: int, seq_len: int, threads: int | None = None) -> str:
-    """Human-readable summary for ``odin model info``."""
-    lines = blueprint.describe_params() + [""] + _answering_lines(blueprint) + [""]
+def describe(blueprint: Blueprint, batch: int, seq_len: int, threads: int | None = None, weights: Any = None) -> str:
+    """Human-readable summary for ``odin model info``; `weights` (odin.model.WeightTypes) of a
+    quantized checkpoint: its stored bytes, and no training sections (it cannot train)."""
+    lines = blueprint.describe_params() + [""] + _weight_lines(blueprint, weights) + [""]
+    lines += _answering_lines(blueprint, weights) + [""]
+    if weights is not None and weights.quantized:
+        return "\n".join(lines + ["training: none; a quantized model answers but cannot train (train the float32 "
+                                   "checkpoint it was made from)"])
     lines += _memory_lines(blueprint, batch, seq_len)
     if threads is not None:
         lines += [""] + _training_lines(blueprint, batch, seq_len, threads)
     return "\n".join(lines)
 
 
-def _answering_lines(blueprint: Blueprint) -> list[str]:
-    memory = answering_memory(blueprint)
+def _weight_lines(blueprint: Blueprint, weights: Any) -> list[str]:
+    """The weight types and the bytes the weights take."""
+    stored = blueprint.weight_bytes(weights)
+    if weights is None or not weights.quantized:
+        return [f"weights     float32, every tensor: {stored:,} B ({format_bytes(stored)})"]
+    embed = "embedding (the tied head)"
+    embed_type = "float32" if weights.embed == "f32" else weights.embed
+    kinds = (f"{weights.matrix} matrices, {embed} {embed_type}" if weights.matrix != weights.embed
+             else f"{weights.matrix} matrices and {embed}")
+    f32 = blueprint.n_params * FLOAT_BYTES
+    return [f"weights     {kinds}, other tensors float32: {stored:,} B ({format_bytes(stored)}; "
+            f"float32: {format_bytes(f32)}, {f32 / stored:.2f}x)"]
+
+
+def _answering_lines(blueprint: Blueprint, weights: Any = None) -> list[str]:
+    memory = answering_memory(blueprint, weights)
     state = "KV cache of the whole context" if blueprint.config.arch == "gpt" else "recurrent state"
-    rows = [("weights (no gradients, no AdamW moments)", f"{blueprint.n_params:,} x 4 B", memory.weights),
+    formula = (f"{blueprint.n_params:,} x 4 B" if weights is None or not weights.quantized
+               else weights.describe())
+    rows = [("weights (no gradients, no AdamW moments)", formula, memory.weights),
             (f"{state}, 1 sequence", "", memory.state), ("total", "", memory.total)]
     lines = ["answering (odin-infer, odin eval, the dashboard chat): what the model allocates; the peak RSS "
              "adds the Python process (~40 MiB with odin and its libraries imported)"]

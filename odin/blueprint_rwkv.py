@@ -30,6 +30,9 @@ RWKV_LAYER_PARAM_NAMES: tuple[str, ...] = (
     "ln2_w", "ln2_b", "ffn_time_mix_k", "ffn_time_mix_r", "ffn_key_w", "ffn_receptance_w", "ffn_value_w",
 )
 
+RWKV_MATRICES: tuple[str, ...] = ("att_key_w", "att_value_w", "att_receptance_w", "att_output_w", "ffn_key_w",
+                                  "ffn_receptance_w", "ffn_value_w")
+
 
 class RWKVBlueprint(Blueprint):
     """Derived dimensions and parameter shapes of an RWKV-4 model."""
@@ -58,6 +61,13 @@ class RWKVBlueprint(Blueprint):
             shapes.extend((f"h.{layer}.{name}", matrices.get(name, (C,))) for name in RWKV_LAYER_PARAM_NAMES)
         shapes.extend([("ln_out_w", (C,)), ("ln_out_b", (C,))])
         return shapes
+
+    def quantizable(self) -> dict[str, str]:
+        """As Blueprint.quantizable (csrc/rwkv.c's odin_rwkv_create_q): emb and the seven matrices per layer."""
+        roles = {"emb": "embed"}
+        for layer in range(self.n_layer):
+            roles.update({f"h.{layer}.{name}": "matrix" for name in RWKV_MATRICES})
+        return roles
 
     @property
     def n_params(self) -> int:

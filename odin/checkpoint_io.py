@@ -4,6 +4,9 @@ Layout of ``DIR/``:
 
 * ``model.safetensors`` — one float32 tensor per parameter, named as in
   :meth:`odin.blueprint.Blueprint.param_shapes` (``wte``, ``wpe``, ``h.0.ln1_w`` … ``lnf_b``).
+  A quantized model's file (:mod:`odin.quant.checkpoint`) holds its block-format tensors as
+  uint8 ``[rows, row bytes]`` and records their types in its metadata (``weights``), with the
+  step and trainer state it was made at (``step``, ``state``): it has no optimizer file.
 * ``optimizer.safetensors`` (optional) — AdamW moments as ``m.<param>`` / ``v.<param>``;
   metadata (one ``odin`` key, sorted JSON) ``step`` (decimal string) and ``state`` (JSON: sampler
   state, RNG state, anything else needed for exact resume).
@@ -57,10 +60,12 @@ class OptimizerState:
 @dataclass
 class Checkpoint:
     path: Path
-    params: dict[str, np.ndarray]  # in blueprint (parameter block) order
+    params: dict[str, np.ndarray]  # in blueprint (parameter block) order; uint8 [rows, row bytes] where quantized
     config: dict[str, Any]
     tokenizer: CharTokenizer | BPETokenizer
     optimizer: OptimizerState | None
+    weights: Any = None  # odin.model.WeightTypes of a quantized checkpoint; None: float32
+    progress: tuple[int, dict[str, Any]] | None = None  # a quantized checkpoint's step and trainer state
 
     def run_config(self) -> RunConfig:
         return RunConfig.from_dict(self.config)
@@ -85,20 +90,27 @@ def unpack_parameters(block: np.ndarray, blueprint: Blueprint) -> dict[str, np.n
     }
 
 
-def _check_tensors(tensors: Mapping[str, np.ndarray], blueprint: Blueprint, what: str) -> None:
-    expected = dict(blueprint.param_shapes())
+def _check_tensors(tensors: Mapping[str, np.ndarray], blueprint: Blueprint, what: str, weights: Any = None) -> None:
+    """Names, shapes and dtypes as the blueprint stores them with `weights` (None: float32)."""
+    try:
+        expected = {spec.name: spec for spec in blueprint.tensor_specs(weights)}
+    except ValueError as error:  # a row that is not whole blocks
+        raise CheckpointError(f"{what}: {error}") from None
     missing = [name for name in expected if name not in tensors]
     if missing:
         raise CheckpointError(f"{what}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
     extra = [name for name in tensors if name not in expected]
     if extra:
         raise CheckpointError(f"{what}: unexpected tensor {extra[0]!r} (not in the model layout)")
-    for name, shape in expected.items():
+    rows = dict(blueprint.param_shapes())
+    for name, spec in expected.items():
         array = tensors[name]
-        if tuple(array.shape) != shape:
-            raise CheckpointError(f"{what}: tensor {name!r} has shape {tuple(array.shape)}, expected {shape}")
-        if array.dtype != np.float32:
-            raise CheckpointError(f"{what}: tensor {name!r} is {array.dtype}, expected float32")
+        blocks = f" ({spec.type} blocks of rows of {rows[name][-1]} weights)" if spec.type != "f32" else ""
+        if tuple(array.shape) != spec.shape:
+            raise CheckpointError(f"{what}: tensor {name!r} has shape {tuple(array.shape)}, "
+                                  f"expected {spec.shape}{blocks}")
+        if array.dtype != np.dtype(spec.dtype):
+            raise CheckpointError(f"{what}: tensor {name!r} is {array.dtype}, expected {spec.dtype}{blocks}")
 
 
 def _config_dict(config: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -126,7 +138,7 @@ METADATA_KEY = "odin"
 # byte-identical files. Files written before have no checksum and still load; any field
 # besides these (a damaged "sha256" key among them) is an error, never a reason to skip it.
 CHECKSUM_FIELD = "sha256"
-_FIELDS = {"odin_format", "format_version", "step", "state", CHECKSUM_FIELD}
+_FIELDS = {"odin_format", "format_version", "step", "state", "weights", CHECKSUM_FIELD}
 
 
 def _digest_begin(fields: Mapping[str, str]) -> Any:
@@ -201,12 +213,21 @@ def save_checkpoint(
     config: RunConfig | Mapping[str, Any],
     tokenizer: CharTokenizer | BPETokenizer,
     optimizer: OptimizerState | None = None,
+    weights: Any = None,
+    progress: tuple[int, Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Write (or atomically replace) the checkpoint directory ``path``; returns it."""
+    """Write (or atomically replace) the checkpoint directory ``path``; returns it.
+
+    ``weights`` (odin.model.WeightTypes) of a quantized model: its quantized tensors in
+    ``params`` are uint8 [rows, row bytes]; ``progress`` (step, JSON-serialisable trainer
+    state) goes into the model file's metadata, as such a checkpoint has no optimizer file."""
     target = Path(path)
     config_data = _config_dict(config)
     blueprint = _blueprint_from_config(config_data, "config")
-    _check_tensors(params, blueprint, "params")
+    _check_tensors(params, blueprint, "params", weights)
+    quantized = weights is not None and weights.quantized
+    if quantized and optimizer is not None:
+        raise CheckpointError(f"a quantized model ({weights.describe()}) has no optimizer state to save")
     if tokenizer.vocab_size > blueprint.vocab_size:
         raise CheckpointError(
             f"tokenizer has {tokenizer.vocab_size} tokens but [model].vocab_size is {blueprint.vocab_size}"
@@ -226,6 +247,10 @@ def save_checkpoint(
     try:
         os.chmod(staging, user_mode(0o777))  # mkdtemp creates 0700; follow the umask like mkdir
         metadata = {"odin_format": "model", "format_version": CHECKPOINT_FORMAT_VERSION}
+        if quantized:
+            from odin.quant.checkpoint import quantized_fields
+
+            metadata.update(quantized_fields(weights, progress))
         ordered = {name: params[name] for name, _ in blueprint.param_shapes()}
         _write_safetensors(staging / MODEL_FILE, ordered, metadata)
         if optimizer is not None:
@@ -278,11 +303,12 @@ def _unreadable_as_checkpoint_error(path: Path) -> Iterator[None]:
         raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({error})") from None
 
 
-def _check_model_file(fields: Mapping[str, str], tensors: Mapping[str, Any], blueprint: Blueprint, path: Path) -> None:
+def _check_model_file(fields: Mapping[str, str], tensors: Mapping[str, Any], blueprint: Blueprint, path: Path,
+                      weights: Any = None) -> None:
     """A model file's metadata and its tensors' names, shapes and dtypes against config.json's model."""
     _check_format(fields, "model", path)
     try:
-        _check_tensors(tensors, blueprint, str(path))
+        _check_tensors(tensors, blueprint, str(path), weights)
     except CheckpointError as error:
         raise CheckpointError(f"{error} (config.json describes {_shape_summary(blueprint)})") from None
 
@@ -310,33 +336,39 @@ class _TensorInfo:
 
 
 SAFETENSORS_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "F64": np.dtype(np.float64),
-                      "BF16": "bfloat16"}
+                      "BF16": "bfloat16", "U8": np.dtype(np.uint8)}
 STREAM_BYTES = 4 << 20  # what streaming a tensor holds at once
 
 
-def _stream_safetensors(path: Path, blueprint: Blueprint, into: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read the model file straight into ``into(name)``'s arrays (the model's own views), a
-    piece of at most STREAM_BYTES at a time, checking the content checksum as it goes: the
-    weights are never held twice. Each piece is read through its own opening of the file, so
-    the pages safetensors maps for it leave this process's memory with it."""
+def _read_header(path: Path) -> tuple[dict[str, _TensorInfo], dict[str, str]]:
+    """A safetensors file's tensors (shape and dtype, nothing read) and metadata."""
     from safetensors import safe_open
 
     if not path.is_file():
         raise CheckpointError(f"{path.name} is missing from checkpoint {path.parent}")
-
     with _unreadable_as_checkpoint_error(path), safe_open(str(path), framework="numpy") as handle:
         metadata = handle.metadata() or {}
         infos = {}
         for name in handle.keys():
             piece = handle.get_slice(name)
             infos[name] = _TensorInfo(tuple(piece.get_shape()), SAFETENSORS_DTYPES.get(piece.get_dtype(), "?"))
-    fields = _unpack_metadata(metadata, path)
-    _check_model_file(fields, infos, blueprint, path)
+    return infos, _unpack_metadata(metadata, path)
+
+
+def _stream_safetensors(path: Path, infos: Mapping[str, _TensorInfo], fields: Mapping[str, str], into: Any,
+                        ) -> dict[str, np.ndarray]:
+    """Read the model file (its header checked: ``infos``, ``fields``) straight into
+    ``into(name)``'s arrays (the model's own views), a piece of at most STREAM_BYTES at a
+    time, checking the content checksum as it goes: the weights are never held twice. Each
+    piece is read through its own opening of the file, so the pages safetensors maps for it
+    leave this process's memory with it."""
+    from safetensors import safe_open
+
     digest = _digest_begin(fields)
     arrays: dict[str, np.ndarray] = {}
     for name in sorted(infos):
         target = into(name)
-        _digest_tensor_header(digest, name, np.float32, infos[name].shape)
+        _digest_tensor_header(digest, name, infos[name].dtype, infos[name].shape)
         rows = target.shape[0] if target.ndim else 1
         per_piece = max(1, STREAM_BYTES // max(1, target.nbytes // max(1, rows)))
         for start in range(0, rows, per_piece):
@@ -347,7 +379,7 @@ def _stream_safetensors(path: Path, blueprint: Blueprint, into: Any) -> tuple[di
             digest.update(piece.reshape(-1).view(np.uint8))
         arrays[name] = target
     _verify_digest(digest.hexdigest, fields, path)
-    return arrays, fields
+    return arrays
 
 
 def _check_format(metadata: Mapping[str, str], expected_kind: str, path: Path) -> None:
@@ -403,12 +435,16 @@ def load_checkpoint(
     require_optimizer: bool = False,
     params_into: Any = None,
     optimizer_tensors: bool = True,
+    quantized: bool = False,
 ) -> Checkpoint:
     """Read and validate a checkpoint directory; any problem is a :class:`CheckpointError`.
 
-    ``params_into(config)`` (given the checked config.json) returns ``name -> array``: the
-    weights are then read straight into those arrays (a model's views), never held twice.
-    Without ``optimizer_tensors`` the optimizer file gives its step and state, not the moments."""
+    ``params_into(config, weights)`` (given the checked config.json and the weight types the
+    model file records, None for float32) returns ``name -> array``: the weights are then
+    read straight into those arrays (a model's views), never held twice. Without
+    ``optimizer_tensors`` the optimizer file gives its step and state, not the moments.
+    A quantized checkpoint is refused (odin.quant.checkpoint.QuantizedCheckpointError)
+    unless ``quantized``: then its block tensors come as uint8 [rows, row bytes]."""
     directory = Path(path)
     if not directory.is_dir():
         leftovers = sorted(directory.parent.glob(f".{directory.name}.old-*"))
@@ -442,11 +478,16 @@ def load_checkpoint(
         )
 
     model_path = directory / MODEL_FILE
+    from odin.quant.checkpoint import model_progress, refuse_unless, weights_from_fields
+
+    infos, fields = _read_header(model_path)
+    weights = weights_from_fields(fields, model_path)
+    refuse_unless(quantized, weights, directory)
+    _check_model_file(fields, infos, blueprint, model_path, weights)
     if params_into is not None:
-        tensors, _ = _stream_safetensors(model_path, blueprint, params_into(config))
-    else:
-        tensors, metadata = _read_safetensors(model_path)
-        _check_model_file(metadata, tensors, blueprint, model_path)
+        tensors = _stream_safetensors(model_path, infos, fields, params_into(config, weights))
+    else:  # checked above: its header describes the tensors read
+        tensors, _ = _read_safetensors(model_path)
     params = {name: tensors[name] for name, _ in blueprint.param_shapes()}
 
     optimizer_path = directory / OPTIMIZER_FILE
@@ -457,7 +498,8 @@ def load_checkpoint(
         else:
             step, state = _optimizer_progress(_read_safetensors(optimizer_path, with_tensors=False)[1], optimizer_path)
             optimizer = OptimizerState(step=step, m={}, v={}, state=state)
-    return Checkpoint(path=directory, params=params, config=config, tokenizer=tokenizer, optimizer=optimizer)
+    return Checkpoint(path=directory, params=params, config=config, tokenizer=tokenizer, optimizer=optimizer,
+                      weights=weights, progress=model_progress(fields, model_path))
 
 
 def _shape_summary(blueprint: Blueprint) -> str:

@@ -2,7 +2,8 @@
 
     odin                     # no sub-command = `odin train`: the default recipe end to end
     odin info                # CPU, features, ISA in use, compiler, version
-    odin model info CONFIG   # parameter count and memory of a TOML config or a preset
+    odin model info CONFIG   # parameter count and memory of a TOML config, a preset or a checkpoint
+    odin quantize CHECKPOINT OUT --type q8_0|q4_0|q4_1|q5_0|q5_1 [--embed TYPE] [--overwrite]
     odin data build --out DIR ...
     odin train [--preset P] [--config FILE] [--data DIR] [--steps N] [--threads K] [--seed S] [--out DIR]
                [--resume | --overwrite | --init-from CHECKPOINT]
@@ -49,11 +50,36 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_model(path: str):
+    """(RunConfig, weight types) of the checkpoint `path` stands for (odin-infer -m's rule),
+    from its config.json and its model file's header: no weight is read."""
+    from odin.checkpoint_io import CheckpointError
+    from odin.checkpoint_locate import locate_checkpoint
+    from odin.config import RunConfig
+    from odin.quant.checkpoint import stored_weights
+
+    folder = locate_checkpoint(path)
+    config_file = folder / "config.json"
+    try:
+        cfg = RunConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{config_file}: {error}") from None
+    return cfg, stored_weights(folder)
+
+
 def _cmd_model_info(args: argparse.Namespace) -> int:
     from odin.blueprint import describe
+    from odin.checkpoint_locate import CHECKPOINT_FILES
     from odin.config import PRESETS, load_config, preset_config
 
-    cfg = preset_config(args.config) if args.config in PRESETS else load_config(args.config)
+    weights = None
+    given = Path(args.config)
+    if args.config in PRESETS:
+        cfg = preset_config(args.config)
+    elif given.is_dir() or given.name in CHECKPOINT_FILES:  # a checkpoint: its model and weight types
+        cfg, weights = _checkpoint_model(args.config)
+    else:
+        cfg = load_config(args.config)
     from odin.blueprint import Blueprint
 
     from odin.spheres import default_threads
@@ -63,7 +89,7 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     bp = Blueprint(cfg.model)
     batch = args.batch or cfg.train.batch_size
     seq = args.seq_len or cfg.model.context
-    print(describe(bp, batch, seq, args.threads or default_threads()))
+    print(describe(bp, batch, seq, args.threads or default_threads(), weights))
     return 0
 
 
@@ -187,6 +213,10 @@ def _train_as_root(args: argparse.Namespace, world) -> int:
         refuse_busy_folder(args.out)
     if args.resume and args.init_from:
         raise ValueError("--init-from starts a new run and --resume continues one: give one of them")
+    if args.init_from:  # quantized weights cannot train: said before any dataset is built
+        from odin.quant.checkpoint import refuse_training
+
+        refuse_training(args.init_from, "--init-from")
     if args.resume:
         name = args.preset or (Path(args.config).stem if args.config else DEFAULT_PRESET)
         out_dir = Path(args.out) if args.out else Path("runs") / name
@@ -305,8 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("model", help="model configs")
     msub = m.add_subparsers(dest="model_command", required=True)
-    mi = msub.add_parser("info", help="parameter count and memory of a config file or preset")
-    mi.add_argument("config", help="a TOML config file or a preset name")
+    mi = msub.add_parser("info", help="parameter count and memory of a config file, preset or checkpoint")
+    mi.add_argument("config", help="a TOML config file, a preset name, or a checkpoint (its folder, its run folder, "
+                                   "its model.safetensors)")
     mi.add_argument("--batch", type=int, default=None)
     mi.add_argument("--seq-len", type=int, default=None)
     mi.add_argument("--threads", type=int, default=None,
@@ -317,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     from odin.web.cli import register as register_web
 
     register_web(sub)  # odin wasm build, odin export web, odin serve-web
+    from odin.quant.cli import register as register_quant
+
+    register_quant(sub)  # odin quantize
 
     t = sub.add_parser("train", help="train a model (default: the 3-digit addition recipe)")
     t.add_argument("--preset", default=None, help=f"a preset (default: {DEFAULT_PRESET})")

@@ -58,6 +58,10 @@ def _require_recorded_settings(ckpt_dir: Path) -> None:
 def resume_state(ckpt_dir: Path, run_config: Optional[RunConfig]) -> LoadedModel:
     """The checkpoint a resume continues from, checked: weights and optimizer present, a
     trainer state odin train wrote, and (when a config is given) the run's own settings."""
+    from odin.quant.checkpoint import refuse_training
+
+    for candidate in (ckpt_dir, ckpt_dir.parent):  # the run's checkpoint, or the folder named if it is one
+        refuse_training(candidate, "cannot resume")
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"cannot resume: no checkpoint in {ckpt_dir} (start the run without --resume)")
     loaded = load_model_checkpoint(ckpt_dir, with_optimizer=True)
@@ -90,7 +94,10 @@ def resume_state(ckpt_dir: Path, run_config: Optional[RunConfig]) -> LoadedModel
 
 def init_weights_from(path: str | Path, tokenizer: CharTokenizer) -> LoadedModel:
     """Weights (no optimizer state) of any ODIN checkpoint, for a new run; its tokenizer must
-    be the one the datasets are written in."""
+    be the one the datasets are written in; quantized weights cannot start a run."""
+    from odin.quant.checkpoint import refuse_training
+
+    refuse_training(path, "--init-from")
     loaded = load_model_checkpoint(path, with_optimizer=False)
     theirs = loaded.tokenizer
     if not isinstance(theirs, CharTokenizer) or theirs.vocab_size != tokenizer.vocab_size \

@@ -23,7 +23,7 @@ once per session by the installed commands themselves (see ``Workspace``):
     {run_copy}  a private copy of {run} (to --resume)      {ckpt_rwkv} a short rwkv-tiny checkpoint
     {web}       odin export web of {ckpt}                  {static}   the installed page's folder
     {ptoml}     a small pipeline.toml                      {inbox}    a fresh pipeline folder with documents
-    {prompts}   a prompt file for odin-infer -f
+    {prompts}   a prompt file for odin-infer -f          {qckpt}    {ckpt} quantized (odin quantize, q4_0)
     {pipe}      a pipeline folder after one run --once     {pipe_ckpt} its checkpoint
 
 ``out`` is a regex the combined stdout+stderr must match, ``rc`` the exit status, ``stdin``
@@ -139,6 +139,17 @@ ROWS: list[Row] = [
     Row("odin serve-web --port 0", http=SERVED),  # no model exported yet: the page still loads
     # the wasm build needs the C sources: from an installed package, a one-line refusal
     Row("odin wasm build --out {tmp}/wasm", rc=1, out=r"source checkout", one_line=True),
+    # ---- odin quantize (docs/quantization.md): the quantized checkpoint answers; what it refuses is
+    # one line (every refusal, and the memory odin quantize holds: tests/test_quant_cli.py)
+    Row("odin quantize {ckpt} {tmp}/q4 --type q4_0 && odin-infer -m {tmp}/q4 -p 12+34= -n 8 && "
+        "odin eval {tmp}/q4 --splits test && odin model info {tmp}/q4", out=r"q4_0 matrices, embedding"),
+    Row("odin quantize {run} {tmp}/q --type q8_0 --embed f32 && odin quantize {ckpt} {tmp}/q --type q5_1 --overwrite",
+        out=r"to q5_1 \(embedding q8_0\): [\d.]+ MiB -> [\d.]+ MiB"),
+    Row("odin quantize {ckpt_rwkv} {tmp}/q --type q4_1 && odin-infer -m {tmp}/q -p 12+34= -n 8"),
+    Row("odin quantize {ckpt} {tmp}/q --type q3_k", rc=2, out=r"unknown quantization type 'q3_k'", one_line=True),
+    Row("odin quantize {qckpt} {tmp}/q --type q8_0", rc=2, out=r"quantized already", one_line=True),
+    Row("odin train --data {data} --steps 3 --out {tmp}/r --init-from {qckpt}", rc=2,
+        out=r"quantized as q4_0 \(embedding q8_0\): it can answer but not train", one_line=True),
     # ---- odin-pipeline
     Row("odin-pipeline run {inbox} --config {ptoml} --once --quiet"),
     Row("mpirun --oversubscribe -np 2 odin-pipeline run {inbox} --config {ptoml} --once --quiet", env=MPI_ENV,
@@ -340,6 +351,10 @@ class Workspace:
 
     def _make_pipe_ckpt(self) -> Path:
         return Path(self.value("pipe", self.shared)) / "checkpoints" / "latest"
+
+    def _make_qckpt(self) -> Path:
+        self.must(f"odin quantize {self.value('ckpt', self.shared)} {self.shared}/qckpt --type q4_0")
+        return self.shared / "qckpt"
 
     def row_dir(self) -> Path:
         self._rows += 1

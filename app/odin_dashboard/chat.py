@@ -25,7 +25,7 @@ from odin.prompt_text import decode_escapes
 class ChatModel:
     """Where a chat's weights come from: a live or loaded GPT and how to read its answers."""
 
-    model: Any  # odin.model.GPT (only .params and .shape are used)
+    model: Any  # odin.model.GPT or RWKV (only .params, .qblock, .weights and .shape are used)
     run_config: RunConfig
     tokenizer: Any
     reverse_answer: bool
@@ -52,11 +52,12 @@ class ChatEvent:
 
 
 def clone_model(chat_model: ChatModel) -> Any:
-    """A private copy of the weights in a new native model."""
+    """A private copy of the weights in a new native model (of the same weight types)."""
     from odin.checkpoint import model_from_config
 
-    clone = model_from_config(chat_model.run_config)
+    clone = model_from_config(chat_model.run_config, chat_model.model.weights)
     clone.params[...] = chat_model.model.params  # one memcpy; never aliases the trainer's block
+    clone.qblock[...] = chat_model.model.qblock  # a quantized model's blocks (empty for float32)
     return clone
 
 

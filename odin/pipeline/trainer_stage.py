@@ -42,6 +42,7 @@ from odin.pipeline.shards import (
 )
 from odin.pipeline.store import Store
 from odin.pipeline.tokenize_stage import PipelineStateError
+from odin.quant.checkpoint import refuse_training
 from odin.distributed.world import current as current_world
 from odin.spheres import SpheresTrainer, default_threads
 
@@ -122,6 +123,7 @@ class TrainerStage:
         target = self.paths.checkpoint
         if target.exists():
             try:
+                refuse_training(target)  # a quantized model answers but cannot train
                 loaded = load_model_checkpoint(target, with_optimizer=True)
             except (CheckpointError, OSError) as error:
                 raise PipelineStateError(f"cannot resume training: {error}") from None

@@ -11,6 +11,9 @@ from odin.native import check, ffi, lib
 # name -> ggml's type id (odin.h's odin_type)
 QUANT_TYPES: dict[str, int] = {"q8_0": 8, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7}
 _NAMES = {v: k for k, v in QUANT_TYPES.items()} | {0: "f32"}
+# The token embedding's type when a float32 model is quantized (odin quantize, the exports),
+# whatever the matrices' type: it is also the tied output head, the most sensitive tensor.
+DEFAULT_EMBED_TYPE = "q8_0"
 
 
 class QuantError(ValueError):

@@ -103,6 +103,9 @@ def continue_problem(loaded: Any) -> Optional[str]:
     exactly, which needs the optimizer moments and the batch sampler's position."""
     from odin.tokenizers import CharTokenizer
 
+    if loaded.model.is_quantized:
+        return (f"its weights are quantized as {loaded.model.weights.describe()}: it answers but cannot train; "
+                f"continue the float32 checkpoint it was made from")
     if not isinstance(loaded.tokenizer, CharTokenizer):
         return ("this model uses a BPE tokenizer (an odin-pipeline model): the pipeline continues it "
                 "(odin-pipeline run FOLDER); here you can ask it questions")
