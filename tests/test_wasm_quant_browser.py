@@ -249,7 +249,7 @@ def check_export(cdp, url: str, path: str, folder: Path, quant: str, limit_bytes
     result = compare(got, want, native_logits, tie)
     assert result["max_rel"] <= logit_bound, result
     assert page["memory"] <= got["memory"] <= limit_bytes, (got["memory"], limit_bytes)
-    result.update(page=page, memory=got["memory"], rate=got["runs"][0]["rate"])
+    result.update(page=page, memory=got["memory"], rate=got["runs"][0]["rate"], tokens=got["runs"][0]["tokens"])
     if quant != "f32":  # the scalar build runs the native scalar code: the same bits
         scalar = load_in_page(cdp, f"{url}?model={path}&cache=0&variant=scalar")
         assert scalar["error"] == "" and scalar["isa"] == "scalar"
@@ -277,6 +277,17 @@ def test_small_rwkv_quantized_in_the_page(browser, tmp_path, tmp_path_factory): 
             r = check_export(browser, url, path, folder, q, limit_bytes=manifest["weights"]["bytes"] + 12 * MB,
                              tie=TIE, logit_bound=LOGIT_BOUND)
             assert r["page"]["planned"] < 0.5 * 4 * manifest["n_params"]  # float32 weights alone: 4 bytes each
+        # with the IndexedDB cache: the second load takes the blocks from it, the same tokens
+        path = exports["q4_0"][2]
+        tokens = []
+        for from_cache in (False, True):
+            load_in_page(browser, f"{url}?model={path}")
+            got = browser.evaluate(f"""(async () => {{ const m = window.odinDemo.model;
+                const r = await m.generate({json.dumps(PROMPT)}, {{ maxTokens: {N_TOKENS}, temperature: 0, stop: [] }});
+                return {{ fromCache: m.loadInfo.fromCache, tokens: r.tokens }}; }})()""")
+            assert got["fromCache"] is from_cache
+            tokens.append(got["tokens"])
+        assert tokens[0] == tokens[1] == r["tokens"]
     finally:
         server.shutdown()
         server.server_close()
