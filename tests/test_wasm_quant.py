@@ -267,3 +267,36 @@ def test_bad_quant_input_is_one_line_and_writes_nothing(checkpoints, tmp_path, t
     # an upper-case type is the same type
     manifest = export_web(checkpoints / "gpt", out, quant="Q8_0", examples=0)
     assert manifest["quant"]["matrix"] == "q8_0"
+
+
+@needs_node
+@pytest.mark.parametrize("extra", [{"abacus": 8, "positions": "none"}, {"positions": "alibi"}], ids=["abacus", "alibi"])
+def test_node_runs_quantized_gpt_variants(extra, tmp_path, tmp_path_factory):
+    """A quantized GPT with Abacus digit embeddings (a float32 table beside the blocks) or with
+    ALiBi: the page's greedy tokens are the native quantized model's."""
+    from odin.checkpoint import model_from_config, save_model_checkpoint
+    from odin.config import ModelConfig, RunConfig, TrainConfig
+    from odin.data.batching import encode_examples
+    from odin.model import WeightTypes
+    from odin.quant.convert import quantized_copy
+    from odin.web.export import export_web
+
+    wasm = wasm_path("simd128", tmp_path_factory, need_wasmtime=False)
+    _, _, tok, examples = quant_arith_model("gpt")
+    config = RunConfig(model=ModelConfig(n_layer=2, d_model=64, n_head=4, context=16, **extra),
+                       train=TrainConfig(batch_size=32, lr=3e-3, weight_decay=0.0))
+    model = model_from_config(config)
+    model.init_weights(3)
+    train_briefly(model, encode_examples(examples, tok), steps=200, T=12, seed=0)
+    save_model_checkpoint(tmp_path / "ckpt", model, tok, config, step=200, trainer_state={})
+    manifest = export_web(tmp_path / "ckpt", tmp_path / "web", examples=0, quant="q8_0")
+    if "abacus" in extra:
+        assert {t["name"]: t["type"] for t in manifest["tensors"]}["wab"] == "f32"
+    prompts = [e.prompt for e in examples[:12]]
+    spec = {"runtime": str(ROOT / "web" / "odin.js"), "wasm_dir": str(wasm.parent), "variant": "simd128",
+            "model_dir": str(tmp_path / "web"), "prompts": prompts, "max_new": 6}
+    got = run_node(spec, tmp_path)
+    native = quantized_copy(model, WeightTypes("q8_0", "q8_0"))
+    expected = native.generate_greedy([[tok.bos_id, *tok.encode(p)] for p in prompts], max_new=6, end_id=tok.end_id)
+    assert sum(1 for g in expected if g and g[-1] == tok.end_id) >= 6
+    assert got["greedy"] == expected
