@@ -124,6 +124,10 @@ ROWS: list[Row] = [
     # tests/test_interchange_*.py); the round trip answers like the original
     Row("odin export gguf {ckpt} {tmp}/m.gguf --type f16 && odin import gguf {tmp}/m.gguf {tmp}/back && "
         "odin-infer -m {tmp}/back -p 12+34= -n 8", out=r"\d"),
+    # quantized GGUF: the blocks go out and come back as a quantized checkpoint that answers
+    Row("odin export gguf {ckpt} {tmp}/q.gguf --type q4_0 && odin import gguf {tmp}/q.gguf {tmp}/back && "
+        "odin-infer -m {tmp}/back -p 12+34= -n 8", out=r"q4_0 \(embedding q8_0\)[\s\S]*\d"),
+    Row("odin export gguf {ckpt} {tmp}/q.gguf --type q3_0", rc=2, out=r"--type must be one of", one_line=True),
     Row("odin export hf {ckpt} {tmp}/hf && odin import hf {tmp}/hf {tmp}/back && "
         "odin-infer -m {tmp}/back -p 12+34= -n 8", out=r"\d"),
     Row("odin export hf {ckpt_rwkv} {tmp}/hf"),

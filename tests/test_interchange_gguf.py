@@ -312,7 +312,7 @@ def rewrite(source: Path, target: Path, *, arch: str = "gpt2", drop: tuple[str, 
     """A copy of GGUF file ``source`` made with the gguf package's writer: metadata keys in
     ``drop`` left out, ``values`` replacing values (same type), ``strings`` added as strings,
     ``tensors`` replacing (None: removing) or adding tensors, ``raw_types`` the GGML type of
-    replaced tensors given as raw bytes."""
+    replaced tensors given as raw bytes (a block-quantized tensor copied keeps its type)."""
     reader = gguf.GGUFReader(str(source))
     writer = gguf.GGUFWriter(str(target), arch)
     values = values or {}
@@ -326,9 +326,13 @@ def rewrite(source: Path, target: Path, *, arch: str = "gpt2", drop: tuple[str, 
         writer.add_string(key, value)
     replaced = dict(tensors or {})
     for tensor in reader.tensors:
+        kept = tensor.name not in replaced
         array = replaced.pop(tensor.name, np.array(tensor.data))
         if array is not None:
-            writer.add_tensor(tensor.name, array, raw_dtype=(raw_types or {}).get(tensor.name))
+            raw = (raw_types or {}).get(tensor.name)
+            if kept and tensor.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+                raw = tensor.tensor_type  # a block-quantized tensor copied: its bytes with its type
+            writer.add_tensor(tensor.name, array, raw_dtype=raw)
     for name, array in replaced.items():
         writer.add_tensor(name, array)
     writer.write_header_to_file()

@@ -6,6 +6,11 @@ architecture; the names come from the ``gguf`` package (gguf-py, llama.cpp's own
 reader) and the tokenizer goes through :mod:`odin.interchange.gguf_vocab`. Without an
 ``output.weight`` llama.cpp ties the head to ``token_embd``, as ODIN does.
 
+Quantized models go out as the bytes ODIN computes with: its block formats are ggml's (q8_0,
+q4_0, q4_1, q5_0, q5_1), so each quantized tensor is written raw with its GGML type, and a
+quantized file comes back as a quantized checkpoint holding the same blocks; which tensor has
+which type, both ways, is :mod:`odin.interchange.gguf_types`.
+
 What llama.cpp's gpt2 cannot run is refused with the reason: ALiBi biases and Abacus digit
 embeddings (no such inputs in its gpt2 graph) and RWKV (llama.cpp has RWKV-6/7, whose blocks
 differ from RWKV-4's). A GPT with ``positions = "none"`` exports as is: its position table
@@ -24,13 +29,19 @@ from typing import Any
 
 import numpy as np
 
-from odin.checkpoint_io import load_checkpoint, save_checkpoint
+from odin.checkpoint import load_model_checkpoint
+from odin.checkpoint_io import save_checkpoint
 from odin.config import ConfigError, ModelConfig, RunConfig
+from odin.errors import ShapeError
 from odin.interchange.common import InterchangeError, run_command, write_file_atomically
+from odin.interchange.gguf_types import (
+    EXPORT_TYPES, PlanError, can_dequantize, default_embed_type, file_type, ggml_type, import_plan, read_blocks,
+    read_float, type_label,
+)
 from odin.interchange.gguf_vocab import GGUFVocab, VocabError, tokenizer_from_vocab, vocab_from_tokenizer
+from odin.quant import QUANT_TYPES, QuantError, dequantize
 
 ARCH = "gpt2"
-TYPES = ("f32", "f16")
 F16_MAX = float(np.finfo(np.float16).max)
 GGUF_MAGIC = b"GGUF"
 PRE_TOKENIZER = "gpt-2"  # llama.cpp's name for the GPT-2 word-splitting regex
@@ -93,35 +104,54 @@ def _refusal(config: ModelConfig) -> str | None:
     return None
 
 
-def export_gguf(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], dtype: str = "f32") -> dict[str, Any]:
-    """Write ``checkpoint`` as a GGUF file ``out`` (``dtype`` f32 or f16 for the matrices;
-    norms and biases stay f32, as llama.cpp's converters keep them). Written to a temp file
-    beside ``out`` and renamed over it. Returns a summary (parameters, bytes, dtype)."""
-    if dtype not in TYPES:
-        raise GGUFError(f"--type must be one of {', '.join(TYPES)}, got {dtype!r}")
+def export_gguf(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
+                dtype: str | None = None) -> dict[str, Any]:
+    """Write ``checkpoint`` as a GGUF file ``out``. ``dtype``: f32 or f16 for the matrices of a
+    float32 checkpoint (norms and biases stay f32, as llama.cpp's converters keep them), or a
+    block type (q8_0, q4_0, q4_1, q5_0, q5_1): the checkpoint quantized as ``odin quantize``
+    does (matrices that type, the token embedding ODIN's embedding type); None is what the
+    checkpoint holds (a quantized checkpoint's own blocks, byte for byte; another type for it
+    is refused). Written to a temp file beside ``out`` and renamed over it. Returns a summary
+    (parameters, bytes, type)."""
+    if dtype is not None:
+        if not isinstance(dtype, str) or dtype.strip().lower() not in EXPORT_TYPES:
+            raise GGUFError(f"--type must be one of {', '.join(EXPORT_TYPES)}, got {dtype!r}")
+        dtype = dtype.strip().lower()
     gguf = _gguf()
-    loaded = load_checkpoint(checkpoint)
-    config = loaded.run_config().model
+    loaded = load_model_checkpoint(checkpoint, with_optimizer=False)
+    config = loaded.run_config.model
     refusal = _refusal(config)
     if refusal:
         raise GGUFError(f"{checkpoint}: {refusal}")
+    model = _model_to_write(loaded.model, checkpoint, dtype)
+    dtype = dtype or model.weights.matrix
     try:
         vocab = vocab_from_tokenizer(loaded.tokenizer, config.vocab_size)
     except VocabError as error:
         raise GGUFError(f"{Path(checkpoint) / 'tokenizer.json'}: {error}") from None
-    for name, array in loaded.params.items():
+    params, blocks = model.named_params(), model.named_qtensors()
+    for name, array in params.items():
         if not np.isfinite(array).all():
             raise GGUFError(f"{Path(checkpoint) / 'model.safetensors'}: tensor {name!r} holds NaN or Inf")
         if dtype == "f16" and array.ndim == 2 and np.abs(array).max(initial=0.0) > F16_MAX:
             raise GGUFError(f"{checkpoint}: tensor {name!r} has values beyond f16's range (+-{F16_MAX:g}); "
                             f"export it with --type f32")
+    for name, (data, kind) in blocks.items():  # a scale that is NaN or Inf would make llama.cpp's output NaN
+        if not np.isfinite(dequantize(data, kind, _columns(model, name))).all():
+            raise GGUFError(f"{Path(checkpoint) / 'model.safetensors'}: tensor {name!r} ({kind}) holds NaN or Inf")
+    matrix, embed = ("f16", "f16") if dtype == "f16" else (model.weights.matrix, model.weights.embed)
     target = Path(out)
 
     def write(staging: Path) -> None:
         writer = gguf.GGUFWriter(str(staging), ARCH)
-        _write_metadata(writer, gguf, config, vocab, dtype, Path(checkpoint).name)
+        _write_metadata(writer, gguf, config, vocab, file_type(gguf, matrix, embed), Path(checkpoint).name,
+                        quantized=bool(blocks))
         for odin_name, gguf_name in tensor_names(config.n_layer).items():
-            array = np.ascontiguousarray(loaded.params[odin_name], dtype=np.float32)
+            if odin_name in blocks:  # ODIN's blocks are ggml's: the bytes go in as they are
+                data, kind = blocks[odin_name]
+                writer.add_tensor(gguf_name, np.ascontiguousarray(data), raw_dtype=ggml_type(gguf, kind))
+                continue
+            array = np.ascontiguousarray(params[odin_name], dtype=np.float32)
             writer.add_tensor(gguf_name, array.astype(np.float16) if dtype == "f16" and array.ndim == 2 else array)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -129,11 +159,38 @@ def export_gguf(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
         writer.close()
 
     write_file_atomically(target, write, GGUFError, ".gguf")
-    n_params = sum(int(array.size) for array in loaded.params.values())
-    return {"path": target, "n_params": n_params, "bytes": target.stat().st_size, "type": dtype}
+    n_params = sum(int(array.size) for array in params.values()) + sum(
+        rows * cols for _, _, (rows, cols), _ in model.quant_layout)
+    kind = "f16" if dtype == "f16" else model.weights.describe()
+    return {"path": target, "n_params": n_params, "bytes": target.stat().st_size, "type": kind}
 
 
-def _write_metadata(writer: Any, gguf: Any, config: ModelConfig, vocab: GGUFVocab, dtype: str, name: str) -> None:
+def _model_to_write(model: Any, checkpoint: str | os.PathLike[str], dtype: str | None) -> Any:
+    """The model whose tensors go into the file: a quantized checkpoint's own (only for its own
+    type), or a float32 one quantized here when ``dtype`` is a block type."""
+    weights = model.weights
+    if weights.quantized:
+        if dtype not in (None, weights.matrix):
+            raise GGUFError(f"{checkpoint}: the checkpoint is quantized ({weights.describe()}) and exports as its own "
+                            f"blocks (--type {weights.matrix}); for --type {dtype} export its float32 original")
+        return model
+    if dtype not in QUANT_TYPES:
+        return model
+    from odin.model import WeightTypes
+    from odin.quant.convert import quantized_copy
+
+    try:
+        return quantized_copy(model, WeightTypes(matrix=dtype, embed=default_embed_type()))
+    except (QuantError, ShapeError) as error:  # a row that is not whole blocks of 32
+        raise GGUFError(f"{checkpoint}: cannot quantize to {dtype}: {error}") from None
+
+
+def _columns(model: Any, name: str) -> int:
+    return next(cols for qname, _, (_, cols), _ in model.quant_layout if qname == name)
+
+
+def _write_metadata(writer: Any, gguf: Any, config: ModelConfig, vocab: GGUFVocab, ftype: Any, name: str,
+                    quantized: bool) -> None:
     writer.add_name(name or "odin")
     writer.add_context_length(config.context)
     writer.add_embedding_length(config.d_model)
@@ -141,7 +198,9 @@ def _write_metadata(writer: Any, gguf: Any, config: ModelConfig, vocab: GGUFVoca
     writer.add_feed_forward_length(4 * config.d_model)
     writer.add_head_count(config.n_head)
     writer.add_layer_norm_eps(config.ln_eps)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(ftype)
+    if quantized:  # as llama.cpp's converters and llama-quantize mark block-quantized files
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(PRE_TOKENIZER)
     writer.add_token_list(vocab.tokens)
@@ -216,8 +275,10 @@ def _decimal(value: float) -> float:
     return float(str(np.float32(value)))
 
 
-def read_gguf(path: str | os.PathLike[str]) -> tuple[RunConfig, dict[str, np.ndarray], GGUFVocab]:
-    """The ODIN config, float32 parameters and vocabulary of a gpt2-architecture GGUF file."""
+def read_gguf(path: str | os.PathLike[str]) -> tuple[RunConfig, dict[str, np.ndarray], GGUFVocab, Any]:
+    """The ODIN config, parameters, vocabulary and weight types (odin.model.WeightTypes) of a
+    gpt2-architecture GGUF file: float32 tensors, and uint8 [rows, row bytes] for the tensors
+    kept in a block format (see odin.interchange.gguf_types.import_plan)."""
     gguf = _gguf()
     source = Path(path)
     reader = _open_reader(source)
@@ -244,8 +305,8 @@ def read_gguf(path: str | os.PathLike[str]) -> tuple[RunConfig, dict[str, np.nda
         shapes = dict(Blueprint(config.model).param_shapes())
     except (ConfigError, ValueError) as error:
         raise GGUFError(f"{source}: a model ODIN cannot build: {error}") from None
-    params = _read_tensors(reader, gguf, source, n_layer, shapes)
-    return config, params, vocab
+    params, weights = _read_tensors(reader, gguf, source, n_layer, shapes)
+    return config, params, vocab, weights
 
 
 def _read_vocab(fields: _Fields) -> GGUFVocab:
@@ -265,24 +326,21 @@ def _read_vocab(fields: _Fields) -> GGUFVocab:
 
 
 def _read_tensors(reader: Any, gguf: Any, source: Path, n_layer: int,
-                  shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+                  shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, np.ndarray], Any]:
+    from odin.model import WeightTypes
+
     by_name = {tensor.name: tensor for tensor in reader.tensors}
     names = tensor_names(n_layer)
     known = set(names.values()) | {_output_name()}
     extra = sorted(set(by_name) - known)
     if extra:
         raise GGUFError(f"{source}: unexpected tensor {extra[0]!r} for a {n_layer}-layer gpt2 model")
-    readable = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16}
-    params: dict[str, np.ndarray] = {}
     for odin_name, gguf_name in [*names.items(), ("output", _output_name())]:
         tensor = by_name.get(gguf_name)
         if tensor is None:
             if odin_name == "output":
                 continue
             raise GGUFError(f"{source}: tensor {gguf_name!r} is missing")
-        if tensor.tensor_type not in readable:
-            raise GGUFError(f"{source}: tensor {gguf_name!r} is {tensor.tensor_type.name}; ODIN imports f32 and "
-                            f"f16 GGUF files (block-quantized types are not supported yet)")
         expected = shapes["wte" if odin_name == "output" else odin_name]
         shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))  # GGUF lists the fastest axis first
         if odin_name in ("wte", "output") and len(shape) == 2 and shape[0] != expected[0]:
@@ -290,14 +348,35 @@ def _read_tensors(reader: Any, gguf: Any, source: Path, n_layer: int,
         if shape != expected:
             raise GGUFError(f"{source}: tensor {gguf_name!r} has shape {list(shape)}, expected {list(expected)} "
                             f"from the metadata")
-        params[odin_name] = np.array(tensor.data, dtype=np.float32).reshape(expected)
-    head = params.pop("output", None)
-    if head is not None and not np.array_equal(head, params["wte"]):
-        raise GGUFError(f"{source}: the output head differs from token_embd; ODIN ties the head to the embedding")
+    try:
+        plan = import_plan(gguf, {odin_name: (gguf_name, int(by_name[gguf_name].tensor_type))
+                                  for odin_name, gguf_name in names.items()})
+        params: dict[str, np.ndarray] = {}
+        for odin_name, gguf_name in names.items():
+            tensor, keep = by_name[gguf_name], plan.tensors[odin_name].keep
+            params[odin_name] = (read_blocks(tensor, keep, shapes[odin_name]) if keep
+                                 else read_float(gguf, tensor, shapes[odin_name]))
+        head = by_name.get(_output_name())
+        if head is not None and not _same_tensor(gguf, head, by_name[names["wte"]], shapes["wte"]):
+            raise GGUFError(f"{source}: the output head differs from token_embd; ODIN ties the head to the embedding")
+    except (PlanError, QuantError) as error:
+        raise GGUFError(f"{source}: {error}") from None
     for name, array in params.items():
-        if not np.isfinite(array).all():
+        keep = plan.tensors[name].keep
+        values = dequantize(array, keep, shapes[name][1]) if keep else array
+        if not np.isfinite(values).all():
             raise GGUFError(f"{source}: tensor {names[name]!r} holds NaN or Inf")
-    return params
+    return params, WeightTypes(matrix=plan.matrix, embed=plan.embed)
+
+
+def _same_tensor(gguf: Any, a: Any, b: Any, shape: tuple[int, ...]) -> bool:
+    """Two reader tensors hold the same values: the same bytes of one type, or equal floats."""
+    if a.tensor_type == b.tensor_type:
+        return np.array_equal(np.asarray(a.data).view(np.uint8), np.asarray(b.data).view(np.uint8))
+    for tensor in (a, b):
+        if not can_dequantize(gguf, tensor.tensor_type):
+            raise PlanError(f"tensor {tensor.name!r} is {type_label(gguf, tensor.tensor_type)}, which ODIN cannot read")
+    return np.array_equal(read_float(gguf, a, shape), read_float(gguf, b, shape))
 
 
 def import_gguf(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -306,15 +385,20 @@ def import_gguf(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> di
     target = Path(out)
     if target.exists():
         raise GGUFError(f"{target} already exists; give a new directory for the checkpoint")
-    config, params, vocab = read_gguf(path)
+    config, params, vocab, weights = read_gguf(path)
     try:
         tokenizer = tokenizer_from_vocab(vocab)
     except VocabError as error:
         raise GGUFError(f"{path}: {error}") from None
     if tokenizer.vocab_size > config.model.vocab_size:
         raise GGUFError(f"{path}: {tokenizer.vocab_size} tokens but token_embd has {config.model.vocab_size} rows")
-    save_checkpoint(target, params=params, config=config, tokenizer=tokenizer)
-    return {"path": target, "n_params": sum(int(array.size) for array in params.values()),
+    if weights.quantized:  # the blocks as the file holds them, the types in the model file's metadata
+        save_checkpoint(target, params=params, config=config, tokenizer=tokenizer, weights=weights)
+    else:
+        save_checkpoint(target, params=params, config=config, tokenizer=tokenizer)
+    from odin.blueprint import Blueprint
+
+    return {"path": target, "n_params": Blueprint(config.model).n_params, "weights": weights,
             "tokenizer": type(tokenizer).__name__, "config": config.model}
 
 
@@ -334,7 +418,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
         model = summary["config"]
         return (f"imported {summary['n_params']:,} parameters ({model.n_layer} layers, d_model {model.d_model}, "
                 f"{model.n_head} heads, context {model.context}, vocab {model.vocab_size}, "
-                f"{summary['tokenizer']}) into {summary['path']}")
+                f"{summary['weights'].describe()}, {summary['tokenizer']}) into {summary['path']}")
 
     return run_command("import gguf", action)
 
@@ -345,8 +429,10 @@ def add_export_parser(export_subparsers: "argparse._SubParsersAction") -> None:
         description="Write a checkpoint as a GGUF file of llama.cpp's gpt2 architecture, tokenizer included.")
     parser.add_argument("checkpoint", type=Path, help="ODIN checkpoint directory")
     parser.add_argument("file", type=Path, help="the .gguf file to write")
-    parser.add_argument("--type", choices=TYPES, default="f32",
-                        help="storage of the weight matrices (norms and biases stay f32); default f32")
+    parser.add_argument("--type", default=None, metavar="|".join(EXPORT_TYPES),
+                        help="storage of the weight matrices: f32, f16, or a llama.cpp block type (quantized as "
+                             "odin quantize does: the token embedding q8_0; norms, biases and positions stay f32); "
+                             "default: what the checkpoint holds (a quantized checkpoint's own blocks, unchanged)")
     parser.set_defaults(func=_cmd_export)
 
 
