@@ -87,6 +87,7 @@ async function run(count) {
     return {prefill_s: (stamps[0] - start) / 1000, decode_s: decode, tokens_per_s: count / decode};
 }
 
+const load = os.loadavg()[0];
 await run(Math.min(n, 8)); // warm-up: the weights paged in, llama.cpp's buffers made
 const runs = [];
 for (let r = 0; r < repeat; r++) runs.push(await run(n));
@@ -98,6 +99,7 @@ console.log(JSON.stringify({
     runs: runs.map((x) => ({tokens_per_s: round(x.tokens_per_s), prefill_s: round(x.prefill_s)})),
     node_llama_cpp: JSON.parse(fs.readFileSync(new URL("../package.json", lib), "utf8")).version,
     llama_cpp_features: llama.systemInfo.trim(), cpu: os.cpus()[0]?.model ?? null,
+    load_1m: round(load, 3), // the 1-minute load average before the runs: other work skews the numbers
 }));
 await context.dispose();
 await model.dispose();
