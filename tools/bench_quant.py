@@ -106,6 +106,7 @@ def export_gguf(model: Any, type_name: str, folder: Path) -> Path:
     """model (float32) saved as a checkpoint, then `odin export gguf --type` as a user runs it."""
     from odin.checkpoint import save_model_checkpoint
     from odin.config import ModelConfig, RunConfig
+    from odin.tokenizers import CharTokenizer
 
     ckpt = folder / "ckpt"
     shape = model.shape
@@ -113,7 +114,8 @@ def export_gguf(model: Any, type_name: str, folder: Path) -> Path:
                         context=shape.context, vocab_size=shape.vocab_size) if isinstance(model, GPT) else
             ModelConfig(arch="rwkv", n_layer=shape.n_layer, d_model=shape.d_model, n_head=1,
                         context=shape.context, vocab_size=shape.vocab_size))
-    save_model_checkpoint(ckpt, model, RunConfig(model=mcfg))
+    # the char vocabulary names the first ids; the rest of the 50257 are never produced here
+    save_model_checkpoint(ckpt, model, CharTokenizer(), RunConfig(model=mcfg), step=0)
     out = folder / f"model-{type_name}.gguf"
     subprocess.run(["odin", "export", "gguf", str(ckpt), str(out), "--type", type_name], check=True,
                    stdout=subprocess.DEVNULL)
