@@ -94,54 +94,6 @@ static inline void q8_nibble_pair(const uint8_t *w, size_t rb, int p, size_t off
     *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
 }
 
-static void qrows8_q4_0(float *s, const uint8_t *w, size_t rb, const odin_q8a *a, int nb) {
-    const int rb_i = (int)rb;
-    const __m256i rows = _mm256_setr_epi32(0, 2 * rb_i, 4 * rb_i, 6 * rb_i, rb_i, 3 * rb_i, 5 * rb_i, 7 * rb_i);
-    __m256 acc = _mm256_setzero_ps();
-    for (int i = 0; i < nb; i++) {
-        const size_t off = (size_t)i * sizeof(odin_block_q4_0);
-        q8_prefetch_next(w, rb, i, sizeof(odin_block_q4_0));
-        const __m256i a_lo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)a[i].q));
-        const __m256i a_hi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(a[i].q + 16)));
-        __m256i p[4];
-        for (int k = 0; k < 4; k++) {
-            __m256i lo, hi;
-            q8_nibble_pair(w, rb, k, off + 2, &lo, &hi);
-            p[k] = _mm256_add_epi32(q8_dot(lo, a_lo), q8_dot(hi, a_hi));
-        }
-        const __m256 sums = _mm256_cvtepi32_ps(q8_reduce_pairs(p[0], p[1], p[2], p[3]));
-        const __m256 d = q8_gather_f16(w + off, rows);
-        /* d (sum u a * da - 8 sa) */
-        const __m256 t = _mm256_fmsub_ps(sums, _mm256_set1_ps(a[i].d), _mm256_set1_ps(8.0f * a[i].s));
-        acc = _mm256_fmadd_ps(t, d, acc);
-    }
-    q8_store_pairs(s, acc);
-}
-
-static void qrows8_q4_1(float *s, const uint8_t *w, size_t rb, const odin_q8a *a, int nb) {
-    const int rb_i = (int)rb;
-    const __m256i rows = _mm256_setr_epi32(0, 2 * rb_i, 4 * rb_i, 6 * rb_i, rb_i, 3 * rb_i, 5 * rb_i, 7 * rb_i);
-    __m256 acc = _mm256_setzero_ps();
-    for (int i = 0; i < nb; i++) {
-        const size_t off = (size_t)i * sizeof(odin_block_q4_1);
-        q8_prefetch_next(w, rb, i, sizeof(odin_block_q4_1));
-        const __m256i a_lo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)a[i].q));
-        const __m256i a_hi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(a[i].q + 16)));
-        __m256i p[4];
-        for (int k = 0; k < 4; k++) {
-            __m256i lo, hi;
-            q8_nibble_pair(w, rb, k, off + 4, &lo, &hi);
-            p[k] = _mm256_add_epi32(q8_dot(lo, a_lo), q8_dot(hi, a_hi));
-        }
-        const __m256 sums = _mm256_cvtepi32_ps(q8_reduce_pairs(p[0], p[1], p[2], p[3]));
-        const __m256 d = q8_gather_f16(w + off, rows), m = q8_gather_f16(w + off + 2, rows);
-        /* d sum u a da + m sa */
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(sums, _mm256_set1_ps(a[i].d)), d, acc);
-        acc = _mm256_fmadd_ps(m, _mm256_set1_ps(a[i].s), acc);
-    }
-    q8_store_pairs(s, acc);
-}
-
 static void qrows8_q8_0(float *s, const uint8_t *w, size_t rb, const odin_q8a *a, int nb) {
     const int rb_i = (int)rb;
     const __m256i rows = _mm256_setr_epi32(0, rb_i, 2 * rb_i, 3 * rb_i, 4 * rb_i, 5 * rb_i, 6 * rb_i, 7 * rb_i);
@@ -175,52 +127,52 @@ static inline void q8_fifth_bits_pair(const uint8_t *w, size_t rb, int p, size_t
     *hi = qv_or_bit4(*hi, (a >> 16) | (b & 0xffff0000u));
 }
 
-static void qrows8_q5_0(float *s, const uint8_t *w, size_t rb, const odin_q8a *a, int nb) {
+/* The 4- and 5-bit types, one body: a block of block_bytes holds d at 0, then (the "_1"
+ * types) m at 2, then (the 5-bit types) the fifth bits at qh_off, then the nibbles at qs_off.
+ * "_0" types: d (sum u a da - offset sa); "_1" types: d sum u a da + m sa. The arguments are
+ * constants at each call below, so each type gets its own loop. */
+static inline void qrows8_nibbles(float *s, const uint8_t *w, size_t rb, const odin_q8a *a, int nb,
+                                  size_t block_bytes, size_t qs_off, int qh_off, int has_min, float offset) {
     const int rb_i = (int)rb;
     const __m256i rows = _mm256_setr_epi32(0, 2 * rb_i, 4 * rb_i, 6 * rb_i, rb_i, 3 * rb_i, 5 * rb_i, 7 * rb_i);
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
-        const size_t off = (size_t)i * sizeof(odin_block_q5_0);
-        q8_prefetch_next(w, rb, i, sizeof(odin_block_q5_0));
+        const size_t off = (size_t)i * block_bytes;
+        q8_prefetch_next(w, rb, i, block_bytes);
         const __m256i a_lo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)a[i].q));
         const __m256i a_hi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(a[i].q + 16)));
         __m256i p[4];
         for (int k = 0; k < 4; k++) {
             __m256i lo, hi;
-            q8_nibble_pair(w, rb, k, off + 6, &lo, &hi);
-            q8_fifth_bits_pair(w, rb, k, off + 2, &lo, &hi);
+            q8_nibble_pair(w, rb, k, off + qs_off, &lo, &hi);
+            if (qh_off >= 0) q8_fifth_bits_pair(w, rb, k, off + (size_t)qh_off, &lo, &hi);
             p[k] = _mm256_add_epi32(q8_dot(lo, a_lo), q8_dot(hi, a_hi));
         }
         const __m256 sums = _mm256_cvtepi32_ps(q8_reduce_pairs(p[0], p[1], p[2], p[3]));
         const __m256 d = q8_gather_f16(w + off, rows);
-        const __m256 t = _mm256_fmsub_ps(sums, _mm256_set1_ps(a[i].d), _mm256_set1_ps(16.0f * a[i].s));
-        acc = _mm256_fmadd_ps(t, d, acc);
+        if (has_min) {
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(sums, _mm256_set1_ps(a[i].d)), d, acc);
+            acc = _mm256_fmadd_ps(q8_gather_f16(w + off + 2, rows), _mm256_set1_ps(a[i].s), acc);
+        } else {
+            const __m256 t = _mm256_fmsub_ps(sums, _mm256_set1_ps(a[i].d), _mm256_set1_ps(offset * a[i].s));
+            acc = _mm256_fmadd_ps(t, d, acc);
+        }
     }
     q8_store_pairs(s, acc);
 }
-
+static void qrows8_q4_0(float *s, const uint8_t *w, size_t rb, const odin_q8a *a, int nb) {
+    qrows8_nibbles(s, w, rb, a, nb, sizeof(odin_block_q4_0), offsetof(odin_block_q4_0, qs), -1, 0, 8.0f);
+}
+static void qrows8_q4_1(float *s, const uint8_t *w, size_t rb, const odin_q8a *a, int nb) {
+    qrows8_nibbles(s, w, rb, a, nb, sizeof(odin_block_q4_1), offsetof(odin_block_q4_1, qs), -1, 1, 0.0f);
+}
+static void qrows8_q5_0(float *s, const uint8_t *w, size_t rb, const odin_q8a *a, int nb) {
+    qrows8_nibbles(s, w, rb, a, nb, sizeof(odin_block_q5_0), offsetof(odin_block_q5_0, qs),
+                   (int)offsetof(odin_block_q5_0, qh), 0, 16.0f);
+}
 static void qrows8_q5_1(float *s, const uint8_t *w, size_t rb, const odin_q8a *a, int nb) {
-    const int rb_i = (int)rb;
-    const __m256i rows = _mm256_setr_epi32(0, 2 * rb_i, 4 * rb_i, 6 * rb_i, rb_i, 3 * rb_i, 5 * rb_i, 7 * rb_i);
-    __m256 acc = _mm256_setzero_ps();
-    for (int i = 0; i < nb; i++) {
-        const size_t off = (size_t)i * sizeof(odin_block_q5_1);
-        q8_prefetch_next(w, rb, i, sizeof(odin_block_q5_1));
-        const __m256i a_lo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)a[i].q));
-        const __m256i a_hi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(a[i].q + 16)));
-        __m256i p[4];
-        for (int k = 0; k < 4; k++) {
-            __m256i lo, hi;
-            q8_nibble_pair(w, rb, k, off + 8, &lo, &hi);
-            q8_fifth_bits_pair(w, rb, k, off + 4, &lo, &hi);
-            p[k] = _mm256_add_epi32(q8_dot(lo, a_lo), q8_dot(hi, a_hi));
-        }
-        const __m256 sums = _mm256_cvtepi32_ps(q8_reduce_pairs(p[0], p[1], p[2], p[3]));
-        const __m256 d = q8_gather_f16(w + off, rows), m = q8_gather_f16(w + off + 2, rows);
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(sums, _mm256_set1_ps(a[i].d)), d, acc);
-        acc = _mm256_fmadd_ps(m, _mm256_set1_ps(a[i].s), acc);
-    }
-    q8_store_pairs(s, acc);
+    qrows8_nibbles(s, w, rb, a, nb, sizeof(odin_block_q5_1), offsetof(odin_block_q5_1, qs),
+                   (int)offsetof(odin_block_q5_1, qh), 1, 0.0f);
 }
 #define QROWS8_q5_0 qrows8_q5_0
 #define QROWS8_q5_1 qrows8_q5_1
