@@ -73,42 +73,49 @@ static void pack_fifth_bits(uint8_t qh[4], const int q[32]) {
     for (int i = 0; i < 4; i++) qh[i] = (uint8_t)(h >> (8 * i));
 }
 
+/* The 4- and 5-bit codes of a block, `levels` = 16 or 32 of them. "_0": the scale d maps the
+ * value of largest magnitude to -levels/2 and codes are q = x / d + levels/2 (rounded by
+ * truncating x / d + levels/2 + 0.5, as ggml); "_1": d spans [min, max] in levels - 1 steps,
+ * q = (x - min) / d. Returns d (and the minimum). */
+static float codes_centred(const float *x, int levels, int q[32]) {
+    const float half = (float)(levels / 2), d = signed_max(x) / -half, id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < ODIN_QK; j++) q[j] = clamp_q(x[j] * id + (half + 0.5f), levels - 1);
+    return d;
+}
+static float codes_from_min(const float *x, int levels, int q[32], float *min) {
+    float max;
+    min_max(x, min, &max);
+    const float d = (max - *min) / (float)(levels - 1), id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < ODIN_QK; j++) q[j] = clamp_q((x[j] - *min) * id + 0.5f, levels - 1);
+    return d;
+}
+
 static void quantize_q4_0(const float *x, void *out) {
     odin_block_q4_0 *b = out;
-    const float d = signed_max(x) / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     int q[32];
-    for (int j = 0; j < ODIN_QK; j++) q[j] = clamp_q(x[j] * id + 8.5f, 15);
-    b->d = odin_f32_to_fp16(d);
+    b->d = odin_f32_to_fp16(codes_centred(x, 16, q));
     pack_nibbles(b->qs, q);
 }
 static void quantize_q4_1(const float *x, void *out) {
     odin_block_q4_1 *b = out;
-    float min, max;
-    min_max(x, &min, &max);
-    const float d = (max - min) / 15.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     int q[32];
-    for (int j = 0; j < ODIN_QK; j++) q[j] = clamp_q((x[j] - min) * id + 0.5f, 15);
-    b->d = odin_f32_to_fp16(d);
+    float min;
+    b->d = odin_f32_to_fp16(codes_from_min(x, 16, q, &min));
     b->m = odin_f32_to_fp16(min);
     pack_nibbles(b->qs, q);
 }
 static void quantize_q5_0(const float *x, void *out) {
     odin_block_q5_0 *b = out;
-    const float d = signed_max(x) / -16.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     int q[32];
-    for (int j = 0; j < ODIN_QK; j++) q[j] = clamp_q(x[j] * id + 16.5f, 31);
-    b->d = odin_f32_to_fp16(d);
+    b->d = odin_f32_to_fp16(codes_centred(x, 32, q));
     pack_fifth_bits(b->qh, q);
     pack_nibbles(b->qs, q);
 }
 static void quantize_q5_1(const float *x, void *out) {
     odin_block_q5_1 *b = out;
-    float min, max;
-    min_max(x, &min, &max);
-    const float d = (max - min) / 31.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     int q[32];
-    for (int j = 0; j < ODIN_QK; j++) q[j] = clamp_q((x[j] - min) * id + 0.5f, 31);
-    b->d = odin_f32_to_fp16(d);
+    float min;
+    b->d = odin_f32_to_fp16(codes_from_min(x, 32, q, &min));
     b->m = odin_f32_to_fp16(min);
     pack_fifth_bits(b->qh, q);
     pack_nibbles(b->qs, q);

@@ -176,13 +176,18 @@ def browser(tmp_path_factory):
             proc.kill()
 
 
-def open_page(cdp: CDP, url: str) -> dict:
+def navigate_to_demo(cdp: CDP, url: str) -> None:
+    """Open the demo page and wait until its module has run (window.odinDemo exists)."""
     cdp.call("Page.navigate", url=url)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # navigation done: the demo's module has run
+    while time.monotonic() < deadline:
         if cdp.evaluate("typeof window.odinDemo === 'object' && document.readyState === 'complete'"):
             break
         time.sleep(0.05)
+
+
+def open_page(cdp: CDP, url: str) -> dict:
+    navigate_to_demo(cdp, url)
     return cdp.evaluate("""(async () => {
         await window.odinDemo.ready;
         const m = window.odinDemo.model;

@@ -11,14 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from odin.model import Sampler, stream_tokens
-from wasm_support import tiny_arith_model, train_briefly, wasm_path
+from wasm_support import run_node, tiny_arith_model, train_briefly, wasm_path
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = shutil.which("node")
@@ -36,14 +35,6 @@ def check_sizes(got: dict) -> None:
     for r in got["sizes"]:
         assert 0 <= r["heap"] - r["formula"] <= 1024, r
 
-
-def run_node(spec: dict, tmp_path: Path) -> dict:
-    path = tmp_path / "spec.json"
-    path.write_text(json.dumps(spec))
-    proc = subprocess.run([NODE, str(ROOT / "tests" / "js" / "node_check.mjs"), str(path)],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, f"node failed:\n{proc.stderr}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ one (in 4 of 20 runs, on one or two prompts). Asserted: every prompt within 5e-3
 from __future__ import annotations
 
 import base64
-import json
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import wasm_support
 from wasm_support import tiny_arith_model, train_briefly, wasm_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,31 +36,11 @@ NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed (apt-get install nodejs)")
 WORST_BOUND, MEDIAN_BOUND = 5e-3, 1e-5
 
-_MODELS: dict[str, tuple] = {}
-
 
 def quant_arith_model(arch: str):
-    """(model, run_config, tokenizer, examples): tests/wasm_support's small arithmetic model with
-    d_model 64, a whole number of 32-weight blocks per row (its 48 are not), trained natively
-    until its answers are confident."""
-    if arch in _MODELS:
-        return _MODELS[arch]
-    from odin.checkpoint import model_from_config
-    from odin.config import ModelConfig, RunConfig, TrainConfig
-    from odin.data.arithmetic import ArithmeticConfig, sample_unique_examples
-    from odin.data.batching import encode_examples
-    from odin.tokenizers import CharTokenizer
-
-    tok = CharTokenizer()
-    examples = sample_unique_examples(ArithmeticConfig(ops=("add",), max_digits=2), 48, seed=1)
-    shape = dict(n_layer=2, d_model=64, n_head=4, context=16) if arch == "gpt" else \
-        dict(arch="rwkv", n_layer=2, d_model=64, n_head=1, context=16)
-    config = RunConfig(model=ModelConfig(**shape), train=TrainConfig(batch_size=32, lr=3e-3, weight_decay=0.0))
-    model = model_from_config(config)
-    model.init_weights(11)
-    train_briefly(model, encode_examples(examples, tok), steps=300, T=12, seed=0)
-    _MODELS[arch] = (model, config, tok, examples)
-    return _MODELS[arch]
+    """tests/wasm_support's small arithmetic model at d_model 64, a whole number of 32-weight
+    blocks per row (its default 48 is not)."""
+    return tiny_arith_model(arch, d_model=64)
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +65,7 @@ def native_quantized(arch: str, quant: str):
 
 
 def run_node(spec: dict, tmp_path: Path) -> dict:
-    path = tmp_path / "spec.json"
-    path.write_text(json.dumps(spec))
-    proc = subprocess.run([NODE, str(ROOT / "tests" / "js" / "node_check.mjs"), str(path)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"node failed:\n{proc.stderr}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return wasm_support.run_node(spec, tmp_path, timeout=120)
 
 
 @contextmanager

@@ -34,13 +34,12 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from test_wasm_browser import CHROMIUM, browser  # noqa: F401  (the fixture: one headless Chromium)
+from test_wasm_browser import CHROMIUM, browser, navigate_to_demo  # noqa: F401  (browser: one headless Chromium)
 from test_wasm_quant import native_isa
 from wasm_support import wasm_path
 
@@ -149,12 +148,7 @@ def native_from_export(directory: Path):
 
 def load_in_page(cdp, url: str, timeout: float = 120.0) -> dict:
     """Open the demo page on an export; what it shows, and the model's memory and sizes."""
-    cdp.call("Page.navigate", url=url)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if cdp.evaluate("typeof window.odinDemo === 'object' && document.readyState === 'complete'"):
-            break
-        time.sleep(0.05)
+    navigate_to_demo(cdp, url)
     return cdp.evaluate("""(async () => {
         await window.odinDemo.ready;
         const m = window.odinDemo.model;

@@ -78,15 +78,15 @@ def native_run(name: str, *args) -> int:
     return status
 
 
-_TINY: dict[str, tuple] = {}
+_TINY: dict[tuple[str, int], tuple] = {}
 
 
-def tiny_arith_model(arch: str = "gpt"):
+def tiny_arith_model(arch: str = "gpt", d_model: int = 48):
     """(model, run_config, tokenizer, examples): a small GPT (or RWKV-4 with arch="rwkv")
     trained natively on 2-digit addition until its answers are confident (~0.5-1 s); built
-    once per session and arch."""
-    if arch in _TINY:
-        return _TINY[arch]
+    once per session, arch and width (64 for quantized weights: rows of whole 32-weight blocks)."""
+    if (arch, d_model) in _TINY:
+        return _TINY[arch, d_model]
     from odin.checkpoint import model_from_config
     from odin.config import ModelConfig, RunConfig, TrainConfig
     from odin.data.arithmetic import ArithmeticConfig, sample_unique_examples
@@ -95,14 +95,29 @@ def tiny_arith_model(arch: str = "gpt"):
 
     tok = CharTokenizer()
     examples = sample_unique_examples(ArithmeticConfig(ops=("add",), max_digits=2), 48, seed=1)
-    shape = dict(n_layer=2, d_model=48, n_head=4, context=16) if arch == "gpt" else \
-        dict(arch="rwkv", n_layer=2, d_model=48, n_head=1, context=16)
+    shape = dict(n_layer=2, d_model=d_model, n_head=4, context=16) if arch == "gpt" else \
+        dict(arch="rwkv", n_layer=2, d_model=d_model, n_head=1, context=16)
     config = RunConfig(model=ModelConfig(**shape), train=TrainConfig(batch_size=32, lr=3e-3, weight_decay=0.0))
     model = model_from_config(config)
     model.init_weights(11)
     train_briefly(model, encode_examples(examples, tok), steps=300, T=12, seed=0)
-    _TINY[arch] = (model, config, tok, examples)
-    return _TINY[arch]
+    _TINY[arch, d_model] = (model, config, tok, examples)
+    return _TINY[arch, d_model]
+
+
+def run_node(spec: dict, tmp_path: Path, timeout: float = 60) -> dict:
+    """tests/js/node_check.mjs on a spec (written to tmp_path); its last stdout line as JSON."""
+    import json
+    import shutil
+    import subprocess
+
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    node = shutil.which("node")
+    proc = subprocess.run([node, str(Path(__file__).resolve().parent / "js" / "node_check.mjs"), str(path)],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"node failed:\n{proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def train_briefly(model, encoded, steps: int, T: int, seed: int, batch: int = 32, lr: float = 3e-3) -> None:

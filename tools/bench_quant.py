@@ -8,7 +8,7 @@ same GGUF file), and accuracy of trained checkpoints against their float32 selve
 
 speed: batch-1 decode tokens/s after an 8-token prompt, float32 and each type side by side:
 the runs alternate (f32, type, f32, type, ...) and a ratio is the median of the pairs' ratios.
-Matrices get the type, the token embedding (the tied head) odin.quant.DEFAULT_EMBED, vectors
+Matrices get the type, the token embedding (the tied head) odin.quant.DEFAULT_EMBED_TYPE, vectors
 stay float32. llama.cpp reads the GGUF that `odin export gguf --type T` writes from the same
 weights, with the same threads, alternating with ODIN.
 
@@ -43,10 +43,7 @@ from odin.quant import QUANT_TYPES  # noqa: E402
 from odin.quant.convert import quantized_copy  # noqa: E402
 from odin.rwkv import RWKV, RWKVShape  # noqa: E402
 
-try:
-    from odin.quant import DEFAULT_EMBED  # noqa: E402
-except ImportError:  # pragma: no cover - defined with the quantized checkpoints
-    DEFAULT_EMBED = "q8_0"
+from odin.quant import DEFAULT_EMBED_TYPE as DEFAULT_EMBED  # noqa: E402
 
 _R = PRESETS["odin-100m-rwkv"]["model"]
 MODELS: dict[str, Callable[[], Any]] = {

@@ -35,11 +35,11 @@ from odin.config import ConfigError, ModelConfig, RunConfig
 from odin.errors import ShapeError
 from odin.interchange.common import InterchangeError, run_command, write_file_atomically
 from odin.interchange.gguf_types import (
-    EXPORT_TYPES, PlanError, can_dequantize, default_embed_type, file_type, ggml_type, import_plan, read_blocks,
+    EXPORT_TYPES, PlanError, can_dequantize, file_type, ggml_type, import_plan, read_blocks,
     read_float, type_label,
 )
 from odin.interchange.gguf_vocab import GGUFVocab, VocabError, tokenizer_from_vocab, vocab_from_tokenizer
-from odin.quant import QUANT_TYPES, QuantError, dequantize
+from odin.quant import DEFAULT_EMBED_TYPE, QUANT_TYPES, QuantError, dequantize
 
 ARCH = "gpt2"
 F16_MAX = float(np.finfo(np.float16).max)
@@ -180,7 +180,7 @@ def _model_to_write(model: Any, checkpoint: str | os.PathLike[str], dtype: str |
     from odin.quant.convert import quantized_copy
 
     try:
-        return quantized_copy(model, WeightTypes(matrix=dtype, embed=default_embed_type()))
+        return quantized_copy(model, WeightTypes(matrix=dtype, embed=DEFAULT_EMBED_TYPE))
     except (QuantError, ShapeError) as error:  # a row that is not whole blocks of 32
         raise GGUFError(f"{checkpoint}: cannot quantize to {dtype}: {error}") from None
 

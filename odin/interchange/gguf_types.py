@@ -21,27 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from odin.quant import QUANT_TYPES, type_id, type_name
+from odin.blueprint import GPT_MATRICES
+from odin.quant import DEFAULT_EMBED_TYPE, QUANT_TYPES, type_id, type_name
 
 FLOAT_TYPES = ("f32", "f16")
 EXPORT_TYPES = (*FLOAT_TYPES, *QUANT_TYPES)
 BLOCK_IDS = frozenset(QUANT_TYPES.values())  # ggml type ids of the block formats ODIN computes with
 F32_ID, F16_ID, BF16_ID = 0, 1, 30
 FLOAT_IDS = frozenset((F32_ID, F16_ID, BF16_ID))  # float types: read as float32, exactly
-MATRIX_SUFFIXES = ("qkv_w", "attproj_w", "fc_w", "fcproj_w")  # a GPT layer's weight matrices
-
-
-def default_embed_type() -> str:
-    """The token embedding's type when a float32 checkpoint is quantized: ODIN's policy,
-    odin.quant.DEFAULT_EMBED_TYPE (the tied head is the most sensitive tensor)."""
-    import odin.quant as quant
-
-    return getattr(quant, "DEFAULT_EMBED_TYPE", "q8_0")
 
 
 def is_matrix(odin_name: str) -> bool:
     """A weight matrix of a GPT layer (``h.<i>.qkv_w`` ...): what WeightTypes.matrix stores."""
-    return odin_name.startswith("h.") and odin_name.rsplit(".", 1)[-1] in MATRIX_SUFFIXES
+    return odin_name.startswith("h.") and odin_name.rsplit(".", 1)[-1] in GPT_MATRICES
 
 
 def ggml_type(gguf: Any, name: str) -> Any:
@@ -158,5 +150,5 @@ def read_blocks(tensor: Any, kind: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 __all__ = ["BLOCK_IDS", "EXPORT_TYPES", "FLOAT_TYPES", "ImportPlan", "PlanError", "TensorPlan",
-           "can_dequantize", "default_embed_type", "file_type", "ggml_type", "import_plan", "is_matrix",
+           "can_dequantize", "file_type", "ggml_type", "import_plan", "is_matrix",
            "read_blocks", "read_float", "type_label"]
