@@ -294,11 +294,13 @@ static int mm_fwd(float *out, const float *inp, odin_weight W, const float *bias
     return odin_linear(out, inp, W, bias, M, K, N, acc);
 }
 
-/* dinp += dout W ; dW += dout^T inp ; dbias += colsum dout */
+/* dinp = dout W ; dW (+)= dout^T inp ; dbias += colsum dout
+ * dinp is written, not added to: every caller's dinp is a fresh scratch buffer, and a write
+ * saves zeroing it and the GEMM reading it back. dW is added to (acc_w) or written. */
 static int mm_bwd(float *dinp, float *dW, float *dbias, const float *dout, const float *inp, const float *W,
-                  int M, int K, int N) {
-    if (dinp && odin_gemm(M, K, N, dout, N, 1, W, K, 1, 1, dinp, K)) return -1;
-    if (odin_gemm(N, K, M, dout, 1, N, inp, K, 1, 1, dW, K)) return -1;
+                  int M, int K, int N, int acc_w) {
+    if (dinp && odin_gemm(M, K, N, dout, N, 1, W, K, 1, 0, dinp, K)) return -1;
+    if (odin_gemm(N, K, M, dout, 1, N, inp, K, 1, acc_w, dW, K)) return -1;
     if (dbias)
         for (int i = 0; i < M; i++) odin_kern->axpy(dbias, 1.0f, dout + (size_t)i * N, N);
     return 0;
@@ -382,7 +384,19 @@ oom:
     return odin_fail(ODIN_NO_MEMORY, "forward: cannot allocate the GEMM packing buffers");
 }
 
-odin_status odin_gpt_backward(odin_gpt *g, odin_gpt_ws *w, float *grads, float dloss) {
+/* The weight matrices, whose gradients the dW GEMMs write whole (the head's, tied to wte,
+ * first of all: the embedding scatter adds to it afterwards). */
+static int gemm_written(const odin_gpt *g, int i) {
+    if (i == 0) return 1; /* wte */
+    if (i < 2 || i >= 2 + g->L * PER_LAYER) return 0;
+    const int kind = T_LN1W + (i - 2) % PER_LAYER;
+    return kind == T_QKVW || kind == T_PROJW || kind == T_FCW || kind == T_FCPW;
+}
+
+/* overwrite = 0: grads += the gradient; 1: grads = the gradient, without first zeroing the
+ * block: only the tensors no GEMM writes whole are zeroed (vectors, wpe, wab), which spares
+ * the trainer's slot buffers a write pass and the dW GEMMs a read of their output. */
+static odin_status gpt_backward(odin_gpt *g, odin_gpt_ws *w, float *grads, float dloss, int overwrite) {
     ODIN_REQUIRE_PTR(g, "model"); ODIN_REQUIRE_PTR(w, "ws"); ODIN_REQUIRE_PTR(grads, "grads");
     if (g->qblock) return refuse_quantized(g);
     if (!w->has_loss) return odin_fail(ODIN_STATE, "backward needs a forward pass with targets first");
@@ -390,12 +404,19 @@ odin_status odin_gpt_backward(odin_gpt *g, odin_gpt_ws *w, float *grads, float d
     const size_t BT = (size_t)M;
     const odin_kernel_table *k = odin_kern;
     float *P = g->params, *G = grads;
-    if (w->count == 0) return ODIN_OK; /* nothing counted: the loss is a constant 0 */
+    const int acc = !overwrite;
+    if (w->count == 0) { /* nothing counted: the loss is a constant 0 */
+        if (overwrite) memset(G, 0, g->n_params * sizeof(float));
+        return ODIN_OK;
+    }
+    if (overwrite)
+        for (int i = 0; i < g->n_tensors; i++)
+            if (!gemm_written(g, i))
+                memset(G + g->tensors[i].offset, 0, (size_t)g->tensors[i].rows * g->tensors[i].cols * sizeof(float));
 
     memset(w->dlogits, 0, BT * V * sizeof(float));
     k->crossentropy_backward(w->dlogits, w->logits, w->lse, w->targets, w->mask, M, V, dloss / (float)w->count);
-    memset(w->dln, 0, BT * C * sizeof(float));
-    if (mm_bwd(w->dln, G + g->tensors[T_WTE].offset, NULL, w->dlogits, w->lnf, P + g->tensors[T_WTE].offset, M, C, V)) goto oom;
+    if (mm_bwd(w->dln, G + g->tensors[T_WTE].offset, NULL, w->dlogits, w->lnf, P + g->tensors[T_WTE].offset, M, C, V, acc)) goto oom;
     const float *res_last = g->L ? w->layers[g->L - 1].res3 : w->encoded;
     memset(w->dres, 0, BT * C * sizeof(float));
     k->layernorm_backward(w->dres, view(g, G, T_LNFW, 0), view(g, G, T_LNFB, 0), w->dln, res_last,
@@ -404,21 +425,17 @@ odin_status odin_gpt_backward(odin_gpt *g, odin_gpt_ws *w, float *grads, float d
         layer_acts *a = &w->layers[l];
         const float *res_in = l ? w->layers[l - 1].res3 : w->encoded;
         /* res3 = res2 + mlp(ln2(res2)): dres flows straight through to res2 */
-        memset(w->dfch_gelu, 0, BT * 4 * C * sizeof(float));
-        if (mm_bwd(w->dfch_gelu, view(g, G, T_FCPW, l), view(g, G, T_FCPB, l), w->dres, a->fch_gelu, view(g, P, T_FCPW, l), M, 4 * C, C)) goto oom;
+        if (mm_bwd(w->dfch_gelu, view(g, G, T_FCPW, l), view(g, G, T_FCPB, l), w->dres, a->fch_gelu, view(g, P, T_FCPW, l), M, 4 * C, C, acc)) goto oom;
         memset(w->dfch, 0, BT * 4 * C * sizeof(float));
         k->gelu_backward(w->dfch, a->fch, w->dfch_gelu, BT * 4 * C);
-        memset(w->dln, 0, BT * C * sizeof(float));
-        if (mm_bwd(w->dln, view(g, G, T_FCW, l), view(g, G, T_FCB, l), w->dfch, a->ln2, view(g, P, T_FCW, l), M, C, 4 * C)) goto oom;
+        if (mm_bwd(w->dln, view(g, G, T_FCW, l), view(g, G, T_FCB, l), w->dfch, a->ln2, view(g, P, T_FCW, l), M, C, 4 * C, acc)) goto oom;
         k->layernorm_backward(w->dres, view(g, G, T_LN2W, l), view(g, G, T_LN2B, l), w->dln, a->res2,
                               view(g, P, T_LN2W, l), a->ln2_mean, a->ln2_rstd, M, C);
         /* res2 = res_in + proj(attn(ln1(res_in))) */
-        memset(w->datty, 0, BT * C * sizeof(float));
-        if (mm_bwd(w->datty, view(g, G, T_PROJW, l), view(g, G, T_PROJB, l), w->dres, a->atty, view(g, P, T_PROJW, l), M, C, C)) goto oom;
+        if (mm_bwd(w->datty, view(g, G, T_PROJW, l), view(g, G, T_PROJB, l), w->dres, a->atty, view(g, P, T_PROJW, l), M, C, C, acc)) goto oom;
         memset(w->dqkv, 0, BT * 3 * C * sizeof(float));
         k->attention_backward(w->dqkv, w->att_scratch, w->datty, a->qkv, a->att, B, T, C, NH);
-        memset(w->dln, 0, BT * C * sizeof(float));
-        if (mm_bwd(w->dln, view(g, G, T_QKVW, l), view(g, G, T_QKVB, l), w->dqkv, a->ln1, view(g, P, T_QKVW, l), M, C, 3 * C)) goto oom;
+        if (mm_bwd(w->dln, view(g, G, T_QKVW, l), view(g, G, T_QKVB, l), w->dqkv, a->ln1, view(g, P, T_QKVW, l), M, C, 3 * C, acc)) goto oom;
         k->layernorm_backward(w->dres, view(g, G, T_LN1W, l), view(g, G, T_LN1B, l), w->dln, res_in,
                               view(g, P, T_LN1W, l), a->ln1_mean, a->ln1_rstd, M, C);
     }
@@ -431,6 +448,13 @@ odin_status odin_gpt_backward(odin_gpt *g, odin_gpt_ws *w, float *grads, float d
     return ODIN_OK;
 oom:
     return odin_fail(ODIN_NO_MEMORY, "backward: cannot allocate the GEMM packing buffers");
+}
+
+odin_status odin_gpt_backward(odin_gpt *g, odin_gpt_ws *w, float *grads, float dloss) {
+    return gpt_backward(g, w, grads, dloss, 0);
+}
+odin_status odin_gpt_backward_overwrite(odin_gpt *g, odin_gpt_ws *w, float *grads, float dloss) {
+    return gpt_backward(g, w, grads, dloss, 1);
 }
 
 odin_status odin_gpt_adamw_step(odin_gpt *g, float lr, float beta1, float beta2, float eps,

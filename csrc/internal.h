@@ -22,6 +22,11 @@ static inline uint64_t odin_now_ns(void) {
 }
 #endif
 
+/* The trainer's backward: grads = (not +=) the micro-batch's gradient, without zeroing the
+ * whole block first (the dW GEMMs write the weight matrices; only the rest is zeroed). */
+odin_status odin_gpt_backward_overwrite(odin_gpt *g, odin_gpt_ws *w, float *grads, float dloss);
+odin_status odin_rwkv_backward_overwrite(odin_rwkv *r, odin_rwkv_ws *w, float *grads, float dloss);
+
 /* A weight matrix W[N, K]: float32 rows (f) or quantized ones (q, row_bytes apart, type). */
 typedef struct { const float *f; const uint8_t *q; int type; size_t row_bytes; } odin_weight;
 static inline odin_weight odin_weight_f32(const float *W) { odin_weight w = {W, NULL, 0, 0}; return w; }

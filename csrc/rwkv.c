@@ -271,10 +271,11 @@ static int mm_fwd(float *out, const float *inp, odin_weight W, int M, int K, int
     return odin_linear(out, inp, W, NULL, M, K, N, acc);
 }
 
-/* dinp[M,K] += dout W ; dW[N,K] += dout^T inp */
-static int mm_bwd(float *dinp, float *dW, const float *dout, const float *inp, const float *W, int M, int K, int N) {
-    if (dinp && odin_gemm(M, K, N, dout, N, 1, W, K, 1, 1, dinp, K)) return -1;
-    return odin_gemm(N, K, M, dout, 1, N, inp, K, 1, 1, dW, K);
+/* dinp[M,K] = dout W ; dW[N,K] (+)= dout^T inp (dinp written: every caller's is fresh scratch) */
+static int mm_bwd(float *dinp, float *dW, const float *dout, const float *inp, const float *W, int M, int K, int N,
+                  int acc_w) {
+    if (dinp && odin_gemm(M, K, N, dout, N, 1, W, K, 1, 0, dinp, K)) return -1;
+    return odin_gemm(N, K, M, dout, 1, N, inp, K, 1, acc_w, dW, K);
 }
 
 odin_status odin_rwkv_forward(odin_rwkv *r, odin_rwkv_ws *w, const int32_t *tokens, const int32_t *targets,
@@ -343,7 +344,19 @@ oom:
 
 #define ZERO(p, n) memset((p), 0, (size_t)(n) * sizeof(float))
 
-odin_status odin_rwkv_backward(odin_rwkv *r, odin_rwkv_ws *w, float *grads, float dloss) {
+/* The weight matrices, whose gradients the dW GEMMs write whole (emb's first, by the tied
+ * head: the embedding scatter adds to it at the end). */
+static int gemm_written(const odin_rwkv *r, int i) {
+    if (i == R_EMB) return 1;
+    if (i < FIRST_LAYER_KIND || i >= FIRST_LAYER_KIND + r->L * PER_LAYER) return 0;
+    const int kind = FIRST_LAYER_KIND + (i - FIRST_LAYER_KIND) % PER_LAYER;
+    return kind == R_AKW || kind == R_AVW || kind == R_ARW || kind == R_AOW || kind == R_FKW || kind == R_FRW ||
+           kind == R_FVW;
+}
+
+/* overwrite = 0: grads += the gradient; 1: grads = the gradient (as gpt.c: only the tensors
+ * no GEMM writes whole are zeroed first). */
+static odin_status rwkv_backward(odin_rwkv *r, odin_rwkv_ws *w, float *grads, float dloss, int overwrite) {
     ODIN_REQUIRE_PTR(r, "model"); ODIN_REQUIRE_PTR(w, "ws"); ODIN_REQUIRE_PTR(grads, "grads");
     if (r->qblock) return refuse_quantized(r);
     if (!w->has_loss) return odin_fail(ODIN_STATE, "backward needs a forward pass with targets first");
@@ -351,13 +364,19 @@ odin_status odin_rwkv_backward(odin_rwkv *r, odin_rwkv_ws *w, float *grads, floa
     const size_t BT = (size_t)M;
     const odin_kernel_table *k = odin_kern;
     float *P = r->params, *G = grads;
-    if (w->count == 0) return ODIN_OK; /* nothing counted: the loss is a constant 0 */
+    const int acc = !overwrite;
+    if (w->count == 0) { /* nothing counted: the loss is a constant 0 */
+        if (overwrite) ZERO(G, r->n_params);
+        return ODIN_OK;
+    }
+    if (overwrite)
+        for (int i = 0; i < r->n_tensors; i++)
+            if (!gemm_written(r, i)) ZERO(G + r->tensors[i].offset, (size_t)r->tensors[i].rows * r->tensors[i].cols);
 
     /* head (tied to emb) and ln_out */
     ZERO(w->dlogits, BT * V);
     k->crossentropy_backward(w->dlogits, w->logits, w->lse, w->targets, w->mask, M, V, dloss / (float)w->count);
-    ZERO(w->dln, BT * C);
-    if (mm_bwd(w->dln, view(r, G, R_EMB, 0), w->dlogits, w->lno, view(r, P, R_EMB, 0), M, C, V)) goto oom;
+    if (mm_bwd(w->dln, view(r, G, R_EMB, 0), w->dlogits, w->lno, view(r, P, R_EMB, 0), M, C, V, acc)) goto oom;
     const float *res_last = w->layers[r->L - 1].res3;
     ZERO(w->dres, BT * C);
     k->layernorm_backward(w->dres, view(r, G, R_LNOW, 0), view(r, G, R_LNOB, 0), w->dln, res_last,
@@ -371,13 +390,11 @@ odin_status odin_rwkv_backward(odin_rwkv *r, odin_rwkv_ws *w, float *grads, floa
         k->tokenshift_forward(w->mk, a->ln2, view(r, P, R_FMK, l), NULL, B, T, C);
         k->tokenshift_forward(w->mr, a->ln2, view(r, P, R_FMR, l), NULL, B, T, C);
         k->sqrelu_forward(w->fkk, a->fk, BT * F);
-        ZERO(w->dfkk, BT * F);
-        if (mm_bwd(w->dfkk, view(r, G, R_FVW, l), w->dgated, w->fkk, view(r, P, R_FVW, l), M, F, C)) goto oom;
+        if (mm_bwd(w->dfkk, view(r, G, R_FVW, l), w->dgated, w->fkk, view(r, P, R_FVW, l), M, F, C, acc)) goto oom;
         ZERO(w->fkk, BT * F); /* relu^2 is used up: its buffer takes d(fk) */
         k->sqrelu_backward(w->fkk, a->fk, w->dfkk, BT * F);
-        ZERO(w->dmk, BT * C); ZERO(w->dmr, BT * C);
-        if (mm_bwd(w->dmk, view(r, G, R_FKW, l), w->fkk, w->mk, view(r, P, R_FKW, l), M, C, F)) goto oom;
-        if (mm_bwd(w->dmr, view(r, G, R_FRW, l), w->dr, w->mr, view(r, P, R_FRW, l), M, C, C)) goto oom;
+        if (mm_bwd(w->dmk, view(r, G, R_FKW, l), w->fkk, w->mk, view(r, P, R_FKW, l), M, C, F, acc)) goto oom;
+        if (mm_bwd(w->dmr, view(r, G, R_FRW, l), w->dr, w->mr, view(r, P, R_FRW, l), M, C, C, acc)) goto oom;
         ZERO(w->dln, BT * C);
         k->tokenshift_backward(w->dln, view(r, G, R_FMK, l), w->dmk, a->ln2, view(r, P, R_FMK, l), B, T, C);
         k->tokenshift_backward(w->dln, view(r, G, R_FMR, l), w->dmr, a->ln2, view(r, P, R_FMR, l), B, T, C);
@@ -386,8 +403,7 @@ odin_status odin_rwkv_backward(odin_rwkv *r, odin_rwkv_ws *w, float *grads, floa
         /* time mixing: res2 = res_in + (sigmoid(r) * wkv) Wo^T */
         ZERO(w->gated, BT * C);
         k->sigmoid_gate_forward(w->gated, a->r, a->wkv, BT * C);
-        ZERO(w->dgated, BT * C);
-        if (mm_bwd(w->dgated, view(r, G, R_AOW, l), w->dres, w->gated, view(r, P, R_AOW, l), M, C, C)) goto oom;
+        if (mm_bwd(w->dgated, view(r, G, R_AOW, l), w->dres, w->gated, view(r, P, R_AOW, l), M, C, C, acc)) goto oom;
         ZERO(w->dr, BT * C); ZERO(w->dwkv, BT * C);
         k->sigmoid_gate_backward(w->dr, w->dwkv, w->dgated, a->r, a->wkv, BT * C);
         ZERO(w->dk, BT * C); ZERO(w->dv, BT * C);
@@ -396,10 +412,9 @@ odin_status odin_rwkv_backward(odin_rwkv *r, odin_rwkv_ws *w, float *grads, floa
         k->tokenshift_forward(w->mk, a->ln1, view(r, P, R_AMK, l), NULL, B, T, C);
         k->tokenshift_forward(w->mv, a->ln1, view(r, P, R_AMV, l), NULL, B, T, C);
         k->tokenshift_forward(w->mr, a->ln1, view(r, P, R_AMR, l), NULL, B, T, C);
-        ZERO(w->dmk, BT * C); ZERO(w->dmv, BT * C); ZERO(w->dmr, BT * C);
-        if (mm_bwd(w->dmk, view(r, G, R_AKW, l), w->dk, w->mk, view(r, P, R_AKW, l), M, C, C)) goto oom;
-        if (mm_bwd(w->dmv, view(r, G, R_AVW, l), w->dv, w->mv, view(r, P, R_AVW, l), M, C, C)) goto oom;
-        if (mm_bwd(w->dmr, view(r, G, R_ARW, l), w->dr, w->mr, view(r, P, R_ARW, l), M, C, C)) goto oom;
+        if (mm_bwd(w->dmk, view(r, G, R_AKW, l), w->dk, w->mk, view(r, P, R_AKW, l), M, C, C, acc)) goto oom;
+        if (mm_bwd(w->dmv, view(r, G, R_AVW, l), w->dv, w->mv, view(r, P, R_AVW, l), M, C, C, acc)) goto oom;
+        if (mm_bwd(w->dmr, view(r, G, R_ARW, l), w->dr, w->mr, view(r, P, R_ARW, l), M, C, C, acc)) goto oom;
         ZERO(w->dln, BT * C);
         k->tokenshift_backward(w->dln, view(r, G, R_AMK, l), w->dmk, a->ln1, view(r, P, R_AMK, l), B, T, C);
         k->tokenshift_backward(w->dln, view(r, G, R_AMV, l), w->dmv, a->ln1, view(r, P, R_AMV, l), B, T, C);
@@ -415,6 +430,13 @@ odin_status odin_rwkv_backward(odin_rwkv *r, odin_rwkv_ws *w, float *grads, floa
     return ODIN_OK;
 oom:
     return odin_fail(ODIN_NO_MEMORY, "backward: cannot allocate the GEMM packing buffers");
+}
+
+odin_status odin_rwkv_backward(odin_rwkv *r, odin_rwkv_ws *w, float *grads, float dloss) {
+    return rwkv_backward(r, w, grads, dloss, 0);
+}
+odin_status odin_rwkv_backward_overwrite(odin_rwkv *r, odin_rwkv_ws *w, float *grads, float dloss) {
+    return rwkv_backward(r, w, grads, dloss, 1);
 }
 
 /* weight decay on matrices only: not on LayerNorms, decays, bonuses or mix vectors */

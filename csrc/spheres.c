@@ -12,7 +12,9 @@
  *               additions are the same left fold g0 + g1 + ... whatever the waves, so the
  *               buffer count never changes a bit. Slots without rows (batch < 12) hold no
  *               buffer and add nothing. The last wave's reduce also takes each chunk's
- *               squared norm.
+ *               squared norm. A slot's backward writes its buffer (no zeroing pass) and
+ *               the reduce, which reads the buffer anyway, takes the slot's squared norm
+ *               per chunk while the chunk is in cache (the sphere's gradient norm).
  *   3. root   : global norm = chunk norms added in chunk order; NaN check; clip factor.
  *   4. update : AdamW per chunk (weight decay on matrices only).
  * Which thread ran a slot or chunk never changes a single rounding: every result is
@@ -60,7 +62,8 @@ enum { PR_FWD_GEMM, PR_FWD_OTHER, PR_BWD_GEMM, PR_BWD_OTHER, PR_SLOT_BUFFERS, PR
 enum { PW_SLOTS, PW_REDUCE, PW_UPDATE, PW_STEPS, PW_N };
 
 /* What the trainer needs from a model: its parameter layout and blocks, per-thread
- * workspaces, and forward/backward of one micro-batch into a caller's gradient buffer.
+ * workspaces, and forward/backward of one micro-batch into a caller's gradient buffer
+ * (backward writes the buffer whole: it need not be zeroed).
  * GPT and RWKV each fill one table; nothing below depends on the architecture. */
 typedef struct {
     const char *kind;
@@ -107,6 +110,8 @@ struct odin_spheres {
     chunk_t *chunks;
     int n_chunks;
     double *chunk_sumsq;
+    double *slot_sumsq;          /* [NS][n_chunks]: each slot's gradient, squared, per chunk */
+    int norm_in_reduce;          /* the wave's reduce takes the slots' norms (not run_slot) */
     /* hyper-parameters */
     float lr_max, lr_min, beta1, beta2, eps, wd, clip;
     int warmup, total_steps;
@@ -184,9 +189,7 @@ static void run_slot(odin_spheres *sp, worker_t *w, int t) {
     const size_t P = sp->n_params;
     const int s = sp->wave_first + t;
     float *g = sp->slot_grads + (size_t)t * P;
-    uint64_t tp = prof_now(sp);
-    memset(g, 0, P * sizeof(float));
-    if (sp->profiling) w->prof[PR_SLOT_BUFFERS] += odin_now_ns() - tp;
+    uint64_t tp;
     sp->slot_status[s] = ODIN_OK;
     sp->slot_loss[s] = 0.0f;
     sp->slot_norm[s] = 0.0f;
@@ -209,7 +212,8 @@ static void run_slot(odin_spheres *sp, worker_t *w, int t) {
     }
     float norm = 0.0f;
     tp = prof_now(sp);
-    if (st == ODIN_OK) {
+    if (st == ODIN_OK && sp->slot_count[s] == 0) memset(g, 0, P * sizeof(float)); /* no backward: a zero gradient */
+    if (st == ODIN_OK && !sp->norm_in_reduce) {
         /* the slot gradient is the global-loss gradient's share; rescale its norm so it
          * reads as the gradient of this slot's own mean loss, comparable across spheres */
         double ss = odin_kern->sumsq(g, P);
@@ -232,7 +236,7 @@ static void run_slot(odin_spheres *sp, worker_t *w, int t) {
     atomic_store_explicit(&l->microbatches, atomic_load_explicit(&l->microbatches, RLX) + 1, RLX);
     atomic_store_explicit(&l->tokens, atomic_load_explicit(&l->tokens, RLX) + (long long)rows * sp->T, RLX);
     atomic_store_explicit(&l->last_loss, loss, RLX);
-    atomic_store_explicit(&l->last_grad_norm, norm, RLX);
+    if (!sp->norm_in_reduce) atomic_store_explicit(&l->last_grad_norm, norm, RLX);
     atomic_store_explicit(&l->busy_seconds, atomic_load_explicit(&l->busy_seconds, RLX) + dt, RLX);
     live_end(l);
 }
@@ -242,6 +246,10 @@ static void run_reduce(odin_spheres *sp, int c) {
     const chunk_t *ch = &sp->chunks[c];
     float *dst = sp->ops->grads(sp->model) + ch->start;
     const float *src = sp->slot_grads + ch->start;
+    if (sp->norm_in_reduce) /* each sumsq pulls the chunk into cache for the addition after it */
+        for (int t = 0; t < sp->wave_count; t++)
+            sp->slot_sumsq[(size_t)(sp->wave_first + t) * sp->n_chunks + c] =
+                odin_kern->sumsq(src + (size_t)t * sp->n_params, ch->len);
     int t = 0;
     if (sp->wave_first == 0) { /* slot 0 starts the sum */
         memcpy(dst, src, ch->len * sizeof(float));
@@ -392,7 +400,9 @@ static odin_status gpt_forward(void *m, void *ws, const int32_t *tok, const int3
                                const uint8_t *mk, int B, int T, float *loss) {
     return odin_gpt_forward_ex(m, ws, tok, ids, tg, mk, B, T, loss);
 }
-static odin_status gpt_backward(void *m, void *ws, float *g, float dloss) { return odin_gpt_backward(m, ws, g, dloss); }
+static odin_status gpt_backward(void *m, void *ws, float *g, float dloss) {
+    return odin_gpt_backward_overwrite(m, ws, g, dloss);
+}
 static const model_ops gpt_ops = {"GPT", gpt_num_params, gpt_num_tensors, gpt_tensor_info, gpt_params, gpt_grads,
                                   gpt_adam_m, gpt_adam_v, gpt_ws_create, gpt_ws_free, gpt_forward, gpt_backward};
 
@@ -414,7 +424,9 @@ static odin_status rwkv_forward(void *m, void *ws, const int32_t *tok, const int
     (void)ids; /* refused up front by odin_spheres_run_ex */
     return odin_rwkv_forward(m, ws, tok, tg, mk, B, T, loss);
 }
-static odin_status rwkv_backward(void *m, void *ws, float *g, float dloss) { return odin_rwkv_backward(m, ws, g, dloss); }
+static odin_status rwkv_backward(void *m, void *ws, float *g, float dloss) {
+    return odin_rwkv_backward_overwrite(m, ws, g, dloss);
+}
 static const model_ops rwkv_ops = {"RWKV", rwkv_num_params, rwkv_num_tensors, rwkv_tensor_info, rwkv_params,
                                    rwkv_grads, rwkv_adam_m, rwkv_adam_v, rwkv_ws_create, rwkv_ws_free,
                                    rwkv_forward, rwkv_backward};
@@ -457,7 +469,8 @@ static odin_status spheres_create(odin_spheres **out, void *model, const model_o
         return odin_fail(ODIN_BAD_ARG, "model: %zu parameters are too many for the trainer", n_params);
     }
     sp->chunks = calloc(n_chunks, sizeof *sp->chunks);
-    sp->chunk_sumsq = calloc(n_chunks, sizeof *sp->chunk_sumsq);
+    sp->chunk_sumsq = calloc(odin_size_mul(n_chunks, NS + 1), sizeof *sp->chunk_sumsq);
+    sp->slot_sumsq = sp->chunk_sumsq ? sp->chunk_sumsq + n_chunks : NULL;
     sp->hist = calloc(HISTORY, sizeof *sp->hist);
     if (!sp->chunks || !sp->chunk_sumsq || !sp->hist) {
         free(sp->chunks); free(sp->chunk_sumsq); free(sp->hist); free(sp);
@@ -593,11 +606,31 @@ static void all_idle(odin_spheres *sp) {
     for (int s = 0; s < NS; s++) set_state(sp, s, ODIN_SPHERE_IDLE);
 }
 
+/* Slot s's gradient norm from its chunks' squares (in chunk order, so thread-independent),
+ * rescaled to read as the gradient of the slot's own mean loss, comparable across spheres.
+ * Root side, after the reduce of s's wave; the weights have not changed yet. */
+static odin_status slot_norm_from_chunks(odin_spheres *sp, int s) {
+    double ss = 0.0;
+    const double *sq = sp->slot_sumsq + (size_t)s * sp->n_chunks;
+    for (int c = 0; c < sp->n_chunks; c++) ss += sq[c];
+    if (!isfinite(ss))
+        return odin_fail(ODIN_NAN_DETECTED, "sphere %d failed at step %lld: its gradient contains NaN or Inf", s,
+                         sp->step + 1);
+    const float norm = sp->slot_count[s] ? (float)(sqrt(ss) * sp->total_count / sp->slot_count[s]) : 0.0f;
+    sp->slot_norm[s] = norm;
+    sphere_live *l = &sp->live[s];
+    live_begin(l);
+    atomic_store_explicit(&l->last_grad_norm, norm, RLX);
+    live_end(l);
+    return ODIN_OK;
+}
+
 /* Forward + backward of slots [lo, hi), in waves of as many slots as there are buffers.
  * lo == 0: each wave is added into the gradient as it finishes (the fold starts here);
  * lo > 0: the slots stay in their buffers (hi - lo of them) for odin_spheres_shard_fold. */
 static odin_status step_slots(odin_spheres *sp, int lo, int hi) {
     const long long t = sp->step + 1;
+    sp->norm_in_reduce = lo == 0; /* a shard from slot > 0 keeps its slots for the fold: run_slot norms them */
     for (int first = lo; first < hi; first += sp->n_bufs) {
         sp->wave_first = first;
         sp->wave_count = hi - first < sp->n_bufs ? hi - first : sp->n_bufs;
@@ -615,6 +648,10 @@ static odin_status step_slots(odin_spheres *sp, int lo, int hi) {
         sp->reduce_c0 = 0;
         run_phase(sp, PH_REDUCE, sp->n_chunks);
         if (first + sp->wave_count == sp->n_work) sp->sumsq_ready = 1;
+        for (int s = first; s < first + sp->wave_count; s++) {
+            odin_status st = slot_norm_from_chunks(sp, s);
+            if (st) { all_idle(sp); return st; }
+        }
     }
     return ODIN_OK;
 }
@@ -927,6 +964,7 @@ odin_status odin_spheres_shard_fold(odin_spheres *sp, int c0, int c1) {
     sp->wave_first = sp->shard_lo;
     sp->wave_count = sp->shard_hi - sp->shard_lo;
     sp->reduce_c0 = c0;
+    sp->norm_in_reduce = 0; /* run_slot took these slots' norms */
     set_root(sp, ODIN_SPHERE_REDUCING);
     for (int s = sp->shard_lo; s < sp->shard_hi; s++) set_state(sp, s, ODIN_SPHERE_REDUCING);
     run_phase(sp, PH_REDUCE, c1 - c0);

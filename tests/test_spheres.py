@@ -261,3 +261,48 @@ def test_a_batch_smaller_than_the_spheres_keeps_buffers_only_for_slots_with_rows
     ref.backward()
     np.testing.assert_allclose(model.grads, ref.grads, rtol=1e-4, atol=1e-7)
     assert snap.loss == pytest.approx(loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "rwkv"])
+@pytest.mark.parametrize("threads,buffers", [(1, 12), (2, 2), (3, 5)])
+def test_slot_gradients_and_sphere_norms_match_the_model_on_later_steps(arch, threads, buffers):
+    """A slot's backward writes its buffer without zeroing it first and the reduce takes each
+    sphere's norm: on the 3rd step (buffers full of the 2nd step's gradients, waves of
+    `buffers` slots, a slot whose every target is masked) the gradient is still the model's
+    own for the whole batch and each sphere's norm its slot's own gradient norm."""
+    from odin.rwkv import RWKV, RWKVShape
+
+    def make():
+        if arch == "gpt":
+            return GPT(SHAPE)
+        return RWKV(RWKVShape(vocab_size=SHAPE.vocab_size, context=T, n_layer=2, d_model=32))
+
+    tokens, mask = _data(3, seed=7)
+    mask[2, 0:3] = 0  # slot 0 (rows 0..2) counts no token on step 3: its gradient is zero
+    model = make()
+    model.init_weights(1)
+    tr = SpheresTrainer(model, B, T, threads=threads)
+    tr.set_slot_buffers(buffers)
+    tr.configure(lr=0.0, min_lr=0.0, warmup_steps=0, total_steps=0, grad_clip=0.0)  # weights stay put
+    assert tr.run(tokens, mask) == 3
+    ref = make()
+    ref.params[...] = model.params
+    x, y, m = tokens[2, :, :-1], tokens[2, :, 1:], mask[2]
+    ref.zero_grad()
+    ref.forward(x, y, m)
+    ref.backward()
+    np.testing.assert_allclose(model.grads, ref.grads, rtol=1e-4, atol=1e-7)
+    # sphere s: the gradient of its own rows' mean loss (the trainer's rescaled share)
+    norms = tr.history()[-1].sphere_grad_norm
+    assert norms[0] == 0.0
+    first = 0
+    for s in range(N_SPHERES):
+        rows = B // N_SPHERES + (s < B % N_SPHERES)
+        sl = slice(first, first + rows)
+        first += rows
+        if s == 0:
+            continue
+        ref.zero_grad()
+        ref.forward(x[sl], y[sl], m[sl])
+        ref.backward()
+        assert norms[s] == pytest.approx(float(np.linalg.norm(ref.grads.astype(np.float64))), rel=1e-4), s
