@@ -341,7 +341,7 @@ static odin_status ensure_slot_buffers(odin_spheres *sp, int threads) {
     }
     if (want == sp->n_bufs) return ODIN_OK;
     const size_t floats = odin_size_mul((size_t)want, sp->n_params);
-    /* refused up front beyond RAM + swap: every slot zeroes its buffer, and zeroing an
+    /* refused up front beyond RAM + swap: every slot writes its whole buffer, and writing an
      * overcommitted allocation gets the process killed instead of an error */
     float *bufs = floats > ODIN_MAX_FLOATS || !odin_fits_in_memory(floats * sizeof(float)) ? NULL
                   : aligned_alloc(64, ((floats * sizeof(float)) + 63) & ~(size_t)63);

@@ -72,8 +72,8 @@ class StepProfile:
     fwd_other: float
     bwd_gemm: float
     bwd_other: float
-    slot_buffers: float  # zeroing each slot's gradient buffer, its norm for the statistics
-    reduce: float  # adding the slot buffers into the gradient in slot order, chunk norms
+    slot_buffers: float  # a slot without counted tokens zeroing its buffer; an MPI shard's slot norms
+    reduce: float  # adding the slot buffers into the gradient in slot order; chunk and sphere norms
     update: float  # clip + AdamW
     wall_slots: float
     wall_reduce: float

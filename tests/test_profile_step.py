@@ -12,7 +12,7 @@ import pytest
 
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "profile_step.py"
 ROWS = ["forward GEMMs", "other forward kernels", "backward GEMMs", "other backward kernels",
-        "slot gradient buffers (zero, norm)", "reduce (slot buffers into the gradient)", "clip + AdamW",
+        "slot gradient buffers (zeroing, shard norms)", "reduce (slot buffers into the gradient, sphere norms)", "clip + AdamW",
         "threads waiting (imbalance, wake-ups)", "root (global norm, clip factor, statistics)",
         "Python overhead (checks, the call)"]
 

@@ -40,8 +40,8 @@ PARTS = [
     ("other forward kernels", "fwd_other"),
     ("backward GEMMs", "bwd_gemm"),
     ("other backward kernels", "bwd_other"),
-    ("slot gradient buffers (zero, norm)", "slot_buffers"),
-    ("reduce (slot buffers into the gradient)", "reduce"),
+    ("slot gradient buffers (zeroing, shard norms)", "slot_buffers"),
+    ("reduce (slot buffers into the gradient, sphere norms)", "reduce"),
     ("clip + AdamW", "update"),
 ]
 
